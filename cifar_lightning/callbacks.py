@@ -1,0 +1,58 @@
+"""Callbacks of our own; the rest (checkpoints, early stopping, LR monitor, progress bar) are
+Lightning's, configured in conf/callbacks/.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.callbacks import DeviceStatsMonitor
+
+log = logging.getLogger(__name__)
+
+
+class GPUStatsMonitor(DeviceStatsMonitor):
+    """Lightning's DeviceStatsMonitor (memory, utilization, ...) when training on a GPU; idle on CPU."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.enabled = isinstance(trainer.accelerator, CUDAAccelerator)
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def _get_and_log_device_stats(self, trainer: L.Trainer, key: str) -> None:
+        if self.enabled:
+            super()._get_and_log_device_stats(trainer, key)
+
+
+class EpochHistory(L.Callback):
+    """Records each epoch's logged metrics (train/val loss and accuracy, learning rate) in order.
+
+    The list goes into the run's metrics.json, so curves can be drawn without TensorBoard.
+    Epochs are numbered from 1 (the number of epochs completed). Each epoch also gets one log
+    line, so runs without a terminal (CI, clusters) show progress in their train.log.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the epoch's validation, so both train_* and val_* are in callback_metrics.
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.startswith(("train_", "val_")):
+                row[name] = float(value)
+        if trainer.optimizers:  # the rate used during this epoch: schedulers step after this hook
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.history.append(row)
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+            log.info("epoch %d/%d: %s", row["epoch"], trainer.max_epochs, figures)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])

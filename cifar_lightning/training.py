@@ -1,0 +1,202 @@
+"""The training job behind train.py: build everything from the config, check it, fit, test the
+best checkpoint, and write the run's record (config.yaml, metrics.json) beside its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cifar_lightning import __version__
+from cifar_lightning.callbacks import EpochHistory
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics", "numpy")
+
+
+@contextmanager
+def config_errors(group: str) -> Iterator[None]:
+    """Turn an error raised while building `group` from the config into a one-paragraph ConfigError."""
+    try:
+        yield
+    except CifarLightningError:
+        raise
+    except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
+        cause: BaseException = exc
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        reason = " ".join(str(cause).split())  # one line
+        raise ConfigError(
+            f"invalid `{group}` config: {reason}. Fix the value on the command line "
+            f"(python train.py {group}.<key>=<value>) or in conf/{group}/; nothing was trained."
+        ) from exc
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["cifar-lightning"] = __version__
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's git commit, if it runs from a checkout (None otherwise)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def device_name(trainer: L.Trainer) -> str:
+    if trainer.strategy.root_device.type == "cuda":
+        return torch.cuda.get_device_name(trainer.strategy.root_device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    """Instantiate every entry of the callbacks group; an entry set to null is skipped."""
+    callbacks: list[L.Callback] = []
+    for name, entry in (cfg or {}).items():
+        if entry is None:
+            continue
+        with config_errors(f"callbacks.{name}"):
+            callbacks.append(instantiate(entry))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Any]:
+    loggers = []
+    for name, entry in (cfg or {}).items():
+        if entry is None:
+            continue
+        with config_errors(f"logger.{name}"):
+            loggers.append(instantiate(entry))
+    return loggers
+
+
+def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Trainer, EpochHistory]:
+    """Everything a run needs, each config group checked as it is built, before any training."""
+    with config_errors("seed"):
+        if not isinstance(cfg.seed, int):
+            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    with config_errors("data"):
+        datamodule: CIFAR10DataModule = instantiate(cfg.data)
+    with config_errors("model"):
+        model = instantiate(cfg.model)
+    with config_errors("optim"):
+        optimizer_factory = instantiate(cfg.optim)
+    with config_errors("scheduler"):
+        scheduler_factory = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+        if scheduler_factory is not None and not callable(scheduler_factory):
+            raise ValueError("a scheduler config needs a _target_ (see conf/scheduler/), or use scheduler=none")
+    with config_errors("module"):
+        module = ClassifierModule(
+            model,
+            optimizer_factory,
+            scheduler_factory,
+            num_classes=cfg.model.num_classes,
+            channels_last=cfg.channels_last,
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+        )
+    # Build the optimizer and scheduler once now, so a bad value fails here, not mid-fit.
+    with config_errors("optim"):
+        optimizer = module.build_optimizer()
+    with config_errors("scheduler"):
+        module.build_scheduler(optimizer)
+    history = EpochHistory()
+    callbacks = build_callbacks(cfg.get("callbacks")) + [history]
+    loggers = build_loggers(cfg.get("logger"))
+    with config_errors("trainer"):
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer, history
+
+
+def summarize(
+    trainer: L.Trainer, history: EpochHistory, test_metrics: dict[str, float], train_seconds: float
+) -> dict[str, Any]:
+    """The run's headline figures; epochs are counted from 1."""
+    val_losses = [row["val_loss"] for row in history.history if "val_loss" in row]
+    best = min(range(len(val_losses)), key=val_losses.__getitem__) if val_losses else None
+    best_row = history.history[best] if best is not None else {}
+    early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    return {
+        "test_acc": test_metrics.get("test_acc"),
+        "test_loss": test_metrics.get("test_loss"),
+        "best_val_loss": best_row.get("val_loss"),
+        "best_val_acc": best_row.get("val_acc"),
+        "best_epoch": best_row.get("epoch"),
+        "epochs_run": len(history.history),
+        "stopped_early": bool(early_stopping is not None and early_stopping.stopped_epoch > 0),
+        "train_seconds": round(train_seconds, 3),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job and return (and save) its metrics."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module, trainer, history = build(cfg)
+    datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not best_path:
+        log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+
+    metrics = summarize(trainer, history, test_metrics, train_seconds)
+    metrics.update(
+        seed=cfg.seed,
+        experiment=cfg.get("experiment_name"),
+        best_checkpoint=best_path or None,
+        last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+        normalization={"mean": datamodule.mean, "std": datamodule.std},
+        device=device_name(trainer),
+        versions=library_versions(),
+        git_commit=git_commit(),
+        command=" ".join(sys.argv),
+        history=history.history,
+    )
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(
+        "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
+        metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], output_dir,
+    )
+    return metrics

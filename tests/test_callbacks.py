@@ -1,0 +1,83 @@
+"""Early stopping and best-checkpoint restore, with the callbacks exactly as conf/ configures them."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from cifar_lightning.callbacks import EpochHistory, GPUStatsMonitor
+from cifar_lightning.training import build_callbacks
+from tests.conftest import QUIET, compose_train
+
+# Validation loss per epoch: best at epoch index 1, then no improvement.
+SCRIPTED_VAL_LOSS = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3]
+
+
+class ScriptedModule(L.LightningModule):
+    """A one-weight model whose weight counts epochs and whose val loss follows a script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def training_step(self, batch, batch_idx):
+        return self.weight * 0.0
+
+    def on_train_epoch_start(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(float(self.current_epoch))
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", SCRIPTED_VAL_LOSS[self.current_epoch])
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_weight", self.weight.detach())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return [torch.zeros(1)]
+
+    val_dataloader = test_dataloader = train_dataloader
+
+
+def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
+    cfg = compose_train([*QUIET, "callbacks.early_stopping.patience=3", "callbacks.lr_monitor=null"], tmp_path)
+    callbacks = build_callbacks(cfg.callbacks)
+    trainer = L.Trainer(
+        max_epochs=10, callbacks=callbacks, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ScriptedModule())
+    # Best at epoch index 1; patience 3 -> stops after epoch index 4 (5 epochs run).
+    assert trainer.current_epoch == 5
+    assert trainer.checkpoint_callback.best_model_path == str(tmp_path / "checkpoints" / "best.ckpt")
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 1
+    result = trainer.test(ckpt_path="best", verbose=False)[0]
+    assert result["test_weight"] == 1.0  # the weights of the best epoch, not the last (4.0)
+
+
+def test_epoch_history_records_each_epoch(tmp_path):
+    history = EpochHistory()
+    trainer = L.Trainer(
+        max_epochs=3, callbacks=[history], logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ScriptedModule())
+    assert [row["epoch"] for row in history.history] == [1, 2, 3]
+    assert [row["val_loss"] for row in history.history] == pytest.approx(SCRIPTED_VAL_LOSS[:3])
+    assert all(row["lr"] == 0.0 for row in history.history)
+
+
+def test_gpu_stats_monitor_is_idle_on_cpu(tmp_path):
+    monitor = instantiate({"_target_": "cifar_lightning.callbacks.GPUStatsMonitor"})
+    assert isinstance(monitor, GPUStatsMonitor)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ScriptedModule())  # DeviceStatsMonitor would raise here without a logger
+    assert monitor.enabled is False

@@ -1,0 +1,87 @@
+"""Every config composes and builds; the report's recipes hold the report's values; bad values
+are refused before training with a one-line reason naming the config group.
+"""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.models import MODELS
+from cifar_lightning.training import build
+from tests.conftest import CONF_DIR, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_default_run_is_the_improved_recipe():
+    assert compose_train([]).experiment_name == "seed_improved"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    datamodule, module, trainer, history = build(cfg)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize(
+    "override", ["debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null"]
+)
+def test_options_compose_and_build(override, tmp_path):
+    build(compose_train([override], tmp_path))
+
+
+def test_seed_base_is_the_reports_base_run():
+    cfg = compose_train(["experiment=seed_base"])
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.001, 0.9, 0.0)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (128, 10)
+    assert (cfg.model.batch_norm, cfg.model.dropout) == ("none", 0.0)
+    assert not cfg.scheduler
+    assert (cfg.data.crop_padding, cfg.data.flip) == (0, False)
+
+
+def test_seed_improved_is_the_reports_improved_run():
+    cfg = compose_train(["experiment=seed_improved"])
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.0002, 0.9, 0.004)
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (128, 20)
+    assert (cfg.model.batch_norm, cfg.model.dropout) == ("all", 0.2)
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (16, 0.1)
+    assert cfg.callbacks.early_stopping.monitor == "val_loss"
+    assert cfg.callbacks.model_checkpoint.monitor == "val_loss"
+
+
+def test_every_registered_model_has_a_config():
+    configs = {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
+    assert configs == set(MODELS)
+    for name, cls in MODELS.items():
+        cfg = compose_train([f"model={name}"])
+        assert cfg.model._target_ == f"cifar_lightning.models.{cls.__name__}"
+
+
+@pytest.mark.parametrize(
+    "override, group, detail",
+    [
+        ("model.dropout=1.5", "model", "dropout must be a probability in [0, 1)"),
+        ("model.batch_norm=some", "model", "batch_norm must be one of none, first, all"),
+        ("optim.lr=-1", "optim", "Invalid learning rate"),
+        ("optim.momentum=-0.5", "optim", "momentum"),
+        ("data.val_fraction=0", "data", "val_fraction"),
+        ("data.batch_size=0", "data", "batch_size"),
+        ("trainer.max_epochs=-2", "trainer", "max_epochs"),
+        ("seed=abc", "seed", "seed must be an integer"),
+    ],
+)
+def test_invalid_values_are_refused_before_training(override, group, detail, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build(compose_train([override], tmp_path / "run"))
+    message = str(err.value)
+    assert f"invalid `{group}` config" in message and detail in message
+    assert "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_key_is_refused_at_composition():
+    with pytest.raises(ConfigCompositionException, match="model.dropot"):
+        compose_train(["model.dropot=0.1"])

@@ -1,0 +1,188 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_lightning import data as data_mod
+from cifar_lightning.data import (
+    CIFAR10_FILES,
+    CIFAR10Arrays,
+    CIFAR10DataModule,
+    TensorBatchLoader,
+    channel_stats,
+    ensure_cifar10,
+    find_cifar10_problems,
+    load_cifar10,
+    normalize,
+    stratified_split,
+)
+from cifar_lightning.errors import DataError
+
+
+def test_real_files_pass_the_md5_check(data_dir):
+    assert find_cifar10_problems(data_dir) == []
+
+
+def test_loads_all_images_as_uint8(data_dir):
+    arrays = load_cifar10(data_dir)
+    assert arrays.train_images.shape == (50000, 3, 32, 32) and arrays.train_images.dtype == torch.uint8
+    assert arrays.test_images.shape == (10000, 3, 32, 32) and arrays.test_images.dtype == torch.uint8
+    assert torch.bincount(arrays.train_labels).tolist() == [5000] * 10
+    assert torch.bincount(arrays.test_labels).tolist() == [1000] * 10
+    # Known facts of the official files: the first train image is a frog whose red plane starts 59, 43, 50.
+    assert arrays.train_labels[0] == 6 and arrays.train_images[0, 0, 0, :3].tolist() == [59, 43, 50]
+    assert arrays.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert arrays.classes[0] == "airplane" and arrays.classes[9] == "truck"
+
+
+def test_split_is_disjoint_stratified_seeded_and_sized():
+    labels = torch.arange(10).repeat_interleave(5000)
+    train_idx, val_idx = stratified_split(labels, 0.1, seed=0)
+    assert len(train_idx) == 45000 and len(val_idx) == 5000
+    assert len(set(train_idx.tolist()) & set(val_idx.tolist())) == 0
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(50000))
+    assert torch.bincount(labels[val_idx]).tolist() == [500] * 10
+    again, _ = stratified_split(labels, 0.1, seed=0)
+    other, _ = stratified_split(labels, 0.1, seed=1)
+    assert torch.equal(train_idx, again) and not torch.equal(train_idx, other)
+
+
+def test_channel_stats_match_a_float_computation():
+    x = torch.randint(0, 256, (700, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    f = x.double() / 255
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), f.mean(dim=(0, 2, 3)), atol=1e-12)
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), f.std(dim=(0, 2, 3), unbiased=False), atol=1e-9)
+
+
+def test_normalize_gives_zero_mean_unit_variance(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
+    dm.setup()
+    x = dm.normalize(dm.arrays.train_images[dm.train_idx])
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4)
+
+
+def test_normalization_uses_the_training_split_only(data_dir, monkeypatch):
+    real = load_cifar10(data_dir)
+    _, val_idx = stratified_split(real.train_labels, 0.1, 0)
+    # Same data, but every validation and test image white: the statistics must not move.
+    train_images = real.train_images.clone()
+    train_images[val_idx] = 255
+    tampered = CIFAR10Arrays(train_images, real.train_labels, torch.full_like(real.test_images, 255),
+                             real.test_labels, real.classes)
+    monkeypatch.setattr(data_mod, "load_cifar10", lambda *a, **k: tampered)
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
+    dm.setup()
+    clean = CIFAR10DataModule(data_dir=str(data_dir), download=False)
+    monkeypatch.setattr(data_mod, "load_cifar10", lambda *a, **k: real)
+    clean.setup()
+    assert dm.mean == clean.mean and dm.std == clean.std
+    assert torch.equal(dm.train_idx, clean.train_idx)
+    assert dm.mean != channel_stats(real.train_images)[0]  # not the all-50,000 statistics
+    # Checkpoints carry the statistics.
+    restored = CIFAR10DataModule(data_dir=str(data_dir))
+    restored.load_state_dict(clean.state_dict())
+    assert restored.mean == clean.mean and restored.std == clean.std
+
+
+def test_datamodule_batches(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, batch_size=128, eval_batch_size=1000)
+    dm.setup()
+    train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
+    assert (len(train), len(val), len(test)) == (352, 5, 10)
+    images, labels = next(iter(train))
+    assert images.shape == (128, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (128,)
+    assert sum(len(y) for _, y in test) == 10000
+
+
+def test_loader_visits_every_image_once_per_epoch_in_a_seeded_order():
+    labels = torch.arange(1000)
+    images = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8)
+    loader = TensorBatchLoader(images, labels, batch_size=128, shuffle=True, seed=3)
+    first = torch.cat([y for _, y in loader])
+    second = torch.cat([y for _, y in loader])
+    assert sorted(first.tolist()) == list(range(1000)) == sorted(second.tolist())
+    assert not torch.equal(first, second)  # a new permutation each epoch
+    again = TensorBatchLoader(images, labels, batch_size=128, shuffle=True, seed=3)
+    assert torch.equal(torch.cat([y for _, y in again]), first)
+    ranks = [torch.cat([y for _, y in TensorBatchLoader(images, labels, 100, True, 3, r, 3)]) for r in range(3)]
+    assert sorted(torch.cat(ranks).tolist()) == list(range(1000))
+    assert all(len(TensorBatchLoader(images, labels, 100, True, 3, r, 3)) == 4 for r in range(3))
+
+
+def test_augmentation_only_while_training(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, crop_padding=4, flip=True)
+    dm.setup()
+    x = dm.arrays.test_images[:64]
+    assert torch.equal(dm.on_after_batch_transfer((x, None), 0)[0], dm.normalize(x))  # no trainer: no augmentation
+    augmented = dm.augment(x)
+    assert augmented.shape == x.shape and not torch.equal(augmented, x)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"val_fraction": 0.0}, {"val_fraction": 1.2}, {"batch_size": 0}, {"crop_padding": -1}]
+)
+def test_invalid_datamodule_options(kwargs):
+    with pytest.raises(ValueError):
+        CIFAR10DataModule(**kwargs)
+
+
+def copy_of_data(data_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(data_dir / "cifar-10-batches-py", target)
+    return tmp_path
+
+
+def test_missing_folder_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(tmp_path / "nowhere", download=False)
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message
+    assert "data.data_dir" in message and "data.download=true" in message
+
+
+def test_batches_folder_itself_gets_a_hint(data_dir):
+    with pytest.raises(DataError, match="point at its parent"):
+        ensure_cifar10(data_dir / "cifar-10-batches-py", download=False)
+
+
+def test_one_changed_byte_is_caught(data_dir, tmp_path):
+    root = copy_of_data(data_dir, tmp_path)
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    content = bytearray(path.read_bytes())
+    content[5000] ^= 0x01
+    path.write_bytes(bytes(content))
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(root, download=False)
+    assert f"{path} is corrupt" in str(err.value)
+    assert len(find_cifar10_problems(root)) == 1
+
+
+def test_missing_file_is_named(data_dir, tmp_path):
+    root = copy_of_data(data_dir, tmp_path)
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch is missing"):
+        load_cifar10(root)
+
+
+def test_failed_download_says_why_and_how_to_fix(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(tmp_path, download=True)
+    message = str(err.value)
+    assert "downloading it failed" in message and "network is unreachable" in message
+    assert "data.data_dir=../shared/data" in message
+
+
+def test_file_list_is_torchvisions():
+    assert [name for name, _ in CIFAR10_FILES] == [
+        "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta",
+    ]  # fmt: skip

@@ -1,0 +1,63 @@
+"""The training job end to end on the real CIFAR-10, shortened with batch limits."""
+
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.training import train
+
+SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
+         "trainer.limit_test_batches=3"]  # fmt: skip
+METRIC_KEYS = {"test_acc", "test_loss", "best_val_loss", "best_epoch", "epochs_run", "train_seconds", "seed", "versions"}
+
+
+def test_fast_dev_run_writes_the_run_record(make_cfg, tmp_path):
+    metrics = train(make_cfg("debug=fast_dev_run"))
+    run = tmp_path / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(saved) and saved == json.loads(json.dumps(metrics))
+    assert 0.0 <= saved["test_acc"] <= 1.0 and saved["epochs_run"] == 1
+    assert {"torch", "lightning", "hydra-core", "torchvision"} <= set(saved["versions"])
+    config = (run / "config.yaml").read_text()
+    assert "${" not in config and "seed_improved" in config  # resolved
+
+
+def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_path):
+    cfg = make_cfg(*SHORT, "experiment=seed_base", "optim.lr=0.01")
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert metrics["epochs_run"] == 2 and len(metrics["history"]) == 2
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= set(metrics["history"][0])
+
+    checkpoint = torch.load(best, weights_only=True)
+    assert metrics["best_epoch"] == checkpoint["epoch"] + 1
+    assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][next(
+        k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))
+
+    # Recompute test accuracy from the best checkpoint by hand: same figure as metrics.json.
+    model = instantiate(cfg.model)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
+    model.eval()
+    dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False)
+    dm.load_state_dict(checkpoint["CIFAR10DataModule"])
+    dm.setup()
+    images, labels = dm.arrays.test_images[:3000], dm.arrays.test_labels[:3000]
+    with torch.no_grad():
+        predictions = model(dm.normalize(images)).argmax(dim=1)
+    assert metrics["test_acc"] == pytest.approx((predictions == labels).float().mean().item(), abs=1e-6)
+
+
+def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
+    overrides = [*SHORT, "trainer.max_epochs=1", "data.crop_padding=4", "data.flip=true", "seed=3"]
+    first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
+    second = train(make_cfg(*overrides, output_dir=tmp_path / "b"))
+    other = train(make_cfg(*overrides[:-1], "seed=4", output_dir=tmp_path / "c"))
+    assert first["test_acc"] == second["test_acc"] and first["test_loss"] == second["test_loss"]
+    assert first["history"] == second["history"]
+    assert other["test_loss"] != first["test_loss"]
