@@ -37,6 +37,11 @@ class EpochHistory(L.Callback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
+        self._lr: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The rate this epoch trains with: epoch schedulers step before on_train_epoch_end.
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the epoch's validation, so both train_* and val_* are in callback_metrics.
@@ -44,8 +49,8 @@ class EpochHistory(L.Callback):
         for name, value in sorted(trainer.callback_metrics.items()):
             if name.startswith(("train_", "val_")):
                 row[name] = float(value)
-        if trainer.optimizers:  # the rate used during this epoch: schedulers step after this hook
-            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        if self._lr is not None:
+            row["lr"] = self._lr
         self.history.append(row)
         if trainer.is_global_zero and not trainer.sanity_checking:
             figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")

@@ -81,7 +81,8 @@ class ClassifierModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         decayed = [p for p in params if p.ndim > 1]
         undecayed = [p for p in params if p.ndim <= 1]
-        return [{"params": decayed}, {"params": undecayed, "weight_decay": 0.0}]
+        # Names label the two rates in the LR monitor's curves.
+        return [{"params": decayed, "name": "weights"}, {"params": undecayed, "weight_decay": 0.0, "name": "no_decay"}]
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameter_groups())

@@ -81,3 +81,19 @@ def test_gpu_stats_monitor_is_idle_on_cpu(tmp_path):
     )  # fmt: skip
     trainer.fit(ScriptedModule())  # DeviceStatsMonitor would raise here without a logger
     assert monitor.enabled is False
+
+
+class ScheduledModule(ScriptedModule):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.1)]
+
+
+def test_epoch_history_records_the_rate_each_epoch_trained_with(tmp_path):
+    history = EpochHistory()
+    trainer = L.Trainer(
+        max_epochs=4, callbacks=[history], logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ScheduledModule())
+    assert [row["lr"] for row in history.history] == pytest.approx([1.0, 1.0, 0.1, 0.1])
