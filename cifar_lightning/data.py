@@ -98,11 +98,11 @@ def ensure_cifar10(data_dir: str | Path, download: bool) -> None:
             ) from exc
         problems = find_cifar10_problems(data_dir)
     if problems:
+        fetch = "" if download else ", or run with data.download=true to fetch a fresh md5-checked copy there"
         raise DataError(
             f"CIFAR-10 under {folder} is not usable: {'; '.join(problems)}. Fix: point "
             f"data.data_dir at the folder that contains the official cifar-10-batches-py/ "
-            f"(e.g. data.data_dir=../shared/data), or run with data.download=true to fetch a "
-            f"fresh md5-checked copy there."
+            f"(e.g. data.data_dir=../shared/data){fetch}."
         )
     _verified.add(_fingerprint(folder))
 
@@ -116,7 +116,13 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> CIFAR10Arrays:
     key = _fingerprint(cifar10_folder(data_dir))
     if key not in _loaded:
         root = str(Path(data_dir).expanduser())
-        train, test = CIFAR10(root, train=True), CIFAR10(root, train=False)
+        try:
+            train, test = CIFAR10(root, train=True), CIFAR10(root, train=False)
+        except Exception as exc:  # e.g. a file that cannot be read although its md5 was fine before
+            raise DataError(
+                f"CIFAR-10 under {cifar10_folder(data_dir)} could not be read ({type(exc).__name__}: {exc}). "
+                f"Fix: check the files' permissions, or replace the folder with a fresh copy (data.download=true)."
+            ) from exc
         _loaded.clear()  # keep one copy: the data set is 180 MB
         _loaded[key] = CIFAR10Arrays(
             # numpy HWC -> NCHW view with channels-last strides, no copy.

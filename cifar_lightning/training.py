@@ -102,11 +102,16 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
     return loggers
 
 
+def checked_seed(cfg: DictConfig) -> int:
+    with config_errors("seed"):
+        if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    return cfg.seed
+
+
 def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Trainer, EpochHistory]:
     """Everything a run needs, each config group checked as it is built, before any training."""
-    with config_errors("seed"):
-        if not isinstance(cfg.seed, int):
-            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    checked_seed(cfg)
     with config_errors("data"):
         datamodule: CIFAR10DataModule = instantiate(cfg.data)
     with config_errors("model"):
@@ -117,7 +122,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
         scheduler_factory = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
         if scheduler_factory is not None and not callable(scheduler_factory):
             raise ValueError("a scheduler config needs a _target_ (see conf/scheduler/), or use scheduler=none")
-    with config_errors("module"):
+    with config_errors("model"):
         module = ClassifierModule(
             model,
             optimizer_factory,
@@ -161,7 +166,7 @@ def summarize(
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job and return (and save) its metrics."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(checked_seed(cfg), workers=True, verbose=False)  # before the model's weights are drawn
     datamodule, module, trainer, history = build(cfg)
     datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
 
@@ -183,8 +188,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = summarize(trainer, history, test_metrics, train_seconds)
     metrics.update(
+        test_confusion=module.test_confusion_matrix,
+        classes=list(datamodule.classes),
         seed=cfg.seed,
         experiment=cfg.get("experiment_name"),
+        ablation=OmegaConf.select(cfg, "ablation.name"),
         best_checkpoint=best_path or None,
         last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
         normalization={"mean": datamodule.mean, "std": datamodule.std},

@@ -5,7 +5,9 @@ are refused before training with a one-line reason naming the config group.
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.models import MODELS
@@ -85,3 +87,35 @@ def test_invalid_values_are_refused_before_training(override, group, detail, tmp
 def test_unknown_key_is_refused_at_composition():
     with pytest.raises(ConfigCompositionException, match="model.dropot"):
         compose_train(["model.dropot=0.1"])
+
+
+ABLATIONS = ["base", "improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout"]
+
+
+def test_ablation_all_sweeps_the_six_configurations_over_seeds():
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=["+ablation=all", "ablation.seeds=2", "hydra/launcher=joblib"],
+                      return_hydra_config=True)  # fmt: skip
+    assert cfg.hydra.sweeper.params.ablation.split(",") == ABLATIONS
+    assert cfg.hydra.sweeper.params.seed == "range(2)"
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.callbacks.aggregate_ablation._target_ == "cifar_lightning.ablation.AggregateAblation"
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("base", {"experiment_name": "seed_base", "model.batch_norm": "none", "optim.lr": 0.001}),
+        ("improved", {"experiment_name": "seed_improved", "model.batch_norm": "all", "model.dropout": 0.2}),
+        ("no_scheduler", {"experiment_name": "seed_improved", "scheduler": {}, "optim.weight_decay": 0.004}),
+        ("no_l2", {"optim.weight_decay": 0.0, "model.dropout": 0.2, "scheduler.step_size": 16}),
+        ("no_batchnorm", {"model.batch_norm": "none", "model.dropout": 0.2, "optim.weight_decay": 0.004}),
+        ("no_dropout", {"model.dropout": 0.0, "model.batch_norm": "all", "optim.lr": 0.0002}),
+    ],
+)
+def test_each_ablation_changes_one_ingredient(name, expected, tmp_path):
+    cfg = compose_train([f"+ablation={name}"], tmp_path)
+    assert cfg.ablation.name == name
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    build(cfg)

@@ -40,6 +40,11 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][next(
         k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))
 
+    confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == 3000
+    assert metrics["test_acc"] == pytest.approx(confusion.trace().item() / 3000, abs=1e-6)
+    assert metrics["classes"][3] == "cat"
+
     # Recompute test accuracy from the best checkpoint by hand: same figure as metrics.json.
     model = instantiate(cfg.model)
     model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
@@ -51,6 +56,7 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     with torch.no_grad():
         predictions = model(dm.normalize(images)).argmax(dim=1)
     assert metrics["test_acc"] == pytest.approx((predictions == labels).float().mean().item(), abs=1e-6)
+    assert torch.equal(confusion.sum(dim=1), torch.bincount(labels, minlength=10))  # rows = true class
 
 
 def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
