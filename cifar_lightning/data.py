@@ -273,7 +273,9 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _loader(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool) -> TensorBatchLoader:
         rank, world = self._rank_and_world()
-        return TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        return TensorBatchLoader(
+            images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+        )
 
     def train_dataloader(self) -> TensorBatchLoader:
         a = self.arrays

@@ -81,25 +81,15 @@ def device_name(trainer: L.Trainer) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def build_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
-    """Instantiate every entry of the callbacks group; an entry set to null is skipped."""
-    callbacks: list[L.Callback] = []
+def instantiate_entries(cfg: DictConfig | None, group: str) -> list[Any]:
+    """Instantiate every entry of a group of named objects (callbacks, loggers); null entries are skipped."""
+    objects = []
     for name, entry in (cfg or {}).items():
         if entry is None:
             continue
-        with config_errors(f"callbacks.{name}"):
-            callbacks.append(instantiate(entry))
-    return callbacks
-
-
-def build_loggers(cfg: DictConfig | None) -> list[Any]:
-    loggers = []
-    for name, entry in (cfg or {}).items():
-        if entry is None:
-            continue
-        with config_errors(f"logger.{name}"):
-            loggers.append(instantiate(entry))
-    return loggers
+        with config_errors(f"{group}.{name}"):
+            objects.append(instantiate(entry))
+    return objects
 
 
 def checked_seed(cfg: DictConfig) -> int:
@@ -137,8 +127,8 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     with config_errors("scheduler"):
         module.build_scheduler(optimizer)
     history = EpochHistory()
-    callbacks = build_callbacks(cfg.get("callbacks")) + [history]
-    loggers = build_loggers(cfg.get("logger"))
+    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks") + [history]
+    loggers = instantiate_entries(cfg.get("logger"), "logger")
     with config_errors("trainer"):
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer, history

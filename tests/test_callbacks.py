@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cifar_lightning.callbacks import EpochHistory, GPUStatsMonitor
-from cifar_lightning.training import build_callbacks
+from cifar_lightning.training import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
 # Validation loss per epoch: best at epoch index 1, then no improvement.
@@ -45,7 +45,7 @@ class ScriptedModule(L.LightningModule):
 
 def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     cfg = compose_train([*QUIET, "callbacks.early_stopping.patience=3", "callbacks.lr_monitor=null"], tmp_path)
-    callbacks = build_callbacks(cfg.callbacks)
+    callbacks = instantiate_entries(cfg.callbacks, "callbacks")
     trainer = L.Trainer(
         max_epochs=10, callbacks=callbacks, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
@@ -60,13 +60,19 @@ def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     assert result["test_weight"] == 1.0  # the weights of the best epoch, not the last (4.0)
 
 
-def test_epoch_history_records_each_epoch(tmp_path):
-    history = EpochHistory()
+def fit_quietly(module: L.LightningModule, tmp_path, max_epochs: int, callbacks: list) -> L.Trainer:
+    """Fit on CPU without logger, checkpoints, progress bar or summary."""
     trainer = L.Trainer(
-        max_epochs=3, callbacks=[history], logger=False, enable_progress_bar=False,
+        accelerator="cpu", max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(ScriptedModule())
+    trainer.fit(module)
+    return trainer
+
+
+def test_epoch_history_records_each_epoch(tmp_path):
+    history = EpochHistory()
+    fit_quietly(ScriptedModule(), tmp_path, 3, [history])
     assert [row["epoch"] for row in history.history] == [1, 2, 3]
     assert [row["val_loss"] for row in history.history] == pytest.approx(SCRIPTED_VAL_LOSS[:3])
     assert all(row["lr"] == 0.0 for row in history.history)
@@ -75,11 +81,7 @@ def test_epoch_history_records_each_epoch(tmp_path):
 def test_gpu_stats_monitor_is_idle_on_cpu(tmp_path):
     monitor = instantiate({"_target_": "cifar_lightning.callbacks.GPUStatsMonitor"})
     assert isinstance(monitor, GPUStatsMonitor)
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(ScriptedModule())  # DeviceStatsMonitor would raise here without a logger
+    fit_quietly(ScriptedModule(), tmp_path, 1, [monitor])  # DeviceStatsMonitor would raise here without a logger
     assert monitor.enabled is False
 
 
@@ -91,9 +93,5 @@ class ScheduledModule(ScriptedModule):
 
 def test_epoch_history_records_the_rate_each_epoch_trained_with(tmp_path):
     history = EpochHistory()
-    trainer = L.Trainer(
-        max_epochs=4, callbacks=[history], logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(ScheduledModule())
+    fit_quietly(ScheduledModule(), tmp_path, 4, [history])
     assert [row["lr"] for row in history.history] == pytest.approx([1.0, 1.0, 0.1, 0.1])

@@ -2,7 +2,6 @@
 are refused before training with a one-line reason naming the config group.
 """
 
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -29,7 +28,8 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override", ["debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null"]
+    "override",
+    ["debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null"],
 )
 def test_options_compose_and_build(override, tmp_path):
     build(compose_train([override], tmp_path))

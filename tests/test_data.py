@@ -14,7 +14,6 @@ from cifar_lightning.data import (
     ensure_cifar10,
     find_cifar10_problems,
     load_cifar10,
-    normalize,
     stratified_split,
 )
 from cifar_lightning.errors import DataError

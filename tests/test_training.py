@@ -11,7 +11,9 @@ from cifar_lightning.training import train
 
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
          "trainer.limit_test_batches=3"]  # fmt: skip
-METRIC_KEYS = {"test_acc", "test_loss", "best_val_loss", "best_epoch", "epochs_run", "train_seconds", "seed", "versions"}
+METRIC_KEYS = {
+    "test_acc", "test_loss", "best_val_loss", "best_epoch", "epochs_run", "train_seconds", "seed", "versions",
+}  # fmt: skip
 
 
 def test_fast_dev_run_writes_the_run_record(make_cfg, tmp_path):
