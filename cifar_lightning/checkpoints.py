@@ -1,0 +1,200 @@
+"""Read checkpoints written by train.py and rebuild their model, refusing anything else.
+
+Loading is weights-only (tensors and plain containers, never arbitrary objects), so opening a
+checkpoint from elsewhere cannot run code; the model is then rebuilt from the run config the
+checkpoint carries and must match its weights exactly.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from torch import nn
+
+from cifar_lightning.errors import CifarLightningError
+
+#: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
+#: tampered config must not name just any one.
+TRUSTED_MODEL_PACKAGES = ("cifar_lightning.", "torchvision.models.")
+
+_FIX_WRITTEN_BY_TRAIN = (
+    "Fix: pass a checkpoint written by train.py, e.g. ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, "
+    "or its run directory as run_dir=logs/train/runs/<date>_<time>"
+)
+
+
+class CheckpointError(CifarLightningError):
+    """A checkpoint is missing, unreadable, unsafe, or not one of ours."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception's type and the first sentence of its message (torch's often run to a page)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first}" if first and first != type(exc).__name__ else type(exc).__name__
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a train.py checkpoint onto the CPU, weights only.
+
+    Raises CheckpointError for a missing, truncated, corrupt or unsafe file, and for a file that
+    is not a cifar-lightning checkpoint (no `state_dict` or no `hyper_parameters.run_config`).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(
+            f"the checkpoint {path} is a folder, not a file. Fix: pass a train.py run directory as "
+            f"run_dir={path}, or a checkpoint file such as ckpt={path / 'checkpoints' / 'best.ckpt'}."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"the checkpoint {path} does not exist. {_FIX_WRITTEN_BY_TRAIN}.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CheckpointError(
+                f"the checkpoint {path} is corrupt ({_reason(exc)}). Fix: copy it again from where it was "
+                f"written, or train again; nothing was evaluated."
+            ) from exc
+        detail = _reason(exc.__context__) if exc.__context__ is not None else "objects beyond tensors"
+        raise CheckpointError(
+            f"{path} is not a safe checkpoint: it holds Python objects that could run code when loaded "
+            f"(torch refused: {detail}), so it was not loaded. Fix: evaluate only checkpoints written by "
+            f"train.py (checkpoints/best.ckpt or last.ckpt of a run directory); if this one is, it is damaged: "
+            f"use another copy or train again."
+        ) from exc
+    except Exception as exc:  # torch reports damage as RuntimeError, EOFError, KeyError, ...: all mean the same
+        raise CheckpointError(
+            f"the checkpoint {path} is truncated or corrupt and could not be read ({_reason(exc)}). "
+            f"Fix: copy it again from where it was written (an interrupted copy or a full "
+            f"disk leaves a short file), or train again; nothing was evaluated."
+        ) from exc
+    check_is_ours(checkpoint, path)
+    return checkpoint
+
+
+def check_is_ours(checkpoint: Any, path: str | Path) -> None:
+    """Refuse a loadable file that train.py did not write: it lacks the weights or the run config."""
+    missing = []
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        missing.append("`state_dict` (the weights)")
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    run_config = hparams.get("run_config") if isinstance(hparams, dict) else None
+    if not isinstance(run_config, dict) or not isinstance(run_config.get("model"), dict):
+        missing.append("`hyper_parameters.run_config` with a `model` entry (the config that rebuilds the model)")
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a cifar-lightning checkpoint: it has no {' and no '.join(missing)}. "
+            f"{_FIX_WRITTEN_BY_TRAIN}; checkpoints from other projects cannot be evaluated here."
+        )
+
+
+def run_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of the run that wrote the checkpoint."""
+    return checkpoint["hyper_parameters"]["run_config"]
+
+
+def _model_class(target: Any) -> type | None:
+    """The nn.Module class `target` names, or None if it names anything else or lies outside the trusted packages."""
+    if not isinstance(target, str) or not target.startswith(TRUSTED_MODEL_PACKAGES):
+        return None
+    try:
+        found = get_class(target)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, nn.Module) else None
+
+
+def _checked_model_target(model_config: dict[str, Any], source: str) -> None:
+    """Refuse a model config that would import or call something other than a model class."""
+    target = model_config.get("_target_")
+    nested = [key for key, value in model_config.items() if key != "_target_" and "_target_" in str(value)]
+    if _model_class(target) is None or nested:
+        raise CheckpointError(
+            f"the checkpoint {source} names a model that is not allowed: `_target_: {target!r}`"
+            f"{' with nested targets in ' + ', '.join(nested) if nested else ''} (it must be an nn.Module class "
+            f"from {' or '.join(TRUSTED_MODEL_PACKAGES)}, with plain arguments), so it was not built: its run config "
+            f"was probably edited. {_FIX_WRITTEN_BY_TRAIN}."
+        )
+
+
+def _weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> list[str]:
+    """How the checkpoint's weights differ from the model's, one phrase per kind; [] if they fit."""
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {tuple(getattr(given[k], 'shape', ()))} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and (not isinstance(given[k], torch.Tensor) or given[k].shape != expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {listed(missing)}")
+    if unexpected:
+        problems.append(f"not in the model: {listed(unexpected)}")
+    if shapes:
+        problems.append(f"shapes differ (checkpoint vs model): {listed(shapes)}")
+    return problems
+
+
+def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.Module:
+    """The checkpoint's model, rebuilt from its run config with its weights loaded strictly, in eval mode.
+
+    source: where the checkpoint came from, for error messages.
+    """
+    config = run_config(checkpoint)
+    model_config = dict(config["model"])
+    _checked_model_target(model_config, str(source))
+    try:
+        model = instantiate(model_config)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"it gives a {type(model).__name__}, not a model")
+    except (InstantiationException, ValueError, TypeError) as exc:
+        cause: BaseException = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        raise CheckpointError(
+            f"the model of the checkpoint {source} cannot be rebuilt from its run config ({_reason(cause)}): "
+            f"the config was probably edited. {_FIX_WRITTEN_BY_TRAIN}."
+        ) from exc
+    weights = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
+    problems = _weight_mismatch(model.state_dict(), weights)
+    if problems:
+        raise CheckpointError(
+            f"the weights in the checkpoint {source} do not fit the model its run config describes "
+            f"({model_config.get('_target_')} with {_arguments(model_config)}): {'; '.join(problems)}. "
+            f"The checkpoint comes from another architecture or its config was edited. {_FIX_WRITTEN_BY_TRAIN}."
+        )
+    model.load_state_dict(weights, strict=True)
+    if config.get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def _arguments(model_config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in model_config.items() if k != "_target_") or "no arguments"
+
+
+def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> dict[str, list[float]]:
+    """The training split's per-channel mean and std saved by CIFAR10DataModule ({"mean": [...], "std": [...]})."""
+    stats = checkpoint.get("CIFAR10DataModule")
+    fine = isinstance(stats, dict) and all(
+        isinstance(stats.get(key), (list, tuple))
+        and len(stats[key]) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[key])
+        for key in ("mean", "std")
+    )
+    if not fine or not all(v > 0 for v in stats["std"]):
+        raise CheckpointError(
+            f"the checkpoint {source} holds no usable normalization statistics (`CIFAR10DataModule` with three "
+            f"`mean` and three positive `std` values), so its images cannot be normalized as in training. "
+            f"{_FIX_WRITTEN_BY_TRAIN}."
+        )
+    return {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}

@@ -1,0 +1,348 @@
+"""The evaluation job behind evaluate.py: load a train.py checkpoint, predict the 10,000 CIFAR-10
+test images, measure, and write the metrics, figures, Grad-CAM maps and a one-page report.
+
+Predicting (`predict`) and measuring (`measure`) are separate functions on plain tensors, so
+other analyses (e.g. out-of-distribution scores) reuse them on any set of uint8 images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.progress import track
+from torch import Tensor, nn
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
+from cifar_lightning.gradcam import gradcam_overlays
+from cifar_lightning.report import write_report
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "gpu")
+EXPLAIN = ("predicted", "true")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A classifier's outputs for N images, on the CPU: logits and softmax probabilities, (N, classes)."""
+
+    logits: Tensor
+    probabilities: Tensor
+
+    @property
+    def predicted(self) -> Tensor:
+        return self.probabilities.argmax(dim=1)
+
+    @property
+    def confidence(self) -> Tensor:
+        """The probability of the predicted class."""
+        return self.probabilities.max(dim=1).values
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation produced and used, for the figures and for callers in Python."""
+
+    summary: dict[str, Any]
+    predictions: Predictions
+    images: Tensor  # uint8 (N, 3, 32, 32), the test images
+    labels: Tensor
+    model: nn.Module
+    normalize: Callable[[Tensor], Tensor]
+    checkpoint_path: Path
+    output_dir: Path
+
+
+def _invalid(key: str, problem: str, example: str) -> ConfigError:
+    return ConfigError(
+        f"invalid `{key}` config: {problem}. Fix the value on the command line (python evaluate.py {example}) "
+        f"or in conf/evaluate.yaml; nothing was evaluated."
+    )
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse a bad evaluation setting before anything is loaded or written."""
+    if cfg.device not in DEVICES:
+        raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
+    if not _is_int(cfg.batch_size, 1):
+        raise _invalid("batch_size", f"must be a positive integer, got {cfg.batch_size!r}", "batch_size=1000")
+    if not _is_int(cfg.seed, 0):
+        raise _invalid("seed", f"seed must be a non-negative integer, got {cfg.seed!r}", "seed=0")
+    if not _is_int(cfg.gallery.size, 0):
+        raise _invalid("gallery.size", f"must be an integer >= 0, got {cfg.gallery.size!r}", "gallery.size=32")
+    if not _is_int(cfg.gradcam.count, 0):
+        raise _invalid("gradcam.count", f"must be an integer >= 0, got {cfg.gradcam.count!r}", "gradcam.count=8")
+    if cfg.gradcam.explain not in EXPLAIN:
+        raise _invalid(
+            "gradcam.explain", f"must be one of {', '.join(EXPLAIN)}, got {cfg.gradcam.explain!r}",
+            "gradcam.explain=predicted",
+        )  # fmt: skip
+
+
+def checkpoint_path(cfg: DictConfig) -> Path:
+    """The checkpoint to evaluate: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
+    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
+    if (ckpt is None) == (run_dir is None):
+        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
+        raise ConfigError(
+            f"evaluate.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, "
+            f"python evaluate.py ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, or a train.py run "
+            f"directory, python evaluate.py run_dir=logs/train/runs/<date>_<time> (its best.ckpt is used)."
+        )
+    if ckpt is not None:
+        return Path(str(ckpt)).expanduser()
+    run_dir = Path(str(run_dir)).expanduser()
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        problem = "does not exist" if not run_dir.is_dir() else f"holds no {best.relative_to(run_dir)}"
+        raise CheckpointError(
+            f"the run directory {run_dir} {problem}. Fix: pass a directory that train.py wrote "
+            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
+        )
+    return best
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: a CUDA GPU when there is one, else the CPU."""
+    if name == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=gpu was asked for, but torch sees no CUDA GPU on this machine. Fix: run with device=cpu "
+            "(or device=auto, which takes a GPU when there is one), or install a CUDA build of torch."
+        )
+    return torch.device("cuda" if name in ("gpu", "auto") and torch.cuda.is_available() else "cpu")
+
+
+def gradcam_layer(model: nn.Module, name: str | None) -> str:
+    """The layer Grad-CAM hooks: the one named, or the model's last Conv2d."""
+    layers = dict(model.named_modules())
+    if name is not None:
+        if name not in layers or name == "":
+            raise _invalid(
+                "gradcam.layer",
+                f"the model has no layer {name!r} (its layers: {', '.join(n for n in layers if n)})",
+                "gradcam.layer=conv3, or gradcam.layer=null for the last conv layer",
+            )
+        return name
+    convs = [n for n, module in layers.items() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise _invalid("gradcam.layer", "the model has no Conv2d layer to explain", "gradcam.layer=<layer name>")
+    return convs[-1]
+
+
+def build_datamodule(data: DictConfig, stats: dict[str, list[float]]) -> CIFAR10DataModule:
+    """The test data, normalized with the checkpoint's training statistics (not recomputed)."""
+    try:
+        datamodule = instantiate(data)
+    except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
+        cause: BaseException = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
+        raise _invalid("data", " ".join(str(cause).split()), "data.<key>=<value>") from exc
+    datamodule.prepare_data()  # missing or corrupt data fails here, naming the file and the fix
+    datamodule.load_state_dict(stats)
+    datamodule.setup("test")
+    return datamodule
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    images: Tensor,
+    normalize: Callable[[Tensor], Tensor],
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+    progress: bool = False,
+) -> Predictions:
+    """Run `model` on uint8 images (N, 3, 32, 32) in batches on `device`; outputs come back to the CPU.
+
+    normalize: maps a uint8 batch (on the device) to the model's input, e.g. CIFAR10DataModule.normalize.
+    """
+    model = model.to(device).eval()
+    starts = range(0, len(images), batch_size)
+    logits = [
+        model(normalize(images[start : start + batch_size].to(device, non_blocking=True))).float().cpu()
+        for start in track(starts, description="Predicting", total=len(starts), disable=not progress)
+    ]
+    all_logits = torch.cat(logits) if logits else torch.empty(0, 0)
+    return Predictions(logits=all_logits, probabilities=all_logits.softmax(dim=1))
+
+
+def measure(predictions: Predictions, labels: Tensor) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy, per-class accuracy/precision/recall/F1 and the confusion matrix.
+
+    The confusion matrix has rows = true class, columns = predicted class.
+    """
+    logits, classes = predictions.logits, predictions.logits.shape[1]
+
+    def per_class(metric: type) -> list[float]:
+        return metric(classes, average=None)(logits, labels).tolist()
+
+    return {
+        "test_acc": MulticlassAccuracy(classes, average="micro")(logits, labels).item(),
+        "test_loss": F.cross_entropy(logits.double(), labels).item(),
+        "per_class_acc": per_class(MulticlassAccuracy),
+        "precision": per_class(MulticlassPrecision),
+        "recall": per_class(MulticlassRecall),
+        "f1": per_class(MulticlassF1Score),
+        "confusion": MulticlassConfusionMatrix(classes)(logits, labels).tolist(),
+        "num_images": len(labels),
+    }
+
+
+def ranked(predictions: Predictions, labels: Tensor, correct: bool) -> Tensor:
+    """Indices of the correctly (or wrongly) classified images, most confident first (ties: lower index first)."""
+    chosen = torch.nonzero((predictions.predicted == labels) == correct).flatten()
+    order = torch.sort(predictions.confidence[chosen], descending=True, stable=True).indices
+    return chosen[order]
+
+
+def write_tables(output_dir: Path, summary: dict[str, Any]) -> list[Path]:
+    """evaluation.json (the summary) and confusion_matrix.csv (rows = true class, with class names)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = output_dir / "evaluation.json", output_dir / "confusion_matrix.csv"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    with csv_path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["true \\ predicted", *summary["classes"]])
+        for name, row in zip(summary["classes"], summary["confusion"]):
+            writer.writerow([name, *row])
+    return [json_path, csv_path]
+
+
+def training_history(checkpoint: Path) -> list[dict[str, Any]]:
+    """The per-epoch history in the run's metrics.json (the checkpoint's grandparent); [] if there is none."""
+    metrics = checkpoint.resolve().parent.parent / "metrics.json"
+    try:
+        history = json.loads(metrics.read_text()).get("history")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) and all(isinstance(row, dict) for row in history) else []
+
+
+def run_evaluation(cfg: DictConfig) -> Evaluation:
+    """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures)."""
+    start = time.perf_counter()
+    check_settings(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    path = checkpoint_path(cfg)
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint, path)
+    stats = normalization(checkpoint, path)
+    layer = gradcam_layer(model, cfg.gradcam.layer)
+    device = pick_device(cfg.device)
+    datamodule = build_datamodule(cfg.data, stats)
+    images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
+
+    predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, progress=cfg.progress)
+    if predictions.logits.shape[1] != len(classes):
+        raise CheckpointError(
+            f"the model in {path} predicts {predictions.logits.shape[1]} classes, but CIFAR-10 has {len(classes)}. "
+            f"Fix: evaluate a checkpoint trained on CIFAR-10 by train.py."
+        )
+    summary = measure(predictions, labels)
+    config = run_config(checkpoint)
+    summary.update(
+        classes=list(classes),
+        checkpoint=str(path),
+        checkpoint_epoch=checkpoint["epoch"] + 1 if isinstance(checkpoint.get("epoch"), int) else None,
+        experiment=config.get("experiment_name"),
+        model=config["model"],
+        normalization=stats,
+        device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        gradcam={"layer": layer, "explain": cfg.gradcam.explain},
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    write_tables(output_dir, summary)
+    log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
+             summary["num_images"], path)  # fmt: skip
+    return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir)
+
+
+def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
+    """Each overlay's caption: true and predicted class, confidence, and the class its map explains."""
+    classes, predictions = evaluation.summary["classes"], evaluation.predictions
+    true, predicted = evaluation.labels[indices].tolist(), predictions.predicted[indices].tolist()
+    confidence = predictions.confidence[indices].tolist()
+    return [
+        f"true: {classes[t]}\npredicted: {classes[p]} ({c:.0%})\nexplains: {classes[target]} ({explain})"
+        for t, p, c, target in zip(true, predicted, confidence, targets)
+    ]
+
+
+def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> list[tuple[str, list[Path]]]:
+    """correct.png or wrong.png (most confident first), and Grad-CAM overlays of the first `gradcam.count` of them."""
+    summary, predictions, labels = evaluation.summary, evaluation.predictions, evaluation.labels
+    name, heading = ("correct", "Correctly classified") if correct else ("wrong", "Mistakes")
+    order = ranked(predictions, labels, correct)
+    sections: list[tuple[str, list[Path]]] = []
+    if cfg.gallery.size > 0:  # drawn even when empty: the figure then says there is nothing to show
+        shown = order[: cfg.gallery.size]
+        title = f"{heading}: the {len(shown)} most confident of {len(order):,}" if len(order) else f"{heading}: none"
+        gallery = plot_gallery(
+            np.ascontiguousarray(evaluation.images[shown].numpy()), labels[shown].tolist(),
+            predictions.predicted[shown].tolist(), predictions.confidence[shown].tolist(), summary["classes"],
+            title, evaluation.output_dir / f"{name}.png",
+        )  # fmt: skip
+        sections.append((f"{heading}, most confident first", [gallery]))
+    explained = order[: cfg.gradcam.count]
+    if len(explained):
+        explain, layer = summary["gradcam"]["explain"], summary["gradcam"]["layer"]
+        targets = (predictions.predicted if explain == "predicted" else labels)[explained].tolist()
+        cams = gradcam_overlays(
+            evaluation.model.cpu(),  # a few images: the CPU is quick enough, wherever predicting ran
+            layer, evaluation.images[explained].contiguous(), evaluation.normalize, targets,
+            _captions(evaluation, explained, targets, explain), evaluation.output_dir / "gradcam", name,
+            explained=explain,
+        )  # fmt: skip
+        sections.append((f"Grad-CAM: {heading.lower()} ({explain} class, layer {layer})", [c.path for c in cams]))
+    return sections
+
+
+def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
+    """The figures, Grad-CAM overlays and report.html; returns the report's path."""
+    out, summary = evaluation.output_dir, evaluation.summary
+    confusion = plot_confusion_matrix(np.array(summary["confusion"]), summary["classes"], out / "confusion_matrix.png")
+    sections = [("Confusion matrix", [confusion])]
+    sections += gallery_sections(evaluation, cfg, correct=True)
+    sections += gallery_sections(evaluation, cfg, correct=False)
+    history = training_history(evaluation.checkpoint_path)
+    if history:
+        sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
+    return write_report(out, summary, sections)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one checkpoint on the test set; write metrics, figures and report.html; return the metrics."""
+    start = time.perf_counter()
+    evaluation = run_evaluation(cfg)
+    report = write_outputs(evaluation, cfg)
+    log.info("report: %s (%.1f s in all)", report, time.perf_counter() - start)
+    return evaluation.summary

@@ -1,0 +1,174 @@
+"""Figures of one evaluated model: its confusion matrix, galleries of its predictions and its
+training curves, as PNG files.
+
+Drawn on matplotlib's `Figure` with the Agg canvas, never pyplot, so nothing depends on a
+display or on global pyplot state, and figures are freed as soon as they are saved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+GALLERY_COLUMNS = 8
+WRONG_COLOR, RIGHT_COLOR = "tab:red", "black"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def row_percent(counts: np.ndarray) -> np.ndarray:
+    """Each row as % of its total (0 for a class with no images), so classes compare whatever their size."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(100.0 * counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+
+def draw_matrix(ax, values: np.ndarray, labels: np.ndarray, classes: Sequence[str], vmax: float, title: str) -> None:
+    """One heat map with a label in every cell; rows = true class, columns = predicted class."""
+    ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+    for (true, predicted), label in np.ndenumerate(labels):
+        dark = values[true, predicted] > vmax / 2
+        ax.text(predicted, true, label, ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted class", fontsize=8)
+    ax.set_ylabel("true class", fontsize=8)
+    ax.set_title(title, fontsize=9)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: Path) -> Path:
+    """Counts (left) and row-normalized % of each true class (right); rows = true, columns = predicted.
+
+    Counts show where the test images went; percentages compare classes of different sizes.
+    """
+    counts = np.asarray(confusion)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.size == 0:
+        raise ValueError(f"the confusion matrix must be square (classes x classes), got shape {counts.shape}")
+    if len(classes) != len(counts):
+        raise ValueError(f"{len(counts)} classes in the confusion matrix, but {len(classes)} class names")
+    classes = [str(name) for name in classes]
+    shares = row_percent(counts)
+    figure = new_figure(11, 5.4)
+    left, right = figure.subplots(1, 2)
+    draw_matrix(left, counts, counts.astype(np.int64).astype(str), classes, max(counts.max(), 1),
+                f"counts ({int(counts.sum()):,} images)")  # fmt: skip
+    draw_matrix(right, shares, np.vectorize(lambda share: f"{share:.0f}")(shares), classes, 100,
+                "% of each true class (rows sum to 100)")  # fmt: skip
+    figure.suptitle("Confusion matrix: rows = true class, columns = predicted class")
+    return save(figure, path)
+
+
+def tile_image(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) -> (H, W, 3), the layout imshow draws."""
+    return np.transpose(image, (1, 2, 0))
+
+
+def plot_gallery(
+    images: np.ndarray,
+    true: Sequence[int],
+    predicted: Sequence[int],
+    confidence: Sequence[float],
+    classes: Sequence[str],
+    title: str,
+    path: Path,
+) -> Path:
+    """A grid of uint8 images (N, 3, H, W), each captioned "true -> predicted confidence".
+
+    Mistakes get a red caption and a red frame, so they stand out in a mixed gallery. With N = 0
+    the figure is drawn anyway, with a note that there is nothing to show: a report section can
+    then say so instead of missing a file.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got shape {images.shape}")
+    if not len(true) == len(predicted) == len(confidence) == len(images):
+        raise ValueError(
+            f"one label, prediction and confidence per image: {len(images)} images, {len(true)} labels, "
+            f"{len(predicted)} predictions, {len(confidence)} confidences"
+        )
+    columns = max(1, min(GALLERY_COLUMNS, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    figure = new_figure(max(1.5 * columns + 0.4, 5.0), 1.75 * rows + 0.7)  # wide enough for the title
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_visible(False)
+    for ax, image, label, guess, score in zip(axes.flat, images, true, predicted, confidence):
+        wrong = int(label) != int(guess)
+        color = WRONG_COLOR if wrong else RIGHT_COLOR
+        ax.set_visible(True)
+        ax.imshow(tile_image(image), interpolation="nearest")
+        ax.set_title(f"{classes[int(label)]} ->\n{classes[int(guess)]} {float(score):.2f}", fontsize=8, color=color)
+        for spine in ax.spines.values():
+            spine.set_visible(wrong)
+            spine.set_color(WRONG_COLOR)
+            spine.set_linewidth(3)
+    if len(images) == 0:
+        axes[0, 0].set_visible(True)
+        axes[0, 0].axis("off")
+        axes[0, 0].text(0.5, 0.5, "no images to show", ha="center", va="center", fontsize=9)
+    figure.suptitle(f"{title}\ncaption: true -> predicted, confidence; red = wrong", fontsize=10)
+    return save(figure, path)
+
+
+def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """Epochs and values of one history key, skipping rows that lack it; epochs default to row order (from 1)."""
+    epochs, values = [], []
+    for index, row in enumerate(history, start=1):
+        value = row.get(key) if isinstance(row, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            epoch = row.get("epoch", index)
+            epochs.append(epoch if isinstance(epoch, (int, float)) else index)
+            values.append(float(value))
+    return epochs, values
+
+
+def plot_curves(history: Sequence[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch, train vs val, plus the learning rate when the history has it.
+
+    Rows like {"epoch": 1, "train_loss": ..., "train_acc": ..., "val_loss": ..., "val_acc": ..., "lr": ...};
+    a missing key leaves its line out rather than failing, so partial histories still plot.
+    """
+    panels = [("loss", 1.0, "loss"), ("acc", 100.0, "accuracy (%)")]
+    lr_epochs, lr_values = series(history, "lr")
+    has_lr = bool(lr_epochs)
+    figure = new_figure(4.2 * (len(panels) + has_lr), 3.6)
+    axes = figure.subplots(1, len(panels) + has_lr, squeeze=False)[0]
+    for ax, (metric, scale, ylabel) in zip(axes, panels):
+        for split, color in (("train", "C0"), ("val", "C1")):
+            epochs, values = series(history, f"{split}_{metric}")
+            if epochs:
+                ax.plot(epochs, np.array(values) * scale, color=color, marker=".", label=split)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {ylabel} recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(ylabel)
+    if has_lr:
+        axes[-1].plot(lr_epochs, lr_values, color="C2", marker=".")
+        if min(lr_values) > 0:
+            axes[-1].set_yscale("log")  # step schedules divide the rate: equal steps on a log axis
+        axes[-1].set_ylabel("learning rate")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.suptitle("Training curves")
+    return save(figure, path)

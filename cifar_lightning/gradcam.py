@@ -1,0 +1,144 @@
+"""Grad-CAM maps of a classifier on uint8 images, saved as captioned overlays.
+
+Grad-CAM weighs a conv layer's feature maps by the gradient of one class score, so the map shows
+which parts of the image raised that class. It runs on the device of the model's parameters and
+leaves the model as it found it: same train/eval modes, no hooks, no gradients on the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from cifar_lightning.data import CIFAR10_CLASSES
+from cifar_lightning.figures import new_figure, save
+
+EXPLAINED = ("predicted", "true")
+OVERLAY_SIZE = 128  # pixels: a 32x32 image is too small to read a heat map on
+
+
+@dataclass
+class CamResult:
+    path: Path  # the overlay PNG
+    cam: np.ndarray  # the Grad-CAM map at the image's size (32x32), float in [0, 1]
+    target: int  # the class explained
+    explained: str  # "predicted" or "true": which class `target` is
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_layer(model: nn.Module, layer_name: str) -> nn.Module:
+    """The layer called `layer_name`; a ValueError lists the model's layers if there is none."""
+    if layer_name not in layer_names(model):
+        raise ValueError(f"the model has no layer {layer_name!r}; its layers are: {', '.join(layer_names(model))}")
+    return model.get_submodule(layer_name)
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """The name of the model's last Conv2d: the usual Grad-CAM layer, with the most semantic maps that still have
+    a spatial layout."""
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"the model has no Conv2d layer; its layers are: {', '.join(layer_names(model))}")
+    return convs[-1]
+
+
+def compute_cams(
+    model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: Sequence[int]
+) -> tuple[np.ndarray, int]:
+    """Grad-CAM maps (N, H, W) in [0, 1] and the number of classes the model scores, with the model restored."""
+    modes = {module: module.training for module in model.modules()}  # GradCAM switches the model to eval
+    try:
+        # Gradients are needed even when the caller runs under no_grad or inference_mode.
+        with torch.inference_mode(False), torch.enable_grad(), GradCAM(model=model, target_layers=[layer]) as cam:
+            # A copy made here is an ordinary tensor even if the caller made `inputs` under inference_mode;
+            # it takes gradients too, so the map exists even when the weights are frozen.
+            inputs = inputs.clone().requires_grad_(True)
+            try:
+                maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+            except IndexError as exc:  # GradCAM's context manager would swallow an IndexError: re-raise as ours
+                raise ValueError(f"a target class is out of range for the model's outputs: {list(targets)}") from exc
+            num_classes = cam.outputs.shape[1]
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+        model.zero_grad(set_to_none=True)  # the backward pass left gradients on the weights
+    return np.clip(maps, 0.0, 1.0), num_classes
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image (H, W, 3 in [0, 1]) and its heat-map overlay, both upscaled to OVERLAY_SIZE for reading."""
+    size = (OVERLAY_SIZE, OVERLAY_SIZE)
+    big_image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)  # keep the pixels the model saw
+    big_cam = np.clip(cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    return big_image, show_cam_on_image(big_image, big_cam, use_rgb=True)
+
+
+def class_name(target: int, num_classes: int) -> str:
+    return CIFAR10_CLASSES[target] if num_classes == len(CIFAR10_CLASSES) else f"class {target}"
+
+
+def save_overlay(image: np.ndarray, cam: np.ndarray, caption: str, path: Path) -> Path:
+    """The image and its overlay side by side, with the caption underneath."""
+    big_image, big_overlay = overlay(image, cam)
+    lines = caption.count("\n") + 1
+    figure = new_figure(3.4, 1.9 + 0.17 * lines)
+    for ax, picture, title in zip(figure.subplots(1, 2), (big_image, big_overlay), ("image", "Grad-CAM")):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    figure.supxlabel(caption, fontsize=8)
+    return save(figure, path)
+
+
+def gradcam_overlays(
+    model: nn.Module,
+    layer_name: str,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    targets: Sequence[int],
+    captions: Sequence[str],
+    out_dir: Path,
+    prefix: str,
+    explained: str = "predicted",
+) -> list[CamResult]:
+    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`; saves
+    <out_dir>/<prefix>_<i>.png with `captions[i]` and the class explained written on it.
+
+    normalize: maps a uint8 batch (on the model's device) to the model's input, e.g.
+        CIFAR10DataModule.normalize.
+    explained: "predicted" or "true", which class the targets are, written on each overlay.
+    """
+    if explained not in EXPLAINED:
+        raise ValueError(f"explained must be one of {', '.join(EXPLAINED)}, got {explained!r}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if not len(targets) == len(captions) == len(images):
+        raise ValueError(f"one target and caption per image: {len(images)} images, {len(targets)} targets, "
+                         f"{len(captions)} captions")  # fmt: skip
+    if any(int(target) < 0 for target in targets):
+        raise ValueError(f"target classes must be >= 0, got {list(targets)}")
+    layer = find_layer(model, layer_name)
+    if len(images) == 0:
+        return []
+    device = next(model.parameters()).device
+    maps, num_classes = compute_cams(model, layer, normalize(images.to(device)).float(), targets)
+    pictures = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255.0
+    results = []
+    for i, (picture, cam, target, caption) in enumerate(zip(pictures, maps, targets, captions)):
+        if "explains:" not in caption:  # callers may have written it themselves
+            caption = f"{caption}\nexplains: {class_name(int(target), num_classes)} ({explained})"
+        path = save_overlay(picture, cam, caption, Path(out_dir) / f"{prefix}_{i}.png")
+        results.append(CamResult(path=path, cam=cam, target=int(target), explained=explained))
+    return results

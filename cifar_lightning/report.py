@@ -1,0 +1,195 @@
+"""One self-contained HTML page for an evaluation: headline numbers, a per-class table, the model
+config and the figures.
+
+Every image is embedded as a base64 data: URI and the CSS is inline, with no scripts and no
+external URLs, so the single file can be mailed, archived or opened offline and still shows
+everything. All text from the summary is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.html"
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}  # fmt: skip
+# Per-class metrics: (column heading, key in summary["per_class"], top-level key evaluation.py writes).
+PER_CLASS_COLUMNS = (
+    ("accuracy", "accuracy", "per_class_acc"),
+    ("precision", "precision", "precision"),
+    ("recall", "recall", "recall"),
+    ("F1", "f1", "f1"),
+)
+PROVENANCE = {"checkpoint": "checkpoint", "checkpoint_epoch": "checkpoint epoch", "experiment": "experiment",
+              "device": "device"}  # fmt: skip
+# Summary keys with a place of their own on the page; "Other fields" shows the rest.
+SHOWN_ELSEWHERE = {"test_acc", "test_loss", "num_images", *PROVENANCE, "classes", "confusion", "per_class", "model",
+                   *(column[2] for column in PER_CLASS_COLUMNS)}  # fmt: skip
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; }
+.headline { display: flex; flex-wrap: wrap; gap: 1em; margin: 1em 0; }
+.number { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 1em; }
+.number .value { font-size: 1.8em; font-weight: bold; }
+.number .label { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #666; font-size: 0.85em; }
+.provenance th, .provenance td { text-align: left; }
+.note { color: #a33; }
+"""
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def percent(value: Any, digits: int = 2) -> str:
+    """A fraction as a percentage ("0.692" -> "69.20%"); anything else as text, n/a when absent."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.{digits}f}%" if is_number(value) else str(value)
+
+
+def headline(summary: dict) -> str:
+    """The numbers first, large: test accuracy, loss and the number of test images."""
+    accuracy, loss, count = summary.get("test_acc"), summary.get("test_loss"), summary.get("num_images")
+    numbers = [
+        (None if accuracy is None else percent(accuracy), "test accuracy"),
+        (f"{loss:.4f}" if is_number(loss) else loss, "test loss (cross-entropy)"),
+        (f"{count:,}" if is_number(count) else count, "test images"),
+    ]
+    boxes = [
+        f'<div class="number"><div class="value">{escape(str(value))}</div><div class="label">{label}</div></div>'
+        for value, label in numbers
+        if value is not None
+    ]
+    if not boxes:
+        return '<p class="note">The summary holds no test accuracy or loss.</p>'
+    return f'<div class="headline">{"".join(boxes)}</div>'
+
+
+def provenance(summary: dict) -> str:
+    """Where the numbers come from: checkpoint, its epoch, experiment and device, those present."""
+    rows = "".join(
+        f"<tr><th>{label}</th><td>{escape(str(summary[key]))}</td></tr>"
+        for key, label in PROVENANCE.items()
+        if summary.get(key) is not None
+    )
+    return f'<table class="provenance">{rows}</table>' if rows else ""
+
+
+def per_class_columns(summary: dict) -> dict[str, list]:
+    """Each per-class metric present as a list in class order, from summary["per_class"] (a dict of lists, or a
+    list of dicts) or from evaluation.py's top-level lists."""
+    per_class = summary.get("per_class")
+    columns = {}
+    for heading, key, top_level in PER_CLASS_COLUMNS:
+        if isinstance(per_class, dict) and isinstance(per_class.get(key), list):
+            columns[heading] = per_class[key]
+        elif isinstance(per_class, list) and per_class and all(isinstance(row, dict) for row in per_class):
+            columns[heading] = [row.get(key) for row in per_class]
+        elif isinstance(summary.get(top_level), list):
+            columns[heading] = summary[top_level]
+    confusion = summary.get("confusion")
+    if isinstance(confusion, list) and all(isinstance(row, list) for row in confusion):
+        columns["test images"] = [sum(row) if all(is_number(n) for n in row) else None for row in confusion]
+    return columns
+
+
+def per_class_table(summary: dict) -> str:
+    columns = per_class_columns(summary)
+    if not columns:
+        return '<p class="note">The summary holds no per-class metrics.</p>'
+    classes = summary.get("classes") if isinstance(summary.get("classes"), list) else []
+    rows = max(len(classes), *(len(values) for values in columns.values()))
+    names = [str(classes[i]) if i < len(classes) else str(i) for i in range(rows)]
+    header = "".join(f"<th>{escape(heading)}</th>" for heading in ["class", *columns])
+
+    def cell(heading: str, values: list, i: int) -> str:
+        value = values[i] if i < len(values) else None
+        text = f"{value:,}" if heading == "test images" and is_number(value) else percent(value, 1)
+        return f"<td>{escape(text)}</td>"
+
+    body = "".join(
+        f"<tr><td>{escape(name)}</td>{''.join(cell(h, values, i) for h, values in columns.items())}</tr>"
+        for i, name in enumerate(names)
+    )
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def pre_block(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, default=str)
+    return f"<pre>{escape(text)}</pre>"
+
+
+def details(summary: dict) -> str:
+    """The model config, and every other field of the summary, so nothing it holds is hidden."""
+    parts = ["<h2>Model config</h2>"]
+    parts.append(pre_block(summary["model"]) if "model" in summary else '<p class="note">No model config.</p>')
+    rest = {key: value for key, value in summary.items() if key not in SHOWN_ELSEWHERE}
+    if rest:
+        parts += ["<h2>Other fields</h2>", pre_block(rest)]
+    return "".join(parts)
+
+
+def embedded_image(path: Path) -> str:
+    """The image as an <img> with a data: URI; a note instead if it is missing, unreadable or not an image."""
+    path = Path(path)
+    mime = IMAGE_TYPES.get(path.suffix.lower())
+    if mime is None:
+        return f'<p class="note">Not shown: {escape(str(path))} is not a PNG, JPEG, GIF or WebP image.</p>'
+    try:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError as exc:
+        reason = "it does not exist" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+        return f'<p class="note">Missing image: {escape(str(path))} ({escape(reason)}).</p>'
+    return (
+        f'<figure><img src="data:{mime};base64,{data}" alt="{escape(path.name)}">'
+        f"<figcaption>{escape(path.name)}</figcaption></figure>"
+    )
+
+
+def section(title: str, paths: Sequence[Path]) -> str:
+    images = "".join(embedded_image(path) for path in paths) or '<p class="note">No images in this section.</p>'
+    return f"<section><h2>{escape(str(title))}</h2>{images}</section>"
+
+
+def render(summary: dict, sections: Sequence[tuple[str, Sequence[Path]]]) -> str:
+    experiment = summary.get("experiment")
+    title = f"Evaluation report: {experiment}" if experiment else "Evaluation report"
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(str(title))}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{escape(str(title))}</h1>",
+        headline(summary),
+        provenance(summary),
+        "<h2>Per class</h2>",
+        per_class_table(summary),
+        details(summary),
+        *(section(heading, paths) for heading, paths in sections),
+        "</body></html>",
+    ])  # fmt: skip
+
+
+def write_report(out_dir: Path, summary: dict, sections: Sequence[tuple[str, Sequence[Path]]]) -> Path:
+    """Write out_dir/report.html: headline numbers, per-class table and model config from `summary` (the
+    evaluation.json dict; missing keys are left out), then each (heading, image paths) section."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / REPORT_FILE
+    path.write_text(render(summary, sections), encoding="utf-8")
+    return path

@@ -1,0 +1,174 @@
+"""The evaluation job on a real (tiny) checkpoint and all 10,000 test images: its figures agree
+with the training run's own test, and its files have the right shapes."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.evaluation import (
+    Predictions,
+    checkpoint_path,
+    evaluate,
+    gradcam_layer,
+    predict,
+    ranked,
+    run_evaluation,
+    training_history,
+)
+from cifar_lightning.training import train
+from tests.conftest import CONF_DIR, QUIET, compose_train
+
+# Ten training batches at a high rate: enough to predict several classes, so both galleries fill.
+# The run tests on all 10,000 test images, so its test_acc can be compared with evaluate()'s.
+TINY_RUN = [
+    "experiment=seed_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
+    "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1.0",
+]  # fmt: skip
+
+
+def compose_evaluate(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The evaluate.py config with these overrides, as Hydra would compose it."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="evaluate", overrides=["progress=false", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """A tiny real run that tested its best checkpoint on all 10,000 test images."""
+    run = tmp_path_factory.mktemp("evaluation") / "run"
+    return run, train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained, data_dir, tmp_path_factory):
+    run, _ = trained
+    out = tmp_path_factory.mktemp("evaluation") / "out"
+    return run_evaluation(compose_evaluate([f"run_dir={run}", f"data.data_dir={data_dir}"], out))
+
+
+def test_figures_agree_with_the_training_runs_test(evaluation, trained):
+    summary, metrics = evaluation.summary, trained[1]
+    confusion = torch.tensor(summary["confusion"])
+    assert confusion.shape == (10, 10) and summary["num_images"] == 10_000
+    assert confusion.sum(dim=1).tolist() == [1000] * 10  # rows = true class, 1000 test images each
+    assert summary["test_acc"] == pytest.approx(confusion.trace().item() / 10_000, abs=1e-6)
+    assert summary["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert summary["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert summary["confusion"] == metrics["test_confusion"]
+    assert 0.0 < summary["test_acc"] < 1.0 and (confusion.sum(dim=0) > 0).sum() > 1  # both galleries have images
+
+
+def test_per_class_figures(evaluation):
+    summary = evaluation.summary
+    confusion = torch.tensor(summary["confusion"], dtype=torch.float64)
+    diagonal = confusion.diag()
+    assert summary["per_class_acc"] == pytest.approx((diagonal / 1000).tolist(), abs=1e-6)
+    assert summary["recall"] == pytest.approx(summary["per_class_acc"], abs=1e-6)
+    columns = confusion.sum(dim=0)
+    expected_precision = torch.where(columns > 0, diagonal / columns.clamp(min=1), torch.zeros(10))
+    assert summary["precision"] == pytest.approx(expected_precision.tolist(), abs=1e-6)
+    p, r = torch.tensor(summary["precision"]), torch.tensor(summary["recall"])
+    expected_f1 = torch.where(p + r > 0, 2 * p * r / (p + r).clamp(min=1e-12), torch.zeros(10))
+    assert summary["f1"] == pytest.approx(expected_f1.tolist(), abs=1e-5)
+
+
+def test_files_written(evaluation, trained):
+    out, summary = evaluation.output_dir, evaluation.summary
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["classes"][3] == "cat" and saved["checkpoint"] == str(trained[0] / "checkpoints" / "best.ckpt")
+    assert saved["model"]["_target_"] == "cifar_lightning.models.SeedCNN" and saved["gradcam"]["layer"] == "conv3"
+    assert saved["normalization"] == trained[1]["normalization"] and saved["seconds"] > 0
+    for key in ("per_class_acc", "precision", "recall", "f1"):
+        assert len(saved[key]) == 10
+    rows = list(csv.reader((out / "confusion_matrix.csv").open()))
+    assert rows[0][1:] == saved["classes"] and len(rows) == 11
+    assert [row[0] for row in rows[1:]] == saved["classes"]
+    assert [[int(v) for v in row[1:]] for row in rows[1:]] == saved["confusion"]
+
+
+def test_predict_works_on_any_uint8_images(evaluation):
+    images = evaluation.images[:300]
+    again = predict(evaluation.model, images, evaluation.normalize, "cpu", batch_size=128)
+    assert again.logits.shape == (300, 10) and again.probabilities.sum(dim=1).allclose(torch.ones(300))
+    torch.testing.assert_close(again.logits, evaluation.predictions.logits[:300], rtol=1e-4, atol=1e-5)
+
+
+def test_galleries_are_ranked_by_confidence():
+    probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.95, 0.05]])
+    predictions = Predictions(logits=probabilities.log(), probabilities=probabilities)
+    labels = torch.tensor([0, 1, 1, 0, 0])
+    assert ranked(predictions, labels, correct=True).tolist() == [4, 0, 2]
+    assert ranked(predictions, labels, correct=False).tolist() == [3, 1]
+
+
+def test_training_history_is_read_from_the_run(trained, tmp_path):
+    run, metrics = trained
+    assert training_history(run / "checkpoints" / "best.ckpt") == metrics["history"]
+    assert training_history(tmp_path / "elsewhere" / "best.ckpt") == []
+
+
+def test_exactly_one_of_ckpt_and_run_dir(tmp_path):
+    with pytest.raises(ConfigError, match="neither ckpt nor run_dir"):
+        checkpoint_path(compose_evaluate([], tmp_path))
+    with pytest.raises(ConfigError, match="both ckpt and run_dir"):
+        checkpoint_path(compose_evaluate(["ckpt=a.ckpt", "run_dir=b"], tmp_path))
+    with pytest.raises(CheckpointError, match="does not exist") as info:
+        checkpoint_path(compose_evaluate([f"run_dir={tmp_path / 'nope'}"], tmp_path))
+    assert "run_dir=" in str(info.value)
+    with pytest.raises(CheckpointError, match="holds no checkpoints/best.ckpt"):
+        checkpoint_path(compose_evaluate([f"run_dir={tmp_path}"], tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("device=tpu", "device must be one of auto, cpu, gpu"),
+        ("batch_size=0", "invalid `batch_size` config"),
+        ("gallery.size=-1", "invalid `gallery.size` config"),
+        ("gradcam.explain=both", "must be one of predicted, true"),
+        ("gradcam.layer=conv9", "the model has no layer 'conv9'"),
+    ],
+)
+def test_bad_settings_stop_before_anything_is_written(trained, data_dir, tmp_path, override, expected):
+    cfg = compose_evaluate([f"run_dir={trained[0]}", f"data.data_dir={data_dir}", override], tmp_path / "out")
+    with pytest.raises(ConfigError, match=expected):
+        run_evaluation(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_last_conv_layer_is_explained_by_default(evaluation):
+    assert gradcam_layer(evaluation.model, None) == "conv3"
+    assert gradcam_layer(evaluation.model, "conv2") == "conv2"
+
+
+def test_evaluate_writes_figures_gradcam_and_report(trained, data_dir, tmp_path):
+    run, _ = trained
+    out = tmp_path / "out"
+    cfg = compose_evaluate(
+        [
+            f"ckpt={run / 'checkpoints' / 'best.ckpt'}",
+            f"data.data_dir={data_dir}",
+            "gallery.size=12",
+            "gradcam.count=3",
+        ],
+        out,
+    )
+    summary = evaluate(cfg)
+    for name in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png", "correct.png", "wrong.png",
+                 "curves.png", "report.html"):  # fmt: skip
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    cams = sorted(p.name for p in (out / "gradcam").glob("*.png"))
+    assert len(cams) == 6 and sum(name.startswith("correct") for name in cams) == 3, cams
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert json.loads((out / "evaluation.json").read_text())["test_acc"] == summary["test_acc"]

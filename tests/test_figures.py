@@ -1,0 +1,117 @@
+"""The evaluation figures on synthetic data: valid PNGs of a sensible size, bad input refused,
+galleries of any size, mistakes marked in red, partial training histories."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from cifar_lightning.data import CIFAR10_CLASSES
+from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG, after checking its magic bytes."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def red_pixels(path: Path) -> int:
+    """Pixels of the caption/frame red (tab:red), absent from gray images and black text."""
+    rgb = imread(path)[..., :3]
+    return int(((rgb[..., 0] > 0.7) & (rgb[..., 1] < 0.35) & (rgb[..., 2] < 0.35)).sum())
+
+
+def gray_images(n: int) -> np.ndarray:
+    return np.full((n, 3, 32, 32), 128, dtype=np.uint8)
+
+
+def test_confusion_matrix_png(tmp_path):
+    counts = np.random.default_rng(0).integers(0, 100, size=(10, 10))
+    path = plot_confusion_matrix(counts, CIFAR10_CLASSES, tmp_path / "confusion.png")
+    width, height = png_size(path)
+    assert path == tmp_path / "confusion.png"
+    assert width >= 800 and height >= 400
+
+
+def test_confusion_matrix_with_an_empty_class(tmp_path):
+    counts = np.eye(3, dtype=int) * 5
+    counts[1] = 0  # no test image of class 1: its row percentages are 0, not NaN
+    assert png_size(plot_confusion_matrix(counts, ["a", "b", "c"], tmp_path / "c.png"))[0] > 0
+
+
+@pytest.mark.parametrize("shape", [(10, 9), (10,), (0, 0)])
+def test_confusion_matrix_must_be_square(tmp_path, shape):
+    with pytest.raises(ValueError, match="square"):
+        plot_confusion_matrix(np.zeros(shape, dtype=int), CIFAR10_CLASSES, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_confusion_matrix_needs_one_name_per_class(tmp_path):
+    with pytest.raises(ValueError, match="3 class names"):
+        plot_confusion_matrix(np.zeros((10, 10), dtype=int), ["a", "b", "c"], tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("n", [20, 3, 1])
+def test_gallery_of_any_size(tmp_path, n):
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    true, predicted = rng.integers(0, 10, n).tolist(), rng.integers(0, 10, n).tolist()
+    path = plot_gallery(images, true, predicted, rng.random(n).tolist(), CIFAR10_CLASSES, "t", tmp_path / "g.png")
+    width, height = png_size(path)
+    assert width >= 150 * min(n, 8) and height >= 200
+    if n == 20:  # three rows of eight
+        assert height > png_size(plot_gallery(images[:8], true[:8], predicted[:8], [0.5] * 8, CIFAR10_CLASSES,
+                                              "t", tmp_path / "one_row.png"))[1]  # fmt: skip
+
+
+def test_empty_gallery_is_a_note_not_an_error(tmp_path):
+    path = plot_gallery(gray_images(0), [], [], [], CIFAR10_CLASSES, "nothing wrong", tmp_path / "g.png")
+    assert png_size(path)[0] > 0
+
+
+def test_mistakes_are_marked_red(tmp_path):
+    all_right = plot_gallery(gray_images(4), [0, 1, 2, 3], [0, 1, 2, 3], [0.9] * 4, CIFAR10_CLASSES, "right",
+                             tmp_path / "right.png")  # fmt: skip
+    one_wrong = plot_gallery(gray_images(4), [0, 1, 2, 3], [0, 1, 2, 5], [0.9] * 4, CIFAR10_CLASSES, "wrong",
+                             tmp_path / "wrong.png")  # fmt: skip
+    assert red_pixels(all_right) == 0
+    assert red_pixels(one_wrong) > 100
+
+
+def test_gallery_needs_one_label_per_image(tmp_path):
+    with pytest.raises(ValueError, match="one label"):
+        plot_gallery(gray_images(3), [0, 1], [0, 1, 2], [0.5] * 3, CIFAR10_CLASSES, "t", tmp_path / "g.png")
+    with pytest.raises(ValueError, match="shape"):
+        plot_gallery(np.zeros((3, 32, 32), np.uint8), [0] * 3, [0] * 3, [0.5] * 3, CIFAR10_CLASSES, "t",
+                     tmp_path / "g.png")  # fmt: skip
+
+
+def history(epochs: int) -> list[dict]:
+    return [
+        {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 + 0.03 * e, "val_loss": 2.1 / e,
+         "val_acc": 0.28 + 0.03 * e, "lr": 0.01 * 0.5 ** (e // 5)}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+
+
+def test_curves_png(tmp_path):
+    width, height = png_size(plot_curves(history(12), tmp_path / "sub" / "curves.png"))
+    assert width >= 800 and height >= 300
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"train_loss": 2.0}, {"train_loss": 1.5, "val_acc": 0.4}],  # no epoch, most keys missing
+        [{"epoch": 1, "train_loss": None, "val_loss": float("nan"), "lr": 0.0}],  # unusable values
+        [],
+    ],
+)
+def test_curves_tolerate_missing_keys(tmp_path, rows):
+    assert png_size(plot_curves(rows, tmp_path / "curves.png"))[0] > 0

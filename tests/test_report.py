@@ -1,0 +1,124 @@
+"""report.html from real figures: one self-contained file, headline numbers, every image embedded,
+all text escaped, and missing images or summary keys noted rather than fatal.
+
+`sample_report` builds a report like evaluate.py's, from a random SeedCNN and random images; it
+is also what benchmarks/report_screenshot.py was checked on:
+
+    python -c "from pathlib import Path; from tests.test_report import sample_report as s; s(Path('/tmp/r'))"
+    python benchmarks/report_screenshot.py /tmp/r/report.html
+"""
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifar_lightning.data import CIFAR10_CLASSES, normalize
+from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
+from cifar_lightning.gradcam import gradcam_overlays
+from cifar_lightning.models import SeedCNN
+from cifar_lightning.report import write_report
+
+CLASSES = ["<b>plane</b>", *CIFAR10_CLASSES[1:]]  # a name that must be escaped
+
+
+def summary() -> dict:
+    """An evaluation.json as evaluation.py writes it."""
+    confusion = (np.eye(10, dtype=int) * 600 + 40).tolist()
+    return {
+        "test_acc": 0.692,
+        "test_loss": 0.8914,
+        "per_class_acc": [0.6 + 0.02 * i for i in range(10)],
+        "precision": [0.7] * 10,
+        "recall": [0.6 + 0.02 * i for i in range(10)],
+        "f1": [0.65] * 10,
+        "confusion": confusion,
+        "num_images": 10_000,
+        "classes": CLASSES,
+        "checkpoint": "logs/train/runs/2026-11-27_10-00-00/checkpoints/best.ckpt",
+        "checkpoint_epoch": 20,
+        "experiment": "seed_improved",
+        "model": {"_target_": "cifar_lightning.models.SeedCNN", "batch_norm": "all", "dropout": 0.2},
+        "normalization": {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]},
+        "device": "cpu",
+        "gradcam": {"layer": "conv3", "explain": "predicted"},
+    }
+
+
+def sample_report(out_dir: Path) -> Path:
+    """A full report (confusion matrix, galleries, Grad-CAM overlays, curves) in out_dir/report.html."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    figures = out_dir / "figures"
+    images = rng.integers(0, 256, size=(12, 3, 32, 32), dtype=np.uint8)
+    true, predicted = rng.integers(0, 10, 12).tolist(), rng.integers(0, 10, 12).tolist()
+    data = summary()
+    confusion = plot_confusion_matrix(np.array(data["confusion"]), data["classes"], figures / "confusion_matrix.png")
+    gallery = plot_gallery(images, true, predicted, rng.random(12).tolist(), CIFAR10_CLASSES, "Predictions",
+                           figures / "gallery.png")  # fmt: skip
+    mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+    cams = gradcam_overlays(SeedCNN(batch_norm="all"), "conv3", torch.from_numpy(images[:3]),
+                            lambda x: normalize(x, mean, std), predicted[:3], [f"image {i}" for i in range(3)],
+                            figures / "gradcam", "sample")  # fmt: skip
+    history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_acc": 0.03 * e, "val_acc": 0.028 * e,
+                "lr": 0.01} for e in range(1, 11)]  # fmt: skip
+    curves = plot_curves(history, figures / "curves.png")
+    sections = [
+        ("Confusion matrix", [confusion]),
+        ("Predictions", [gallery]),
+        ("Grad-CAM", [cam.path for cam in cams]),
+        ("Training curves", [curves]),
+    ]
+    return write_report(out_dir, data, sections)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def test_report_is_one_self_contained_page(tmp_path):
+    path = sample_report(tmp_path)
+    assert path == tmp_path / "report.html"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "report.html"]  # nothing else written
+    page = path.read_text(encoding="utf-8")
+    pngs = sorted((tmp_path / "figures").rglob("*.png"))
+    assert len(pngs) == 6
+    for png in pngs:
+        assert data_uri(png) in page
+    assert len(re.findall(r"<img ", page)) == len(pngs)
+    assert re.findall(r'<img src="([^"]{0,22})', page) == ["data:image/png;base64,"] * len(pngs)
+    lowered = page.lower()
+    assert "http://" not in lowered and "https://" not in lowered and "<script" not in lowered
+
+
+def test_report_shows_the_summary(tmp_path):
+    page = sample_report(tmp_path).read_text(encoding="utf-8")
+    assert "69.20%" in page and "0.8914" in page and "10,000" in page
+    assert "logs/train/runs/2026-11-27_10-00-00/checkpoints/best.ckpt" in page
+    assert "<pre>" in page and "&quot;batch_norm&quot;: &quot;all&quot;" in page  # the model config
+    assert "automobile" in page and "62.0%" in page and "1,000" in page  # per-class table, test images per class
+    assert "&lt;b&gt;plane&lt;/b&gt;" in page and "<b>" not in page
+    assert "normalization" in page  # fields without a place of their own still show
+
+
+def test_missing_image_is_noted_not_fatal(tmp_path):
+    present = plot_curves([{"epoch": 1, "train_loss": 1.0}], tmp_path / "curves.png")
+    missing = tmp_path / "gone.png"
+    path = write_report(tmp_path / "out", {"test_acc": 0.5}, [("Figures", [missing, present]), ("Empty", [])])
+    page = path.read_text(encoding="utf-8")
+    assert "Missing image" in page and str(missing) in page
+    assert data_uri(present) in page
+    assert "No images in this section" in page
+
+
+def test_empty_summary_still_writes_a_page(tmp_path):
+    page = write_report(tmp_path, {}, []).read_text(encoding="utf-8")
+    assert "no test accuracy" in page and "no per-class metrics" in page and "No model config" in page
+
+
+def test_per_class_as_a_dict_of_lists(tmp_path):
+    data = {"test_acc": 0.25, "classes": ["a", "b"], "per_class": {"accuracy": [0.125, 0.375], "f1": [0.5, None]}}
+    page = write_report(tmp_path, data, []).read_text(encoding="utf-8")
+    assert "25.00%" in page and "12.5%" in page and "37.5%" in page and "n/a" in page
