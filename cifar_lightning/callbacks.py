@@ -55,9 +55,5 @@ class EpochHistory(L.Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             log.info("epoch %d/%d: %s", row["epoch"], trainer.max_epochs, figures)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+    # No state_dict/load_state_dict on purpose: testing the best checkpoint restores callback
+    # states, which would cut the history back to the best epoch.

@@ -45,7 +45,8 @@ class ScriptedModule(L.LightningModule):
 
 def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     cfg = compose_train([*QUIET, "callbacks.early_stopping.patience=3", "callbacks.lr_monitor=null"], tmp_path)
-    callbacks = instantiate_entries(cfg.callbacks, "callbacks")
+    history = EpochHistory()
+    callbacks = instantiate_entries(cfg.callbacks, "callbacks") + [history]
     trainer = L.Trainer(
         max_epochs=10, callbacks=callbacks, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
@@ -58,6 +59,8 @@ def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 1
     result = trainer.test(ckpt_path="best", verbose=False)[0]
     assert result["test_weight"] == 1.0  # the weights of the best epoch, not the last (4.0)
+    # Restoring the best checkpoint must not cut the record of the epochs after it.
+    assert [row["epoch"] for row in history.history] == [1, 2, 3, 4, 5]
 
 
 def fit_quietly(module: L.LightningModule, tmp_path, max_epochs: int, callbacks: list) -> L.Trainer:
