@@ -39,7 +39,8 @@ from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import gradcam_overlays
-from cifar_lightning.report import write_report
+from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
+from cifar_lightning.report import SectionItem, write_report
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class Evaluation:
     normalize: Callable[[Tensor], Tensor]
     checkpoint_path: Path
     output_dir: Path
+    datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
+    device: torch.device
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
@@ -106,6 +109,8 @@ def check_settings(cfg: DictConfig) -> None:
             "gradcam.explain", f"must be one of {', '.join(EXPLAIN)}, got {cfg.gradcam.explain!r}",
             "gradcam.explain=predicted",
         )  # fmt: skip
+    if cfg.ood.enabled:
+        ood_settings(cfg.ood)
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:
@@ -158,10 +163,16 @@ def gradcam_layer(model: nn.Module, name: str | None) -> str:
     return convs[-1]
 
 
-def build_datamodule(data: DictConfig, stats: dict[str, list[float]]) -> CIFAR10DataModule:
-    """The test data, normalized with the checkpoint's training statistics (not recomputed)."""
+def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: Any = None) -> CIFAR10DataModule:
+    """The test data, normalized with the checkpoint's training statistics (not recomputed).
+
+    run_data: the run's own data config; its validation split (val_fraction, split_seed) is kept, so that
+    OOD detectors are fitted on the run's training split and thresholded on its validation split.
+    """
+    run_data = run_data if isinstance(run_data, dict) else {}
+    split = {key: run_data[key] for key in ("val_fraction", "split_seed") if key in run_data}
     try:
-        datamodule = instantiate(data)
+        datamodule = instantiate(data, **split)
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
         cause: BaseException = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
         raise _invalid("data", " ".join(str(cause).split()), "data.<key>=<value>") from exc
@@ -257,7 +268,10 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     stats = normalization(checkpoint, path)
     layer = gradcam_layer(model, cfg.gradcam.layer)
     device = pick_device(cfg.device)
-    datamodule = build_datamodule(cfg.data, stats)
+    config = run_config(checkpoint)
+    if cfg.ood.enabled:
+        check_model_layers(model, ood_settings(cfg.ood))  # a layer the model lacks fails before any work
+    datamodule = build_datamodule(cfg.data, stats, config.get("data"))
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
     predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, progress=cfg.progress)
@@ -267,7 +281,6 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
             f"Fix: evaluate a checkpoint trained on CIFAR-10 by train.py."
         )
     summary = measure(predictions, labels)
-    config = run_config(checkpoint)
     summary.update(
         classes=list(classes),
         checkpoint=str(path),
@@ -283,7 +296,8 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     write_tables(output_dir, summary)
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
              summary["num_images"], path)  # fmt: skip
-    return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir)
+    return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir, datamodule,
+                      device)  # fmt: skip
 
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
@@ -330,12 +344,14 @@ def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
     """The figures, Grad-CAM overlays and report.html; returns the report's path."""
     out, summary = evaluation.output_dir, evaluation.summary
     confusion = plot_confusion_matrix(np.array(summary["confusion"]), summary["classes"], out / "confusion_matrix.png")
-    sections = [("Confusion matrix", [confusion])]
+    sections: list[tuple[str, list[SectionItem]]] = [("Confusion matrix", [confusion])]
     sections += gallery_sections(evaluation, cfg, correct=True)
     sections += gallery_sections(evaluation, cfg, correct=False)
     history = training_history(evaluation.checkpoint_path)
     if history:
         sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
+    if cfg.ood.enabled:
+        sections += run_ood(evaluation, cfg)
     return write_report(out, summary, sections)
 
 

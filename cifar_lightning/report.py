@@ -12,6 +12,7 @@ import base64
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,19 @@ figcaption { color: #666; font-size: 0.85em; }
 .provenance th, .provenance td { text-align: left; }
 .note { color: #a33; }
 """
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of already formatted cells, shown in a report section beside its images."""
+
+    title: str
+    header: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
+#: What a section holds, in order: images (paths), tables, and paragraphs (plain text).
+SectionItem = Path | Table | str
 
 
 def is_number(value: Any) -> bool:
@@ -161,12 +175,27 @@ def embedded_image(path: Path) -> str:
     )
 
 
-def section(title: str, paths: Sequence[Path]) -> str:
-    images = "".join(embedded_image(path) for path in paths) or '<p class="note">No images in this section.</p>'
-    return f"<section><h2>{escape(str(title))}</h2>{images}</section>"
+def html_table(table: Table) -> str:
+    header = "".join(f"<th>{escape(str(cell))}</th>" for cell in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in table.rows)
+    return f"<h3>{escape(table.title)}</h3><table><tr>{header}</tr>{body}</table>"
 
 
-def render(summary: dict, sections: Sequence[tuple[str, Sequence[Path]]]) -> str:
+def section_item(item: SectionItem) -> str:
+    if isinstance(item, Table):
+        return html_table(item)
+    if isinstance(item, str):
+        return f"<p>{escape(item)}</p>"
+    return embedded_image(item)
+
+
+def section(title: str, items: Sequence[SectionItem]) -> str:
+    """A heading, then each item: an image (a Path), a Table, or a paragraph (a str)."""
+    body = "".join(section_item(item) for item in items) or '<p class="note">Nothing to show in this section.</p>'
+    return f"<section><h2>{escape(str(title))}</h2>{body}</section>"
+
+
+def render(summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]]) -> str:
     experiment = summary.get("experiment")
     title = f"Evaluation report: {experiment}" if experiment else "Evaluation report"
     return "\n".join([
@@ -185,9 +214,10 @@ def render(summary: dict, sections: Sequence[tuple[str, Sequence[Path]]]) -> str
     ])  # fmt: skip
 
 
-def write_report(out_dir: Path, summary: dict, sections: Sequence[tuple[str, Sequence[Path]]]) -> Path:
+def write_report(out_dir: Path, summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]]) -> Path:
     """Write out_dir/report.html: headline numbers, per-class table and model config from `summary` (the
-    evaluation.json dict; missing keys are left out), then each (heading, image paths) section."""
+    evaluation.json dict; missing keys are left out), then each (heading, items) section, where an item is an
+    image path, a Table or a paragraph of text."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE

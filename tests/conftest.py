@@ -10,12 +10,20 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.data import find_cifar10_problems
+from cifar_lightning.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 DATA_DIR = Path(os.environ.get("CIFAR10_DATA_DIR", ROOT / "data")).resolve()
 
 # Quiet, quick runs: no progress bar or model table in test output.
+# Ten training batches at a high rate: enough to predict several classes. The run tests on all 10,000
+# test images, so its test_acc can be compared with evaluate()'s.
+TINY_RUN = [
+    "experiment=seed_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
+    "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1.0",
+]  # fmt: skip
+
 QUIET = [
     "callbacks.progress_bar=null",
     "callbacks.model_summary=null",
@@ -46,6 +54,16 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
+def compose_evaluate(overrides: list[str], output_dir: Path, ood: bool = False) -> DictConfig:
+    """The evaluate.py config with these overrides, as Hydra would compose it; OOD detection (tested in
+    tests/ood/) is off unless `ood`."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="evaluate", overrides=["progress=false", *([] if ood else ["ood=none"]), *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(tmp_path, data_dir):
     """Compose a quiet train config on the real data, writing into tmp_path/run."""
@@ -55,3 +73,10 @@ def make_cfg(tmp_path, data_dir):
         return compose_train([f"data.data_dir={data_dir}", *QUIET, *overrides], run_dir)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
+    """A tiny real train.py run (TINY_RUN), shared by the evaluation and OOD tests: (run directory, metrics)."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    return run, train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))

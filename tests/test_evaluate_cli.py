@@ -56,8 +56,14 @@ def test_a_real_checkpoint_is_evaluated(tmp_path, data_dir):
     train(compose_train([f"data.data_dir={data_dir}", *QUIET, "experiment=seed_base", "trainer.max_epochs=1",
                          "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
                          "trainer.limit_test_batches=1"], run))  # fmt: skip
-    result = run_evaluate(f"run_dir={run}", f"data.data_dir={data_dir}", "gradcam.count=2", log_dir=tmp_path / "logs")
+    result = run_evaluate(f"run_dir={run}", f"data.data_dir={data_dir}", "gradcam.count=2", "ood=none",
+                          log_dir=tmp_path / "logs")  # fmt: skip
     assert result.returncode == 0, result.stderr
     (out,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
     for name in ("evaluation.json", "confusion_matrix.csv", "report.html", "evaluate.log"):
         assert (out / name).is_file(), name
+
+
+def test_a_bad_ood_setting_is_refused(tmp_path):
+    result = run_evaluate("ckpt=any.ckpt", "ood.detectors=[msp,odin]", log_dir=tmp_path / "logs")
+    assert_refused(result, "unknown detector(s) odin", "ood=none")

@@ -3,12 +3,9 @@ with the training run's own test, and its files have the right shapes."""
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import ConfigError
@@ -22,31 +19,13 @@ from cifar_lightning.evaluation import (
     run_evaluation,
     training_history,
 )
-from cifar_lightning.training import train
-from tests.conftest import CONF_DIR, QUIET, compose_train
-
-# Ten training batches at a high rate: enough to predict several classes, so both galleries fill.
-# The run tests on all 10,000 test images, so its test_acc can be compared with evaluate()'s.
-TINY_RUN = [
-    "experiment=seed_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
-    "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1.0",
-]  # fmt: skip
-
-
-def compose_evaluate(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The evaluate.py config with these overrides, as Hydra would compose it."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="evaluate", overrides=["progress=false", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+from tests.conftest import compose_evaluate
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
+def trained(tiny_run):
     """A tiny real run that tested its best checkpoint on all 10,000 test images."""
-    run = tmp_path_factory.mktemp("evaluation") / "run"
-    return run, train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def test_missing_image_is_noted_not_fatal(tmp_path):
     page = path.read_text(encoding="utf-8")
     assert "Missing image" in page and str(missing) in page
     assert data_uri(present) in page
-    assert "No images in this section" in page
+    assert "Nothing to show in this section" in page
 
 
 def test_empty_summary_still_writes_a_page(tmp_path):

@@ -1,0 +1,172 @@
+"""OOD detection as a step of evaluate.py: read and check the `ood` config (conf/ood/), run
+detect_ood on the run's own training/validation split and the configured OOD sets, and write
+ood.json, ood.md, ood_layers.md, the per-layer histograms and the gallery."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, check_layers, detect_ood
+from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, DetectorSettings
+from cifar_lightning.ood.figures import plot_layer_histogram, plot_ood_gallery, safe_name
+from cifar_lightning.ood.metrics import THRESHOLD_METHODS
+from cifar_lightning.ood.sets import OODSet, check_set_spec, load_sets
+from cifar_lightning.ood.tables import detector_tables, layer_tables, setup_note, write_tables
+from cifar_lightning.report import SectionItem
+
+if TYPE_CHECKING:
+    from cifar_lightning.evaluation import Evaluation
+
+log = logging.getLogger(__name__)
+
+
+def _invalid(key: str, problem: str, example: str) -> ConfigError:
+    return ConfigError(
+        f"invalid `ood.{key}` config: {problem}. Fix the value on the command line (python evaluate.py {example}) "
+        f"or in conf/ood/default.yaml, or turn OOD detection off with ood=none; nothing was evaluated."
+    )
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_fraction(value: Any, low_open: bool = True) -> bool:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return ok and (0.0 < value <= 1.0 if low_open else 0.0 <= value < 1.0)
+
+
+def ood_settings(ood: DictConfig) -> OODSettings:
+    """The checked settings of an enabled `ood` config; a ConfigError naming the key and the fix otherwise."""
+    detectors = list(ood.detectors or [])
+    unknown = [name for name in detectors if name not in DETECTOR_LABELS]
+    if unknown or len(set(detectors)) != len(detectors):
+        problem = f"unknown detector(s) {', '.join(map(str, unknown))}" if unknown else "a detector is listed twice"
+        raise _invalid("detectors", f"{problem} (known: {', '.join(DETECTOR_LABELS)})", "ood.detectors=[msp,knn]")
+    if not _is_int(ood.knn_k, 1):
+        raise _invalid("knn_k", f"must be a positive integer, got {ood.knn_k!r}", "ood.knn_k=50")
+    if ood.vim_dim is not None and not _is_int(ood.vim_dim, 1):
+        raise _invalid("vim_dim", f"must be a positive integer or null, got {ood.vim_dim!r}", "ood.vim_dim=32")
+    if ood.fit_images is not None and not _is_int(ood.fit_images, max(ood.knn_k, 10)):
+        raise _invalid("fit_images", f"must be null or an integer >= max(knn_k, 10), got {ood.fit_images!r}",
+                       "ood.fit_images=null")  # fmt: skip
+    threshold = ood.threshold
+    if threshold.method not in THRESHOLD_METHODS:
+        raise _invalid("threshold.method", f"must be one of {', '.join(THRESHOLD_METHODS)}, got {threshold.method!r}",
+                       "ood.threshold.method=percentile")  # fmt: skip
+    if not _is_fraction(threshold.id_keep):
+        raise _invalid("threshold.id_keep", f"must be a fraction in (0, 1], got {threshold.id_keep!r}",
+                       "ood.threshold.id_keep=0.95")  # fmt: skip
+    if not _is_int(threshold.bins, 1):
+        raise _invalid("threshold.bins", f"must be a positive integer, got {threshold.bins!r}", "ood.threshold.bins=50")
+    if not _is_fraction(threshold.min_fraction, low_open=False):
+        raise _invalid("threshold.min_fraction", f"must be a fraction in [0, 1), got {threshold.min_fraction!r}",
+                       "ood.threshold.min_fraction=0.001")  # fmt: skip
+    mean_activation = ood.mean_activation
+    if mean_activation.direction not in DIRECTIONS:
+        raise _invalid("mean_activation.direction",
+                       f"must be one of {', '.join(DIRECTIONS)}, got {mean_activation.direction!r}",
+                       "ood.mean_activation.direction=below")  # fmt: skip
+    if not _is_int(ood.gallery_size, 0):
+        raise _invalid("gallery_size", f"must be an integer >= 0, got {ood.gallery_size!r}", "ood.gallery_size=8")
+    sets = ood.sets or {}
+    for name, spec in sets.items():
+        check_set_spec(str(name), OmegaConf.to_container(spec, resolve=True) if spec is not None else spec)
+    layers = mean_activation.layers
+    return OODSettings(
+        detectors=tuple(detectors),
+        detector=DetectorSettings(knn_k=ood.knn_k, vim_dim=ood.vim_dim),
+        threshold=ThresholdSettings(threshold.method, float(threshold.id_keep), threshold.bins,
+                                    float(threshold.min_fraction)),  # fmt: skip
+        layers=None if layers is None else tuple(str(name) for name in layers),
+        layer=None if mean_activation.layer is None else str(mean_activation.layer),
+        direction=mean_activation.direction,
+    )
+
+
+def fit_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
+    """Indices of the training images the detectors are fitted on: all, or `count` drawn at random (seeded)."""
+    if count is None or count >= len(labels):
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(len(labels), generator=generator)[:count]).values
+
+
+def write_figures(result: OODResult, images: Mapping[str, torch.Tensor], out: Path, gallery_size: int,
+                  seed: int) -> tuple[list[Path], Path | None]:  # fmt: skip
+    """ood_hist_<layer>.png for every measured layer, and ood_gallery.png for the table's layer."""
+    direction = result.settings["direction"]
+    sign = -1.0 if direction == "below" else 1.0  # outlier score -> mean activation
+    histograms = [
+        plot_layer_histogram(
+            layer, result.id_features.layer_means[layer],
+            {name: result.ood_features[name].layer_means[layer] for name in result.sets},
+            sign * result.thresholds["layers"][layer], direction, out / f"ood_hist_{safe_name(layer)}.png",
+        )
+        for layer in result.layers
+    ]  # fmt: skip
+    gallery = None
+    if gallery_size > 0:
+        layer, threshold = result.layer, result.thresholds["layers"][result.layer]
+        is_ood = {"CIFAR-10 test": sign * result.id_features.layer_means[layer] > threshold}
+        is_ood.update({name: sign * result.ood_features[name].layer_means[layer] > threshold for name in result.sets})
+        gallery = plot_ood_gallery(images, is_ood, gallery_size, seed, f"the mean activation of {layer}",
+                                   out / "ood_gallery.png")  # fmt: skip
+    return histograms, gallery
+
+
+def check_model_layers(model: torch.nn.Module, settings: OODSettings) -> None:
+    """Refuse layer names the model does not have (ood.mean_activation.layers / .layer) before any work."""
+    try:
+        check_layers(model, settings)
+    except ValueError as exc:
+        raise _invalid("mean_activation", str(exc), "ood.mean_activation.layer=null") from exc
+
+
+def run_ood(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
+    """OOD detection for an evaluated checkpoint; writes its files and returns its report sections."""
+    settings = ood_settings(cfg.ood)
+    check_model_layers(evaluation.model, settings)
+    specs = OmegaConf.to_container(cfg.ood.sets, resolve=True) or {}
+    ood_sets: list[OODSet] = load_sets(specs, seed=cfg.seed)
+    datamodule = evaluation.datamodule
+    arrays = datamodule.arrays
+    fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, cfg.ood.fit_images, cfg.seed)]
+    result = detect_ood(
+        evaluation.model, datamodule.normalize,
+        fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
+        val_images=arrays.train_images[datamodule.val_idx], id_images=evaluation.images, ood_sets=ood_sets,
+        settings=settings, device=evaluation.device, batch_size=cfg.batch_size, progress=cfg.progress,
+    )  # fmt: skip
+    out = evaluation.output_dir
+    summary = result.to_json()
+    summary.update(checkpoint=str(evaluation.checkpoint_path), experiment=evaluation.summary.get("experiment"))
+    (out / "ood.json").write_text(json.dumps(summary, indent=2) + "\n")
+    subject = f"{evaluation.summary.get('experiment') or 'model'} ({evaluation.checkpoint_path})"
+    write_tables(result, out, subject)
+    images = {"CIFAR-10 test": evaluation.images, **{s.name: s.images for s in ood_sets}}
+    histograms, gallery = write_figures(result, images, out, cfg.ood.gallery_size, cfg.seed)
+    best = max(result.detectors, key=lambda name: _mean(result.detectors[name], "auroc"))
+    log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; highest mean AUROC: %s (%.4f)", len(ood_sets),
+             len(result.detectors), len(result.layers), result.seconds, best, _mean(result.detectors[best], "auroc"))
+    note = setup_note(result)
+    sections: list[tuple[str, list[SectionItem]]] = [
+        ("Out-of-distribution detection: detectors x OOD sets", [note, *detector_tables(result)]),
+        ("Out-of-distribution detection by mean activation, per layer (the report's method)",
+         [*layer_tables(result), *histograms]),
+    ]  # fmt: skip
+    if gallery is not None:
+        sections.append(("Images detected as in-distribution and as OOD", [gallery]))
+    return sections
+
+
+def _mean(per_set: Mapping[str, Mapping[str, float]], metric: str) -> float:
+    return sum(metrics[metric] for metrics in per_set.values()) / max(1, len(per_set))

@@ -1,0 +1,109 @@
+"""OOD detection inside evaluate.py: every output for all five default sets and a user folder, the
+report's OOD sections, and bad `ood` settings refused before anything is written."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.evaluation import evaluate, run_evaluation
+from cifar_lightning.ood.detectors import DETECTOR_LABELS
+from cifar_lightning.ood.job import fit_subset
+from cifar_lightning.ood.tables import DETECTOR_METRICS
+from tests.conftest import compose_evaluate
+
+DEFAULT_SETS = ["cifar100", "mnist", "fashion_mnist", "gaussian_noise", "uniform_noise"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, data_dir, tmp_path_factory):
+    """evaluate() with OOD on: the default sets (noise made smaller) plus a folder of images with a broken file."""
+    folder = tmp_path_factory.mktemp("my_set")
+    for index in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * index, dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path_factory.mktemp("ood") / "out"
+    cfg = compose_evaluate([
+        f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.fit_images=5000", "ood.gallery_size=4",
+        "ood.sets.gaussian_noise.n=1000", "ood.sets.uniform_noise.n=1000", f"+ood.sets.mine.path={folder}",
+        "gallery.size=4", "gradcam.count=1",
+    ], out, ood=True)  # fmt: skip
+    evaluate(cfg)
+    return out
+
+
+def test_every_output_is_written(evaluated):
+    names = ["ood.md", "ood.json", "ood_layers.md", "ood_gallery.png", *(f"ood_hist_relu{i}.png" for i in range(1, 5))]
+    for name in names:
+        assert (evaluated / name).is_file() and (evaluated / name).stat().st_size > 0, name
+
+
+def test_ood_json_covers_every_detector_and_set(evaluated):
+    saved = json.loads((evaluated / "ood.json").read_text())
+    sets = [*DEFAULT_SETS, "mine"]
+    assert list(saved["sets"]) == sets
+    assert saved["sets"]["mnist"]["n"] == 10_000 and saved["sets"]["cifar100"]["kind"] == "near"
+    assert saved["sets"]["mine"]["n"] == 3 and "broken.jpg" in saved["sets"]["mine"]["skipped"][0]
+    assert list(saved["detectors"]) == [*DETECTOR_LABELS, "mean activation (relu4)"]
+    assert list(saved["layers"]) == ["relu1", "relu2", "relu3", "relu4"]
+    for group in ("detectors", "layers"):
+        for per_set in saved[group].values():
+            assert list(per_set) == sets
+            for metrics in per_set.values():
+                assert set(metrics) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_acc", "threshold"}
+                assert all(0.0 <= metrics[key] <= 1.0 for key in DETECTOR_METRICS)
+    assert saved["counts"] == {"fit": 5000, "val": 5000, "id_test": 10_000}
+
+
+def test_tables_have_a_row_per_detector_and_layer(evaluated):
+    detectors, layers = (evaluated / "ood.md").read_text(), (evaluated / "ood_layers.md").read_text()
+    assert detectors.count("| knn |") == 5 and detectors.count("| mean activation (relu4) |") == 5  # one per metric
+    assert "| detector | cifar100 (near) | mnist (far) |" in detectors
+    assert layers.count("| relu1 |") == 3 and "threshold (mean activation)" in layers
+    assert "validation split alone (5,000 images)" in detectors
+
+
+def test_the_report_shows_the_ood_results(evaluated):
+    page = (evaluated / "report.html").read_text()
+    assert "Out-of-distribution detection: detectors x OOD sets" in page
+    assert page.count("<table>") == 1 + 5 + 3  # per class, then 5 detector and 3 layer tables
+    assert "ood_hist_relu1.png" in page and "ood_gallery.png" in page
+    assert "Missing image" not in page
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("ood.detectors=[msp,odin]", "unknown detector(s) odin"),
+        ("ood.threshold.method=eyeball", "must be one of percentile, histogram"),
+        ("ood.threshold.id_keep=1.5", "must be a fraction in (0, 1]"),
+        ("ood.knn_k=0", "invalid `ood.knn_k` config"),
+        ("ood.mean_activation.direction=sideways", "must be one of below, above"),
+        ("+ood.sets.mnist.noise=pink", "exactly one of `path` and `noise`"),
+        ("ood.mean_activation.layer=relu9", "no activation layer 'relu9'"),
+    ],
+)
+def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_path, override, expected):
+    overrides = [f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", override]
+    cfg = compose_evaluate(overrides, tmp_path / "out", ood=True)
+    with pytest.raises(ConfigError) as info:
+        run_evaluation(cfg)
+    assert expected in str(info.value) and "ood=none" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_ood_set_names_the_path(tiny_run, data_dir, tmp_path):
+    cfg = compose_evaluate([f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.data_dir=/nowhere",
+                            "gallery.size=0", "gradcam.count=0"], tmp_path / "out", ood=True)  # fmt: skip
+    with pytest.raises(DataError, match="/nowhere/cifar100_test.npz does not exist"):
+        evaluate(cfg)
+
+
+def test_fit_subset_is_seeded():
+    labels = np.arange(100)
+    assert fit_subset(labels, None, 0).tolist() == list(range(100))
+    assert fit_subset(labels, 10, 0).tolist() == fit_subset(labels, 10, 0).tolist()
+    assert fit_subset(labels, 10, 0).tolist() != fit_subset(labels, 10, 1).tolist()
+    assert len(set(fit_subset(labels, 10, 0).tolist())) == 10
