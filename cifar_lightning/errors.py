@@ -17,3 +17,8 @@ class ConfigError(CifarLightningError):
 
 class DataError(CifarLightningError):
     """The data set is missing, corrupt or unreadable."""
+
+
+def is_int(value: object, minimum: int) -> bool:
+    """True for an integer (not a bool) >= minimum: the check behind many config errors."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

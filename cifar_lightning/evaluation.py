@@ -36,7 +36,7 @@ from torchmetrics.classification import (
 
 from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.errors import ConfigError
+from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import gradcam_overlays
 from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
@@ -88,21 +88,17 @@ def _invalid(key: str, problem: str, example: str) -> ConfigError:
     )
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def check_settings(cfg: DictConfig) -> None:
     """Refuse a bad evaluation setting before anything is loaded or written."""
     if cfg.device not in DEVICES:
         raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
-    if not _is_int(cfg.batch_size, 1):
+    if not is_int(cfg.batch_size, 1):
         raise _invalid("batch_size", f"must be a positive integer, got {cfg.batch_size!r}", "batch_size=1000")
-    if not _is_int(cfg.seed, 0):
+    if not is_int(cfg.seed, 0):
         raise _invalid("seed", f"seed must be a non-negative integer, got {cfg.seed!r}", "seed=0")
-    if not _is_int(cfg.gallery.size, 0):
+    if not is_int(cfg.gallery.size, 0):
         raise _invalid("gallery.size", f"must be an integer >= 0, got {cfg.gallery.size!r}", "gallery.size=32")
-    if not _is_int(cfg.gradcam.count, 0):
+    if not is_int(cfg.gradcam.count, 0):
         raise _invalid("gradcam.count", f"must be an integer >= 0, got {cfg.gradcam.count!r}", "gradcam.count=8")
     if cfg.gradcam.explain not in EXPLAIN:
         raise _invalid(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.errors import ConfigError
+from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, check_layers, detect_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, DetectorSettings
 from cifar_lightning.ood.figures import plot_layer_histogram, plot_ood_gallery, safe_name
@@ -35,10 +35,6 @@ def _invalid(key: str, problem: str, example: str) -> ConfigError:
     )
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def _is_fraction(value: Any, low_open: bool = True) -> bool:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return ok and (0.0 < value <= 1.0 if low_open else 0.0 <= value < 1.0)
@@ -51,11 +47,11 @@ def ood_settings(ood: DictConfig) -> OODSettings:
     if unknown or len(set(detectors)) != len(detectors):
         problem = f"unknown detector(s) {', '.join(map(str, unknown))}" if unknown else "a detector is listed twice"
         raise _invalid("detectors", f"{problem} (known: {', '.join(DETECTOR_LABELS)})", "ood.detectors=[msp,knn]")
-    if not _is_int(ood.knn_k, 1):
+    if not is_int(ood.knn_k, 1):
         raise _invalid("knn_k", f"must be a positive integer, got {ood.knn_k!r}", "ood.knn_k=50")
-    if ood.vim_dim is not None and not _is_int(ood.vim_dim, 1):
+    if ood.vim_dim is not None and not is_int(ood.vim_dim, 1):
         raise _invalid("vim_dim", f"must be a positive integer or null, got {ood.vim_dim!r}", "ood.vim_dim=32")
-    if ood.fit_images is not None and not _is_int(ood.fit_images, max(ood.knn_k, 10)):
+    if ood.fit_images is not None and not is_int(ood.fit_images, max(ood.knn_k, 10)):
         raise _invalid("fit_images", f"must be null or an integer >= max(knn_k, 10), got {ood.fit_images!r}",
                        "ood.fit_images=null")  # fmt: skip
     threshold = ood.threshold
@@ -65,7 +61,7 @@ def ood_settings(ood: DictConfig) -> OODSettings:
     if not _is_fraction(threshold.id_keep):
         raise _invalid("threshold.id_keep", f"must be a fraction in (0, 1], got {threshold.id_keep!r}",
                        "ood.threshold.id_keep=0.95")  # fmt: skip
-    if not _is_int(threshold.bins, 1):
+    if not is_int(threshold.bins, 1):
         raise _invalid("threshold.bins", f"must be a positive integer, got {threshold.bins!r}", "ood.threshold.bins=50")
     if not _is_fraction(threshold.min_fraction, low_open=False):
         raise _invalid("threshold.min_fraction", f"must be a fraction in [0, 1), got {threshold.min_fraction!r}",
@@ -75,7 +71,7 @@ def ood_settings(ood: DictConfig) -> OODSettings:
         raise _invalid("mean_activation.direction",
                        f"must be one of {', '.join(DIRECTIONS)}, got {mean_activation.direction!r}",
                        "ood.mean_activation.direction=below")  # fmt: skip
-    if not _is_int(ood.gallery_size, 0):
+    if not is_int(ood.gallery_size, 0):
         raise _invalid("gallery_size", f"must be an integer >= 0, got {ood.gallery_size!r}", "ood.gallery_size=8")
     sets = ood.sets or {}
     for name, spec in sets.items():
