@@ -67,6 +67,7 @@ class AveragedWeights(L.Callback):
         self.average: dict[str, Tensor] | None = None
         self._live_backup: dict[str, Tensor] | None = None
         self._resumed_live: dict[str, Tensor] | None = None
+        self._total_steps: int | None = None
 
     def decay_at(self, step: int, total_steps: int) -> float:
         """The decay used by the update after optimizer step `step` (counted from 1) of `total_steps`."""
@@ -77,6 +78,8 @@ class AveragedWeights(L.Callback):
     # -- training --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        steps = trainer.estimated_stepping_batches
+        self._total_steps = int(steps) if steps != float("inf") else None
         live = float_state(pl_module.model)
         if self._resumed_live is not None:
             # Resuming: the checkpoint's state_dict holds the average; the live weights were kept aside.
@@ -90,8 +93,7 @@ class AveragedWeights(L.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps != 0 or self.average is None:
             return
-        total = trainer.estimated_stepping_batches
-        total = int(total) if total != float("inf") else step
+        total = self._total_steps if self._total_steps is not None else step
         live = float_state(pl_module.model)
         update_average(self.average, live, self.decay_at(step, total))
         if self.mode == "lookahead":

@@ -303,6 +303,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.std: list[float] | None = None
         self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._mean_pixels: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -409,9 +410,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         return images
 
     def _mean_pixel(self, images: Tensor) -> Tensor:
-        """The training mean per channel as a pixel value of `images`' dtype (0-255 for uint8)."""
-        mean = torch.tensor(self.mean, device=images.device)
-        return (mean * 255).round().to(images.dtype) if not images.is_floating_point() else mean
+        """The training mean per channel as a pixel value of `images`' dtype (0-255 for uint8).
+
+        Made once per device and dtype: building it from the Python list each step would copy
+        from the host every step.
+        """
+        key = (images.device, images.dtype)
+        if key not in self._mean_pixels:
+            mean = torch.tensor(self.mean, device=images.device)
+            self._mean_pixels[key] = mean if images.is_floating_point() else (mean * 255).round().to(images.dtype)
+        return self._mean_pixels[key]
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -425,4 +433,5 @@ class CIFAR10DataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         self.mean, self.std = state_dict["mean"], state_dict["std"]
         self._device_stats.clear()
+        self._mean_pixels.clear()
 

@@ -7,9 +7,9 @@ recipes: label smoothing, a learning-rate multiplier for batch-norm parameters, 
 every parameter, per-step schedules (cifar_lightning/schedules.py), torch.compile, and models
 whose first layer is initialized from the training data (they define `init_from_data`).
 
-Nothing in a training step waits for the device: the training accuracy is updated without
-torchmetrics' argument checks (which read values back to the host) and every metric is logged
-per epoch, never per step.
+Nothing this module does in a training step waits for the device: the training accuracy is
+updated without torchmetrics' argument checks (which read values back to the host) and every
+metric is logged per epoch, never per step.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_ema_after_known_updates_equals_the_hand_computed_average(tmp_path):
     assert float(averaging.average["weight"]) == pytest.approx(expected, abs=1e-7)
     assert module.after_step == [1.0, 3.0, -2.0]  # EMA trains on the live weights
     assert module.in_validation == [pytest.approx(expected, abs=1e-7)]  # validation sees the average
-    assert float(module.model.weight) == pytest.approx(expected, abs=1e-7)  # and the model keeps it
+    assert float(module.model.weight.detach()) == pytest.approx(expected, abs=1e-7)  # and the model keeps it
 
 
 def test_ema_every_n_steps_updates_only_then(tmp_path):
