@@ -57,3 +57,34 @@ class EpochHistory(L.Callback):
             log.info("epoch %d/%d: %s", row["epoch"], trainer.max_epochs, figures)
     # No state_dict/load_state_dict on purpose: testing the best checkpoint restores callback
     # states, which would cut the history back to the best epoch.
+
+
+class FreezeParameters(L.Callback):
+    """Stop training the named parameters of the model after `after_epochs` epochs.
+
+    airbench trains its whitening layer's bias only for the first epochs (fast94: whiten.bias
+    after 3). Frozen parameters get no gradient, so the optimizer leaves them as they are. The
+    freeze depends only on the epoch, so a resumed run freezes again.
+
+    names: parameter names inside the model (as in model.named_parameters(), e.g. whiten.bias).
+    """
+
+    def __init__(self, names: list[str], after_epochs: int) -> None:
+        if not isinstance(after_epochs, int) or isinstance(after_epochs, bool) or after_epochs < 0:
+            raise ValueError(f"after_epochs must be a non-negative integer, got {after_epochs!r}")
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"names must be a list of parameter names, got {names!r}")
+        self.names, self.after_epochs = list(names), after_epochs
+
+    def missing(self, model) -> list[str]:
+        """The names that are not parameters of `model` (checked before training)."""
+        known = dict(model.named_parameters())
+        return [name for name in self.names if name not in known]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch < self.after_epochs:
+            return
+        parameters = dict(pl_module.model.named_parameters())
+        for name in self.names:
+            parameters[name].requires_grad_(False)
+            parameters[name].grad = None

@@ -2,12 +2,15 @@
 normalization and augmentation on the training device.
 
 The whole data set (180 MB as uint8) is loaded once; batches are index operations on those
-tensors, so no per-image Python runs in the training loop.
+tensors, so no per-image Python runs in the training loop. With `on_device` (the default) each
+split moves to the training device once per fit, so a GPU step needs no host-to-device copy:
+the loader's index, the augmentation and the normalization all run where the model does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,14 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity
 
-from cifar_lightning.augment import random_crop, random_flip
+from cifar_lightning.augment import (
+    alternating_flip,
+    alternating_flip_choice,
+    cutout,
+    random_crop,
+    random_flip,
+    random_translate,
+)
 from cifar_lightning.errors import DataError
 
 #: Every file of the official python version, with the md5 torchvision checks it against.
@@ -26,6 +36,9 @@ CIFAR10_FILES: tuple[tuple[str, str], ...] = (
     *(tuple(entry) for entry in CIFAR10.test_list),
     (CIFAR10.meta["filename"], CIFAR10.meta["md5"]),
 )
+
+#: data.flip: off, a random half of each batch, or alternating (see augment.alternating_flip).
+FLIP_CHOICES = (False, True, "alternating")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -172,9 +185,16 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 class TensorBatchLoader:
     """Batches straight out of in-memory tensors: one index operation per batch.
 
-    Shuffled loaders draw a fresh permutation each epoch from `seed + epoch`, so runs repeat
-    exactly. Under several processes (DDP) each rank takes every world_size-th index of the
-    permutation, so ranks see disjoint data.
+    Shuffled loaders draw a fresh permutation each epoch from `seed + epoch` (on the CPU, so the
+    order is the same on every device), so runs repeat exactly. Under several processes (DDP)
+    each rank takes every world_size-th index of the permutation, so ranks see disjoint data.
+
+    device: where batches are cut. The tensors move there on the first epoch and stay for the
+        loader's life (one fit), and each epoch's order moves once, so steps make no host round
+        trips. None keeps them where they are.
+    epoch_transform: called as f(images, epoch) on the whole split, in its fixed order, at the
+        start of each epoch; batches are cut from its result (e.g. alternating_flip, which needs
+        to know each image's identity).
     """
 
     def __init__(
@@ -186,10 +206,14 @@ class TensorBatchLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str | None = None,
+        epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device) if device is not None else None
+        self.epoch_transform = epoch_transform
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -201,14 +225,23 @@ class TensorBatchLoader:
         else:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(self.labels), generator=generator)
-            self.epoch += 1
         return order[self.rank :: self.world_size]
 
+    def _move_to_device(self) -> None:
+        if self.device is not None and self.images.device != self.device:
+            self.images = self.images.to(self.device, non_blocking=True)
+            self.labels = self.labels.to(self.device, non_blocking=True)
+
     def __iter__(self):
-        order = self._order()
+        self._move_to_device()
+        epoch = self.epoch
+        order = self._order().to(self.labels.device)
+        if self.shuffle:
+            self.epoch += 1
+        images = self.epoch_transform(self.images, epoch) if self.epoch_transform is not None else self.images
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.images[idx], self.labels[idx]
+            yield images[idx], self.labels[idx]
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -217,6 +250,12 @@ class CIFAR10DataModule(L.LightningDataModule):
     Normalization statistics come from the training split only and travel in checkpoints
     (state_dict), so evaluation normalizes exactly as training did. Batches leave the loaders
     as uint8 and are augmented (training only) and normalized after they reach the device.
+
+    Training augmentation, each drawn per image (cifar_lightning/augment.py), in this order:
+    crop_padding (random crop with zero padding), translate (random shift with reflect padding),
+    flip (true: random; "alternating": each image mirrored every other epoch), cutout (a random
+    square filled with the training mean, i.e. zero after normalization).
+    on_device: keep every split on the training device for the fit (see TensorBatchLoader).
     """
 
     def __init__(
@@ -228,8 +267,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         crop_padding: int = 0,
-        flip: bool = False,
+        flip: bool | str = False,
         seed: int = 0,
+        translate: int = 0,
+        cutout: int = 0,
+        on_device: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -237,13 +279,23 @@ class CIFAR10DataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
+        for name, value in (("crop_padding", crop_padding), ("translate", translate)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}; e.g. data.{name}=2")
+        if translate > 16:
+            raise ValueError(f"translate must be at most 16 pixels (reflect padding), got {translate}")
+        if not isinstance(cutout, int) or isinstance(cutout, bool) or not 0 <= cutout <= 32:
+            raise ValueError(f"cutout must be a square side of 0 (off) to 32 pixels, got {cutout!r}, e.g. 8")
+        if not isinstance(flip, bool) and flip != "alternating":
+            raise ValueError(f"flip must be false, true or alternating, got {flip!r}; e.g. data.flip=alternating")
+        if not isinstance(on_device, bool):
+            raise ValueError(f"on_device must be true or false, got {on_device!r}")
         self.save_hyperparameters(logger=False)
         self.data_dir, self.download = data_dir, download
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_padding, self.flip = crop_padding, flip
+        self.translate, self.cutout, self.on_device = translate, cutout, on_device
         self.arrays: CIFAR10Arrays | None = None
         self.train_idx: Tensor | None = None
         self.val_idx: Tensor | None = None
@@ -251,6 +303,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.std: list[float] | None = None
         self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._mean_pixels: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -271,15 +324,49 @@ class CIFAR10DataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool) -> TensorBatchLoader:
+    def _device(self) -> torch.device | None:
+        """The training device when splits should live there, else None (they stay on the CPU)."""
+        if not self.on_device or self.trainer is None:
+            return None
+        return self.trainer.strategy.root_device
+
+    def _loader(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
+    ) -> TensorBatchLoader:
         rank, world = self._rank_and_world()
         return TensorBatchLoader(
-            images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
-        )
+            images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+            device=self._device(), epoch_transform=epoch_transform,
+        )  # fmt: skip
 
     def train_dataloader(self) -> TensorBatchLoader:
         a = self.arrays
-        return self._loader(a.train_images[self.train_idx], a.train_labels[self.train_idx], self.batch_size, True)
+        images, labels = a.train_images[self.train_idx], a.train_labels[self.train_idx]
+        transform = self._alternating_flip_transform(len(labels)) if self.flip == "alternating" else None
+        return self._loader(images, labels, self.batch_size, True, transform)
+
+    def _alternating_flip_transform(self, n: int) -> Callable[[Tensor, int], Tensor]:
+        """Each epoch's images with the alternating flip; the even-epoch half is drawn once from the seed."""
+        choice = alternating_flip_choice(n, torch.Generator().manual_seed(self.seed))
+        on_device: dict[torch.device, Tensor] = {}
+
+        def transform(images: Tensor, epoch: int) -> Tensor:
+            if images.device not in on_device:
+                on_device[images.device] = choice.to(images.device)
+            return alternating_flip(images, on_device[images.device], epoch)
+
+        return transform
+
+    def first_train_images(self, n: int) -> Tensor:
+        """The first n images of the training split, uint8, unaugmented (for data-dependent model init)."""
+        if self.arrays is None:
+            raise RuntimeError("the data is not loaded yet: call setup() first")
+        return self.arrays.train_images[self.train_idx[:n]]
 
     def val_dataloader(self) -> TensorBatchLoader:
         a = self.arrays
@@ -304,15 +391,35 @@ class CIFAR10DataModule(L.LightningDataModule):
         return normalize(images, *self._device_stats[device])
 
     def augment(self, images: Tensor) -> Tensor:
-        """Random crop and flip, as configured, drawn from a seeded generator on the batch's device."""
-        if self.crop_padding == 0 and not self.flip:
+        """Crop, translate, random flip and cutout, as configured, drawn from a seeded generator on
+        the batch's device. (The alternating flip is applied per epoch by the training loader.)
+        """
+        random_flips = self.flip is True
+        if self.crop_padding == 0 and self.translate == 0 and not random_flips and self.cutout == 0:
             return images
         device = images.device
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         generator = self._generators[device]
         images = random_crop(images, self.crop_padding, generator)
-        return random_flip(images, generator) if self.flip else images
+        images = random_translate(images, self.translate, generator)
+        if random_flips:
+            images = random_flip(images, generator)
+        if self.cutout:
+            images = cutout(images, self.cutout, generator, fill=self._mean_pixel(images))
+        return images
+
+    def _mean_pixel(self, images: Tensor) -> Tensor:
+        """The training mean per channel as a pixel value of `images`' dtype (0-255 for uint8).
+
+        Made once per device and dtype: building it from the Python list each step would copy
+        from the host every step.
+        """
+        key = (images.device, images.dtype)
+        if key not in self._mean_pixels:
+            mean = torch.tensor(self.mean, device=images.device)
+            self._mean_pixels[key] = mean if images.is_floating_point() else (mean * 255).round().to(images.dtype)
+        return self._mean_pixels[key]
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -326,4 +433,5 @@ class CIFAR10DataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         self.mean, self.std = state_dict["mean"], state_dict["std"]
         self._device_stats.clear()
+        self._mean_pixels.clear()
 

@@ -1,8 +1,15 @@
 """LightningModule that trains any image classifier with cross-entropy.
 
 The optimizer and learning-rate scheduler arrive as partials (Hydra `_partial_: true`), so
-configs choose them; L2 weight decay applies to conv and linear weights only (tensors with
-more than one dimension), never to biases or batch-norm parameters.
+configs choose them; by default L2 weight decay applies to conv and linear weights only (tensors
+with more than one dimension), never to biases or batch-norm parameters. Options for fast
+recipes: label smoothing, a learning-rate multiplier for batch-norm parameters, weight decay on
+every parameter, per-step schedules (cifar_lightning/schedules.py), torch.compile, and models
+whose first layer is initialized from the training data (they define `init_from_data`).
+
+Nothing this module does in a training step waits for the device: the training accuracy is
+updated without torchmetrics' argument checks (which read values back to the host) and every
+metric is logged per epoch, never per step.
 """
 
 from __future__ import annotations
@@ -13,20 +20,35 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+WEIGHT_DECAY_SCOPES = ("weights", "all")
+#: Layers whose parameters norm_lr_scale applies to.
+NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training of `model`, with per-epoch loss and accuracy for train/val/test.
 
-    model: any nn.Module mapping normalized (N, 3, 32, 32) images to logits.
+    model: any nn.Module mapping normalized (N, 3, 32, 32) images to logits. If it has a method
+        `init_from_data(images)`, it is called at the start of fit with the first
+        `model.init_images` training images, normalized (e.g. FastNet's patch whitening).
     optimizer: called with parameter groups, e.g. functools.partial(torch.optim.SGD, lr=0.001).
     scheduler: called with the optimizer and stepped once per epoch; None for a constant rate.
+        One with `interval = "step"` (schedules.WarmupSchedule) is called with the optimizer and
+        the run's number of optimizer steps, and stepped after every step.
     channels_last: run the model in channels-last memory format (about 1.6x faster on CPU).
     run_config: the run's resolved config, stored in checkpoints so they describe themselves.
+    label_smoothing: in [0, 1): share of each target spread evenly over all classes.
+    norm_lr_scale: learning-rate multiplier of batch-norm (and other norm layer) parameters.
+    weight_decay_scope: "weights" (conv and linear weights only) or "all" (every parameter; a
+        group with a scaled rate gets its decay divided by the scale, so that every parameter
+        shrinks by the same factor per step, as in airbench).
+    compile: compile the model with torch.compile (first steps are slow while it compiles).
     """
 
     def __init__(
@@ -37,19 +59,57 @@ class ClassifierModule(L.LightningModule):
         num_classes: int = 10,
         channels_last: bool = True,
         run_config: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        norm_lr_scale: float = 1.0,
+        weight_decay_scope: str = "weights",
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}, e.g. 0.1")
+        if not _is_number(norm_lr_scale) or norm_lr_scale <= 0:
+            raise ValueError(f"norm_lr_scale must be a positive number, got {norm_lr_scale!r}")
+        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(
+                f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {weight_decay_scope!r}"
+            )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        if compile:
+            self.model.compile()  # in place: parameter names (and checkpoints) stay as they are
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
-        self.criterion = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.norm_lr_scale, self.weight_decay_scope = float(norm_lr_scale), weight_decay_scope
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # validate_args=False: the checks read tensors back to the host, a device sync every step.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         #: rows = true class, columns = predicted; filled by each test run.
         self.test_confusion_matrix: list[list[int]] | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.initialize_from_data()
+
+    def initialize_from_data(self) -> None:
+        """Call the model's `init_from_data` with normalized training images, if it has one.
+
+        Runs at every fit start; when a fit resumes from a checkpoint, the restored weights
+        replace the result.
+        """
+        init = getattr(self.model, "init_from_data", None)
+        if init is None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "first_train_images"):
+            raise RuntimeError(
+                f"{type(self.model).__name__} initializes from the training data: fit it with "
+                f"datamodule=CIFAR10DataModule(...), as train.py does"
+            )
+        images = datamodule.normalize(datamodule.first_train_images(self.model.init_images))
+        init(images)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -87,22 +147,72 @@ class ClassifierModule(L.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weights (ndim > 1) get the optimizer's weight decay; biases and norm parameters none."""
+        """Weights (ndim > 1) get the optimizer's weight decay; biases and norm parameters none.
+
+        With norm_lr_scale != 1 or weight_decay_scope="all", norm-layer parameters get a group of
+        their own ("norm", rate x norm_lr_scale) and biases another ("biases"); see build_optimizer.
+        """
         params = [p for p in self.model.parameters() if p.requires_grad]
-        decayed = [p for p in params if p.ndim > 1]
-        undecayed = [p for p in params if p.ndim <= 1]
-        # Names label the two rates in the LR monitor's curves.
-        return [{"params": decayed, "name": "weights"}, {"params": undecayed, "weight_decay": 0.0, "name": "no_decay"}]
+        if self.norm_lr_scale == 1.0 and self.weight_decay_scope == "weights":
+            decayed = [p for p in params if p.ndim > 1]
+            undecayed = [p for p in params if p.ndim <= 1]
+            # Names label the two rates in the LR monitor's curves.
+            return [
+                {"params": decayed, "name": "weights"},
+                {"params": undecayed, "weight_decay": 0.0, "name": "no_decay"},
+            ]
+        norm_ids = {
+            id(p) for m in self.model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)
+        }
+        groups = [
+            {"params": [p for p in params if p.ndim > 1 and id(p) not in norm_ids], "name": "weights", "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in norm_ids], "name": "norm", "lr_scale": self.norm_lr_scale},
+            {"params": [p for p in params if p.ndim <= 1 and id(p) not in norm_ids], "name": "biases", "lr_scale": 1.0},
+        ]
+        return [group for group in groups if group["params"]]
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameter_groups())
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        weight_decay = optimizer.defaults.get("weight_decay", 0.0)
+        for group in optimizer.param_groups:
+            if "lr_scale" not in group:
+                continue
+            group["lr"] *= group["lr_scale"]
+            if group["name"] == "weights":
+                continue
+            # torch's SGD shrinks a parameter by lr * weight_decay per step: divide by the rate's
+            # scale so that scaled groups shrink like the weights (airbench), or not at all.
+            group["weight_decay"] = weight_decay / group["lr_scale"] if self.weight_decay_scope == "all" else 0.0
+        return optimizer
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
-        return self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+    def total_steps(self) -> int:
+        """Optimizer steps this fit will take (for per-step schedules)."""
+        steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ValueError("a per-step schedule needs trainer.max_epochs or trainer.max_steps to be finite")
+        return int(steps)
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The scheduler; per-step ones need `total_steps` (default: the attached trainer's estimate)."""
+        if self.scheduler_factory is None:
+            return None
+        if self.scheduler_interval == "step":
+            return self.scheduler_factory(optimizer, total_steps if total_steps is not None else self.total_steps())
+        return self.scheduler_factory(optimizer)
+
+    @property
+    def scheduler_interval(self) -> str:
+        return getattr(self.scheduler_factory, "interval", "epoch")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         scheduler = self.build_scheduler(optimizer)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

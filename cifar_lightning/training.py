@@ -25,10 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning import __version__
-from cifar_lightning.callbacks import EpochHistory
+from cifar_lightning.averaging import AveragedWeights
+from cifar_lightning.callbacks import EpochHistory, FreezeParameters
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import CifarLightningError, ConfigError
-from cifar_lightning.module import ClassifierModule
+from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,74 @@ def checked_seed(cfg: DictConfig) -> int:
     return cfg.seed
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_loss(cfg: DictConfig) -> float:
+    """The label smoothing, checked: a share of the target, in [0, 1)."""
+    smoothing = OmegaConf.select(cfg, "loss.label_smoothing", default=0.0)
+    with config_errors("loss"):
+        if not _is_number(smoothing) or not 0.0 <= smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1) (the share of each target spread over all classes), "
+                f"got {smoothing!r}, e.g. loss.label_smoothing=0.1"
+            )
+    return float(smoothing)
+
+
+def check_param_groups(cfg: DictConfig) -> dict[str, Any]:
+    """The optimizer's parameter-group options, checked (see ClassifierModule)."""
+    groups = {"norm_lr_scale": 1.0, "weight_decay_scope": "weights", **(cfg.get("param_groups") or {})}
+    with config_errors("param_groups"):
+        if not _is_number(groups["norm_lr_scale"]) or groups["norm_lr_scale"] <= 0:
+            raise ValueError(f"norm_lr_scale must be a positive number, got {groups['norm_lr_scale']!r}")
+        if groups["weight_decay_scope"] not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(
+                f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
+                f"got {groups['weight_decay_scope']!r}"
+            )
+    return groups
+
+
+def check_flags(cfg: DictConfig) -> None:
+    """Top-level switches are booleans (a typo such as compile=ture must not pass as true)."""
+    for key in ("channels_last", "compile"):
+        with config_errors(key):
+            value = cfg.get(key, False)
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def build_averaging(cfg: DictConfig) -> AveragedWeights | None:
+    """The EMA/lookahead callback of the `averaging` group, or None (averaging=none)."""
+    if not cfg.get("averaging"):
+        return None
+    with config_errors("averaging"):
+        averaging = instantiate(cfg.averaging)
+        if not isinstance(averaging, AveragedWeights):
+            raise TypeError("an averaging config needs _target_: cifar_lightning.averaging.AveragedWeights")
+    return averaging
+
+
+def check_frozen_names(callbacks: list[Any], module: ClassifierModule) -> None:
+    """FreezeParameters callbacks must name parameters the model has."""
+    for callback in callbacks:
+        if isinstance(callback, FreezeParameters) and callback.missing(module.model):
+            with config_errors("callbacks"):
+                raise ValueError(
+                    f"FreezeParameters names {', '.join(callback.missing(module.model))}, which the model "
+                    f"({type(module.model).__name__}) does not have; its parameters include "
+                    f"{', '.join(name for name, _ in list(module.model.named_parameters())[:4])}"
+                )
+
+
 def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Trainer, EpochHistory]:
     """Everything a run needs, each config group checked as it is built, before any training."""
     checked_seed(cfg)
+    check_flags(cfg)
+    label_smoothing = check_loss(cfg)
+    groups = check_param_groups(cfg)
     with config_errors("data"):
         datamodule: CIFAR10DataModule = instantiate(cfg.data)
     with config_errors("model"):
@@ -120,14 +186,22 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
             num_classes=cfg.model.num_classes,
             channels_last=cfg.channels_last,
             run_config=OmegaConf.to_container(cfg, resolve=True),
+            label_smoothing=label_smoothing,
+            compile=cfg.get("compile", False),
+            **groups,
         )
-    # Build the optimizer and scheduler once now, so a bad value fails here, not mid-fit.
+    # Build the optimizer and scheduler once now, so a bad value fails here, not mid-fit
+    # (a per-step schedule is tried with a stand-in step count: the real one needs the trainer).
     with config_errors("optim"):
         optimizer = module.build_optimizer()
     with config_errors("scheduler"):
-        module.build_scheduler(optimizer)
+        module.build_scheduler(optimizer, total_steps=1000)
+    averaging = build_averaging(cfg)
     history = EpochHistory()
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks") + [history]
+    check_frozen_names(callbacks, module)
+    if averaging is not None:
+        callbacks.append(averaging)
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     with config_errors("trainer"):
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cifar_lightning.callbacks import EpochHistory, GPUStatsMonitor
+from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor
 from cifar_lightning.training import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
@@ -98,3 +98,39 @@ def test_epoch_history_records_the_rate_each_epoch_trained_with(tmp_path):
     history = EpochHistory()
     fit_quietly(ScheduledModule(), tmp_path, 4, [history])
     assert [row["lr"] for row in history.history] == pytest.approx([1.0, 1.0, 0.1, 0.1])
+
+
+class TwoParameters(L.LightningModule):
+    """Trains model.a and model.b towards 1 with plain SGD."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.ParameterDict({"a": nn.Parameter(torch.zeros(())), "b": nn.Parameter(torch.zeros(()))})
+        self.by_epoch: list[tuple[float, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        return (self.model["a"] - 1) ** 2 + (self.model["b"] - 1) ** 2
+
+    def on_train_epoch_end(self) -> None:
+        self.by_epoch.append((float(self.model["a"].detach()), float(self.model["b"].detach())))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(4, 1), batch_size=1)
+
+
+def test_freeze_parameters_stops_training_them_after_n_epochs(tmp_path):
+    module = TwoParameters()
+    freeze = FreezeParameters(names=["a"], after_epochs=2)
+    trainer = L.Trainer(max_epochs=4, callbacks=[freeze], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module)
+    a, b = zip(*module.by_epoch)
+    assert a[0] != 0.0 and a[1] != a[0]  # trained in the first two epochs
+    assert a[3] == a[2] == a[1]  # then untouched, momentum included
+    assert b[3] != b[2] != b[1]
+    assert freeze.missing(module.model) == [] and FreezeParameters(["c"], 1).missing(module.model) == ["c"]
+    with pytest.raises(ValueError, match="after_epochs"):
+        FreezeParameters(["a"], -1)

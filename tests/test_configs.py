@@ -29,10 +29,58 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
 @pytest.mark.parametrize(
     "override",
-    ["debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null"],
-)
+    [
+        "debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null",
+        "~experiment model=resnet18", "~experiment model=fast_net", "scheduler=warmup_linear",
+        "scheduler=warmup_cosine", "scheduler=one_cycle",
+        "averaging=ema", "averaging=lookahead", "loss.label_smoothing=0.1", "data.flip=alternating", "data.translate=2",
+        "data.cutout=8", "data.on_device=false", "param_groups.norm_lr_scale=64", "param_groups.weight_decay_scope=all",
+        "compile=true",
+    ],
+)  # fmt: skip
 def test_options_compose_and_build(override, tmp_path):
-    build(compose_train([override], tmp_path))
+    build(compose_train(override.split(), tmp_path))
+
+
+def test_fast94_is_airbench94s_recipe():
+    cfg = compose_train(["experiment=fast94", "trainer.accelerator=cpu"])
+    assert cfg.model._target_ == "cifar_lightning.models.FastNet" and list(cfg.model.widths) == [64, 256, 256]
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.loss.label_smoothing) == (1024, 10, 0.2)
+    assert (cfg.data.translate, cfg.data.flip, cfg.data.crop_padding, cfg.data.cutout) == (2, "alternating", 0, 0)
+    assert (cfg.optim.momentum, cfg.optim.nesterov) == (0.85, True)
+    # airbench: lr 11.5 and weight decay 0.0153 per 1024 summed examples, momentum-normalized.
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))
+    assert cfg.optim.lr == pytest.approx(11.5 / kilostep * 1024, rel=1e-3)
+    assert cfg.optim.weight_decay == pytest.approx(0.0153 * 1024 / kilostep / (11.5 / kilostep) / 1024, rel=1e-3)
+    assert (cfg.param_groups.norm_lr_scale, cfg.param_groups.weight_decay_scope) == (64.0, "all")
+    assert (cfg.scheduler.shape, cfg.scheduler.warmup, cfg.scheduler.start_factor, cfg.scheduler.end_factor) == (
+        "linear", 0.23, 0.2, 0.07,
+    )  # fmt: skip
+    assert (cfg.averaging.mode, cfg.averaging.every_n_steps, cfg.averaging.ramp_power) == ("lookahead", 5, 3.0)
+    assert cfg.averaging.decay == pytest.approx(0.95**5, abs=1e-4)
+    assert (list(cfg.callbacks.freeze_whiten_bias.names), cfg.callbacks.freeze_whiten_bias.after_epochs) == (
+        ["whiten.bias"], 3,
+    )  # fmt: skip
+    assert cfg.callbacks.early_stopping is None
+    assert (cfg.trainer.precision, cfg.trainer.benchmark) == ("32-true", None)  # on a CPU
+    on_gpu = compose_train(["experiment=fast94", "trainer.accelerator=gpu"])
+    assert (on_gpu.trainer.precision, on_gpu.trainer.benchmark) == ("bf16-mixed", True)
+
+
+def test_fast94_cpu_is_fast94_smaller():
+    cfg, full = compose_train(["experiment=fast94_cpu"]), compose_train(["experiment=fast94"])
+    assert list(cfg.model.widths) == [32, 64, 128] and cfg.trainer.max_epochs == 8
+    assert cfg.experiment_name == "fast94_cpu"
+    for key in ("optim", "loss", "param_groups", "scheduler", "averaging", "callbacks"):
+        assert cfg[key] == full[key], key
+
+
+def test_resnet18_is_the_accuracy_recipe():
+    cfg = compose_train(["experiment=resnet18"])
+    assert cfg.model._target_ == "cifar_lightning.models.ResNet18"
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.optim.lr, cfg.optim.weight_decay) == (256, 200, 0.2, 5e-4)
+    assert (cfg.data.translate, cfg.data.flip, cfg.data.cutout) == (4, True, 16)
+    assert (cfg.scheduler.shape, cfg.averaging.mode, cfg.loss.label_smoothing) == ("cosine", "ema", 0.1)
 
 
 def test_seed_base_is_the_reports_base_run():
@@ -78,6 +126,36 @@ def test_every_registered_model_has_a_config():
 def test_invalid_values_are_refused_before_training(override, group, detail, tmp_path):
     with pytest.raises(ConfigError) as err:
         build(compose_train([override], tmp_path / "run"))
+    message = str(err.value)
+    assert f"invalid `{group}` config" in message and detail in message
+    assert "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, group, detail",
+    [
+        (["loss.label_smoothing=-0.1"], "loss", "label_smoothing must be in [0, 1)"),
+        (["loss.label_smoothing=1.0"], "loss", "label_smoothing must be in [0, 1)"),
+        (["scheduler=warmup_cosine", "scheduler.shape=triangle"], "scheduler", "shape must be one of"),
+        (["scheduler=one_cycle", "scheduler.warmup=1.5"], "scheduler", "warmup"),
+        (["averaging=ema", "averaging.decay=1.5"], "averaging", "decay must be in (0, 1)"),
+        (["averaging=lookahead", "averaging.decay=0"], "averaging", "decay must be in (0, 1)"),
+        (["averaging=ema", "averaging.mode=swa"], "averaging", "mode must be one of ema, lookahead"),
+        (["param_groups.weight_decay_scope=some"], "param_groups", "weight_decay_scope must be one of weights, all"),
+        (["param_groups.norm_lr_scale=0"], "param_groups", "norm_lr_scale"),
+        (["data.flip=sometimes"], "data", "flip must be false, true or alternating"),
+        (["data.cutout=40"], "data", "cutout"),
+        (["data.translate=-2"], "data", "translate"),
+        (["compile=yes"], "compile", "compile must be true or false"),
+        (["~experiment", "model=fast_net", "model.widths=[64,256]"], "model", "widths must be three positive"),
+        (["~experiment", "model=resnet18", "model.widths=[64]"], "model", "widths must be four positive integers"),
+        (["experiment=fast94", "callbacks.freeze_whiten_bias.names=[whitening.bias]"], "callbacks", "does not have"),
+    ],
+)
+def test_invalid_new_options_are_refused_before_training(overrides, group, detail, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build(compose_train(overrides, tmp_path / "run"))
     message = str(err.value)
     assert f"invalid `{group}` config" in message and detail in message
     assert "\n" not in message

@@ -122,8 +122,12 @@ def test_augmentation_only_while_training(data_dir):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"val_fraction": 0.0}, {"val_fraction": 1.2}, {"batch_size": 0}, {"crop_padding": -1}]
-)
+    "kwargs",
+    [
+        {"val_fraction": 0.0}, {"val_fraction": 1.2}, {"batch_size": 0}, {"crop_padding": -1}, {"translate": -1},
+        {"translate": 17}, {"cutout": 33}, {"cutout": -2}, {"flip": "sometimes"}, {"flip": 1}, {"on_device": "yes"},
+    ],
+)  # fmt: skip
 def test_invalid_datamodule_options(kwargs):
     with pytest.raises(ValueError):
         CIFAR10DataModule(**kwargs)
@@ -185,3 +189,59 @@ def test_file_list_is_torchvisions():
     assert [name for name, _ in CIFAR10_FILES] == [
         "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta",
     ]  # fmt: skip
+
+
+def test_loader_applies_the_epoch_transform_to_the_whole_split_in_order():
+    labels = torch.arange(300)
+    images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def transform(split, epoch):
+        seen.append((epoch, split.shape[0]))
+        return split.flip(3) if epoch % 2 else split
+
+    loader = TensorBatchLoader(images, labels, 64, shuffle=True, seed=1, device="cpu", epoch_transform=transform)
+    for epoch in range(3):
+        for x, y in loader:
+            assert torch.equal(x, images[y].flip(3) if epoch % 2 else images[y])
+    assert seen == [(0, 300), (1, 300), (2, 300)]
+
+
+def test_alternating_flip_shows_each_training_image_both_ways(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, flip="alternating", batch_size=5000, seed=3)
+    dm.setup()
+    loader = dm.train_dataloader()
+    originals = dm.arrays.train_images[dm.train_idx]
+    epochs = []
+    for _ in range(2):
+        order = loader._order()  # this epoch's shuffle: batch position -> position in the split
+        seen = torch.empty_like(originals)
+        seen[order] = torch.cat([x for x, _ in loader])
+        epochs.append(seen)
+    mirrored_first = (epochs[0] != originals).flatten(1).any(dim=1)
+    assert torch.equal(epochs[0][mirrored_first], originals[mirrored_first].flip(3))
+    assert torch.equal(epochs[1][mirrored_first], originals[mirrored_first])  # the other way in epoch 2
+    assert torch.equal(epochs[1][~mirrored_first], originals[~mirrored_first].flip(3))
+    assert 0.45 < mirrored_first.float().mean().item() < 0.55
+
+
+def test_translate_and_cutout_in_the_datamodule(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, translate=2, cutout=8, seed=1)
+    dm.setup()
+    x = dm.arrays.test_images[:64]
+    out = dm.augment(x)
+    assert out.shape == x.shape and out.dtype == torch.uint8 and not torch.equal(out, x)
+    mean_pixel = (torch.tensor(dm.mean) * 255).round().to(torch.uint8)
+    # Every image holds an 8x8 square of the mean colour (cutout), which normalizes to about zero.
+    is_mean = (out == mean_pixel.view(1, 3, 1, 1)).all(dim=1)
+    assert all(int(m.sum()) >= 64 for m in is_mean)
+    assert dm.normalize(mean_pixel.view(1, 3, 1, 1)).abs().max() < 0.02
+    again = CIFAR10DataModule(data_dir=str(data_dir), download=False, translate=2, cutout=8, seed=1)
+    again.setup()
+    assert torch.equal(again.augment(x), out)  # seeded
+
+
+def test_first_train_images_are_the_unaugmented_split(data_dir):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, translate=2)
+    dm.setup()
+    assert torch.equal(dm.first_train_images(10), dm.arrays.train_images[dm.train_idx[:10]])

@@ -1,9 +1,11 @@
 from functools import partial
 
+import pytest
 import torch
 
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import FastNet, ResNet18, SeedCNN
 from cifar_lightning.module import ClassifierModule
+from cifar_lightning.schedules import WarmupSchedule
 
 
 def make_module(**kwargs):
@@ -67,3 +69,64 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_label_smoothing_reaches_the_loss():
+    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, label_smoothing=0.2)
+    logits, labels = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    assert module.criterion.label_smoothing == 0.2
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
+    assert torch.allclose(module.criterion(logits, labels), expected)
+
+
+def test_norm_parameters_get_their_own_rate_and_decay_everywhere_shrinks_alike():
+    model = FastNet(widths=[8, 16, 32])
+    module = ClassifierModule(
+        model, partial(torch.optim.SGD, lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0013305), None,
+        norm_lr_scale=64.0, weight_decay_scope="all",
+    )  # fmt: skip
+    groups = {g["name"]: g for g in module.build_optimizer().param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in groups["norm"]["params"]) == sorted(
+        f"block{b}.bn{i}.bias" for b in (1, 2, 3) for i in (1, 2)
+    )  # the frozen bn weights are left out
+    assert [names[id(p)] for p in groups["biases"]["params"]] == ["whiten.bias"]
+    assert "whiten.weight" not in {names[id(p)] for g in groups.values() for p in g["params"]}  # frozen
+    assert groups["weights"]["lr"] == 1.5 and groups["norm"]["lr"] == 1.5 * 64 and groups["biases"]["lr"] == 1.5
+    for group in groups.values():  # every parameter shrinks by lr * weight_decay = 1.5 * 0.0013305 per step
+        assert group["lr"] * group["weight_decay"] == pytest.approx(1.5 * 0.0013305)
+
+
+def test_scaled_norm_rate_without_decay_on_norms_and_biases():
+    module = ClassifierModule(ResNet18(), partial(torch.optim.SGD, lr=0.1, weight_decay=5e-4), None, norm_lr_scale=2.0)
+    groups = {g["name"]: g for g in module.build_optimizer().param_groups}
+    assert (groups["norm"]["lr"], groups["norm"]["weight_decay"]) == (0.2, 0.0)
+    assert (groups["biases"]["lr"], groups["biases"]["weight_decay"]) == (0.1, 0.0)
+    assert groups["weights"]["weight_decay"] == 5e-4
+
+
+def test_per_step_schedule_is_stepped_every_step():
+    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=1.0), WarmupSchedule("linear", 0.5, 0.5, 0.0))
+    optimizer = module.build_optimizer()
+    scheduler = module.build_scheduler(optimizer, total_steps=4)
+    assert module.scheduler_interval == "step"
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.5, 0.75, 1.0, 0.5])  # 2 warmup steps of 4, then down towards 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"norm_lr_scale": 0}, "norm_lr_scale"),
+        ({"weight_decay_scope": "biases"}, "weight_decay_scope"),
+    ],
+)
+def test_invalid_module_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, **kwargs)

@@ -52,6 +52,7 @@ def assert_refused(result: subprocess.CompletedProcess, log_dir: Path, before: d
         ("model.dropout=1.5", ["invalid `model` config", "dropout must be a probability in [0, 1)"]),
         ("optim.lr=-1", ["invalid `optim` config", "Invalid learning rate: -1"]),
         ("model.batch_norm=some", ["invalid `model` config", "batch_norm must be one of none, first, all"]),
+        ("loss.label_smoothing=-0.1", ["invalid `loss` config", "label_smoothing must be in [0, 1)"]),
     ],
 )
 def test_invalid_value_stops_with_a_one_line_reason(override, expected, data_dir, log_dir):

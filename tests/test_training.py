@@ -6,7 +6,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from cifar_lightning.checkpoints import build_model, load_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.models import FastNet, ResNet18
+from cifar_lightning.models.fast_net import PatchWhitening
 from cifar_lightning.training import train
 
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
@@ -69,3 +72,38 @@ def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
     assert first["test_acc"] == second["test_acc"] and first["test_loss"] == second["test_loss"]
     assert first["history"] == second["history"]
     assert other["test_loss"] != first["test_loss"]
+
+
+def test_fast94_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path):
+    # The real recipe, at batch 128 and 2 + 2 steps, so that it runs in seconds on a CPU.
+    cfg = make_cfg("experiment=fast94", "data.batch_size=128", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["experiment"] == "fast94" and metrics["epochs_run"] == 2
+    # 4 steps: int(0.23 * 4) = 0 warmup steps, so the rate starts at its peak and falls linearly.
+    assert [row["lr"] for row in metrics["history"]] == pytest.approx([1.5, 1.5 * (1 - 0.93 * 2 / 4)])
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    model = build_model(checkpoint)
+    assert isinstance(model, FastNet)
+    # The whitening was computed from the first 5,000 training images of the split.
+    dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False, val_fraction=cfg.data.val_fraction)
+    dm.load_state_dict(checkpoint["CIFAR10DataModule"])
+    dm.setup()
+    expected = PatchWhitening(2, 5e-4)
+    expected.init_from_data(dm.normalize(dm.first_train_images(5000)))
+    assert torch.allclose(model.whiten.weight, expected.weight, atol=1e-4)
+    # The test figure is the checkpoint's (averaged) weights on the first 1,000 test images.
+    with torch.no_grad():
+        predictions = model(dm.normalize(dm.arrays.test_images[:1000])).argmax(dim=1)
+    assert metrics["test_acc"] == pytest.approx((predictions == dm.arrays.test_labels[:1000]).float().mean().item())
+    assert "averaged_weights" in checkpoint
+
+
+def test_resnet18_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=resnet18", "data.batch_size=16", "data.eval_batch_size=50", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                   "trainer.limit_test_batches=1")  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["experiment"] == "resnet18" and 0.0 <= metrics["test_acc"] <= 1.0
+    model = build_model(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt"))
+    assert isinstance(model, ResNet18)

@@ -1,13 +1,21 @@
 """Model registry: name -> nn.Module class. `model=<name>` picks `conf/model/<name>.yaml`,
 whose `_target_` is one of these classes.
+
+Every model's last module is an `nn.Linear` named `fc` whose output is the logits (no operation
+follows it) and whose input is the penultimate feature vector: out-of-distribution detectors
+rely on this.
 """
 
 from torch import nn
 
+from cifar_lightning.models.fast_net import FastNet
+from cifar_lightning.models.resnet import ResNet18
 from cifar_lightning.models.seed_cnn import SeedCNN
 
 MODELS: dict[str, type[nn.Module]] = {
     "seed_cnn": SeedCNN,
+    "resnet18": ResNet18,
+    "fast_net": FastNet,
 }
 
-__all__ = ["MODELS", "SeedCNN"]
+__all__ = ["MODELS", "FastNet", "ResNet18", "SeedCNN"]

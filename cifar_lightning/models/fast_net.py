@@ -1,0 +1,193 @@
+"""A fast CIFAR-10 network in the style of Keller Jordan's airbench94 ("94% on CIFAR-10 in 3.29
+seconds on a single GPU", arXiv 2404.00498), written here from the paper's description.
+
+    whiten   2x2 conv 3 -> 24, frozen: patch whitening, computed from the training images
+    act0     GELU
+    block1   conv-pool-BN-GELU-conv-BN-GELU, 24 -> 64 channels, 31 -> 15 pixels
+    block2   the same, 64 -> 256, 15 -> 7
+    block3   the same, 256 -> 256, 7 -> 3
+    pool     global max pool
+    flatten
+    scale    x 1/9 (the scaled head)
+    fc       linear 256 -> 10, no bias: the logits
+
+The tricks, each a named piece below: the first layer is a frozen patch-whitening filter bank
+(PatchWhitening) whose bias alone trains, and only for the first epochs (a FreezeParameters
+callback in the recipe); every later conv starts as a partial identity (identity_init); batch
+norm keeps its weight fixed at 1 and uses a short memory (FrozenScaleBatchNorm); the head's
+output is scaled down (the scale is applied to the features before `fc`, which gives the same
+logits and gradients as scaling the output, so that `fc` stays the last layer and its output
+the logits). With ~10 epochs of airbench's recipe (conf/experiment/fast94.yaml) it reaches 94%.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+
+class PatchWhitening(nn.Conv2d):
+    """A frozen conv whose filters whiten the image's patches: its outputs are uncorrelated with unit variance.
+
+    The filters are the eigenvectors of the patch covariance of training images, each divided
+    by the square root of its eigenvalue (+ eps), and each also negated, so that a following
+    GELU passes both signs of every direction: 2 * 3 * k * k channels for k x k patches. Only
+    the bias trains.
+    """
+
+    def __init__(self, patch_size: int = 2, eps: float = 5e-4) -> None:
+        dims = 3 * patch_size * patch_size
+        super().__init__(3, 2 * dims, kernel_size=patch_size, bias=True)
+        self.eps = eps
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_from_data(self, images: Tensor) -> None:
+        """Set the filters from normalized images (N, 3, H, W); the bias keeps its initialization and trains."""
+        eigenvalues, eigenvectors = patch_eigenbasis(images, self.kernel_size[0])
+        filters = eigenvectors / torch.sqrt(eigenvalues + self.eps)[:, None]  # one filter per row
+        filters = filters.view(-1, *self.weight.shape[1:]).to(self.weight.dtype)
+        self.weight.copy_(torch.cat([filters, -filters]))
+
+
+def patch_eigenbasis(images: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending) and eigenvectors (rows) of the uncentered covariance of all
+    patch_size x patch_size patches of `images`, a patch flattened as (channel, row, column)
+    like a conv filter. Accumulated in float64 over chunks of images to bound memory.
+    """
+    dims = images.shape[1] * patch_size * patch_size
+    covariance = torch.zeros(dims, dims, dtype=torch.float64, device=images.device)
+    count = 0
+    for chunk in images.split(500):
+        patches = image_patches(chunk.float(), patch_size)
+        covariance += (patches.T @ patches).double()
+        count += patches.shape[0]
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance / count)  # ascending, vectors in columns
+    return eigenvalues.flip(0).float(), eigenvectors.T.flip(0).float()
+
+
+def image_patches(images: Tensor, size: int) -> Tensor:
+    """Every size x size patch of (N, C, H, W) images, one per row, flattened as (channel, row, column).
+
+    Built from size * size shifted slices: F.unfold gives the same, but is ~100x slower on some CPUs.
+    """
+    n, c, h, w = images.shape
+    shifted = [images[:, :, i : h - size + 1 + i, j : w - size + 1 + j] for i in range(size) for j in range(size)]
+    patches = torch.stack(shifted, dim=2)  # (N, C, size*size, H', W')
+    return patches.permute(0, 3, 4, 1, 2).reshape(-1, c * size * size)
+
+
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """Batch norm with its weight frozen at 1 (only the shift trains), as airbench uses.
+
+    momentum here is the share of the *old* running statistics kept at each step (airbench's
+    0.6), i.e. torch's momentum 1 - 0.6; eps is tiny because activations are well scaled.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.6, eps: float = 1e-12) -> None:
+        super().__init__(channels, eps=eps, momentum=1.0 - momentum)
+        self.weight.requires_grad_(False)
+
+
+class ConvGroup(nn.Sequential):
+    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (convs unbiased, 'same' padding)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float) -> None:
+        super().__init__(
+            OrderedDict(
+                conv1=nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                pool=nn.MaxPool2d(2),
+                bn1=FrozenScaleBatchNorm(out_channels, bn_momentum),
+                act1=nn.GELU(),
+                conv2=nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                bn2=FrozenScaleBatchNorm(out_channels, bn_momentum),
+                act2=nn.GELU(),
+            )
+        )
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (not a parameter)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+@torch.no_grad()
+def identity_init(conv: nn.Conv2d) -> None:
+    """Start a conv as a partial identity: its first in_channels filters pass their input channel through.
+
+    The remaining filters keep their random initialization. Deep stacks then start close to
+    shallow ones, which trains faster in short runs.
+    """
+    in_channels = conv.weight.shape[1]
+    nn.init.dirac_(conv.weight[: min(in_channels, conv.weight.shape[0])])
+
+
+class FastNet(nn.Sequential):
+    """airbench94-style network (see the module docstring).
+
+    widths: output channels of the three conv groups (airbench94: 64, 256, 256).
+    whiten_patch: side of the whitening patches (2: 24 whitening channels).
+    whiten_eps: added to the patch eigenvalues before whitening.
+    bn_momentum: share of old batch-norm running statistics kept per step (airbench: 0.6).
+    head_scale: multiplier of the logits (airbench: 1/9).
+    init_images: training images the whitening is computed from (first of the training split).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] | list[int] = (64, 256, 256),
+        whiten_patch: int = 2,
+        whiten_eps: float = 5e-4,
+        bn_momentum: float = 0.6,
+        head_scale: float = 1 / 9,
+        init_images: int = 5000,
+    ) -> None:
+        widths = tuple(widths)
+        if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            raise ValueError(
+                f"widths must be three positive integers, got {list(widths)!r}; e.g. model.widths=[64,256,256]"
+            )
+        if not isinstance(whiten_patch, int) or not 1 <= whiten_patch <= 4:
+            raise ValueError(f"whiten_patch must be an integer from 1 to 4, got {whiten_patch!r}")
+        if not isinstance(bn_momentum, (int, float)) or not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
+        if not isinstance(head_scale, (int, float)) or head_scale <= 0:
+            raise ValueError(f"head_scale must be positive, got {head_scale!r}")
+        if not isinstance(init_images, int) or init_images < 1:
+            raise ValueError(f"init_images must be a positive integer, got {init_images!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        whiten = PatchWhitening(whiten_patch, whiten_eps)
+        super().__init__(
+            OrderedDict(
+                whiten=whiten,
+                act0=nn.GELU(),
+                block1=ConvGroup(whiten.out_channels, widths[0], bn_momentum),
+                block2=ConvGroup(widths[0], widths[1], bn_momentum),
+                block3=ConvGroup(widths[1], widths[2], bn_momentum),
+                pool=nn.AdaptiveMaxPool2d(1),
+                flatten=nn.Flatten(),
+                scale=Scale(head_scale),
+                fc=nn.Linear(widths[2], num_classes, bias=False),
+            )
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and not isinstance(module, PatchWhitening):
+                identity_init(module)
+        self.num_classes, self.init_images = num_classes, init_images
+
+    def init_from_data(self, images: Tensor) -> None:
+        """Compute the whitening filters from normalized training images (called at the start of fit)."""
+        self.whiten.init_from_data(images.to(self.whiten.weight.device))
