@@ -34,6 +34,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from cifar_lightning.augment import tta_logits
 from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "gpu")
 EXPLAIN = ("predicted", "true")
+TTA_LEVELS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def check_settings(cfg: DictConfig) -> None:
         raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
     if not is_int(cfg.batch_size, 1):
         raise _invalid("batch_size", f"must be a positive integer, got {cfg.batch_size!r}", "batch_size=1000")
+    if cfg.tta not in TTA_LEVELS or isinstance(cfg.tta, bool):
+        raise _invalid("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {cfg.tta!r}", "tta=2")
     if not is_int(cfg.seed, 0):
         raise _invalid("seed", f"seed must be a non-negative integer, got {cfg.seed!r}", "seed=0")
     if not is_int(cfg.gallery.size, 0):
@@ -186,15 +190,20 @@ def predict(
     device: torch.device | str = "cpu",
     batch_size: int = 1000,
     progress: bool = False,
+    tta: int = 0,
 ) -> Predictions:
     """Run `model` on uint8 images (N, 3, 32, 32) in batches on `device`; outputs come back to the CPU.
 
     normalize: maps a uint8 batch (on the device) to the model's input, e.g. CIFAR10DataModule.normalize.
+    tta: test-time augmentation (augment.tta_logits): 0 none, 1 averaged with the mirror images, 2 also with
+        one-pixel shifts of both (airbench's).
     """
     model = model.to(device).eval()
     starts = range(0, len(images), batch_size)
     logits = [
-        model(normalize(images[start : start + batch_size].to(device, non_blocking=True))).float().cpu()
+        tta_logits(model, normalize(images[start : start + batch_size].to(device, non_blocking=True)), tta)
+        .float()
+        .cpu()
         for start in track(starts, description="Predicting", total=len(starts), disable=not progress)
     ]
     all_logits = torch.cat(logits) if logits else torch.empty(0, 0)
@@ -270,7 +279,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     datamodule = build_datamodule(cfg.data, stats, config.get("data"))
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
-    predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, progress=cfg.progress)
+    predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, cfg.progress, cfg.tta)
     if predictions.logits.shape[1] != len(classes):
         raise CheckpointError(
             f"the model in {path} predicts {predictions.logits.shape[1]} classes, but CIFAR-10 has {len(classes)}. "
@@ -286,6 +295,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
         normalization=stats,
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         gradcam={"layer": layer, "explain": cfg.gradcam.explain},
+        tta=cfg.tta,
         seconds=round(time.perf_counter() - start, 3),
     )
     output_dir = Path(cfg.paths.output_dir)

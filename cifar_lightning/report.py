@@ -28,7 +28,7 @@ PER_CLASS_COLUMNS = (
     ("F1", "f1", "f1"),
 )
 PROVENANCE = {"checkpoint": "checkpoint", "checkpoint_epoch": "checkpoint epoch", "experiment": "experiment",
-              "device": "device"}  # fmt: skip
+              "device": "device", "tta": "test-time augmentation level"}  # fmt: skip
 # Summary keys with a place of their own on the page; "Other fields" shows the rest.
 SHOWN_ELSEWHERE = {"test_acc", "test_loss", "num_images", *PROVENANCE, "classes", "confusion", "per_class", "model",
                    *(column[2] for column in PER_CLASS_COLUMNS)}  # fmt: skip

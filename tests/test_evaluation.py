@@ -83,6 +83,21 @@ def test_predict_works_on_any_uint8_images(evaluation):
     torch.testing.assert_close(again.logits, evaluation.predictions.logits[:300], rtol=1e-4, atol=1e-5)
 
 
+def test_test_time_augmentation_averages_the_views(evaluation):
+    images, model, normalize = evaluation.images[:64], evaluation.model, evaluation.normalize
+    with torch.no_grad():
+        x = normalize(images)
+        plain, mirrored = model(x), model(x.flip(3))
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifts = [padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
+        shifted = sum(0.5 * model(s) + 0.5 * model(s.flip(3)) for s in shifts)
+    flip = predict(model, images, normalize, "cpu", batch_size=50, tta=1)
+    torch.testing.assert_close(flip.logits, 0.5 * (plain + mirrored), rtol=1e-4, atol=1e-5)
+    both = predict(model, images, normalize, "cpu", batch_size=50, tta=2)
+    torch.testing.assert_close(both.logits, 0.25 * (plain + mirrored) + 0.25 * shifted, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both.logits, plain)
+
+
 def test_galleries_are_ranked_by_confidence():
     probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.95, 0.05]])
     predictions = Predictions(logits=probabilities.log(), probabilities=probabilities)
@@ -114,6 +129,7 @@ def test_exactly_one_of_ckpt_and_run_dir(tmp_path):
     [
         ("device=tpu", "device must be one of auto, cpu, gpu"),
         ("batch_size=0", "invalid `batch_size` config"),
+        ("tta=3", "invalid `tta` config: must be one of 0, 1, 2"),
         ("gallery.size=-1", "invalid `gallery.size` config"),
         ("gradcam.explain=both", "must be one of predicted, true"),
         ("gradcam.layer=conv9", "the model has no layer 'conv9'"),

@@ -107,3 +107,23 @@ def test_fit_subset_is_seeded():
     assert fit_subset(labels, 10, 0).tolist() == fit_subset(labels, 10, 0).tolist()
     assert fit_subset(labels, 10, 0).tolist() != fit_subset(labels, 10, 1).tolist()
     assert len(set(fit_subset(labels, 10, 0).tolist())) == 10
+
+
+def test_a_fast_net_checkpoint_is_evaluated_with_tta_and_ood(make_cfg, data_dir, tmp_path):
+    """The airbench-style net through evaluate.py: TTA on the test set, OOD on its GELU layers and head."""
+    from cifar_lightning.training import train
+
+    train(make_cfg("experiment=fast94", "model.widths=[8,16,16]", "data.batch_size=128", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                   output_dir=tmp_path / "run"))  # fmt: skip
+    out = tmp_path / "out"
+    summary = evaluate(compose_evaluate([
+        f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_dir}", "tta=2", "ood.fit_images=500",
+        "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "ood.sets.gaussian_noise.n=200",
+        "ood.sets.uniform_noise.n=200", "gallery.size=4", "gradcam.count=1",
+    ], out, ood=True))  # fmt: skip
+    assert summary["tta"] == 2 and summary["model"]["_target_"] == "cifar_lightning.models.FastNet"
+    saved = json.loads((out / "ood.json").read_text())
+    assert saved["layers"] and all(name.startswith(("act0", "block")) for name in saved["layers"])
+    assert saved["counts"]["val"] == 1000  # the run's own split: fast94 holds out 2% for validation
+    assert list(saved["sets"]) == ["gaussian_noise", "uniform_noise"] and (out / "report.html").is_file()
