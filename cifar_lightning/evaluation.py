@@ -40,6 +40,7 @@ from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import gradcam_overlays
+from cifar_lightning.ood.detection import OODSettings
 from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
 from cifar_lightning.report import SectionItem, write_report
 
@@ -81,6 +82,7 @@ class Evaluation:
     output_dir: Path
     datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
     device: torch.device
+    ood: OODSettings | None  # checked OOD settings; None with ood=none
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
@@ -90,8 +92,9 @@ def _invalid(key: str, problem: str, example: str) -> ConfigError:
     )
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Refuse a bad evaluation setting before anything is loaded or written."""
+def check_settings(cfg: DictConfig) -> OODSettings | None:
+    """Refuse a bad evaluation setting before anything is loaded or written; returns the checked OOD
+    settings (None with ood=none)."""
     if cfg.device not in DEVICES:
         raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
     if not is_int(cfg.batch_size, 1):
@@ -109,8 +112,7 @@ def check_settings(cfg: DictConfig) -> None:
             "gradcam.explain", f"must be one of {', '.join(EXPLAIN)}, got {cfg.gradcam.explain!r}",
             "gradcam.explain=predicted",
         )  # fmt: skip
-    if cfg.ood.enabled:
-        ood_settings(cfg.ood)
+    return ood_settings(cfg.ood) if cfg.ood.enabled else None
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:
@@ -265,7 +267,7 @@ def training_history(checkpoint: Path) -> list[dict[str, Any]]:
 def run_evaluation(cfg: DictConfig) -> Evaluation:
     """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures)."""
     start = time.perf_counter()
-    check_settings(cfg)
+    ood = check_settings(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     path = checkpoint_path(cfg)
     checkpoint = load_checkpoint(path)
@@ -274,8 +276,8 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     layer = gradcam_layer(model, cfg.gradcam.layer)
     device = pick_device(cfg.device)
     config = run_config(checkpoint)
-    if cfg.ood.enabled:
-        check_model_layers(model, ood_settings(cfg.ood))  # a layer the model lacks fails before any work
+    if ood is not None:
+        check_model_layers(model, ood)  # a layer the model lacks fails before any work
     datamodule = build_datamodule(cfg.data, stats, config.get("data"))
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
@@ -303,7 +305,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
              summary["num_images"], path)  # fmt: skip
     return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir, datamodule,
-                      device)  # fmt: skip
+                      device, ood)  # fmt: skip
 
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
@@ -356,7 +358,7 @@ def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
     history = training_history(evaluation.checkpoint_path)
     if history:
         sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
-    if cfg.ood.enabled:
+    if evaluation.ood is not None:
         sections += run_ood(evaluation, cfg)
     return write_report(out, summary, sections)
 

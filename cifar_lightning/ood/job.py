@@ -128,9 +128,9 @@ def check_model_layers(model: torch.nn.Module, settings: OODSettings) -> None:
 
 
 def run_ood(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
-    """OOD detection for an evaluated checkpoint; writes its files and returns its report sections."""
-    settings = ood_settings(cfg.ood)
-    check_model_layers(evaluation.model, settings)
+    """OOD detection for an evaluated checkpoint (settings and layer names already checked by run_evaluation);
+    writes its files and returns its report sections."""
+    settings = evaluation.ood
     specs = OmegaConf.to_container(cfg.ood.sets, resolve=True) or {}
     ood_sets: list[OODSet] = load_sets(specs, seed=cfg.seed)
     datamodule = evaluation.datamodule
