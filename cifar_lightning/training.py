@@ -212,9 +212,10 @@ def summarize(
     trainer: L.Trainer, history: EpochHistory, test_metrics: dict[str, float], train_seconds: float
 ) -> dict[str, Any]:
     """The run's headline figures; epochs are counted from 1."""
-    val_losses = [row["val_loss"] for row in history.history if "val_loss" in row]
-    best = min(range(len(val_losses)), key=val_losses.__getitem__) if val_losses else None
-    best_row = history.history[best] if best is not None else {}
+    # Only epochs that validated can be best (check_val_every_n_epoch > 1 leaves others without val_loss);
+    # the first of equal losses wins, as in ModelCheckpoint.
+    validated = [row for row in history.history if "val_loss" in row]
+    best_row = min(validated, key=lambda row: row["val_loss"]) if validated else {}
     early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     return {
         "test_acc": test_metrics.get("test_acc"),
