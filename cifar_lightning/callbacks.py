@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.callbacks import DeviceStatsMonitor
+from lightning.pytorch.callbacks import DeviceStatsMonitor, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +88,39 @@ class FreezeParameters(L.Callback):
         for name in self.names:
             parameters[name].requires_grad_(False)
             parameters[name].grad = None
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (best.ckpt by the monitored metric), with last.ckpt always the latest state.
+
+    Lightning 2.6 rewrites last.ckpt only when a new top-k checkpoint is saved, so after the best epoch it
+    would go stale and a resume would lose the epochs since. Here last.ckpt is also written at the end of
+    every training epoch and, with `every_n_train_steps`, every that many optimizer steps, so that a long
+    epoch loses little when a run is killed. (The monitored metric is only known after validation, so
+    best.ckpt still waits for the end of the epoch.)
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        if every_n_train_steps is not None and (
+            not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 1
+        ):
+            raise ValueError(
+                f"every_n_train_steps must be a positive integer or null, got {every_n_train_steps!r}; "
+                f"e.g. callbacks.model_checkpoint.every_n_train_steps=500"
+            )
+        super().__init__(*args, **kwargs)
+        self.last_every_n_train_steps = every_n_train_steps or 0
+
+    def _save_latest(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        steps = self.last_every_n_train_steps
+        if steps and trainer.global_step % steps == 0:
+            self._save_latest(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # validation has run: best.ckpt is up to date
+        self._save_latest(trainer)

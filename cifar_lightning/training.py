@@ -208,15 +208,21 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     return datamodule, module, trainer, history
 
 
+def stopped_early(trainer: L.Trainer) -> bool:
+    """Whether early stopping ended the fit. Read it right after fit: testing a checkpoint restores the
+    callback's state as it was when that checkpoint was saved (stopped_epoch 0 for a best epoch)."""
+    early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    return bool(early_stopping is not None and early_stopping.stopped_epoch > 0)
+
+
 def summarize(
-    trainer: L.Trainer, history: EpochHistory, test_metrics: dict[str, float], train_seconds: float
+    history: EpochHistory, test_metrics: dict[str, float], train_seconds: float, early_stop: bool
 ) -> dict[str, Any]:
     """The run's headline figures; epochs are counted from 1."""
     # Only epochs that validated can be best (check_val_every_n_epoch > 1 leaves others without val_loss);
     # the first of equal losses wins, as in ModelCheckpoint.
     validated = [row for row in history.history if "val_loss" in row]
     best_row = min(validated, key=lambda row: row["val_loss"]) if validated else {}
-    early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     return {
         "test_acc": test_metrics.get("test_acc"),
         "test_loss": test_metrics.get("test_loss"),
@@ -224,7 +230,7 @@ def summarize(
         "best_val_acc": best_row.get("val_acc"),
         "best_epoch": best_row.get("epoch"),
         "epochs_run": len(history.history),
-        "stopped_early": bool(early_stopping is not None and early_stopping.stopped_epoch > 0),
+        "stopped_early": early_stop,
         "train_seconds": round(train_seconds, 3),
     }
 
@@ -244,6 +250,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
+    early_stop = stopped_early(trainer)
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -251,7 +258,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
 
-    metrics = summarize(trainer, history, test_metrics, train_seconds)
+    metrics = summarize(history, test_metrics, train_seconds, early_stop)
     metrics.update(
         test_confusion=module.test_confusion_matrix,
         classes=list(datamodule.classes),

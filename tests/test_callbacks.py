@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor
+from cifar_lightning.callbacks import BestAndLastCheckpoint, EpochHistory, FreezeParameters, GPUStatsMonitor
 from cifar_lightning.training import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
@@ -55,8 +55,8 @@ def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     # Best at epoch index 1; patience 3 -> stops after epoch index 4 (5 epochs run).
     assert trainer.current_epoch == 5
     assert trainer.checkpoint_callback.best_model_path == str(tmp_path / "checkpoints" / "best.ckpt")
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4  # the latest epoch
     result = trainer.test(ckpt_path="best", verbose=False)[0]
     assert result["test_weight"] == 1.0  # the weights of the best epoch, not the last (4.0)
     # Restoring the best checkpoint must not cut the record of the epochs after it.
@@ -134,3 +134,38 @@ def test_freeze_parameters_stops_training_them_after_n_epochs(tmp_path):
     assert freeze.missing(module.model) == [] and FreezeParameters(["c"], 1).missing(module.model) == ["c"]
     with pytest.raises(ValueError, match="after_epochs"):
         FreezeParameters(["a"], -1)
+
+
+class RecordLastCheckpointStep(L.Callback):
+    """Reads last.ckpt's step after every training batch (checkpoint callbacks run after this one)."""
+
+    def __init__(self, path) -> None:
+        self.path, self.steps = path, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append(torch.load(self.path, weights_only=True)["global_step"] if self.path.is_file() else None)
+
+
+class FiveBatchModule(ScriptedModule):
+    def train_dataloader(self):
+        return torch.zeros(5, 1)  # five batches
+
+
+def test_last_checkpoint_every_n_train_steps_is_written_mid_epoch(tmp_path):
+    cfg = compose_train([*QUIET, "callbacks.model_checkpoint.every_n_train_steps=2"], tmp_path)
+    checkpoint = instantiate(cfg.callbacks.model_checkpoint)
+    record = RecordLastCheckpointStep(tmp_path / "checkpoints" / "last.ckpt")
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=5, callbacks=[checkpoint, record], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(FiveBatchModule())
+    # After batch k (step k), last.ckpt holds the step of the latest multiple of 2 before it.
+    assert record.steps == [None, None, 2, 2, 4]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5  # epoch end
+
+
+@pytest.mark.parametrize("steps", [0, -3, 1.5, True])
+def test_last_checkpoint_every_n_train_steps_must_be_positive(steps, tmp_path):
+    with pytest.raises(ValueError, match="every_n_train_steps must be a positive integer"):
+        BestAndLastCheckpoint(dirpath=tmp_path, every_n_train_steps=steps)

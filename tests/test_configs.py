@@ -27,19 +27,58 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
-@pytest.mark.parametrize(
-    "override",
-    [
-        "debug=fast_dev_run", "trainer=cpu", "scheduler=multistep", "scheduler=none", "callbacks.early_stopping=null",
-        "~experiment model=resnet18", "~experiment model=fast_net", "scheduler=warmup_linear",
-        "scheduler=warmup_cosine", "scheduler=one_cycle",
-        "averaging=ema", "averaging=lookahead", "loss.label_smoothing=0.1", "data.flip=alternating", "data.translate=2",
-        "data.cutout=8", "data.on_device=false", "param_groups.norm_lr_scale=64", "param_groups.weight_decay_scope=all",
-        "compile=true",
-    ],
-)  # fmt: skip
-def test_options_compose_and_build(override, tmp_path):
-    build(compose_train(override.split(), tmp_path))
+def scheduler_of(module):
+    return module.build_scheduler(module.build_optimizer(), total_steps=100)
+
+
+def callback_types(trainer) -> set[str]:
+    return {type(callback).__name__ for callback in trainer.callbacks}
+
+
+def averaging_of(trainer):
+    return next(c for c in trainer.callbacks if type(c).__name__ == "AveragedWeights")
+
+
+def group_named(optimizer, name):
+    return next(group for group in optimizer.param_groups if group["name"] == name)
+
+
+# Each option, and what it must change in the objects build() makes from it.
+OPTION_EFFECTS = {
+    "debug=fast_dev_run": lambda dm, module, trainer: trainer.fast_dev_run in (True, 1),
+    "trainer=cpu": lambda dm, module, trainer: trainer.strategy.root_device.type == "cpu",
+    "scheduler=multistep": lambda dm, module, trainer: type(scheduler_of(module)).__name__ == "MultiStepLR",
+    "scheduler=none": lambda dm, module, trainer: scheduler_of(module) is None,
+    "callbacks.early_stopping=null": lambda dm, module, trainer: "EarlyStopping" not in callback_types(trainer),
+    "~experiment model=resnet18": lambda dm, module, trainer: type(module.model).__name__ == "ResNet18",
+    "~experiment model=fast_net": lambda dm, module, trainer: type(module.model).__name__ == "FastNet",
+    "scheduler=warmup_linear": lambda dm, module, trainer: module.scheduler_factory.shape == "linear",
+    "scheduler=warmup_cosine": lambda dm, module, trainer: module.scheduler_factory.shape == "cosine",
+    "scheduler=one_cycle": lambda dm, module, trainer: module.scheduler_factory.shape == "one_cycle",
+    "averaging=ema": lambda dm, module, trainer: averaging_of(trainer).mode == "ema",
+    "averaging=lookahead": lambda dm, module, trainer: averaging_of(trainer).mode == "lookahead",
+    "loss.label_smoothing=0.1": lambda dm, module, trainer: module.criterion.label_smoothing == 0.1,
+    "data.flip=alternating": lambda dm, module, trainer: dm.flip == "alternating",
+    "data.translate=2": lambda dm, module, trainer: dm.translate == 2,
+    "data.cutout=8": lambda dm, module, trainer: dm.cutout == 8,
+    "data.on_device=false": lambda dm, module, trainer: dm.on_device is False,
+    "param_groups.norm_lr_scale=64": lambda dm, module, trainer: group_named(module.build_optimizer(), "norm")["lr"]
+    == 64 * module.build_optimizer().defaults["lr"],
+    "param_groups.weight_decay_scope=all": lambda dm, module, trainer: group_named(module.build_optimizer(), "biases")[
+        "weight_decay"
+    ]
+    == module.build_optimizer().defaults["weight_decay"],
+    "compile=true": lambda dm, module, trainer: hasattr(module.model, "_compiled_call_impl")
+    and module.model._compiled_call_impl is not None,
+    "callbacks.model_checkpoint.every_n_train_steps=100": lambda dm, module, trainer: trainer.checkpoint_callback
+    .last_every_n_train_steps == 100,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("override", OPTION_EFFECTS)
+def test_options_compose_build_and_take_effect(override, tmp_path):
+    datamodule, module, trainer, _ = build(compose_train(override.split(), tmp_path))
+    assert OPTION_EFFECTS[override](datamodule, module, trainer), override
 
 
 def test_fast94_is_airbench94s_recipe():

@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -245,3 +246,46 @@ def test_first_train_images_are_the_unaugmented_split(data_dir):
     dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, translate=2)
     dm.setup()
     assert torch.equal(dm.first_train_images(10), dm.arrays.train_images[dm.train_idx[:10]])
+
+
+class RecordBatches(L.LightningModule):
+    """Keeps the first batch each stage receives, as the trainer hands it over (after on_after_batch_transfer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def _keep(self, stage: str, batch) -> None:
+        self.seen.setdefault(stage, batch[0].clone())
+
+    def training_step(self, batch, batch_idx):
+        self._keep("train", batch)
+        return self.weight * 0.0
+
+    def validation_step(self, batch, batch_idx):
+        self._keep("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._keep("test", batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_only_training_batches_are_augmented_with_a_trainer(data_dir, tmp_path):
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, crop_padding=4, translate=2, flip=True, cutout=8,
+                           batch_size=64, eval_batch_size=64)  # fmt: skip
+    module = RecordBatches()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
+                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    arrays = dm.arrays
+    assert torch.equal(module.seen["val"], dm.normalize(arrays.train_images[dm.val_idx[:64]]))
+    assert torch.equal(module.seen["test"], dm.normalize(arrays.test_images[:64]))
+    # The training batch is the epoch-0 permutation's first 64 images, augmented: not equal to them as they are.
+    order = torch.randperm(len(dm.train_idx), generator=torch.Generator().manual_seed(dm.seed))[:64]
+    plain = dm.normalize(arrays.train_images[dm.train_idx][order])
+    assert module.seen["train"].shape == plain.shape and not torch.equal(module.seen["train"], plain)

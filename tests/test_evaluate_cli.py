@@ -48,7 +48,7 @@ def test_neither_ckpt_nor_run_dir(tmp_path):
 
 def test_unknown_key_is_refused_by_hydra(tmp_path):
     result = run_evaluate("gradcam.layr=conv2", log_dir=tmp_path / "logs")
-    assert result.returncode != 0 and "Key 'layr' is not in struct" in result.stderr, result.stderr
+    assert result.returncode == 1 and "Key 'layr' is not in struct" in result.stderr, result.stderr
 
 
 def test_a_real_checkpoint_is_evaluated(tmp_path, data_dir):

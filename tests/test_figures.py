@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from cifar_lightning import figures
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 
@@ -39,10 +40,18 @@ def test_confusion_matrix_png(tmp_path):
     assert width >= 800 and height >= 400
 
 
-def test_confusion_matrix_with_an_empty_class(tmp_path):
+def test_confusion_matrix_with_an_empty_class(tmp_path, monkeypatch):
     counts = np.eye(3, dtype=int) * 5
     counts[1] = 0  # no test image of class 1: its row percentages are 0, not NaN
+    drawn = []  # the values and cell labels of both panels, as plot_confusion_matrix draws them
+    real_draw = figures.draw_matrix
+    monkeypatch.setattr(figures, "draw_matrix", lambda ax, values, labels, *rest: (
+        drawn.append((np.array(values, dtype=float), labels)), real_draw(ax, values, labels, *rest))[1])
     assert png_size(plot_confusion_matrix(counts, ["a", "b", "c"], tmp_path / "c.png"))[0] > 0
+    (count_values, count_labels), (share_values, share_labels) = drawn
+    assert np.isfinite(share_values).all() and share_values[1].tolist() == [0.0, 0.0, 0.0]
+    assert share_labels[1].tolist() == ["0", "0", "0"] and share_labels[0].tolist() == ["100", "0", "0"]
+    assert count_labels[1].tolist() == ["0", "0", "0"]
 
 
 @pytest.mark.parametrize("shape", [(10, 9), (10,), (0, 0)])

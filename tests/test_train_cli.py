@@ -2,6 +2,7 @@
 non-zero exit, and earlier runs untouched."""
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,14 @@ import pytest
 from tests.conftest import QUIET, ROOT
 
 
-def run_train(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
+# Downloads through a proxy that refuses every connection: a download fails at once, with or without internet.
+NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+
+
+def run_train(*overrides: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", f"paths.log_dir={log_dir}", *QUIET, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -68,6 +73,7 @@ def test_unknown_key_stops(data_dir, log_dir):
     before = snapshot(log_dir / "train" / "runs" / "earlier")
     result = run_train("model.dropot=0.1", f"data.data_dir={data_dir}", log_dir=log_dir)
     assert_refused(result, log_dir, before, "Could not override 'model.dropot'", "Key 'dropot' is not in struct")
+    assert result.returncode == 1  # Hydra's own exit status for a bad override, as README says
 
 
 def test_missing_data_folder_names_the_path_and_the_fix(tmp_path, log_dir):
@@ -86,9 +92,10 @@ def test_corrupt_data_file_names_the_path_and_the_fix(data_dir, tmp_path, log_di
     content = bytearray(corrupt.read_bytes())
     content[123456] ^= 0xFF
     corrupt.write_bytes(bytes(content))
-    # download=true (the default): offline, the download fails too, and the error says so.
-    result = run_train(f"data.data_dir={copy}", log_dir=log_dir)
-    assert_refused(result, log_dir, before, f"{corrupt} is corrupt", "data.data_dir=")
+    # download=true (the default): the download fails too (no network, whatever the machine has), and the
+    # error says so.
+    result = run_train(f"data.data_dir={copy}", log_dir=log_dir, env=NO_NETWORK)
+    assert_refused(result, log_dir, before, f"{corrupt} is corrupt", "downloading it failed", "data.data_dir=")
     assert result.returncode == 2
     assert corrupt.read_bytes() == bytes(content)  # the user's file is left as it was
 

@@ -2,6 +2,7 @@
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,6 +12,7 @@ from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.models import FastNet, ResNet18
 from cifar_lightning.models.fast_net import PatchWhitening
 from cifar_lightning.training import train
+from tests.conftest import TINY_RUN
 
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
          "trainer.limit_test_batches=3"]  # fmt: skip
@@ -43,7 +45,7 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     checkpoint = torch.load(best, weights_only=True)
     assert metrics["best_epoch"] == checkpoint["epoch"] + 1
     assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][next(
-        k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))
+        k for k in checkpoint["callbacks"] if k.startswith("BestAndLastCheckpoint"))]["best_model_score"]))
 
     confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
     assert confusion.shape == (10, 10) and int(confusion.sum()) == 3000
@@ -107,3 +109,51 @@ def test_resnet18_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path
     assert metrics["experiment"] == "resnet18" and 0.0 <= metrics["test_acc"] <= 1.0
     model = build_model(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt"))
     assert isinstance(model, ResNet18)
+
+
+def test_best_epoch_when_validation_skips_epochs(make_cfg):
+    # Validation runs in epoch 2 only: the best epoch is 2, with its own loss (it was 1 and null).
+    metrics = train(make_cfg(*SHORT, "experiment=seed_base", "trainer.check_val_every_n_epoch=2"))
+    assert [("val_loss" in row) for row in metrics["history"]] == [False, True]
+    assert metrics["best_epoch"] == 2
+    assert metrics["best_val_loss"] == metrics["history"][1]["val_loss"]
+    assert metrics["best_val_acc"] == metrics["history"][1]["val_acc"]
+
+
+class SpoilAfterFirstEpoch(L.Callback):
+    """Test helper: from epoch 2 on, adds seeded noise to the last layer before each validation, so the
+    validation loss of epoch 1 stays the best and early stopping has to stop the run."""
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch == 0:
+            return
+        generator = torch.Generator().manual_seed(trainer.current_epoch)
+        fc2 = pl_module.model.fc2
+        with torch.no_grad():
+            fc2.weight.add_(torch.randn(fc2.weight.shape, generator=generator).to(fc2.weight) * 1.0)
+
+
+def test_early_stopping_with_the_default_patience_tests_the_best_epoch(make_cfg, tmp_path):
+    cfg = make_cfg(*TINY_RUN, "trainer.max_epochs=10", "trainer.limit_train_batches=5",
+                   "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                   f"+callbacks.spoil._target_={__name__}.SpoilAfterFirstEpoch")  # fmt: skip
+    assert cfg.callbacks.early_stopping.patience == 5  # the default under test
+    metrics = train(cfg)
+    assert metrics["best_epoch"] == 1 and metrics["epochs_run"] == 1 + 5 and metrics["stopped_early"] is True
+    val_losses = [row["val_loss"] for row in metrics["history"]]
+    assert metrics["best_val_loss"] == val_losses[0] < min(val_losses[1:])
+
+    def test_accuracy(path) -> float:
+        checkpoint = load_checkpoint(path)
+        dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False)
+        dm.load_state_dict(checkpoint["CIFAR10DataModule"])
+        dm.setup()
+        with torch.no_grad():
+            predicted = build_model(checkpoint).eval()(dm.normalize(dm.arrays.test_images[:2000])).argmax(dim=1)
+        return (predicted == dm.arrays.test_labels[:2000]).float().mean().item()
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 5  # the last epoch, not the best
+    best_acc, last_acc = test_accuracy(checkpoints / "best.ckpt"), test_accuracy(checkpoints / "last.ckpt")
+    assert metrics["test_acc"] == pytest.approx(best_acc, abs=1e-6) and best_acc != last_acc
