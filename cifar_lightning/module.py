@@ -10,6 +10,12 @@ whose first layer is initialized from the training data (they define `init_from_
 Nothing this module does in a training step waits for the device: the training accuracy is
 updated without torchmetrics' argument checks (which read values back to the host) and every
 metric is logged per epoch, never per step.
+
+Under DDP every epoch figure covers all ranks' images, each counted once: the accuracies and the
+test confusion matrix are torchmetrics objects, whose compute() sums their counts over ranks;
+the losses are logged with sync_dist=True and their batch sizes, and Lightning then all-reduces
+both the batch-size-weighted loss sums and the image counts before dividing, which makes the
+epoch loss the exact per-image mean over all ranks (not a mean of per-rank means).
 """
 
 from __future__ import annotations
@@ -122,8 +128,10 @@ class ClassifierModule(L.LightningModule):
         loss = self.criterion(logits, labels)
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
-        # batch_size makes the epoch loss an exact per-image mean when the last batch is short.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        # batch_size makes the epoch loss an exact per-image mean when the last batch is short;
+        # sync_dist sums losses and counts over ranks (a no-op in one process). The accuracy object
+        # syncs its own counts in compute(): sync_dist would not apply to it.
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss, logits
 
@@ -131,16 +139,21 @@ class ClassifierModule(L.LightningModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
+            return
         self._step(batch, "val")
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
+            return
         _, logits = self._step(batch, "test")
         self.test_confusion.update(logits, batch[1])
 
     def on_test_epoch_end(self) -> None:
+        # On every rank (compute() is a collective under DDP): the counts of all ranks' images.
         self.test_confusion_matrix = self.test_confusion.compute().tolist()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
