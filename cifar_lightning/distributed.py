@@ -68,11 +68,11 @@ def check_launch(trainer: L.Trainer) -> None:
         )
     if getattr(strategy, "_layer_sync", None) is not None and strategy.root_device.type == "cpu":  # sync_batchnorm
         raise ConfigError(
-                "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm refuses CPU tensors when several "
-                "processes train. Fix: trainer.sync_batchnorm=false on a CPU (each process normalizes its own "
-                "batch, as single-process training does at batch data.batch_size), or train on GPUs with "
-                "trainer.accelerator=gpu; nothing was trained."
-            )
+            "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm refuses CPU tensors when several "
+            "processes train. Fix: trainer.sync_batchnorm=false on a CPU (each process normalizes its own "
+            "batch, as single-process training does at batch data.batch_size), or train on GPUs with "
+            "trainer.accelerator=gpu; nothing was trained."
+        )
     mode, hydra_overrides = _hydra_mode_and_overrides()
     # Lightning's launcher re-runs the command line, unless torchrun or srun already started every process.
     lightning_launches = isinstance(launcher, _SubprocessScriptLauncher)
