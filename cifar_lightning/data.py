@@ -186,8 +186,16 @@ class TensorBatchLoader:
     """Batches straight out of in-memory tensors: one index operation per batch.
 
     Shuffled loaders draw a fresh permutation each epoch from `seed + epoch` (on the CPU, so the
-    order is the same on every device), so runs repeat exactly. Under several processes (DDP)
-    each rank takes every world_size-th index of the permutation, so ranks see disjoint data.
+    order is the same on every device and every rank), so runs repeat exactly. Under several
+    processes (DDP) each rank takes every world_size-th index of it, so ranks see disjoint data,
+    and every rank must yield the same number of batches, or the ranks' collectives hang:
+
+    drop_remainder (training): the permutation's last len % world_size indices are left out
+        of the epoch (different ones each epoch, none with one process), so every rank gets
+        exactly len // world_size images, as DistributedSampler(drop_last=True) does.
+    otherwise (evaluation): every image is scored exactly once; shards differ by at most one
+        image, and a rank whose shard needs one batch fewer ends with an empty batch, which
+        the module skips, so the batch counts match.
 
     device: where batches are cut. The tensors move there on the first epoch and stay for the
         loader's life (one fit), and each epoch's order moves once, so steps make no host round
@@ -208,23 +216,35 @@ class TensorBatchLoader:
         world_size: int = 1,
         device: torch.device | str | None = None,
         epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
+        drop_remainder: bool = False,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device) if device is not None else None
         self.epoch_transform = epoch_transform
+        self.drop_remainder = drop_remainder
         self.epoch = 0
 
+    def _shard_size(self) -> int:
+        """Images per rank: the same on every rank when dropping the remainder, else the largest shard."""
+        n = len(self.labels)
+        return n // self.world_size if self.drop_remainder else math.ceil(n / self.world_size)
+
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.labels) / self.world_size) / self.batch_size)
+        return math.ceil(self._shard_size() / self.batch_size)
 
     def _order(self) -> Tensor:
+        """This rank's indices for the coming epoch, in order."""
         if not self.shuffle:
             order = torch.arange(len(self.labels))
         else:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(self.labels), generator=generator)
+        if self.drop_remainder:
+            order = order[: len(order) - len(order) % self.world_size]
         return order[self.rank :: self.world_size]
 
     def _move_to_device(self) -> None:
@@ -239,9 +259,13 @@ class TensorBatchLoader:
         if self.shuffle:
             self.epoch += 1
         images = self.epoch_transform(self.images, epoch) if self.epoch_transform is not None else self.images
+        batches = 0
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
+            batches += 1
             yield images[idx], self.labels[idx]
+        for _ in range(batches, len(self)):  # a short evaluation shard: keep the batch count of the others
+            yield images[:0], self.labels[:0]
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -338,10 +362,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         shuffle: bool,
         epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
     ) -> TensorBatchLoader:
+        """Shuffled (training) loaders give every rank the same number of images; the others score
+        every image exactly once (see TensorBatchLoader)."""
         rank, world = self._rank_and_world()
         return TensorBatchLoader(
             images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
-            device=self._device(), epoch_transform=epoch_transform,
+            device=self._device(), epoch_transform=epoch_transform, drop_remainder=shuffle,
         )  # fmt: skip
 
     def train_dataloader(self) -> TensorBatchLoader:
@@ -399,7 +425,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             return images
         device = images.device
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._augment_seed())
         generator = self._generators[device]
         images = random_crop(images, self.crop_padding, generator)
         images = random_translate(images, self.translate, generator)
@@ -408,6 +434,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         if self.cutout:
             images = cutout(images, self.cutout, generator, fill=self._mean_pixel(images))
         return images
+
+    def _augment_seed(self) -> int:
+        """The run's seed on rank 0 (so one process draws as before); a seed of its own on every other
+        rank, so that ranks do not apply the same crops and flips to their k-th images."""
+        rank, _ = self._rank_and_world()
+        return self.seed if rank == 0 else hash((self.seed, rank)) & (2**63 - 1)
 
     def _mean_pixel(self, images: Tensor) -> Tensor:
         """The training mean per channel as a pixel value of `images`' dtype (0-255 for uint8).

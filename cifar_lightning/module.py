@@ -10,6 +10,10 @@ whose first layer is initialized from the training data (they define `init_from_
 Nothing this module does in a training step waits for the device: the training accuracy is
 updated without torchmetrics' argument checks (which read values back to the host) and every
 metric is logged per epoch, never per step.
+
+Under DDP every epoch figure covers all ranks' images, each counted once: the losses, the
+accuracies and the test confusion matrix are torchmetrics objects, whose compute() sums their
+states over ranks, so an epoch loss is the exact mean over all images, not a mean of per-rank means.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -29,6 +34,31 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 WEIGHT_DECAY_SCOPES = ("weights", "all")
 #: Layers whose parameters norm_lr_scale applies to.
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+class ImageMean(Metric):
+    """The mean of a per-image quantity (the loss) over an epoch, given batch means and batch sizes.
+
+    Its two sums are reduced over ranks by torchmetrics, so the mean is exact across processes
+    (Lightning's sync_dist=True averages the image counts over ranks in the counts' integer type,
+    which truncates when the ranks' counts differ). torchmetrics' MeanMetric does not fit: its NaN
+    check reads the device every step, and with the check off (torchmetrics 1.9) it drops the
+    weights. In one process this gives the same float32 figures as Lightning's own averaging.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, batch_mean: Tensor, batch_size: int) -> None:
+        self.total += batch_mean.detach().float() * batch_size
+        self.count += batch_size
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
 
 
 class ClassifierModule(L.LightningModule):
@@ -86,6 +116,7 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.train_loss, self.val_loss, self.test_loss = ImageMean(), ImageMean(), ImageMean()
         #: rows = true class, columns = predicted; filled by each test run.
         self.test_confusion_matrix: list[list[int]] | None = None
 
@@ -120,10 +151,12 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        accuracy = getattr(self, f"{stage}_acc")
+        accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy(logits, labels)
-        # batch_size makes the epoch loss an exact per-image mean when the last batch is short.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        # Weighted by batch size: an exact per-image mean when the last batch is short. Both metric
+        # objects sum their states over ranks when Lightning computes them at the epoch's end.
+        mean_loss.update(loss, len(labels))
+        self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss, logits
 
@@ -131,16 +164,21 @@ class ClassifierModule(L.LightningModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
+            return
         self._step(batch, "val")
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
+            return
         _, logits = self._step(batch, "test")
         self.test_confusion.update(logits, batch[1])
 
     def on_test_epoch_end(self) -> None:
+        # On every rank (compute() is a collective under DDP): the counts of all ranks' images.
         self.test_confusion_matrix = self.test_confusion.compute().tolist()
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -28,6 +28,7 @@ from cifar_lightning import __version__
 from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import EpochHistory, FreezeParameters
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 
@@ -205,6 +206,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     with config_errors("trainer"):
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer)  # DDP: refuse process layouts that would hang or split the run's directory
     return datamodule, module, trainer, history
 
 
@@ -243,12 +245,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if trainer.is_global_zero:  # DDP: one writer per run (ranks are known once the Trainer is built)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    # A requeued cluster job continues from its own last checkpoint (cifar_lightning.distributed).
+    trainer.fit(module, datamodule=datamodule, ckpt_path=requeue_checkpoint(output_dir))
     train_seconds = time.perf_counter() - start
     early_stop = stopped_early(trainer)
 
@@ -269,12 +273,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
         normalization={"mean": datamodule.mean, "std": datamodule.std},
         device=device_name(trainer),
+        world_size=trainer.world_size,
         versions=library_versions(),
         git_commit=git_commit(),
         command=" ".join(sys.argv),
         history=history.history,
     )
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_global_zero:  # DDP: every rank has the same figures (metrics are reduced over ranks)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
         metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], output_dir,

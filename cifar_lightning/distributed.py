@@ -1,0 +1,116 @@
+"""Runs of several processes (DDP) and cluster jobs: the checks and settings that keep them safe.
+
+Lightning owns the processes. With `trainer=ddp` it re-runs train.py once per extra device
+(its subprocess launcher gives every child `hydra.run.dir=<the parent's run directory>`), or it
+joins processes that torchrun or Slurm's srun started (TorchElasticEnvironment,
+SLURMEnvironment). Each process builds the same run and calls the same fit; the data module
+shards the batches (data.TensorBatchLoader), the module's metrics sum over ranks, and only global
+rank 0 writes the run's files (training.py, Lightning's checkpoints and loggers).
+
+Cluster jobs are launched by submitit (`hydra/launcher=slurm`, conf/hydra/launcher/). One
+mechanism requeues them after a time limit or a preemption: submitit's checkpoint-and-resubmit.
+Lightning's own SLURM auto-requeue is switched off (cluster_plugins), so the two never compete
+for the job, and a requeued job continues from its own last checkpoint (requeue_checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
+
+from cifar_lightning.errors import ConfigError
+
+
+def cluster_plugins() -> list[Any]:
+    """The Trainer's plugins (conf/trainer/default.yaml): inside a Slurm job, Lightning's SLURM environment
+    with its auto-requeue off.
+
+    Lightning would otherwise catch SIGUSR1, save an `hpc_ckpt_*.ckpt` and `scontrol requeue` the
+    job itself, beside submitit, which owns the job's signals (USR2 before the time limit) and
+    requeues it with its pickled Hydra job, so that the output directory stays the same. Ranks,
+    addresses and ports still come from Slurm's variables, as Lightning reads them by default.
+    """
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def _hydra_mode_and_overrides() -> tuple[str | None, list[str]]:
+    """Hydra's run mode ("RUN" or "MULTIRUN") and its hydra.* overrides; (None, []) outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, []
+    hydra = HydraConfig.get()
+    return hydra.mode.name, list(hydra.overrides.hydra)
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Refuse process layouts that would fail mid-run, hang or scatter one run over several directories.
+
+    Called after the Trainer is built and before anything is written.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, ParallelStrategy) or trainer.world_size == 1:
+        return
+    launcher = strategy.launcher
+    if isinstance(launcher, _MultiProcessingLauncher):
+        raise ConfigError(
+            f"trainer.strategy={type(strategy).__name__} starts its processes with multiprocessing, which runs "
+            f"fit and test in children and hands back only the weights and logged figures, not the test "
+            f"confusion matrix or the epoch history that metrics.json records. Fix: use trainer=ddp (strategy "
+            f"ddp: Lightning re-runs train.py once per device, or joins torchrun/srun processes); nothing was "
+            f"trained."
+        )
+    if getattr(strategy, "_layer_sync", None) is not None and strategy.root_device.type == "cpu":  # sync_batchnorm
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm refuses CPU tensors when several "
+            "processes train. Fix: trainer.sync_batchnorm=false on a CPU (each process normalizes its own "
+            "batch, as single-process training does at batch data.batch_size), or train on GPUs with "
+            "trainer.accelerator=gpu; nothing was trained."
+        )
+    mode, hydra_overrides = _hydra_mode_and_overrides()
+    # Lightning's launcher re-runs the command line, unless torchrun or srun already started every process.
+    lightning_launches = isinstance(launcher, _SubprocessScriptLauncher)
+    external = strategy.cluster_environment is not None and strategy.cluster_environment.creates_processes_externally
+    if mode == "MULTIRUN" and lightning_launches and not external:
+        raise ConfigError(
+            f"trainer=ddp with {trainer.world_size} processes cannot run inside a Hydra multirun launched on this "
+            f"machine (-m, hydra/launcher=joblib or submitit_local): Lightning starts the extra processes by "
+            f"re-running the command line, which would start the whole sweep again in each of them. Fix: run each "
+            f"configuration as its own `python train.py trainer=ddp ...`, or sweep on Slurm (hydra/launcher=slurm, "
+            f"whose tasks per node are the devices, started by srun); nothing was trained."
+        )
+    if mode == "RUN" and external and not any(o.startswith("hydra.run.dir=") for o in hydra_overrides):
+        raise ConfigError(
+            f"this process is rank {trainer.global_rank} of {trainer.world_size} started by "
+            f"{type(strategy.cluster_environment).__name__.removesuffix('Environment')} (torchrun or srun), and "
+            f"without hydra.run.dir every process would name its own run directory after the time it started. "
+            f"Fix: give all of them the same one, e.g. `hydra.run.dir=logs/train/runs/<name>` (on Slurm "
+            f"`hydra.run.dir=logs/train/runs/slurm-$SLURM_JOB_ID`); nothing was trained."
+        )
+
+
+def in_submitit_job() -> bool:
+    """Whether this process runs a job that submitit launched (Slurm or local), which it may requeue."""
+    return "SUBMITIT_EXECUTOR" in os.environ
+
+
+def requeue_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint a requeued cluster job continues from: `<output_dir>/checkpoints/last.ckpt`, when this
+    process runs a submitit job and an earlier attempt of it saved one; None otherwise.
+
+    A requeued submitit job re-runs its pickled Hydra job, whose output directory is the one its first
+    attempt had (the sweep directory is resolved once, when the sweep is submitted), so finding the
+    job's own last checkpoint there means it was interrupted: fit continues from it (epoch,
+    weights, optimizer, schedule, best checkpoint and early-stopping state). Outside submitit a run
+    directory is new (its name holds the start time), and resuming is asked for explicitly.
+    """
+    if not in_submitit_job():
+        return None
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None

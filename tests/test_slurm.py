@@ -1,0 +1,75 @@
+"""Cluster jobs through submitit: the Slurm launcher's settings, and a real sweep through
+hydra/launcher=local (submitit's local executor, the code path of hydra/launcher=slurm)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cifar_lightning.distributed import cluster_plugins, requeue_checkpoint
+from tests.conftest import CONF_DIR, QUIET, ROOT
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+
+
+def launcher_config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+
+
+def test_slurm_launcher_asks_for_one_task_per_device():
+    cfg = launcher_config("trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=gpu")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # submitit requeues
+    for key in ("partition", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism"):
+        assert key in launcher
+    cpu = launcher_config("trainer.accelerator=cpu").hydra.launcher
+    assert (cpu.nodes, cpu.tasks_per_node, cpu.gpus_per_node) == (1, 1, None)
+
+
+def test_lightning_auto_requeue_is_off_inside_slurm(monkeypatch):
+    variables = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7"}
+    for key in variables:
+        monkeypatch.delenv(key, raising=False)
+    assert cluster_plugins() == []
+    for key, value in variables.items():  # a Slurm job of 2 tasks, as srun starts them
+        monkeypatch.setenv(key, value)
+    (environment,) = cluster_plugins()
+    assert environment.auto_requeue is False  # submitit alone requeues
+
+
+def test_only_a_submitit_job_continues_from_its_last_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert requeue_checkpoint(tmp_path) is None
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    assert requeue_checkpoint(tmp_path) is None  # a first attempt: nothing saved yet
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    assert requeue_checkpoint(tmp_path) == last
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    assert requeue_checkpoint(tmp_path) is None  # outside submitit a run directory is new
+
+
+def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_directory(data_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "hydra/launcher=local", "seed=0,1", "experiment=seed_base",
+         "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+         "trainer.limit_val_batches=1", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *QUIET],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
+    for job, seed in (("0", 0), ("1", 1)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["seed"] == seed and metrics["world_size"] == 1
+        assert sum(map(sum, metrics["test_confusion"])) == 10000
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((sweep / ".submitit").glob("*/*_submitted.pkl"))) == 2  # two submitit jobs
