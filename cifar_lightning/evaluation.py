@@ -39,7 +39,7 @@ from cifar_lightning.checkpoints import CheckpointError, build_model, load_check
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
-from cifar_lightning.gradcam import gradcam_overlays
+from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
 from cifar_lightning.ood.detection import OODSettings
 from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
 from cifar_lightning.report import SectionItem, write_report
@@ -47,7 +47,6 @@ from cifar_lightning.report import SectionItem, write_report
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "gpu")
-EXPLAIN = ("predicted", "true")
 TTA_LEVELS = (0, 1, 2)
 
 
@@ -107,10 +106,17 @@ def check_settings(cfg: DictConfig) -> OODSettings | None:
         raise _invalid("gallery.size", f"must be an integer >= 0, got {cfg.gallery.size!r}", "gallery.size=32")
     if not is_int(cfg.gradcam.count, 0):
         raise _invalid("gradcam.count", f"must be an integer >= 0, got {cfg.gradcam.count!r}", "gradcam.count=8")
-    if cfg.gradcam.explain not in EXPLAIN:
+    explain = cfg.gradcam.explain
+    if isinstance(explain, bool):  # Hydra and YAML read true/false as booleans, never as a class to explain
         raise _invalid(
-            "gradcam.explain", f"must be one of {', '.join(EXPLAIN)}, got {cfg.gradcam.explain!r}",
-            "gradcam.explain=predicted",
+            "gradcam.explain", f"{str(explain).lower()} was read as the boolean {explain}, not as a class to explain; "
+            f"it must be one of {', '.join(EXPLAINED)} (predicted: the class the model predicted; label: the true "
+            f"class, the image's label)", "gradcam.explain=label",
+        )  # fmt: skip
+    if explain not in EXPLAINED:
+        raise _invalid(
+            "gradcam.explain", f"must be one of {', '.join(EXPLAINED)} (predicted: the class the model predicted; "
+            f"label: the true class), got {explain!r}", "gradcam.explain=label",
         )  # fmt: skip
     return ood_settings(cfg.ood) if cfg.ood.enabled else None
 
@@ -310,11 +316,11 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
     """Each overlay's caption: true and predicted class, confidence, and the class its map explains."""
-    classes, predictions = evaluation.summary["classes"], evaluation.predictions
+    classes, predictions, explained = evaluation.summary["classes"], evaluation.predictions, EXPLAINED_TEXT[explain]
     true, predicted = evaluation.labels[indices].tolist(), predictions.predicted[indices].tolist()
     confidence = predictions.confidence[indices].tolist()
     return [
-        f"true: {classes[t]}\npredicted: {classes[p]} ({c:.0%})\nexplains: {classes[target]} ({explain})"
+        f"true: {classes[t]}\npredicted: {classes[p]} ({c:.0%})\nexplains: {classes[target]} ({explained})"
         for t, p, c, target in zip(true, predicted, confidence, targets)
     ]
 
@@ -344,7 +350,8 @@ def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> 
             _captions(evaluation, explained, targets, explain), evaluation.output_dir / "gradcam", name,
             explained=explain,
         )  # fmt: skip
-        sections.append((f"Grad-CAM: {heading.lower()} ({explain} class, layer {layer})", [c.path for c in cams]))
+        cam_heading = f"Grad-CAM: {heading.lower()} ({EXPLAINED_TEXT[explain]}, layer {layer})"
+        sections.append((cam_heading, [c.path for c in cams]))
     return sections
 
 
