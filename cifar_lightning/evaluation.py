@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
 from cifar_lightning.ood.detection import OODSettings
-from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
+from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
+from cifar_lightning.ood.sets import OODSet
 from cifar_lightning.report import SectionItem, write_report
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Evaluation:
     datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
     device: torch.device
     ood: OODSettings | None  # checked OOD settings; None with ood=none
+    ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
@@ -271,7 +273,11 @@ def training_history(checkpoint: Path) -> list[dict[str, Any]]:
 
 
 def run_evaluation(cfg: DictConfig) -> Evaluation:
-    """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures)."""
+    """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures).
+
+    Every input (settings, checkpoint, CIFAR-10, the OOD sets) is checked and loaded before the first file is
+    written, so bad input never leaves a half-finished output directory.
+    """
     start = time.perf_counter()
     ood = check_settings(cfg)
     L.seed_everything(cfg.seed, verbose=False)
@@ -285,6 +291,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     if ood is not None:
         check_model_layers(model, ood)  # a layer the model lacks fails before any work
     datamodule = build_datamodule(cfg.data, stats, config.get("data"))
+    ood_sets = load_ood_sets(cfg) if ood is not None else []  # every input is there before any output is written
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
     predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, cfg.progress, cfg.tta)
@@ -311,7 +318,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
              summary["num_images"], path)  # fmt: skip
     return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir, datamodule,
-                      device, ood)  # fmt: skip
+                      device, ood, ood_sets)  # fmt: skip
 
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:

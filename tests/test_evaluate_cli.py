@@ -85,6 +85,20 @@ def test_a_boolean_gradcam_explain_is_refused(tmp_path):
     )
 
 
+def test_offline_without_the_ood_sets_nothing_is_written(tmp_path, tiny_run, data_dir):
+    """The issue's case: only CIFAR-10 on the machine, no download. One error, and no evaluation.json, figures
+    or gradcam/ in the run directory (Hydra's own .hydra/ and evaluate.log are all it holds)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-batches-py").symlink_to(data_dir / "cifar-10-batches-py", target_is_directory=True)
+    result = run_evaluate(f"run_dir={tiny_run[0]}", f"data.data_dir={data}", "data.download=false",
+                          log_dir=tmp_path / "logs")  # fmt: skip
+    (out,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
+    assert sorted(path.name for path in out.iterdir()) == [".hydra", "evaluate.log"]
+    assert_refused(result, f"{data / 'ood' / 'cifar100_test.npz'} does not exist", "fashion_mnist_test.npz", "ood=none",
+                   "data.download=true")  # fmt: skip
+
+
 def readme_evaluate_commands() -> list[list[str]]:
     """Every `python evaluate.py ...` line in README.md's fenced code blocks, split as a shell splits it (its
     trailing comment dropped)."""
