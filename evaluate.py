@@ -2,7 +2,7 @@
 
     python evaluate.py ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt
     python evaluate.py run_dir=logs/train/runs/<date>_<time>      # its checkpoints/best.ckpt
-    python evaluate.py run_dir=... gradcam.explain=true device=cpu
+    python evaluate.py run_dir=... gradcam.explain=label device=cpu
 
 Writes evaluation.json, confusion_matrix.csv, the confusion matrix, galleries of the most
 confident right and wrong predictions, Grad-CAM overlays, the training curves and report.html

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,15 @@ from cifar_lightning.checkpoints import CheckpointError, build_model, load_check
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
-from cifar_lightning.gradcam import gradcam_overlays
+from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
 from cifar_lightning.ood.detection import OODSettings
-from cifar_lightning.ood.job import check_model_layers, ood_settings, run_ood
+from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
+from cifar_lightning.ood.sets import OODSet
 from cifar_lightning.report import SectionItem, write_report
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "gpu")
-EXPLAIN = ("predicted", "true")
 TTA_LEVELS = (0, 1, 2)
 
 
@@ -83,6 +83,7 @@ class Evaluation:
     datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
     device: torch.device
     ood: OODSettings | None  # checked OOD settings; None with ood=none
+    ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
@@ -107,10 +108,17 @@ def check_settings(cfg: DictConfig) -> OODSettings | None:
         raise _invalid("gallery.size", f"must be an integer >= 0, got {cfg.gallery.size!r}", "gallery.size=32")
     if not is_int(cfg.gradcam.count, 0):
         raise _invalid("gradcam.count", f"must be an integer >= 0, got {cfg.gradcam.count!r}", "gradcam.count=8")
-    if cfg.gradcam.explain not in EXPLAIN:
+    explain = cfg.gradcam.explain
+    if isinstance(explain, bool):  # Hydra and YAML read true/false as booleans, never as a class to explain
         raise _invalid(
-            "gradcam.explain", f"must be one of {', '.join(EXPLAIN)}, got {cfg.gradcam.explain!r}",
-            "gradcam.explain=predicted",
+            "gradcam.explain", f"{str(explain).lower()} was read as the boolean {explain}, not as a class to explain; "
+            f"it must be one of {', '.join(EXPLAINED)} (predicted: the class the model predicted; label: the true "
+            f"class, the image's label)", "gradcam.explain=label",
+        )  # fmt: skip
+    if explain not in EXPLAINED:
+        raise _invalid(
+            "gradcam.explain", f"must be one of {', '.join(EXPLAINED)} (predicted: the class the model predicted; "
+            f"label: the true class), got {explain!r}", "gradcam.explain=label",
         )  # fmt: skip
     return ood_settings(cfg.ood) if cfg.ood.enabled else None
 
@@ -265,7 +273,11 @@ def training_history(checkpoint: Path) -> list[dict[str, Any]]:
 
 
 def run_evaluation(cfg: DictConfig) -> Evaluation:
-    """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures)."""
+    """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures).
+
+    Every input (settings, checkpoint, CIFAR-10, the OOD sets) is checked and loaded before the first file is
+    written, so bad input never leaves a half-finished output directory.
+    """
     start = time.perf_counter()
     ood = check_settings(cfg)
     L.seed_everything(cfg.seed, verbose=False)
@@ -279,6 +291,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     if ood is not None:
         check_model_layers(model, ood)  # a layer the model lacks fails before any work
     datamodule = build_datamodule(cfg.data, stats, config.get("data"))
+    ood_sets = load_ood_sets(cfg) if ood is not None else []  # every input is there before any output is written
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
     predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, cfg.progress, cfg.tta)
@@ -305,16 +318,16 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
              summary["num_images"], path)  # fmt: skip
     return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir, datamodule,
-                      device, ood)  # fmt: skip
+                      device, ood, ood_sets)  # fmt: skip
 
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
     """Each overlay's caption: true and predicted class, confidence, and the class its map explains."""
-    classes, predictions = evaluation.summary["classes"], evaluation.predictions
+    classes, predictions, explained = evaluation.summary["classes"], evaluation.predictions, EXPLAINED_TEXT[explain]
     true, predicted = evaluation.labels[indices].tolist(), predictions.predicted[indices].tolist()
     confidence = predictions.confidence[indices].tolist()
     return [
-        f"true: {classes[t]}\npredicted: {classes[p]} ({c:.0%})\nexplains: {classes[target]} ({explain})"
+        f"true: {classes[t]}\npredicted: {classes[p]} ({c:.0%})\nexplains: {classes[target]} ({explained})"
         for t, p, c, target in zip(true, predicted, confidence, targets)
     ]
 
@@ -344,7 +357,8 @@ def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> 
             _captions(evaluation, explained, targets, explain), evaluation.output_dir / "gradcam", name,
             explained=explain,
         )  # fmt: skip
-        sections.append((f"Grad-CAM: {heading.lower()} ({explain} class, layer {layer})", [c.path for c in cams]))
+        cam_heading = f"Grad-CAM: {heading.lower()} ({EXPLAINED_TEXT[explain]}, layer {layer})"
+        sections.append((cam_heading, [c.path for c in cams]))
     return sections
 
 

@@ -22,7 +22,9 @@ from torch import nn
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.figures import new_figure, save
 
-EXPLAINED = ("predicted", "true")
+EXPLAINED = ("predicted", "label")
+# How each choice reads on an overlay: "label" is not "true", which YAML and Hydra would read as a boolean.
+EXPLAINED_TEXT = {"predicted": "predicted class", "label": "true label"}
 OVERLAY_SIZE = 128  # pixels: a 32x32 image is too small to read a heat map on
 
 
@@ -31,7 +33,7 @@ class CamResult:
     path: Path  # the overlay PNG
     cam: np.ndarray  # the Grad-CAM map at the image's size (32x32), float in [0, 1]
     target: int  # the class explained
-    explained: str  # "predicted" or "true": which class `target` is
+    explained: str  # "predicted" or "label": which class `target` is
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -118,7 +120,7 @@ def gradcam_overlays(
 
     normalize: maps a uint8 batch (on the model's device) to the model's input, e.g.
         CIFAR10DataModule.normalize.
-    explained: "predicted" or "true", which class the targets are, written on each overlay.
+    explained: "predicted" or "label" (the true class), which class the targets are, written on each overlay.
     """
     if explained not in EXPLAINED:
         raise ValueError(f"explained must be one of {', '.join(EXPLAINED)}, got {explained!r}")
@@ -138,7 +140,7 @@ def gradcam_overlays(
     results = []
     for i, (picture, cam, target, caption) in enumerate(zip(pictures, maps, targets, captions)):
         if "explains:" not in caption:  # callers may have written it themselves
-            caption = f"{caption}\nexplains: {class_name(int(target), num_classes)} ({explained})"
+            caption = f"{caption}\nexplains: {class_name(int(target), num_classes)} ({EXPLAINED_TEXT[explained]})"
         path = save_overlay(picture, cam, caption, Path(out_dir) / f"{prefix}_{i}.png")
         results.append(CamResult(path=path, cam=cam, target=int(target), explained=explained))
     return results

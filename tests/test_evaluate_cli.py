@@ -1,15 +1,23 @@
 """evaluate.py as a user runs it: a bad checkpoint or a missing one stops with one `error:` line
-and exit status 2; a real checkpoint gives a run directory under logs/evaluate/runs/."""
+and exit status 2; a real checkpoint gives a run directory under logs/evaluate/runs/; every
+`python evaluate.py ...` command in README.md runs as written."""
 
+import json
+import os
+import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from cifar_lightning.models import SeedCNN
 from cifar_lightning.training import train
-from tests.conftest import QUIET, ROOT, compose_train
+from tests.conftest import DATA_DIR, QUIET, ROOT, compose_train
 
 
 def run_evaluate(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
@@ -67,3 +75,117 @@ def test_a_real_checkpoint_is_evaluated(tmp_path, data_dir):
 def test_a_bad_ood_setting_is_refused(tmp_path):
     result = run_evaluate("ckpt=any.ckpt", "ood.detectors=[msp,odin]", log_dir=tmp_path / "logs")
     assert_refused(result, "unknown detector(s) odin", "ood=none")
+
+
+def test_a_boolean_gradcam_explain_is_refused(tmp_path):
+    """gradcam.explain=true is a boolean to Hydra, not a class: one error naming the values it takes."""
+    result = run_evaluate("ckpt=any.ckpt", "gradcam.explain=true", log_dir=tmp_path / "logs")
+    assert_refused(
+        result, "invalid `gradcam.explain` config", "boolean True", "predicted, label", "gradcam.explain=label"
+    )
+
+
+def test_offline_without_the_ood_sets_nothing_is_written(tmp_path, tiny_run, data_dir):
+    """The issue's case: only CIFAR-10 on the machine, no download. One error, and no evaluation.json, figures
+    or gradcam/ in the run directory (Hydra's own .hydra/ and evaluate.log are all it holds)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-batches-py").symlink_to(data_dir / "cifar-10-batches-py", target_is_directory=True)
+    result = run_evaluate(f"run_dir={tiny_run[0]}", f"data.data_dir={data}", "data.download=false",
+                          log_dir=tmp_path / "logs")  # fmt: skip
+    (out,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
+    assert sorted(path.name for path in out.iterdir()) == [".hydra", "evaluate.log"]
+    assert_refused(result, f"{data / 'ood' / 'cifar100_test.npz'} does not exist", "fashion_mnist_test.npz", "ood=none",
+                   "data.download=true")  # fmt: skip
+
+
+def readme_evaluate_commands() -> list[list[str]]:
+    """Every `python evaluate.py ...` line in README.md's fenced code blocks, split as a shell splits it (its
+    trailing comment dropped)."""
+    commands, fenced = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced and line.strip().startswith("python evaluate.py"):
+            commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+README_COMMANDS = readme_evaluate_commands()
+
+
+def test_readme_has_evaluate_commands():
+    assert len(README_COMMANDS) >= 5 and any("gradcam.explain=label" in command for command in README_COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def readme_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """Small OOD sets in the documented .npz form (an ood.data_dir for speed), and a folder standing in for
+    README's /data/my_images/."""
+    ood_dir, images = tmp_path_factory.mktemp("ood_sets"), tmp_path_factory.mktemp("my_images")
+    rng = np.random.default_rng(0)
+    for name, shape in (("cifar100", (32, 32, 3)), ("mnist", (28, 28)), ("fashion_mnist", (28, 28))):
+        np.savez_compressed(ood_dir / f"{name}_test.npz", images=rng.integers(0, 256, (200, *shape), dtype=np.uint8),
+                            labels=rng.integers(0, 10, 200))  # fmt: skip
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    return ood_dir, images
+
+
+def substitute(arg: str, run: Path, my_images: Path) -> str:
+    """README's placeholders -> a real run directory (or its checkpoint) and image folder; the rest verbatim."""
+    arg = arg.replace("logs/train/runs/<date>_<time>", str(run)).replace("<run>", str(run))
+    arg = arg.replace("/data/my_images/", f"{my_images}/")
+    if arg.endswith("=..."):
+        arg = arg[: -len("...")] + str(run)
+    assert "<" not in arg and "..." not in arg, f"README.md has a placeholder this test does not know: {arg!r}"
+    return arg
+
+
+def readme_run(command: list[str], run: Path, ood_dir: Path, my_images: Path, out: Path) -> tuple[list[str], str]:
+    """Run README's command with its overrides as written (placeholders filled in), plus this machine's data
+    folder, an output folder and, where OOD detection is on, small OOD sets and fewer fitting images; returns
+    the overrides it ran with and, if it failed, why."""
+    args = [substitute(arg, run, my_images) for arg in command[2:]]
+    environment = [f"data.data_dir={DATA_DIR}", f"hydra.run.dir={out}", "progress=false"]
+    if "ood=none" not in args:
+        dropped = {arg.removeprefix("~ood.sets.") for arg in args if arg.startswith("~ood.sets.")}
+        noise = [f"ood.sets.{name}.n=200" for name in ("gaussian_noise", "uniform_noise") if name not in dropped]
+        environment += [f"ood.data_dir={ood_dir}", "ood.fit_images=500", *noise]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the commands run side by side, one core each
+    result = subprocess.run([sys.executable, "evaluate.py", *args, *environment], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900, env=env)  # fmt: skip
+    failure = "" if result.returncode == 0 else f"exit status {result.returncode}\n{result.stderr[-3000:]}"
+    return args, failure
+
+
+@pytest.fixture(scope="module")
+def readme_results(tiny_run, readme_inputs, tmp_path_factory) -> list[tuple[list[str], str, Path]]:
+    """Every README command run once, as many at a time as there are cores (up to 4): most of each run is
+    single-threaded (imports, loading, figures). Per command: its overrides, why it failed ("" if it did not),
+    and its output folder."""
+    root = tmp_path_factory.mktemp("readme")
+    outs = [root / str(index) for index in range(len(README_COMMANDS))]
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        runs = pool.map(lambda item: readme_run(item[0], tiny_run[0], *readme_inputs, item[1]),
+                        zip(README_COMMANDS, outs))  # fmt: skip
+        return [(args, failure, out) for (args, failure), out in zip(runs, outs)]
+
+
+@pytest.mark.parametrize("index", range(len(README_COMMANDS)), ids=[" ".join(c[2:]) for c in README_COMMANDS])
+def test_readme_evaluate_command(index, readme_results):
+    """README's evaluate commands exit 0 and do what they say."""
+    args, failure, out = readme_results[index]
+    assert not failure, f"{shlex.join(README_COMMANDS[index])} failed: {failure}"
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert (out / "report.html").is_file() and (out / "ood.json").is_file() == ("ood=none" not in args)
+    settings = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    if "gradcam.explain" in settings:
+        explained = {"label": "true label", "predicted": "predicted class"}[settings["gradcam.explain"]]
+        assert summary["gradcam"] == {"layer": settings.get("gradcam.layer", "conv3"),
+                                      "explain": settings["gradcam.explain"]}  # fmt: skip
+        assert f"({explained}, layer" in (out / "report.html").read_text()
+    if "+ood.sets.mine.path" in settings:
+        assert json.loads((out / "ood.json").read_text())["sets"]["mine"]["n"] == 3
+    if "tta" in settings:
+        assert summary["tta"] == int(settings["tta"])

@@ -131,7 +131,9 @@ def test_exactly_one_of_ckpt_and_run_dir(tmp_path):
         ("batch_size=0", "invalid `batch_size` config"),
         ("tta=3", "invalid `tta` config: must be one of 0, 1, 2"),
         ("gallery.size=-1", "invalid `gallery.size` config"),
-        ("gradcam.explain=both", "must be one of predicted, true"),
+        ("gradcam.explain=both", "must be one of predicted, label"),
+        ("gradcam.explain=true", "true was read as the boolean True.*must be one of predicted, label"),
+        ("gradcam.explain=False", "false was read as the boolean False.*must be one of predicted, label"),
         ("gradcam.layer=conv9", "the model has no layer 'conv9'"),
     ],
 )

@@ -44,13 +44,13 @@ def assert_untouched(model: nn.Module, training: bool) -> None:
 
 
 def test_maps_and_overlays(tmp_path):
-    results = explain(seeded_model(), tmp_path, explained="true")
+    results = explain(seeded_model(), tmp_path, explained="label")
     assert [result.path for result in results] == [tmp_path / "cam_0.png", tmp_path / "cam_1.png"]
     for result in results:
         assert isinstance(result, CamResult)
         assert result.cam.shape == (32, 32)
         assert result.cam.min() >= 0.0 and result.cam.max() <= 1.0 and result.cam.max() > 0.5
-        assert (result.target, result.explained) == (3, "true")
+        assert (result.target, result.explained) == (3, "label")
         assert result.path.read_bytes()[:8] == PNG_MAGIC
         assert result.path.stat().st_size > 5_000
 
@@ -93,7 +93,7 @@ def test_bad_targets_and_explained_are_refused(tmp_path):
         explain(model, tmp_path, targets=[3, 10])
     with pytest.raises(ValueError, match=">= 0"):
         explain(model, tmp_path, targets=[3, -1])
-    with pytest.raises(ValueError, match="predicted, true"):
+    with pytest.raises(ValueError, match="predicted, label"):
         explain(model, tmp_path, explained="guessed")
     assert_untouched(model, True)
 

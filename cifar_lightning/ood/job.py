@@ -18,7 +18,7 @@ from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSetti
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, DetectorSettings
 from cifar_lightning.ood.figures import plot_layer_histogram, plot_ood_gallery, safe_name
 from cifar_lightning.ood.metrics import THRESHOLD_METHODS
-from cifar_lightning.ood.sets import OODSet, check_set_spec, load_sets
+from cifar_lightning.ood.sets import OODSet, check_set_spec, prepare_sets
 from cifar_lightning.ood.tables import detector_tables, layer_tables, setup_note, write_tables
 from cifar_lightning.report import SectionItem
 
@@ -71,6 +71,8 @@ def ood_settings(ood: DictConfig) -> OODSettings:
         raise _invalid("mean_activation.direction",
                        f"must be one of {', '.join(DIRECTIONS)}, got {mean_activation.direction!r}",
                        "ood.mean_activation.direction=below")  # fmt: skip
+    if not isinstance(ood.get("download", False), bool):
+        raise _invalid("download", f"must be true or false, got {ood.download!r}", "ood.download=false")
     if not is_int(ood.gallery_size, 0):
         raise _invalid("gallery_size", f"must be an integer >= 0, got {ood.gallery_size!r}", "ood.gallery_size=8")
     sets = ood.sets or {}
@@ -127,12 +129,17 @@ def check_model_layers(model: torch.nn.Module, settings: OODSettings) -> None:
         raise _invalid("mean_activation", str(exc), "ood.mean_activation.layer=null") from exc
 
 
-def run_ood(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
-    """OOD detection for an evaluated checkpoint (settings and layer names already checked by run_evaluation);
-    writes its files and returns its report sections."""
-    settings = evaluation.ood
+def load_ood_sets(cfg: DictConfig) -> list[OODSet]:
+    """The configured OOD sets, loaded (a missing standard set built from torchvision first, downloaded when
+    ood.download): run_evaluation's check of every OOD input, before anything is written."""
     specs = OmegaConf.to_container(cfg.ood.sets, resolve=True) or {}
-    ood_sets: list[OODSet] = load_sets(specs, seed=cfg.seed)
+    return prepare_sets(specs, seed=cfg.seed, download=bool(cfg.ood.get("download", False)))
+
+
+def run_ood(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
+    """OOD detection for an evaluated checkpoint (settings, layer names and sets already checked and loaded by
+    run_evaluation); writes its files and returns its report sections."""
+    settings, ood_sets = evaluation.ood, evaluation.ood_sets
     datamodule = evaluation.datamodule
     arrays = datamodule.arrays
     fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, cfg.ood.fit_images, cfg.seed)]

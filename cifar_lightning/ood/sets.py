@@ -2,6 +2,7 @@
 
 Three sources: an .npz file with a uint8 `images` array (N x H x W x 3 RGB or N x H x W grayscale,
 e.g. the official 28x28 MNIST), a folder of image files, and seeded noise generated on the fly.
+A missing .npz of a standard set (an entry with `fetch`) is built from torchvision first (fetch.py).
 Everything is resized to 32x32 (antialiased bilinear) and grayscale is repeated to three channels.
 In a folder, a file that cannot be read as an image is reported and skipped, not fatal.
 """
@@ -9,7 +10,7 @@ In a folder, a file that cannot be read as an image is reported and skipped, not
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.ood.fetch import SOURCES, fetch_set, raw_root
 
 log = logging.getLogger(__name__)
 
 SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 NOISE_KINDS = ("gaussian", "uniform")
-SET_KEYS = ("path", "noise", "n", "kind", "seed")
+SET_KEYS = ("path", "fetch", "noise", "n", "kind", "seed")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def to_rgb32(images: np.ndarray | Tensor) -> Tensor:
 def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
     """An .npz file holding a uint8 `images` array (N x H x W x 3, or N x H x W grayscale)."""
     path = Path(path).expanduser()
-    fix = f"Fix the path in ood.sets.{name}.path, or drop the set with ~ood.sets.{name}"
+    fix = (f"Fix the path in ood.sets.{name}.path, drop the set with ~ood.sets.{name}, or turn OOD detection off "
+           f"with ood=none")  # fmt: skip
     if not path.is_file():
         raise DataError(f"the OOD set {name!r} was not found: {path} does not exist. {fix}.")
     try:
@@ -112,7 +115,7 @@ def load_folder(path: str | Path, name: str, kind: str = "custom") -> OODSet:
     if not folder.is_dir():
         raise DataError(
             f"the OOD set {name!r} was not found: {folder} is not a folder. Fix the path in ood.sets.{name}.path, "
-            f"or drop the set with ~ood.sets.{name}."
+            f"drop the set with ~ood.sets.{name}, or turn OOD detection off with ood=none."
         )
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images, skipped = [], []
@@ -163,6 +166,13 @@ def check_set_spec(name: str, spec: Mapping[str, Any]) -> None:
     has_path, noise = spec.get("path") is not None, spec.get("noise")
     if has_path == (noise is not None):
         raise invalid("give exactly one of `path` and `noise`")
+    fetch = spec.get("fetch")
+    if fetch is not None:
+        if fetch not in SOURCES:
+            raise invalid(f"fetch must be one of {', '.join(SOURCES)} (torchvision's test splits), got {fetch!r}")
+        if not has_path or not str(spec["path"]).endswith(".npz"):
+            example = f"ood.sets.{name}.path=/data/ood/{fetch}_test.npz"
+            raise invalid(f"fetch={fetch} needs the .npz path it writes, e.g. {example}")
     if noise is not None:
         if noise not in NOISE_KINDS:
             raise invalid(f"noise must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
@@ -183,8 +193,8 @@ def load_set(name: str, spec: Mapping[str, Any], seed: int) -> OODSet:
     return load_folder(path, name, kind) if path.is_dir() else load_npz(path, name, kind)
 
 
-def load_sets(specs: Mapping[str, Mapping[str, Any]], seed: int) -> list[OODSet]:
-    """Every configured set, checked first (all entries) so that a typo fails before any loading."""
+def check_sets(specs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse an empty set list or any bad entry (all entries), so that a typo fails before any loading."""
     if not specs:
         raise ConfigError(
             "no OOD sets are configured (ood.sets is empty). Fix: keep the defaults of conf/ood/default.yaml, add one "
@@ -192,4 +202,53 @@ def load_sets(specs: Mapping[str, Mapping[str, Any]], seed: int) -> list[OODSet]
         )
     for name, spec in specs.items():
         check_set_spec(name, spec)
+
+
+def load_sets(specs: Mapping[str, Mapping[str, Any]], seed: int) -> list[OODSet]:
+    """Every configured set, checked first (all entries) so that a typo fails before any loading."""
+    check_sets(specs)
     return [load_set(name, spec, seed) for name, spec in specs.items()]
+
+
+def prepare_sets(specs: Mapping[str, Mapping[str, Any]], seed: int, download: bool) -> list[OODSet]:
+    """Every configured set, loaded; a standard set whose .npz is missing (an entry with `fetch`) is first built
+    from torchvision's test split, downloaded when `download`. evaluate.py calls this before it writes anything,
+    so a missing set stops it with one error (every missing file and the fixes) and no half-finished output."""
+    check_sets(specs)
+    paths = {name: Path(str(spec["path"])).expanduser() for name, spec in specs.items() if spec.get("path") is not None}
+    missing = [name for name, path in paths.items() if not path.exists()]
+    for name in missing:
+        if specs[name].get("fetch") is None:  # a set of the user's own: nothing to build it from
+            load_set(name, specs[name], seed)  # raises the error naming the path and the fix
+    failures = []
+    for name in missing:
+        try:
+            fetch_set(specs[name]["fetch"], paths[name], download)
+        except DataError as exc:
+            failures.append((name, paths[name], str(exc)))
+    if failures:
+        raise DataError(missing_sets_message(failures, download))
+    return [load_set(name, spec, seed) for name, spec in specs.items()]
+
+
+def missing_sets_message(failures: Sequence[tuple[str, Path, str]], download: bool) -> str:
+    """One paragraph for standard sets that are neither on disk nor obtainable: each missing file, and the fixes."""
+    names = ", ".join(repr(name) for name, _, _ in failures)
+    what = f"the OOD set {names} was" if len(failures) == 1 else f"the OOD sets {names} were"
+    problems = "; ".join(f"{path} does not exist and {cause}" for _, path, cause in failures)
+    folders = ", ".join(dict.fromkeys(str(path.parent) for _, path, _ in failures))
+    roots = ", ".join(dict.fromkeys(str(raw_root(path)) for _, path, _ in failures))
+    splits = (f"(torchvision downloads the official, md5-checked test splits into {roots}, and evaluate.py saves "
+              f"them as those .npz files)")  # fmt: skip
+    if download:
+        online = f"Fix: check this machine's internet connection and rerun {splits}"
+    else:
+        online = (f"Downloading is off (ood.download=false, which follows data.download). Fix: on a machine with "
+                  f"internet, rerun with data.download=true or ood.download=true {splits}")  # fmt: skip
+    return (
+        f"{what} not found: {problems}. {online}; or, offline, put the files in {folders} (cifar100_test.npz, "
+        f"mnist_test.npz, fashion_mnist_test.npz: np.savez with a uint8 `images` array, N x 32 x 32 x 3 or "
+        f"N x 28 x 28, and `labels`), or torchvision's own files (cifar-100-python/, MNIST/raw/, FashionMNIST/raw/) "
+        f"in {roots}, or point ood.data_dir at a folder that holds them; or turn OOD detection off with ood=none "
+        f"(or drop a set, e.g. ~ood.sets.{failures[0][0]}). Nothing was evaluated."
+    )

@@ -2,6 +2,7 @@
 report's OOD sections, and bad `ood` settings refused before anything is written."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,8 @@ def test_the_report_shows_the_ood_results(evaluated):
         ("ood.mean_activation.direction=sideways", "must be one of below, above"),
         ("+ood.sets.mnist.noise=pink", "exactly one of `path` and `noise`"),
         ("ood.mean_activation.layer=relu9", "no activation layer 'relu9'"),
+        ("ood.download=maybe", "invalid `ood.download` config: must be true or false"),
+        ("ood.sets.mnist.fetch=svhn", "fetch must be one of cifar100, mnist, fashion_mnist"),
     ],
 )
 def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_path, override, expected):
@@ -96,9 +99,16 @@ def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_pa
 
 def test_a_missing_ood_set_names_the_path(tiny_run, data_dir, tmp_path):
     cfg = compose_evaluate([f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.data_dir=/nowhere",
-                            "gallery.size=0", "gradcam.count=0"], tmp_path / "out", ood=True)  # fmt: skip
+                            "ood.download=false"], tmp_path / "out", ood=True)  # fmt: skip
     with pytest.raises(DataError, match="/nowhere/cifar100_test.npz does not exist"):
         evaluate(cfg)
+    assert not (tmp_path / "out").exists() and not Path("/nowhere").exists()
+    folder = tmp_path / "mine"  # a set of the user's own has nothing to be built from
+    cfg = compose_evaluate([f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"+ood.sets.mine.path={folder}"],
+                           tmp_path / "out", ood=True)  # fmt: skip
+    with pytest.raises(DataError, match=f"{folder} does not exist. Fix the path in ood.sets.mine.path.*ood=none"):
+        run_evaluation(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_fit_subset_is_seeded():
