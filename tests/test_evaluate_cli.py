@@ -3,11 +3,9 @@ and exit status 2; a real checkpoint gives a run directory under logs/evaluate/r
 `python evaluate.py ...` command in README.md runs as written."""
 
 import json
-import os
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -152,30 +150,41 @@ def readme_run(command: list[str], run: Path, ood_dir: Path, my_images: Path, ou
         dropped = {arg.removeprefix("~ood.sets.") for arg in args if arg.startswith("~ood.sets.")}
         noise = [f"ood.sets.{name}.n=200" for name in ("gaussian_noise", "uniform_noise") if name not in dropped]
         environment += [f"ood.data_dir={ood_dir}", "ood.fit_images=500", *noise]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the commands run side by side, one core each
     result = subprocess.run([sys.executable, "evaluate.py", *args, *environment], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900, env=env)  # fmt: skip
+                            text=True, timeout=900)  # fmt: skip
     failure = "" if result.returncode == 0 else f"exit status {result.returncode}\n{result.stderr[-3000:]}"
     return args, failure
 
 
 @pytest.fixture(scope="module")
-def readme_results(tiny_run, readme_inputs, tmp_path_factory) -> list[tuple[list[str], str, Path]]:
-    """Every README command run once, as many at a time as there are cores (up to 4): most of each run is
-    single-threaded (imports, loading, figures). Per command: its overrides, why it failed ("" if it did not),
-    and its output folder."""
-    root = tmp_path_factory.mktemp("readme")
-    outs = [root / str(index) for index in range(len(README_COMMANDS))]
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        runs = pool.map(lambda item: readme_run(item[0], tiny_run[0], *readme_inputs, item[1]),
-                        zip(README_COMMANDS, outs))  # fmt: skip
-        return [(args, failure, out) for (args, failure), out in zip(runs, outs)]
+def readme_result(tiny_run, readme_inputs, tmp_path_factory):
+    """Runs README's command number `index` (once) and returns its overrides, why it failed ("" if it did
+    not), and its output folder."""
+    root, done = tmp_path_factory.mktemp("readme"), {}
+
+    def result(index: int) -> tuple[list[str], str, Path]:
+        if index not in done:
+            out = root / str(index)
+            done[index] = (*readme_run(README_COMMANDS[index], tiny_run[0], *readme_inputs, out), out)
+        return done[index]
+
+    return result
 
 
-@pytest.mark.parametrize("index", range(len(README_COMMANDS)), ids=[" ".join(c[2:]) for c in README_COMMANDS])
-def test_readme_evaluate_command(index, readme_results):
+def readme_params() -> list:
+    """One case per README command; the Grad-CAM one (a defect once) runs by default, the rest (about 40 s
+    each on 2 cores) with the slow tests."""
+    return [
+        pytest.param(index, id=" ".join(command[2:]),
+                     marks=() if "gradcam.explain=label" in command else pytest.mark.slow)
+        for index, command in enumerate(README_COMMANDS)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", readme_params())
+def test_readme_evaluate_command(index, readme_result):
     """README's evaluate commands exit 0 and do what they say."""
-    args, failure, out = readme_results[index]
+    args, failure, out = readme_result(index)
     assert not failure, f"{shlex.join(README_COMMANDS[index])} failed: {failure}"
     summary = json.loads((out / "evaluation.json").read_text())
     assert (out / "report.html").is_file() and (out / "ood.json").is_file() == ("ood=none" not in args)
