@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -29,6 +30,32 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 WEIGHT_DECAY_SCOPES = ("weights", "all")
 #: Layers whose parameters norm_lr_scale applies to.
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+#: Checkpoint entry holding the training metrics' running sums when it is saved inside an epoch.
+UNFINISHED_EPOCH_KEY = "unfinished_epoch_metrics"
+
+
+class EpochMean(Metric):
+    """The epoch's per-image mean of per-batch mean losses, computed with the very operations of
+    Lightning's own epoch mean of a logged tensor (so the figures do not change), but held in a
+    Metric: its running sums can then go into a mid-epoch checkpoint, which Lightning's cannot.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("value", torch.tensor(0.0, dtype=torch.get_default_dtype()), dist_reduce_fx="sum")
+        self.add_state("cumulated_batch_size", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, batch_size: int) -> None:
+        value = value.detach()
+        if value.dtype not in (torch.float32, torch.float64):
+            value = value.to(torch.get_default_dtype())
+        self.value = self.value + value * batch_size
+        self.cumulated_batch_size = self.cumulated_batch_size + batch_size
+
+    def compute(self) -> Tensor:
+        return self.value / self.cumulated_batch_size
 
 
 class ClassifierModule(L.LightningModule):
@@ -83,11 +110,14 @@ class ClassifierModule(L.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         # validate_args=False: the checks read tensors back to the host, a device sync every step.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_loss = EpochMean()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         #: rows = true class, columns = predicted; filled by each test run.
         self.test_confusion_matrix: list[list[int]] | None = None
+        self._epoch_open = False  # inside a training epoch (between its first batch and its end)
+        self._unfinished_epoch: dict[str, dict[str, Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -123,9 +153,42 @@ class ClassifierModule(L.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(logits, labels)
         # batch_size makes the epoch loss an exact per-image mean when the last batch is short.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        if stage == "train":  # a Metric, whose sums a mid-epoch checkpoint keeps (see EpochMean)
+            self.train_loss.update(loss, len(labels))
+            self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
+        else:
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss, logits
+
+    # -- a checkpoint saved inside an epoch keeps the epoch's running training metrics --------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._epoch_open = True
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_open = False  # before the end-of-epoch checkpoint (written by a later hook)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._epoch_open:
+            checkpoint[UNFINISHED_EPOCH_KEY] = {
+                name: {key: value.detach().clone() for key, value in getattr(self, name).metric_state.items()}
+                for name in ("train_loss", "train_acc")
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._unfinished_epoch = checkpoint.get(UNFINISHED_EPOCH_KEY)
+
+    def on_train_start(self) -> None:
+        """A fit resumed inside an epoch continues that epoch's loss and accuracy sums."""
+        if self._unfinished_epoch is None:
+            return
+        for name, state in self._unfinished_epoch.items():
+            metric = getattr(self, name)
+            for key, value in state.items():
+                setattr(metric, key, value.to(self.device))
+            metric._update_count = max(metric._update_count, 1)  # torchmetrics: it has seen data
+        self._unfinished_epoch = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
