@@ -149,18 +149,39 @@ class RunCheckpoint(ModelCheckpoint):
         # best-checkpoint state, and code that looks the state up by that name finds it.
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ModelCheckpoint, also when the run directory was moved (a copied run resumed elsewhere):
+        the paths are moved along, where ModelCheckpoint would drop the best score and so forget
+        which epoch was best."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if isinstance(old, str) and new is not None and old != str(new):
+            def moved(path: Any) -> Any:
+                return str(new) + path[len(old):] if isinstance(path, str) and path.startswith(old) else path
+
+            state_dict = {key: moved(value) for key, value in state_dict.items()}
+            state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
+        super().load_state_dict(state_dict)
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         """ModelCheckpoint calls this after each top-k save; last.ckpt is written by save_latest instead."""
 
-    def save_latest(self, trainer: L.Trainer) -> None:
-        """Write last.ckpt now (skipped outside fitting, in sanity checks and in fast_dev_run)."""
-        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
-            return
+    @staticmethod
+    def flush_loggers(trainer: L.Trainer) -> None:
         for logger in trainer.loggers:
             logger.save()
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "flush"):
                 experiment.flush()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The previous epoch's training figures are logged after its checkpoint: write them out now.
+        self.flush_loggers(trainer)
+
+    def save_latest(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt now (skipped outside fitting, in sanity checks and in fast_dev_run)."""
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.flush_loggers(trainer)
         ModelCheckpoint._save_last_checkpoint(self, trainer, self._monitor_candidates(trainer))
         self._latest_step = trainer.global_step
 
