@@ -264,7 +264,7 @@ class DivergenceGuard(L.Callback):
 
     On the CPU the loss is checked on the host after every step (reading a CPU scalar costs
     nothing). On a GPU that read would make the host wait for the device every step, so the first
-    bad step, its epoch and loss are kept on the device (three tiny kernels per step) and read every
+    bad step, its epoch and loss are kept on the device (a few tiny kernels per step) and read every
     `check_every_n_steps` steps, at each epoch end and before every checkpoint: the run stops at
     most that many steps late, still reports the exact first bad step, and never checkpoints
     non-finite weights.

@@ -237,7 +237,10 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.labels) / self.world_size) / self.batch_size)
 
-    def _order(self, epoch: int) -> Tensor:
+    def _order(self, epoch: int | None = None) -> Tensor:
+        """The batch order of `epoch` (default: the epoch the next iteration serves)."""
+        if epoch is None:
+            epoch = self.epoch_source() if self.epoch_source is not None else self.epoch
         if not self.shuffle:
             order = torch.arange(len(self.labels))
         else:

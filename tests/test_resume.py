@@ -110,7 +110,7 @@ def test_run_killed_in_epoch_2_and_resumed_equals_the_uninterrupted_run(data_dir
     assert "resume=" in (hydra_resume / "overrides.yaml").read_text()
     assert (run.hydra / "config.yaml").is_file()  # the first start's own record is kept
     assert "resuming" in run.log.read_text()
-    assert len({path.name.split(".")[4] for path in run.tensorboard.glob("events.out.tfevents.*")}) == 2  # 2 pids
+    assert len({path.name.split(".")[-2] for path in run.tensorboard.glob("events.out.tfevents.*")}) == 2  # 2 pids
 
     out, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
