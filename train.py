@@ -5,6 +5,7 @@
     python train.py model.dropout=0.0 seed=1         # change any value
     python train.py -m seed=0,1,2                    # Hydra multirun sweep
     python train.py -m +ablation=all                 # the report's Table 1 over 3 seeds, aggregated
+    python train.py resume=logs/train/runs/<date>_<time>   # continue a run from its last checkpoint
 
 Configs live in conf/ (train.yaml is the entry); each run writes its config, checkpoints,
 TensorBoard events and metrics.json into its own directory under logs/.
@@ -19,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cifar_lightning.errors import CifarLightningError
-from cifar_lightning.training import train
+from cifar_lightning.training import resume, train
 
 log = logging.getLogger("train")
 
@@ -27,10 +28,15 @@ log = logging.getLogger("train")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # In a sweep, a failed job is logged and left without metrics.json, and the other jobs go on;
-    # the aggregation lists it as missing.
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    # the aggregation lists it as missing. A diverged job (exit status 3 alone) has a metrics.json
+    # with status: diverged, which the aggregation lists apart.
+    hydra_config = HydraConfig.get()
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg)
+        if cfg.get("resume") is not None:
+            metrics = resume(cfg.resume, hydra_config.overrides.task, output_dir=cfg.paths.output_dir)
+        else:
+            metrics = train(cfg)
     except CifarLightningError as exc:
         if in_sweep:
             log.error("job failed, the sweep goes on: %s", exc)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import sys
@@ -34,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 
 from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.runs import COMPLETED, DIVERGED, HYDRA_DIR, RunDir, RunDirError, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ CSV_COLUMNS = (
     "n_missing",
     "finished_seeds",
     "missing_seeds",
+    "n_diverged",
+    "diverged_seeds",
     "test_acc_mean",
     "test_acc_std",
     "report_test_acc",
@@ -82,20 +84,30 @@ class SweepError(CifarLightningError):
     """The sweep directory is missing, holds no jobs, or cannot be written to."""
 
 
+#: Run.status of a job without a usable metrics.json (failed, killed, or still running).
+UNFINISHED = "unfinished"
+
+
 @dataclass(frozen=True)
 class Run:
-    """One job of the sweep; `metrics` is None when the job did not finish."""
+    """One job of the sweep; `metrics` is None when the job did not finish (is unfinished).
+
+    status: completed, diverged (its metrics.json says so: it stopped on a non-finite loss, a
+    result of its settings rather than a missing run) or unfinished.
+    """
 
     name: str
     seed: int | None
     directory: Path
     planned_seeds: int | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
+    status: str = COMPLETED
 
 
 class SweepRuns(NamedTuple):
     finished: list[Run]
     unfinished: list[Run]
+    diverged: list[Run] = []  # never mutated
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ class AblationRow:
     seeds: tuple[int | None, ...]  # of the finished runs
     planned: int | None
     n_missing: int
-    unfinished: tuple[Run, ...]  # job directories without usable metrics.json
+    unfinished: tuple[Run, ...]  # job directories without usable metrics.json (diverged ones excluded)
     absent_seeds: tuple[int, ...]  # seeds other configurations ran but this one has no job for
     acc_mean: float | None
     acc_std: float | None
@@ -125,6 +137,7 @@ class AblationRow:
     best_epoch_mean: float | None
     train_seconds_mean: float | None
     runs: tuple[Run, ...] = field(default=(), repr=False)  # the finished runs
+    diverged: tuple[Run, ...] = ()  # runs whose metrics.json says status: diverged (not missing)
 
     @property
     def n(self) -> int:
@@ -149,6 +162,10 @@ class AblationTable:
     def n_missing(self) -> int:
         return sum(row.n_missing for row in self.rows)
 
+    @property
+    def n_diverged(self) -> int:
+        return sum(len(row.diverged) for row in self.rows)
+
 
 # --- reading the sweep ------------------------------------------------------------------------
 
@@ -158,7 +175,7 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
     jobs = [
         path
         for path in sweep_dir.iterdir()
-        if path.is_dir() and ((path / ".hydra" / "config.yaml").is_file() or (path / "metrics.json").is_file())
+        if path.is_dir() and ((path / HYDRA_DIR / "config.yaml").is_file() or RunDir(path).metrics.is_file())
     ]
     return sorted(jobs, key=lambda path: (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name))
 
@@ -177,20 +194,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
 
 
-def read_metrics(job_dir: Path) -> dict[str, Any] | None:
-    """The job's metrics.json if it finished with a test accuracy; None otherwise."""
-    path = job_dir / "metrics.json"
-    if not path.is_file():
-        return None
+def job_metrics(job_dir: Path) -> tuple[str, dict[str, Any] | None]:
+    """The job's status and metrics.json: (completed, metrics) with a test accuracy, (diverged, metrics),
+    or (unfinished, None)."""
+    run = RunDir(job_dir)
+    if not run.metrics.is_file():
+        return UNFINISHED, None
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s): the job counts as unfinished", path, exc)
-        return None
-    if not isinstance(metrics, dict) or not is_number(metrics.get("test_acc")):
-        log.warning("%s has no test_acc: the job counts as unfinished", path)
-        return None
-    return metrics
+        metrics = read_metrics(run)
+    except RunDirError as exc:
+        log.warning("%s: the job counts as unfinished", exc)
+        return UNFINISHED, None
+    if metrics.get("status") == DIVERGED:
+        return DIVERGED, metrics
+    if not is_number(metrics.get("test_acc")):
+        log.warning("%s has no test_acc: the job counts as unfinished", run.metrics)
+        return UNFINISHED, None
+    return COMPLETED, metrics
 
 
 def is_number(value: Any) -> bool:
@@ -223,8 +243,8 @@ def first(values: Iterable[Any], valid: Callable[[Any], bool]) -> Any:
 
 def read_run(job_dir: Path) -> Run:
     """Name, seed and planned seed count of one job, from metrics.json, else config.yaml, else .hydra/."""
-    metrics = read_metrics(job_dir)
-    configs = [read_yaml(job_dir / "config.yaml"), read_yaml(job_dir / ".hydra" / "config.yaml")]
+    status, metrics = job_metrics(job_dir)
+    configs = [read_yaml(RunDir(job_dir).config), read_yaml(job_dir / HYDRA_DIR / "config.yaml")]
     from_metrics = metrics or {}
     name = first([from_metrics.get("ablation"), *(plain(c, "ablation.name") for c in configs)], is_name)
     # A sweep without the ablation group (e.g. `-m seed=0,1,2`) is grouped by its experiment name.
@@ -233,11 +253,14 @@ def read_run(job_dir: Path) -> Run:
     # ablation.seeds has a default in every run's config; it is a plan only for jobs of an ablation.
     ablation_configs = [c for c in configs if is_name(plain(c, "ablation.name"))]
     planned = first([plain(c, "ablation.seeds") for c in ablation_configs], lambda v: is_int(v) and v > 0)
-    return Run(name=name or "unknown", seed=seed, directory=job_dir, planned_seeds=planned, metrics=metrics)
+    return Run(
+        name=name or "unknown", seed=seed, directory=job_dir, planned_seeds=planned,
+        metrics=metrics, status=status,
+    )  # fmt: skip
 
 
 def collect_runs(sweep_dir: str | Path) -> SweepRuns:
-    """Every job of the sweep, split into finished runs and unfinished (failed or interrupted) ones."""
+    """Every job of the sweep, split into finished, unfinished (failed or interrupted) and diverged ones."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         what = "is not a directory" if sweep_dir.exists() else "does not exist"
@@ -253,7 +276,11 @@ def collect_runs(sweep_dir: str | Path) -> SweepRuns:
             f"(logs/train/multiruns/<date>_<time>), not a job or the multiruns folder itself."
         )
     runs = [read_run(job_dir) for job_dir in job_dirs]
-    return SweepRuns([r for r in runs if r.metrics is not None], [r for r in runs if r.metrics is None])
+    return SweepRuns(
+        [r for r in runs if r.status == COMPLETED],
+        [r for r in runs if r.status == UNFINISHED],
+        [r for r in runs if r.status == DIVERGED],
+    )
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -299,26 +326,31 @@ def configuration_order(names: Iterable[str]) -> list[str]:
 
 
 def missing_runs(
-    finished: Sequence[Run], unfinished: Sequence[Run], planned: int | None, study_seeds: Sequence[int]
+    finished: Sequence[Run],
+    unfinished: Sequence[Run],
+    planned: int | None,
+    study_seeds: Sequence[int],
+    diverged: Sequence[Run] = (),
 ) -> tuple[tuple[Run, ...], tuple[int, ...], int]:
     """Unfinished jobs, seeds with no job at all, and how many runs are missing in total.
 
     A seed counts as absent when another configuration of the sweep has a job for it; with a
-    planned count, the total is planned minus finished (at least the unfinished jobs).
+    planned count, the total is planned minus finished and diverged (at least the unfinished
+    jobs). A diverged run is not missing: it ran, and its settings made it diverge.
     """
-    done = {run.seed for run in finished}
+    done = {run.seed for run in finished} | {run.seed for run in diverged}
     failed = tuple(run for run in unfinished if run.seed is None or run.seed not in done)
     tried = done | {run.seed for run in failed}
     absent = [seed for seed in study_seeds if seed not in tried]
     if planned is None:
         return failed, tuple(absent), len(failed) + len(absent)
-    n_missing = max(planned - len(done), len(failed))
+    n_missing = max(planned - len(finished) - len(diverged), len(failed))
     return failed, tuple(absent[: max(n_missing - len(failed), 0)]), n_missing
 
 
 def build_table(runs: SweepRuns, sweep_dir: str | Path) -> AblationTable:
     """One row per configuration present in the sweep; no files are written."""
-    all_runs = runs.finished + runs.unfinished
+    all_runs = runs.finished + runs.unfinished + list(runs.diverged)
     study_seeds = sorted({run.seed for run in all_runs if run.seed is not None})
     sweep_planned = max((run.planned_seeds for run in all_runs if run.planned_seeds), default=None)
     reference = [run.metrics["test_acc"] for run in runs.finished if run.name == REFERENCE]
@@ -326,10 +358,12 @@ def build_table(runs: SweepRuns, sweep_dir: str | Path) -> AblationTable:
     for name in configuration_order(run.name for run in all_runs):
         finished = [run for run in runs.finished if run.name == name]
         unfinished = [run for run in runs.unfinished if run.name == name]
-        planned = max((r.planned_seeds for r in finished + unfinished if r.planned_seeds), default=sweep_planned)
+        diverged = [run for run in runs.diverged if run.name == name]
+        jobs = finished + unfinished + diverged
+        planned = max((r.planned_seeds for r in jobs if r.planned_seeds), default=sweep_planned)
         if planned is not None:  # an explicit seed list (seed=0,1,2,3,4) beats ablation.seeds
             planned = max(planned, len(study_seeds))
-        failed, absent, n_missing = missing_runs(finished, unfinished, planned, study_seeds)
+        failed, absent, n_missing = missing_runs(finished, unfinished, planned, study_seeds, diverged)
         accuracies = [run.metrics["test_acc"] for run in finished]
         acc_mean, acc_std = mean_std(accuracies)
         rows.append(
@@ -348,6 +382,7 @@ def build_table(runs: SweepRuns, sweep_dir: str | Path) -> AblationTable:
                 best_epoch_mean=mean_of(finished, "best_epoch"),
                 train_seconds_mean=mean_of(finished, "train_seconds"),
                 runs=tuple(finished),
+                diverged=tuple(diverged),
             )
         )
     return AblationTable(sweep_dir=Path(sweep_dir), rows=rows)
@@ -406,6 +441,16 @@ def describe_missing(row: AblationRow) -> str:
     return ", ".join(parts)
 
 
+def describe_diverged(row: AblationRow) -> str:
+    """`seed 1 (job 4/, loss nan at step 17)` for each diverged run of one configuration."""
+    parts = []
+    for run in row.diverged:
+        where = (run.metrics or {}).get("divergence") or {}
+        detail = f", loss {where.get('loss')} at step {where.get('step')}" if where else ""
+        parts.append(f"seed {format_seed(run.seed)} (job {run.directory.name}/{detail})")
+    return ", ".join(parts)
+
+
 def render_markdown(table: AblationTable) -> str:
     """The table in %, a legend, the missing runs, and how the confusion matrices are combined."""
     lines = [
@@ -424,6 +469,11 @@ def render_markdown(table: AblationTable) -> str:
     ]
     missing = [f"{row.label}: {describe_missing(row)}" for row in table.rows if row.n_missing]
     lines.append(f"Missing runs: {'; '.join(missing)}." if missing else "Missing runs: none.")
+    diverged = [f"{row.label}: {describe_diverged(row)}" for row in table.rows if row.diverged]
+    lines.append(
+        f"Diverged runs (non-finite training loss; not in the means, not missing): {'; '.join(diverged)}."
+        if diverged else "Diverged runs: none."
+    )  # fmt: skip
     lines.append("")
     if any(row.n for row in table.rows):
         lines.append(
@@ -454,6 +504,8 @@ def csv_row(row: AblationRow) -> dict[str, str]:
         "n_missing": row.n_missing,
         "finished_seeds": ";".join(format_seed(seed) for seed in row.seeds),
         "missing_seeds": ";".join(missing_seeds),
+        "n_diverged": len(row.diverged),
+        "diverged_seeds": ";".join(format_seed(run.seed) for run in row.diverged),
         "test_acc_mean": row.acc_mean,
         "test_acc_std": row.acc_std,
         "report_test_acc": row.report,
@@ -651,8 +703,9 @@ class AggregateAblation(Callback):
             else:
                 log.exception("ablation summary failed; the jobs' results are untouched (retry: %s)", retry)
             return
-        log.info("ablation summary of %d configurations (%d runs missing) written to %s",
-                 len(table.rows), table.n_missing, ", ".join(str(path) for path in table.files.values()))  # fmt: skip
+        log.info("ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
+                 len(table.rows), table.n_missing, table.n_diverged,
+                 ", ".join(str(path) for path in table.files.values()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,11 +5,20 @@ Lightning's, configured in conf/callbacks/.
 from __future__ import annotations
 
 import logging
+import math
+import random
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import DeviceStatsMonitor, ModelCheckpoint
+from torch import Tensor
+
+from cifar_lightning.errors import TrainingDiverged, is_int
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,10 @@ class EpochHistory(L.Callback):
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
         self._lr: float | None = None
+        self._stage: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stage = stage
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The rate this epoch trains with: epoch schedulers step before on_train_epoch_end.
@@ -55,8 +68,19 @@ class EpochHistory(L.Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             log.info("epoch %d/%d: %s", row["epoch"], trainer.max_epochs, figures)
-    # No state_dict/load_state_dict on purpose: testing the best checkpoint restores callback
-    # states, which would cut the history back to the best epoch.
+
+    # The history travels in checkpoints so that a resumed run keeps the epochs before it. Testing the
+    # best checkpoint restores callback states too, which would cut the record back to the best
+    # epoch: only a fit (a resume) takes the checkpoint's history.
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(row) for row in self.history], "lr": self._lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage != "fit":
+            return
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+        # A mid-epoch resume skips on_train_epoch_start: keep the rate the epoch started with.
+        self._lr = state_dict.get("lr")
 
 
 class FreezeParameters(L.Callback):
@@ -81,6 +105,10 @@ class FreezeParameters(L.Callback):
         known = dict(model.named_parameters())
         return [name for name in self.names if name not in known]
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A fit resumed in the middle of an epoch does not call on_train_epoch_start for that epoch.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch < self.after_epochs:
             return
@@ -90,37 +118,207 @@ class FreezeParameters(L.Callback):
             parameters[name].grad = None
 
 
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (best.ckpt by the monitored metric), with last.ckpt always the latest state.
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with last.ckpt always the latest state, for resume.
 
-    Lightning 2.6 rewrites last.ckpt only when a new top-k checkpoint is saved, so after the best epoch it
-    would go stale and a resume would lose the epochs since. Here last.ckpt is also written at the end of
-    every training epoch and, with `every_n_train_steps`, every that many optimizer steps, so that a long
-    epoch loses little when a run is killed. (The monitored metric is only known after validation, so
-    best.ckpt still waits for the end of the epoch.)
+    Lightning 2.6 writes last.ckpt only together with a top-k checkpoint, i.e. when the monitored
+    value improves, so a run killed after epochs without improvement would resume from long ago.
+    Here best.ckpt works as in ModelCheckpoint (monitored value, each epoch end), and last.ckpt is
+    written at the end of every training epoch (after the epoch's validation, history row and
+    learning-rate step) and, with every_n_train_steps=n, also after every n-th optimizer step
+    inside an epoch. Before writing last.ckpt the loggers are flushed, so TensorBoard holds
+    everything up to the checkpoint.
+
+    every_n_train_steps: 0 (off) or n >= 1; it only schedules last.ckpt, not best.ckpt, so it can
+        change on resume.
     """
 
-    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
-        if every_n_train_steps is not None and (
-            not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 1
-        ):
+    def __init__(self, *args: Any, every_n_train_steps: int = 0, **kwargs: Any) -> None:
+        if not is_int(every_n_train_steps, 0):
             raise ValueError(
-                f"every_n_train_steps must be a positive integer or null, got {every_n_train_steps!r}; "
-                f"e.g. callbacks.model_checkpoint.every_n_train_steps=500"
+                f"every_n_train_steps must be 0 (off) or a positive number of optimizer steps, got "
+                f"{every_n_train_steps!r}; e.g. callbacks.model_checkpoint.every_n_train_steps=500"
             )
         super().__init__(*args, **kwargs)
-        self.last_every_n_train_steps = every_n_train_steps or 0
+        self.last_every_n_train_steps = every_n_train_steps
+        self._latest_step: int | None = None
 
-    def _save_latest(self, trainer: L.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key: checkpoints written before this class resume with their
+        # best-checkpoint state, and code that looks the state up by that name finds it.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        steps = self.last_every_n_train_steps
-        if steps and trainer.global_step % steps == 0:
-            self._save_latest(trainer)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ModelCheckpoint, also when the run directory was moved (a copied run resumed elsewhere):
+        the paths are moved along, where ModelCheckpoint would drop the best score and so forget
+        which epoch was best."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if isinstance(old, str) and new is not None and old != str(new):
+            def moved(path: Any) -> Any:
+                return str(new) + path[len(old):] if isinstance(path, str) and path.startswith(old) else path
+
+            state_dict = {key: moved(value) for key, value in state_dict.items()}
+            state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
+        super().load_state_dict(state_dict)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        """ModelCheckpoint calls this after each top-k save; last.ckpt is written by save_latest instead."""
+
+    @staticmethod
+    def flush_loggers(trainer: L.Trainer) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "flush"):
+                experiment.flush()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The previous epoch's training figures are logged after its checkpoint: write them out now.
+        self.flush_loggers(trainer)
+
+    def save_latest(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt now (skipped outside fitting, in sanity checks and in fast_dev_run)."""
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.flush_loggers(trainer)
+        ModelCheckpoint._save_last_checkpoint(self, trainer, self._monitor_candidates(trainer))
+        self._latest_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_train_steps
+        step = trainer.global_step
+        # The epoch's last batch is left to on_train_epoch_end, after validation.
+        if n and step % n == 0 and step != self._latest_step and batch_idx + 1 < trainer.num_training_batches:
+            self.save_latest(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)  # validation has run: best.ckpt is up to date
-        self._save_latest(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        self.save_latest(trainer)
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    # As tensors and numbers, so that checkpoints stay loadable with torch.load(weights_only=True).
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["position"], state["has_gauss"], state["cached_gaussian"]))
+
+
+class ResumeState(L.Callback):
+    """Saves in every checkpoint what Lightning does not, so that a resumed fit continues exactly.
+
+    Lightning restores weights, optimizer, schedulers, loop progress and callback states, but not the
+    random generators: dropout draws from torch's global generator (CUDA's too on a GPU), and Python's
+    and NumPy's are seeded by the run. Their states are restored when the resumed fit starts training,
+    after building the model has drawn its (then overwritten) initial weights. Also carries the
+    training time so far, so a resumed run reports the time its result took.
+    """
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self.previous_seconds = 0.0
+        self._started: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stage = stage
+
+    def train_seconds(self) -> float:
+        """Training time of this run so far, over all its processes (up to their last checkpoints)."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self.previous_seconds + running
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return {"rng": state, "train_seconds": self.train_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage == "fit":  # not when testing a checkpoint after fit
+            self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            rng = self._pending["rng"]
+            random.setstate(rng["python"])
+            _set_numpy_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.previous_seconds = float(self._pending.get("train_seconds", 0.0))
+            self._pending = None
+        self._started = time.perf_counter()
+
+
+class DivergenceGuard(L.Callback):
+    """Stops training at the first non-finite training loss, with an error naming the step and the fix.
+
+    On the CPU the loss is checked on the host after every step (reading a CPU scalar costs
+    nothing). On a GPU that read would make the host wait for the device every step, so the first
+    bad step, its epoch and loss are kept on the device (a few tiny kernels per step) and read every
+    `check_every_n_steps` steps, at each epoch end and before every checkpoint: the run stops at
+    most that many steps late, still reports the exact first bad step, and never checkpoints
+    non-finite weights.
+    """
+
+    def __init__(self, check_every_n_steps: int = 25) -> None:
+        if not is_int(check_every_n_steps, 1):
+            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps!r}")
+        self.check_every_n_steps = check_every_n_steps
+        self._first: dict[str, Tensor] | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, Tensor):
+            return
+        loss = loss.detach()
+        step, epoch = trainer.global_step, trainer.current_epoch + 1
+        if loss.device.type == "cpu":
+            value = float(loss)
+            if not math.isfinite(value):
+                self._raise(trainer, step, epoch, value)
+            return
+        if self._first is None or self._first["step"].device != loss.device:
+            self._first = {
+                "step": torch.full((), -1, dtype=torch.long, device=loss.device),
+                "epoch": torch.full((), -1, dtype=torch.long, device=loss.device),
+                "loss": torch.zeros((), dtype=torch.float32, device=loss.device),
+            }
+        first = self._first
+        new = ~torch.isfinite(loss) & (first["step"] < 0)
+        first["step"] = torch.where(new, step, first["step"])
+        first["epoch"] = torch.where(new, epoch, first["epoch"])
+        first["loss"] = torch.where(new, loss.float(), first["loss"])
+        if step % self.check_every_n_steps == 0:
+            self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Read the device-side record (one host sync); raise if a step was non-finite."""
+        if self._first is not None and (step := int(self._first["step"])) >= 0:
+            self._raise(trainer, step, int(self._first["epoch"]), float(self._first["loss"]))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.check(trainer)
+
+    def _raise(self, trainer: L.Trainer, step: int, epoch: int, loss: float) -> None:
+        rate = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        at_rate = f" at a learning rate of {rate:g}" if rate is not None else ""
+        raise TrainingDiverged(
+            f"training diverged: the training loss was {loss} at optimizer step {step} (epoch {epoch}){at_rate}, "
+            f"so the run stopped there and its metrics.json says status: diverged. Fix: lower the learning rate "
+            f"(e.g. optim.lr=<a tenth of it>), or warm it up (scheduler=warmup_linear), or clip gradients "
+            f"(trainer.gradient_clip_val=1.0).",
+            step=step, epoch=epoch, loss=loss,
+        )  # fmt: skip

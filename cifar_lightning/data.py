@@ -197,6 +197,18 @@ class TensorBatchLoader:
         image, and a rank whose shard needs one batch fewer ends with an empty batch, which
         the module skips, so the batch counts match.
 
+    epoch_source: returns the epoch being trained (CIFAR10DataModule passes the trainer's), so a
+        resumed fit gets the permutation of the epoch it resumes in; None counts epochs privately
+        (standalone use).
+    The loader is stateful in Lightning's sense (state_dict/load_state_dict): its state is the
+    epoch and how many of its batches training has taken (`consumed`, counted by whoever takes
+    them: CIFAR10DataModule.on_after_batch_transfer; the loader itself cannot tell, as Lightning
+    reads ahead when a loader has no length). Lightning loads it when it resumes from a mid-epoch
+    checkpoint, and the next iteration of that epoch skips the batches already trained on.
+    (CIFAR10DataModule also carries this state in its own, because Lightning skips loading loader
+    states when something built the training loader before the fit loop was restored, e.g. a
+    per-step schedule asking for trainer.estimated_stepping_batches.)
+
     device: where batches are cut. The tensors move there on the first epoch and stay for the
         loader's life (one fit), and each epoch's order moves once, so steps make no host round
         trips. None keeps them where they are.
@@ -217,6 +229,7 @@ class TensorBatchLoader:
         device: torch.device | str | None = None,
         epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
         drop_remainder: bool = False,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
@@ -226,7 +239,12 @@ class TensorBatchLoader:
         self.device = torch.device(device) if device is not None else None
         self.epoch_transform = epoch_transform
         self.drop_remainder = drop_remainder
-        self.epoch = 0
+        self.epoch_source = epoch_source
+        self.epoch = 0  # the next epoch, when there is no epoch_source
+        #: Epoch of the latest iteration, and how many of its batches were taken.
+        self.served_epoch: int | None = None
+        self.consumed = 0
+        self._resume_at: tuple[int, int] | None = None
 
     def _shard_size(self) -> int:
         """Images per rank: the same on every rank when dropping the remainder, else the largest shard."""
@@ -236,12 +254,14 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         return math.ceil(self._shard_size() / self.batch_size)
 
-    def _order(self) -> Tensor:
-        """This rank's indices for the coming epoch, in order."""
+    def _order(self, epoch: int | None = None) -> Tensor:
+        """This rank's indices for `epoch` (default: the epoch the next iteration serves), in order."""
+        if epoch is None:
+            epoch = self.epoch_source() if self.epoch_source is not None else self.epoch
         if not self.shuffle:
             order = torch.arange(len(self.labels))
         else:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(len(self.labels), generator=generator)
         if self.drop_remainder:
             order = order[: len(order) - len(order) % self.world_size]
@@ -252,15 +272,36 @@ class TensorBatchLoader:
             self.images = self.images.to(self.device, non_blocking=True)
             self.labels = self.labels.to(self.device, non_blocking=True)
 
+    def batch_taken(self) -> None:
+        """Count one batch of the current iteration as trained on (see the class docstring)."""
+        self.consumed += 1
+
+    def state_dict(self) -> dict[str, int | None]:
+        return {"epoch": self.served_epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        """Resume: the next iteration, if it is of the saved epoch, starts after its consumed batches."""
+        if state_dict.get("epoch") is not None:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict.get("consumed") or 0))
+
     def __iter__(self):
         self._move_to_device()
-        epoch = self.epoch
-        order = self._order().to(self.labels.device)
-        if self.shuffle:
-            self.epoch += 1
+        if self.epoch_source is not None:
+            epoch = self.epoch_source()
+        else:
+            epoch = self.epoch
+            if self.shuffle:
+                self.epoch += 1
+        skip = 0
+        if self._resume_at is not None:
+            resume_epoch, consumed = self._resume_at
+            self._resume_at = None
+            skip = consumed if resume_epoch == epoch else 0
+        self.served_epoch, self.consumed = epoch, skip
+        order = self._order(epoch).to(self.labels.device)
         images = self.epoch_transform(self.images, epoch) if self.epoch_transform is not None else self.images
-        batches = 0
-        for start in range(0, len(order), self.batch_size):
+        batches = skip
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batches += 1
             yield images[idx], self.labels[idx]
@@ -327,6 +368,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.std: list[float] | None = None
         self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._generator_states: dict[str, Tensor] = {}  # restored from a checkpoint, for generators not made yet
+        self._train_loader: TensorBatchLoader | None = None
+        self._train_loader_state: dict | None = None  # restored from a checkpoint, for the next training loader
         self._mean_pixels: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
@@ -361,6 +405,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         batch_size: int,
         shuffle: bool,
         epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
+        epoch_source: Callable[[], int] | None = None,
     ) -> TensorBatchLoader:
         """Shuffled (training) loaders give every rank the same number of images; the others score
         every image exactly once (see TensorBatchLoader)."""
@@ -368,13 +413,24 @@ class CIFAR10DataModule(L.LightningDataModule):
         return TensorBatchLoader(
             images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
             device=self._device(), epoch_transform=epoch_transform, drop_remainder=shuffle,
+            epoch_source=epoch_source,
         )  # fmt: skip
+
+    def _training_epoch(self) -> int:
+        """The epoch being trained: trainer.current_epoch, read when the epoch's first batch is drawn
+        (Lightning does not read ahead from a loader with a length), so it is right after a resume too."""
+        return self.trainer.current_epoch
 
     def train_dataloader(self) -> TensorBatchLoader:
         a = self.arrays
         images, labels = a.train_images[self.train_idx], a.train_labels[self.train_idx]
         transform = self._alternating_flip_transform(len(labels)) if self.flip == "alternating" else None
-        return self._loader(images, labels, self.batch_size, True, transform)
+        source = self._training_epoch if self.trainer is not None else None
+        self._train_loader = self._loader(images, labels, self.batch_size, True, transform, source)
+        if self._train_loader_state is not None:  # resumed: continue at the checkpoint's batch
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
 
     def _alternating_flip_transform(self, n: int) -> Callable[[Tensor, int], Tensor]:
         """Each epoch's images with the alternating flip; the even-epoch half is drawn once from the seed."""
@@ -426,6 +482,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         device = images.device
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self._augment_seed())
+            if str(device) in self._generator_states:  # resumed: continue where the checkpoint was
+                self._generators[device].set_state(self._generator_states.pop(str(device)))
         generator = self._generators[device]
         images = random_crop(images, self.crop_padding, generator)
         images = random_translate(images, self.translate, generator)
@@ -457,13 +515,26 @@ class CIFAR10DataModule(L.LightningDataModule):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment(images)
+            if self._train_loader is not None:
+                self._train_loader.batch_taken()  # this batch is being trained on (see TensorBatchLoader)
         return self.normalize(images), labels
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
+        """The normalization statistics (evaluation reads them); for resume, the augmentation generators'
+        states and the training loader's position (see TensorBatchLoader)."""
+        generators = {str(device): generator.get_state() for device, generator in self._generators.items()}
+        loader = self._train_loader.state_dict() if self._train_loader is not None else None
+        return {"mean": self.mean, "std": self.std, "augment_generators": {**self._generator_states, **generators},
+                "train_loader": loader}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.mean, self.std = state_dict["mean"], state_dict["std"]
         self._device_stats.clear()
         self._mean_pixels.clear()
+        states = dict(state_dict.get("augment_generators") or {})
+        for device, generator in self._generators.items():
+            if str(device) in states:
+                generator.set_state(states.pop(str(device)))
+        self._generator_states = states
+        self._train_loader_state = state_dict.get("train_loader")
 

@@ -19,6 +19,22 @@ class DataError(CifarLightningError):
     """The data set is missing, corrupt or unreadable."""
 
 
+class ResumeError(CifarLightningError):
+    """A run cannot be resumed: its directory, config or last checkpoint is missing or unusable, or an
+    override would change its result."""
+
+
+class TrainingDiverged(CifarLightningError):
+    """The training loss became NaN or infinite. Exit status 3, so scripts (and Slurm) can tell it from
+    bad input (2): the config was valid, the optimization was not."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, step: int, epoch: int, loss: float) -> None:
+        super().__init__(message)
+        self.step, self.epoch, self.loss = step, epoch, loss
+
+
 def is_int(value: object, minimum: int) -> bool:
     """True for an integer (not a bool) >= minimum: the check behind many config errors."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

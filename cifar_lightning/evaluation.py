@@ -44,6 +44,8 @@ from cifar_lightning.ood.detection import OODSettings
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
 from cifar_lightning.ood.sets import OODSet
 from cifar_lightning.report import SectionItem, write_report
+from cifar_lightning.runs import RunDir
+from cifar_lightning.runs import history as run_history
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +137,12 @@ def checkpoint_path(cfg: DictConfig) -> Path:
         )
     if ckpt is not None:
         return Path(str(ckpt)).expanduser()
-    run_dir = Path(str(run_dir)).expanduser()
-    best = run_dir / "checkpoints" / "best.ckpt"
+    run = RunDir(str(run_dir))
+    best = run.best_checkpoint
     if not best.is_file():
-        problem = "does not exist" if not run_dir.is_dir() else f"holds no {best.relative_to(run_dir)}"
+        problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
         raise CheckpointError(
-            f"the run directory {run_dir} {problem}. Fix: pass a directory that train.py wrote "
+            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
             f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
         )
     return best
@@ -263,13 +265,8 @@ def write_tables(output_dir: Path, summary: dict[str, Any]) -> list[Path]:
 
 
 def training_history(checkpoint: Path) -> list[dict[str, Any]]:
-    """The per-epoch history in the run's metrics.json (the checkpoint's grandparent); [] if there is none."""
-    metrics = checkpoint.resolve().parent.parent / "metrics.json"
-    try:
-        history = json.loads(metrics.read_text()).get("history")
-    except (OSError, ValueError, AttributeError):
-        return []
-    return history if isinstance(history, list) and all(isinstance(row, dict) for row in history) else []
+    """The per-epoch history in the metrics.json of the run the checkpoint lies in; [] if there is none."""
+    return run_history(RunDir.of_checkpoint(checkpoint))
 
 
 def run_evaluation(cfg: DictConfig) -> Evaluation:

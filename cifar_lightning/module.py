@@ -34,6 +34,8 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 WEIGHT_DECAY_SCOPES = ("weights", "all")
 #: Layers whose parameters norm_lr_scale applies to.
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+#: Checkpoint entry holding the training metrics' running sums when it is saved inside an epoch.
+UNFINISHED_EPOCH_KEY = "unfinished_epoch_metrics"
 
 
 class ImageMean(Metric):
@@ -43,7 +45,8 @@ class ImageMean(Metric):
     (Lightning's sync_dist=True averages the image counts over ranks in the counts' integer type,
     which truncates when the ranks' counts differ). torchmetrics' MeanMetric does not fit: its NaN
     check reads the device every step, and with the check off (torchmetrics 1.9) it drops the
-    weights. In one process this gives the same float32 figures as Lightning's own averaging.
+    weights. In one process this gives the same float32 figures as Lightning's own averaging. Being
+    a Metric, its running sums also go into a mid-epoch checkpoint (UNFINISHED_EPOCH_KEY).
     """
 
     full_state_update = False
@@ -119,6 +122,8 @@ class ClassifierModule(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = ImageMean(), ImageMean(), ImageMean()
         #: rows = true class, columns = predicted; filled by each test run.
         self.test_confusion_matrix: list[list[int]] | None = None
+        self._epoch_open = False  # inside a training epoch (between its first batch and its end)
+        self._unfinished_epoch: dict[str, dict[str, Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -159,6 +164,35 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss, logits
+
+    # -- a checkpoint saved inside an epoch keeps the epoch's running training metrics --------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._epoch_open = True
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_open = False  # before the end-of-epoch checkpoint (written by a later hook)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._epoch_open:
+            checkpoint[UNFINISHED_EPOCH_KEY] = {
+                name: {key: value.detach().clone() for key, value in getattr(self, name).metric_state.items()}
+                for name in ("train_loss", "train_acc")
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._unfinished_epoch = checkpoint.get(UNFINISHED_EPOCH_KEY)
+
+    def on_train_start(self) -> None:
+        """A fit resumed inside an epoch continues that epoch's loss and accuracy sums."""
+        if self._unfinished_epoch is None:
+            return
+        for name, state in self._unfinished_epoch.items():
+            metric = getattr(self, name)
+            for key, value in state.items():
+                setattr(metric, key, value.to(self.device))
+            metric._update_count = max(metric._update_count, 1)  # torchmetrics: it has seen data
+        self._unfinished_epoch = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]

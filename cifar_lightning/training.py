@@ -1,16 +1,16 @@
 """The training job behind train.py: build everything from the config, check it, fit, test the
-best checkpoint, and write the run's record (config.yaml, metrics.json) beside its checkpoints.
+best checkpoint, and write the run's record (config.yaml, metrics.json) beside its checkpoints;
+or resume a run from its last checkpoint (`resume`). The run directory's layout is runs.py's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,19 +18,21 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning import __version__
 from cifar_lightning.averaging import AveragedWeights
-from cifar_lightning.callbacks import EpochHistory, FreezeParameters
+from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
-from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
+from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,8 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
         module.build_scheduler(optimizer, total_steps=1000)
     averaging = build_averaging(cfg)
     history = EpochHistory()
-    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks") + [history]
+    # Always on: the history and the resume state travel in checkpoints; a non-finite loss stops the run.
+    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks") + [history, ResumeState(), DivergenceGuard()]
     check_frozen_names(callbacks, module)
     if averaging is not None:
         callbacks.append(averaging)
@@ -238,22 +241,64 @@ def summarize(
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job and return (and save) its metrics."""
+    """Run one training job in cfg.paths.output_dir and return (and save) its metrics.
+
+    Raises TrainingDiverged after writing metrics.json with status: diverged.
+    """
+    return _fit_and_record(cfg, RunDir(cfg.paths.output_dir))
+
+
+def _fit_and_record(
+    cfg: DictConfig, run: RunDir, ckpt_path: Path | None = None, resumes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Build, fit (from ckpt_path when resuming), test the best checkpoint and write config.yaml and metrics.json."""
     L.seed_everything(checked_seed(cfg), workers=True, verbose=False)  # before the model's weights are drawn
     datamodule, module, trainer, history = build(cfg)
     datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
 
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:  # DDP: one writer per run (ranks are known once the Trainer is built)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    resume_state = next(c for c in trainer.callbacks if isinstance(c, ResumeState))
+
+    def record(status: str, test_metrics: dict[str, float], train_seconds: float, early_stop: bool) -> dict[str, Any]:
+        checkpoint = trainer.checkpoint_callback
+        best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        metrics = {"status": status, **summarize(history, test_metrics, train_seconds, early_stop)}
+        metrics.update(
+            test_confusion=module.test_confusion_matrix if status == COMPLETED else None,
+            classes=list(datamodule.classes),
+            seed=cfg.seed,
+            experiment=cfg.get("experiment_name"),
+            ablation=OmegaConf.select(cfg, "ablation.name"),
+            best_checkpoint=best_path or None,
+            last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+            normalization={"mean": datamodule.mean, "std": datamodule.std},
+            device=device_name(trainer),
+            world_size=trainer.world_size,
+            versions=library_versions(),
+            git_commit=git_commit(),
+            command=" ".join(sys.argv),
+            resumes=resumes or [],
+            history=history.history,
+        )
+        return metrics
 
     start = time.perf_counter()
     # A requeued cluster job continues from its own last checkpoint (cifar_lightning.distributed).
-    trainer.fit(module, datamodule=datamodule, ckpt_path=requeue_checkpoint(output_dir))
-    train_seconds = time.perf_counter() - start
+    ckpt_path = ckpt_path if ckpt_path is not None else requeue_checkpoint(run.root)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    except TrainingDiverged as exc:
+        metrics = record(DIVERGED, {}, resume_state.previous_seconds + time.perf_counter() - start, False)
+        metrics["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
+        if trainer.is_global_zero:
+            write_metrics(run, metrics)
+        log.error("%s", exc)
+        raise
+    train_seconds = resume_state.previous_seconds + time.perf_counter() - start
     early_stop = stopped_early(trainer)
 
     checkpoint = trainer.checkpoint_callback
@@ -262,27 +307,211 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
 
-    metrics = summarize(history, test_metrics, train_seconds, early_stop)
-    metrics.update(
-        test_confusion=module.test_confusion_matrix,
-        classes=list(datamodule.classes),
-        seed=cfg.seed,
-        experiment=cfg.get("experiment_name"),
-        ablation=OmegaConf.select(cfg, "ablation.name"),
-        best_checkpoint=best_path or None,
-        last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
-        normalization={"mean": datamodule.mean, "std": datamodule.std},
-        device=device_name(trainer),
-        world_size=trainer.world_size,
-        versions=library_versions(),
-        git_commit=git_commit(),
-        command=" ".join(sys.argv),
-        history=history.history,
-    )
+    metrics = record(COMPLETED, test_metrics, train_seconds, early_stop)
     if trainer.is_global_zero:  # DDP: every rank has the same figures (metrics are reduced over ranks)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(run, metrics)
     log.info(
         "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
-        metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], output_dir,
+        metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], run.root,
     )
     return metrics
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+#: Overrides a resume accepts: none of them can change what the run computes. A key also covers
+#: its subkeys (callbacks.progress_bar.refresh_rate); `hydra...` (Hydra's own settings) are accepted too.
+RESUME_OVERRIDES = (
+    "resume",
+    "trainer.max_epochs",  # upward only, and not with a per-step schedule or averaging ramp
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "callbacks.progress_bar",
+    "callbacks.model_summary",
+    "callbacks.device_stats",
+    "callbacks.model_checkpoint.every_n_train_steps",
+    "data.data_dir",
+    "data.download",
+    "paths.log_dir",
+)
+_RESUME_FIX = "Fix: pass only those, or start a new run with the changed settings"
+
+
+def _allowed_on_resume(key: str) -> bool:
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        return True
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_OVERRIDES)
+
+
+def _parse_overrides(run: RunDir, overrides: Sequence[str]) -> list[Any]:
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise ResumeError(f"cannot resume {run.root}: the overrides cannot be parsed ({exc}).") from exc
+    refused = [o.input_line for o in parsed if not _allowed_on_resume(o.key_or_group) or o.is_sweep_override()]
+    if refused:
+        raise ResumeError(
+            f"cannot resume {run.root} with {', '.join(refused)}: a resumed run keeps the config it started with "
+            f"({run.config}), and these could change its result. A resume accepts only "
+            f"{', '.join(RESUME_OVERRIDES[1:])} and hydra.* (trainer.max_epochs upward only). {_RESUME_FIX} "
+            f"(python train.py <its overrides>)."
+        )
+    return parsed
+
+
+def _per_step_plan(config: DictConfig) -> str | None:
+    """What in the run spans its planned number of steps (so max_epochs cannot grow), or None."""
+    target = OmegaConf.select(config, "scheduler._target_")
+    try:
+        interval = getattr(get_class(target), "interval", "epoch") if isinstance(target, str) else "epoch"
+    except (ImportError, ValueError, AttributeError):
+        interval = "epoch"
+    if interval == "step":
+        return f"its per-step learning-rate schedule ({target})"
+    if (OmegaConf.select(config, "averaging.ramp_power") or 0) > 0:
+        return "its weight averaging's decay ramp (averaging.ramp_power > 0)"
+    return None
+
+
+def _apply_overrides(run: RunDir, config: DictConfig, parsed: list[Any]) -> list[str]:
+    """Apply the (allowed) overrides to the saved config; returns the ones that changed it."""
+    changed = []
+    for override in parsed:
+        key = override.key_or_group
+        if key == "resume" or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if key == "trainer.max_epochs":
+            value, saved = override.value(), config.trainer.max_epochs
+            if not isinstance(value, int) or isinstance(value, bool) or value < saved:
+                raise ResumeError(
+                    f"cannot resume {run.root} with trainer.max_epochs={value!r}: the run was planned for {saved} "
+                    f"epochs and a resume can only extend it (an integer >= {saved}). {_RESUME_FIX}."
+                )
+            plan = _per_step_plan(config)
+            if value != saved and plan is not None:
+                raise ResumeError(
+                    f"cannot resume {run.root} with trainer.max_epochs={value}: {plan} is laid out over the "
+                    f"{saved} planned epochs, so more epochs would change the steps already planned. "
+                    f"{_RESUME_FIX}."
+                )
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(config, parent) if parent else config
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+        else:
+            OmegaConf.update(config, key, override.value(), merge=False, force_add=True)
+        changed.append(override.input_line)
+    return changed
+
+
+def _relocated(value: Any, old: str, new: str) -> Any:
+    """The config with every path inside the run's old location moved to its new one."""
+    if isinstance(value, dict):
+        return {key: _relocated(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_relocated(item, old, new) for item in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    return value
+
+
+def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
+    """The last checkpoint's loop position, after checking that it loads and holds a full training state."""
+    path = run.last_checkpoint
+    fix = (
+        f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
+        f"(python train.py <its overrides>; its settings are in {run.config})"
+    )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
+        reason = " ".join(str(exc).split())[:200]
+        raise ResumeError(
+            f"cannot resume {run.root}: its last checkpoint {path} is truncated or corrupt "
+            f"({type(exc).__name__}: {reason}). {fix}."
+        ) from exc
+    needed = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
+    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ResumeError(
+            f"cannot resume {run.root}: {path} is not a full training checkpoint of train.py "
+            f"(it has no {', '.join(missing)}). {fix}."
+        )
+    return {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
+
+
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its checkpoints/last.ckpt, with its own config.yaml, in place.
+
+    overrides: command-line overrides (Hydra syntax); only RESUME_OVERRIDES are accepted, since the
+        others could change the result. output_dir: where Hydra put this job's outputs; it must be
+        the run directory (it is when train.py's config resolves `resume`).
+    The weights, optimizer, schedulers, early stopping, averaging, history, random generators and the
+    position in the data continue, so the result equals an uninterrupted run's (on the CPU). Raises
+    ResumeError, before anything in the run directory changes, when it cannot.
+    """
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ResumeError(
+            f"cannot resume {run.root}: no such directory. Fix: pass a run directory that train.py wrote, "
+            f"e.g. resume=logs/train/runs/<date>_<time>."
+        )
+    if not run.last_checkpoint.is_file():
+        raise ResumeError(
+            f"cannot resume {run.root}: it has no {run.last_checkpoint.relative_to(run.root)} (the run stopped before "
+            f"its first checkpoint, or this is not a train.py run directory). Fix: start the run again "
+            f"(python train.py <its overrides>), or pass another run directory."
+        )
+    try:
+        saved = OmegaConf.load(run.config)
+        if not isinstance(saved, DictConfig) or "trainer" not in saved or "paths" not in saved:
+            raise ValueError("it is not a train.py run config")
+    except (OSError, ValueError, OmegaConfBaseException) as exc:
+        raise ResumeError(
+            f"cannot resume {run.root}: its config {run.config} is missing or unreadable "
+            f"({' '.join(str(exc).split())[:200]}). The run directory was left as it is. Fix: restore "
+            f"config.yaml from a copy of the run (the checkpoint's hyper_parameters.run_config holds it too), "
+            f"or start the run again."
+        ) from exc
+    if output_dir is not None and Path(output_dir).resolve() != run.root.resolve():
+        raise ResumeError(
+            f"cannot resume {run.root} into {output_dir}: a resume writes into the run it continues. Fix: run it "
+            f"alone, python train.py resume={run.root} (not in a -m sweep, and without hydra.run.dir)."
+        )
+    position = _checked_last_checkpoint(run)
+    parsed = _parse_overrides(run, overrides)
+    config = OmegaConf.create(OmegaConf.to_container(saved))
+    changed = _apply_overrides(run, config, parsed)
+    previous: dict[str, Any] = {}
+    if run.metrics.is_file():
+        try:
+            previous = read_metrics(run)
+        except RunDirError:
+            previous = {}
+    if previous.get("status") == DIVERGED:
+        raise ResumeError(
+            f"cannot resume {run.root}: it diverged (see its metrics.json), and with its own settings it would diverge "
+            f"again. Fix: start a new run with a lower learning rate (optim.lr=...)."
+        )
+    if previous.get("status") == COMPLETED and config.trainer.max_epochs <= saved.trainer.max_epochs:
+        raise ResumeError(
+            f"cannot resume {run.root}: it already completed its {saved.trainer.max_epochs} epochs. Fix: to train it "
+            f"further, raise trainer.max_epochs (e.g. trainer.max_epochs={saved.trainer.max_epochs + 10})."
+        )
+    container = OmegaConf.to_container(config, resolve=True)
+    old_root = str(container["paths"]["output_dir"])
+    new_root = str(run.root.resolve())
+    container = _relocated(container, old_root.rstrip("/"), new_root)
+    container["paths"]["output_dir"] = new_root
+    container["resume"] = new_root
+    cfg = OmegaConf.create(container)
+    # epoch: the one (from 1) in which, or at whose end, last.ckpt was written.
+    record = {"epoch": position["epoch"] + 1, "global_step": position["global_step"], "overrides": changed}
+    log.info(
+        "resuming %s from %s (written in epoch %d, at step %d)%s", run.root, run.last_checkpoint, record["epoch"],
+        record["global_step"], f" with {', '.join(changed)}" if changed else "",
+    )  # fmt: skip
+    resumes = [*(previous.get("resumes") or []), record]
+    return _fit_and_record(cfg, RunDir(new_root), ckpt_path=run.last_checkpoint, resumes=resumes)

@@ -147,7 +147,7 @@ def test_markdown_and_csv_report_the_values(full_sweep):
     markdown = (sweep / "ablation.md").read_text()
     assert "| Base | 61.00 ± 1.00 | 60.92 | -5.50 |" in markdown
     assert "| Improved | 66.50 ± 0.50 | 66.60 | n/a | n/a | n/a | 2.7 | 61 s | 3/3 |" in markdown
-    assert "Missing runs: none." in markdown
+    assert "Missing runs: none." in markdown and "Diverged runs: none." in markdown
     assert "summed over each configuration's finished seeds" in markdown
     with (sweep / "ablation.csv").open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -211,6 +211,32 @@ def test_missing_runs_are_listed_per_configuration_and_seed(tmp_path):
     with (tmp_path / "ablation.csv").open(newline="") as handle:
         rows = {row["configuration"]: row for row in csv.DictReader(handle)}
     assert rows["base"]["missing_seeds"] == "1;2" and rows["base"]["n_missing"] == "2"
+
+
+def test_diverged_runs_are_listed_apart_from_missing_ones(tmp_path):
+    write_job(tmp_path, 0, "base", 0, 0.60)
+    diverged = write_job(tmp_path, 1, "base", 1, None)
+    (diverged / "metrics.json").write_text(json.dumps({
+        "schema_version": 2, "status": "diverged", "test_acc": None, "seed": 1, "ablation": "base",
+        "divergence": {"step": 17, "epoch": 1, "loss": "nan"}, "history": [],
+    }))  # fmt: skip
+    write_job(tmp_path, 2, "base", 2, None)  # interrupted
+    for seed, accuracy in enumerate([0.66, 0.67, 0.665]):
+        write_job(tmp_path, 3 + seed, "improved", seed, accuracy)
+    table = aggregate(tmp_path)
+    base = table.row("base")
+    assert (base.n, base.n_missing, table.n_diverged) == (1, 1, 1)
+    assert [run.seed for run in base.diverged] == [1] and [run.seed for run in base.unfinished] == [2]
+    assert base.acc_mean == pytest.approx(0.60)  # the diverged run is in no mean
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "Missing runs: Base: seed 2 (job 2/ unfinished)." in markdown
+    assert "Diverged runs (non-finite training loss; not in the means, not missing): " \
+           "Base: seed 1 (job 1/, loss nan at step 17)." in markdown  # fmt: skip
+    with (tmp_path / "ablation.csv").open(newline="") as handle:
+        rows = {row["configuration"]: row for row in csv.DictReader(handle)}
+    base_row = rows["base"]
+    assert (base_row["n_diverged"], base_row["diverged_seeds"], base_row["missing_seeds"]) == ("1", "1", "2")
+    assert rows["improved"]["n_diverged"] == "0"
 
 
 def test_names_come_from_hydra_config_without_resolving_it(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cifar_lightning.callbacks import BestAndLastCheckpoint, EpochHistory, FreezeParameters, GPUStatsMonitor
+from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor, RunCheckpoint
 from cifar_lightning.training import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
@@ -165,7 +165,7 @@ def test_last_checkpoint_every_n_train_steps_is_written_mid_epoch(tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5  # epoch end
 
 
-@pytest.mark.parametrize("steps", [0, -3, 1.5, True])
+@pytest.mark.parametrize("steps", [-3, 1.5, True, None])
 def test_last_checkpoint_every_n_train_steps_must_be_positive(steps, tmp_path):
-    with pytest.raises(ValueError, match="every_n_train_steps must be a positive integer"):
-        BestAndLastCheckpoint(dirpath=tmp_path, every_n_train_steps=steps)
+    with pytest.raises(ValueError, match=r"every_n_train_steps must be 0 \(off\) or a positive number"):
+        RunCheckpoint(dirpath=tmp_path, every_n_train_steps=steps)

@@ -289,3 +289,27 @@ def test_only_training_batches_are_augmented_with_a_trainer(data_dir, tmp_path):
     order = torch.randperm(len(dm.train_idx), generator=torch.Generator().manual_seed(dm.seed))[:64]
     plain = dm.normalize(arrays.train_images[dm.train_idx][order])
     assert module.seen["train"].shape == plain.shape and not torch.equal(module.seen["train"], plain)
+
+
+def test_loader_state_resumes_inside_an_epoch_and_epochs_can_come_from_the_trainer():
+    labels = torch.arange(300)
+    images = torch.zeros(300, 3, 2, 2, dtype=torch.uint8)
+    whole = [y for _, y in TensorBatchLoader(images, labels, 64, shuffle=True, seed=1)]
+    first = TensorBatchLoader(images, labels, 64, shuffle=True, seed=1)
+    batches = iter(first)
+    taken = []
+    for _ in range(2):
+        taken.append(next(batches)[1])
+        first.batch_taken()  # what CIFAR10DataModule does for each batch it trains on
+    next(batches)  # drawn but never trained on (a crash): not counted
+    assert first.state_dict() == {"epoch": 0, "consumed": 2}
+    resumed = TensorBatchLoader(images, labels, 64, shuffle=True, seed=1)
+    resumed.load_state_dict(first.state_dict())
+    assert torch.equal(torch.cat(taken + [y for _, y in resumed]), torch.cat(whole))
+    assert len(list(resumed)) == len(resumed)  # the next epoch is whole again
+    # With an epoch source (the trainer's epoch), the order follows it, not a private counter.
+    epoch_3 = TensorBatchLoader(images, labels, 64, shuffle=True, seed=1, epoch_source=lambda: 3)
+    counted = TensorBatchLoader(images, labels, 64, shuffle=True, seed=1)
+    for _ in range(3):
+        list(counted)
+    assert torch.equal(torch.cat([y for _, y in epoch_3]), torch.cat([y for _, y in counted]))

@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import QUIET, ROOT
 
-
 # Downloads through a proxy that refuses every connection: a download fails at once, with or without internet.
 NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
 

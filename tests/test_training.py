@@ -45,7 +45,7 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     checkpoint = torch.load(best, weights_only=True)
     assert metrics["best_epoch"] == checkpoint["epoch"] + 1
     assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][next(
-        k for k in checkpoint["callbacks"] if k.startswith("BestAndLastCheckpoint"))]["best_model_score"]))
+        k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))
 
     confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
     assert confusion.shape == (10, 10) and int(confusion.sum()) == 3000

@@ -1,0 +1,197 @@
+"""The run directory: what train.py writes where, and the one place that reads and writes it.
+
+    <run>/config.yaml              the run's resolved config (rewritten by a resume, see training.resume)
+    <run>/checkpoints/best.ckpt    lowest validation loss
+    <run>/checkpoints/last.ckpt    the latest state: every epoch end, and every n steps if asked
+    <run>/tensorboard/             TensorBoard events (a resume appends to the same folder)
+    <run>/metrics.json             the record (METRICS_SCHEMA_VERSION, `status`), written once training ends
+    <run>/train.log                the log (Hydra's file handler; a resume appends)
+    <run>/.hydra/                  Hydra's copy of the config and overrides; a resume's own under .hydra/resume-<time>/
+
+Everything else (training, evaluation, the ablation summary, resume) asks this module for these
+paths instead of joining them by hand, so the layout can change in one place. The checkpoint folder
+also appears in conf/callbacks/default.yaml (ModelCheckpoint's dirpath); tests/test_runs.py checks
+that the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifar_lightning.errors import CifarLightningError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train.log"  # Hydra names it after the job: train.py -> train.log
+HYDRA_DIR = ".hydra"
+RESUME_HYDRA_PREFIX = "resume-"
+
+#: Version of metrics.json's layout. 1: the files written before `schema_version` existed (no
+#: `status`: a file with a test accuracy is a completed run). 2: adds `schema_version`, `status`,
+#: `divergence` (diverged runs) and `resumes`.
+METRICS_SCHEMA_VERSION = 2
+#: metrics.json `status`: the run trained to its end and was tested, or stopped on a non-finite loss.
+COMPLETED, DIVERGED = "completed", "diverged"
+STATUSES = (COMPLETED, DIVERGED)
+
+
+class RunDirError(CifarLightningError):
+    """A run directory or one of its files is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory (nothing is created or checked here)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run directory a checkpoint file lies in (<run>/checkpoints/<file>)."""
+        return cls(Path(checkpoint).expanduser().resolve().parent.parent)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / BEST_CHECKPOINT
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
+
+    @property
+    def hydra(self) -> Path:
+        return self.root / HYDRA_DIR
+
+    def looks_resumable(self) -> bool:
+        """A folder with config.yaml and checkpoints/last.ckpt (their content is checked by the resume)."""
+        return self.config.is_file() and self.last_checkpoint.is_file()
+
+
+# --- metrics.json ---------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as strings ("nan", "inf"): JSON has no such numbers, and a diverged run has them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.json with `schema_version` first; returns what was written.
+
+    `status` must be one of STATUSES. The file is replaced atomically (written beside, then
+    renamed), so a run killed while writing leaves the old file or the new one, never half of one.
+    """
+    if metrics.get("status") not in STATUSES:
+        raise ValueError(f"metrics need a status in {STATUSES}, got {metrics.get('status')!r}")
+    record = _json_safe({"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+    run.root.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=run.root)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, run.metrics)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return record
+
+
+def read_metrics(run: RunDir) -> dict[str, Any]:
+    """metrics.json as a dict, with `schema_version` and `status` filled in for files from before version 2.
+
+    Raises RunDirError if the file is missing, not JSON, not an object, or from a newer version.
+    """
+    path = run.metrics
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RunDirError(f"{path} does not exist: the run has not finished (or never started)") from exc
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path} holds a JSON {type(metrics).__name__}, not an object")
+    version = metrics.setdefault("schema_version", 1)
+    if not isinstance(version, int) or version > METRICS_SCHEMA_VERSION:
+        raise RunDirError(
+            f"{path} has schema_version {version!r}, newer than this code reads ({METRICS_SCHEMA_VERSION}): "
+            f"update cifar-lightning"
+        )
+    if version < 2:
+        test_acc = metrics.get("test_acc")
+        finished = isinstance(test_acc, (int, float)) and not isinstance(test_acc, bool)
+        metrics.setdefault("status", COMPLETED if finished else None)
+    return metrics
+
+
+def history(run: RunDir) -> list[dict[str, Any]]:
+    """The per-epoch history of the run's metrics.json; [] when there is none or it is unreadable."""
+    try:
+        rows = read_metrics(run).get("history")
+    except RunDirError:
+        return []
+    return rows if isinstance(rows, list) and all(isinstance(row, dict) for row in rows) else []
+
+
+# --- resume bookkeeping ---------------------------------------------------------------------------
+
+
+def resume_hydra_subdir(stamp: str) -> str:
+    """Where Hydra writes its own files for a resume, relative to the run directory."""
+    return f"{HYDRA_DIR}/{RESUME_HYDRA_PREFIX}{stamp}"
+
+
+def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
+    """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one.
+
+    A `resume` that is not resumable gets a new directory: the resume then stops with its error
+    (training.resume) without touching the folder it named.
+    """
+    if resume is None or not RunDir(str(resume)).looks_resumable():
+        return new_run_dir
+    return str(RunDir(str(resume)).root.resolve())
+
+
+def hydra_output_subdir(resume: Any, stamp: str) -> str:
+    """Hydra's subfolder for its own files: .hydra, or .hydra/resume-<stamp> inside a resumed run."""
+    if resume is None or not RunDir(str(resume)).looks_resumable():
+        return HYDRA_DIR
+    return resume_hydra_subdir(stamp)
