@@ -25,6 +25,7 @@ from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 
 from cifar_lightning.errors import ConfigError
+from cifar_lightning.runs import RunDir
 
 
 def cluster_plugins() -> list[Any]:
@@ -112,5 +113,5 @@ def requeue_checkpoint(output_dir: str | Path) -> Path | None:
     """
     if not in_submitit_job():
         return None
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    last = RunDir(output_dir).last_checkpoint
     return last if last.is_file() else None
