@@ -165,10 +165,12 @@ def test_a_preempted_submitit_job_is_requeued_and_ends_as_the_uninterrupted_run(
     train_log = (job / "train.log").read_text()  # appended by the second attempt
     assert f"Requeued job {job_id}" in train_log
     assert [train_log.count(f"epoch {epoch}/3:") for epoch in (1, 2, 3)] == [1, 1, 1], train_log
+    assert f"requeued job: resuming {job} from {job / 'checkpoints' / 'last.ckpt'} (written in epoch 1" in train_log
     requeued = read_metrics(RunDir(job))
     (reference_dir,) = (tmp_path / "reference" / "train" / "runs").iterdir()
     uninterrupted = read_metrics(RunDir(reference_dir))
-    assert requeued["status"] == "completed"
+    assert requeued["status"] == "completed" and uninterrupted["resumes"] == []
+    assert requeued["resumes"] == [{"epoch": 1, "global_step": 60, "overrides": []}]  # from the end of epoch 1
     assert [row["epoch"] for row in requeued["history"]] == [1, 2, 3]
     for key in ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion"):
         assert requeued[key] == uninterrupted[key], key
