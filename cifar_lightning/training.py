@@ -252,6 +252,15 @@ def _fit_and_record(
     cfg: DictConfig, run: RunDir, ckpt_path: Path | None = None, resumes: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """Build, fit (from ckpt_path when resuming), test the best checkpoint and write config.yaml and metrics.json."""
+    if ckpt_path is None and (ckpt_path := requeue_checkpoint(run.root)) is not None:
+        # A requeued cluster job continues from its own last checkpoint (cifar_lightning.distributed): a resume.
+        position = _checked_last_checkpoint(run)
+        log.info(
+            "requeued job: resuming %s from %s (written in epoch %d, at step %d)",
+            run.root, ckpt_path, position["epoch"] + 1, position["global_step"],
+        )  # fmt: skip
+        requeue = {"epoch": position["epoch"] + 1, "global_step": position["global_step"], "overrides": []}
+        resumes = [*(resumes or []), requeue]
     L.seed_everything(checked_seed(cfg), workers=True, verbose=False)  # before the model's weights are drawn
     datamodule, module, trainer, history = build(cfg)
     datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
@@ -287,8 +296,6 @@ def _fit_and_record(
         return metrics
 
     start = time.perf_counter()
-    # A requeued cluster job continues from its own last checkpoint (cifar_lightning.distributed).
-    ckpt_path = ckpt_path if ckpt_path is not None else requeue_checkpoint(run.root)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
     except TrainingDiverged as exc:
