@@ -76,7 +76,7 @@ def test_the_datamodule_shards_training_evenly_and_evaluation_exactly(data_dir):
         nonlocal stats
         dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, on_device=False, crop_padding=4, seed=1,
                                 batch_size=5000, eval_batch_size=5000)  # fmt: skip
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0)
         if stats is not None:
             dm.load_state_dict(stats)  # the normalization statistics are computed once
         dm.setup()
