@@ -114,15 +114,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.json with `schema_version` first; returns what was written.
+def metrics_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's content for these metrics: `schema_version` first, values made JSON-safe.
 
-    `status` must be one of STATUSES. The file is replaced atomically (written beside, then
-    renamed), so a run killed while writing leaves the old file or the new one, never half of one.
+    `status` must be one of STATUSES.
     """
     if metrics.get("status") not in STATUSES:
         raise ValueError(f"metrics need a status in {STATUSES}, got {metrics.get('status')!r}")
-    record = _json_safe({"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+    return _json_safe({"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+
+
+def write_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write metrics.json (see metrics_record); returns what was written.
+
+    The file is replaced atomically (written beside, then
+    renamed), so a run killed while writing leaves the old file or the new one, never half of one.
+    """
+    record = metrics_record(metrics)
     run.root.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=run.root)
     try:

@@ -32,7 +32,7 @@ from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
-from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, read_metrics, write_metrics
+from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,9 @@ def _fit_and_record(
         log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
 
-    metrics = record(COMPLETED, test_metrics, train_seconds, early_stop)
-    if trainer.is_global_zero:  # DDP: every rank has the same figures (metrics are reduced over ranks)
+    # DDP: every rank has the same figures (metrics are reduced over ranks); rank 0 writes them.
+    metrics = metrics_record(record(COMPLETED, test_metrics, train_seconds, early_stop))
+    if trainer.is_global_zero:
         write_metrics(run, metrics)
     log.info(
         "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",

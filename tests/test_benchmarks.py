@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # about a minute of training on 2 CPU cores
 def test_fast94_benchmark_runs_both_sides_and_they_agree(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/fast94.py", "--data-dir", str(data_dir), "--seeds", "1", "--epochs", "2",

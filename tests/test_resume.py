@@ -74,6 +74,7 @@ BASE_RUN = ["experiment=seed_base", "trainer.max_epochs=3", "trainer.limit_train
             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
 
 
+@pytest.mark.slow  # about 2.5 minutes: three real train.py processes; the mid-epoch tests below cover resume by default
 def test_run_killed_in_epoch_2_and_resumed_equals_the_uninterrupted_run(data_dir, tmp_path):
     data = f"data.data_dir={data_dir}"
     # The reference runs beside the run that gets killed (CPU runs repeat exactly under any load).
