@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,8 +22,20 @@ from cifar_lightning.ood.sets import OODSet, check_set_spec, prepare_sets
 from cifar_lightning.ood.tables import detector_tables, layer_tables, setup_note, write_tables
 from cifar_lightning.report import SectionItem
 
-if TYPE_CHECKING:
-    from cifar_lightning.evaluation import Evaluation
+
+class EvaluatedCheckpoint(Protocol):
+    """What run_ood reads of an evaluation (cifar_lightning.evaluation.Evaluation has it), named here so
+    that this module does not import the evaluation job that calls it."""
+
+    summary: dict[str, Any]
+    images: torch.Tensor
+    model: torch.nn.Module
+    checkpoint_path: Path
+    output_dir: Path
+    datamodule: Any  # CIFAR10DataModule: the run's own split and normalization
+    device: torch.device
+    ood: OODSettings | None
+    ood_sets: list[OODSet]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +148,7 @@ def load_ood_sets(cfg: DictConfig) -> list[OODSet]:
     return prepare_sets(specs, seed=cfg.seed, download=bool(cfg.ood.get("download", False)))
 
 
-def run_ood(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
+def run_ood(evaluation: EvaluatedCheckpoint, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
     """OOD detection for an evaluated checkpoint (settings, layer names and sets already checked and loaded by
     run_evaluation); writes its files and returns its report sections."""
     settings, ood_sets = evaluation.ood, evaluation.ood_sets
