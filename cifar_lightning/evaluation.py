@@ -24,7 +24,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
-from rich.progress import track
 from torch import Tensor, nn
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -34,12 +33,12 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from cifar_lightning.augment import tta_logits
 from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
+from cifar_lightning.inference import DEVICES, TTA_LEVELS, Predictions, pick_device, predict
 from cifar_lightning.ood.detection import OODSettings
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
 from cifar_lightning.ood.sets import OODSet
@@ -49,25 +48,6 @@ from cifar_lightning.runs import history as run_history
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "gpu")
-TTA_LEVELS = (0, 1, 2)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """A classifier's outputs for N images, on the CPU: logits and softmax probabilities, (N, classes)."""
-
-    logits: Tensor
-    probabilities: Tensor
-
-    @property
-    def predicted(self) -> Tensor:
-        return self.probabilities.argmax(dim=1)
-
-    @property
-    def confidence(self) -> Tensor:
-        """The probability of the predicted class."""
-        return self.probabilities.max(dim=1).values
 
 
 @dataclass
@@ -148,16 +128,6 @@ def checkpoint_path(cfg: DictConfig) -> Path:
     return best
 
 
-def pick_device(name: str) -> torch.device:
-    """auto: a CUDA GPU when there is one, else the CPU."""
-    if name == "gpu" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device=gpu was asked for, but torch sees no CUDA GPU on this machine. Fix: run with device=cpu "
-            "(or device=auto, which takes a GPU when there is one), or install a CUDA build of torch."
-        )
-    return torch.device("cuda" if name in ("gpu", "auto") and torch.cuda.is_available() else "cpu")
-
-
 def gradcam_layer(model: nn.Module, name: str | None) -> str:
     """The layer Grad-CAM hooks: the one named, or the model's last Conv2d."""
     layers = dict(model.named_modules())
@@ -192,34 +162,6 @@ def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: 
     datamodule.load_state_dict(stats)
     datamodule.setup("test")
     return datamodule
-
-
-@torch.inference_mode()
-def predict(
-    model: nn.Module,
-    images: Tensor,
-    normalize: Callable[[Tensor], Tensor],
-    device: torch.device | str = "cpu",
-    batch_size: int = 1000,
-    progress: bool = False,
-    tta: int = 0,
-) -> Predictions:
-    """Run `model` on uint8 images (N, 3, 32, 32) in batches on `device`; outputs come back to the CPU.
-
-    normalize: maps a uint8 batch (on the device) to the model's input, e.g. CIFAR10DataModule.normalize.
-    tta: test-time augmentation (augment.tta_logits): 0 none, 1 averaged with the mirror images, 2 also with
-        one-pixel shifts of both (airbench's).
-    """
-    model = model.to(device).eval()
-    starts = range(0, len(images), batch_size)
-    logits = [
-        tta_logits(model, normalize(images[start : start + batch_size].to(device, non_blocking=True)), tta)
-        .float()
-        .cpu()
-        for start in track(starts, description="Predicting", total=len(starts), disable=not progress)
-    ]
-    all_logits = torch.cat(logits) if logits else torch.empty(0, 0)
-    return Predictions(logits=all_logits, probabilities=all_logits.softmax(dim=1))
 
 
 def measure(predictions: Predictions, labels: Tensor) -> dict[str, Any]:

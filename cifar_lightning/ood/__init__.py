@@ -10,8 +10,8 @@ evaluate.py runs it (conf/ood/); from Python:
     result.detectors["knn"]["noise"]["auroc"]
 """
 
+from cifar_lightning.inference import Features, extract_features
 from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, detect_ood, score_ood
-from cifar_lightning.ood.features import Features, extract_features
 from cifar_lightning.ood.sets import OODSet, load_folder, load_npz, load_sets
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cifar_lightning.inference import Features, activation_layers, classifier_head, extract_features
 from cifar_lightning.ood.detectors import (
     DETECTOR_LABELS,
     DIRECTIONS,
@@ -29,7 +30,6 @@ from cifar_lightning.ood.detectors import (
     build_detectors,
     mean_activation_score,
 )
-from cifar_lightning.ood.features import Features, activation_layers, classifier_head, extract_features
 from cifar_lightning.ood.metrics import THRESHOLD_METHODS, histogram_threshold, ood_metrics, percentile_threshold
 from cifar_lightning.ood.sets import OODSet
 

@@ -16,7 +16,7 @@ import torch
 from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis, MaxLogit, MaxSoftmax, ViM
 from torch import Tensor, nn
 
-from cifar_lightning.ood.features import Features
+from cifar_lightning.inference import Features
 
 #: Detector names as configs spell them, and their labels in tables.
 DETECTOR_LABELS = {

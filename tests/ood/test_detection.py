@@ -7,9 +7,9 @@ from pytorch_ood.detector import MaxSoftmax
 
 from cifar_lightning.checkpoints import build_model, load_checkpoint, normalization
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.inference import classifier_head, extract_features
 from cifar_lightning.ood.detection import OODSettings, ThresholdSettings, detect_ood, mean_activation_name, score_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS
-from cifar_lightning.ood.features import classifier_head, extract_features
 from cifar_lightning.ood.metrics import percentile_threshold
 from cifar_lightning.ood.sets import OODSet, noise_images
 

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from cifar_lightning.data import normalize
+from cifar_lightning.inference import activation_layers, classifier_head, extract_features
 from cifar_lightning.models import SeedCNN
-from cifar_lightning.ood.features import activation_layers, classifier_head, extract_features
 
 MEAN, STD = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
 
