@@ -13,13 +13,14 @@ around (data.py, inference.py, images.py): there is no [0, 1]-or-0..255 scale to
 normalize twice, and a batch is 4x smaller. Only 32 x 32 goes in: images of another size are center-cropped
 and resized first by the project's policy (images.fit_to_input), which stays outside the graph.
 
-Exporter: torch.export captures the graph once (`torch.export.export`, with a dynamic batch dimension); the
-.pt2 file is that program, and the ONNX file is the same program translated by `torch.onnx.export(dynamo=True)`.
-Not the TorchScript exporter (`dynamo=False`): it is deprecated since torch 2.9, where the dynamo exporter became
-the default. Both exported seed_cnn, fast_net (its GELUs become ONNX `Gelu`, opset 20) and resnet18 correctly
-on torch 2.14, with logits within 1e-6 of PyTorch's, so the maintained one is used, and one captured graph
-serves both formats. Parameters are exported from a contiguous (NCHW) copy of the model: torch.export's saver
-warns on channels-last weights, and the memory layout does not change the function.
+Exporter: torch.export captures the graph for both formats, from the same example input with the same dynamic
+batch dimension: the .pt2 file is its program (`torch.export.export`), the ONNX file its translation by
+`torch.onnx.export(dynamo=True)` (given the module, which it captures the same way, so that the batch dimension
+keeps its name, `batch`, in the ONNX graph). Not the TorchScript exporter (`dynamo=False`): it is deprecated since
+torch 2.9, where the dynamo exporter became the default. Both exported seed_cnn, fast_net (its GELUs become ONNX
+`Gelu`, opset 20) and resnet18 correctly on torch 2.14, with logits within ~1e-6 of PyTorch's, so the maintained
+one is used. Parameters are exported from a contiguous (NCHW) copy of the model: torch.export's saver warns on
+channels-last weights, and the memory layout does not change the function.
 
 Every export is verified in the same run (verify): the file is loaded back the way a user would (onnxruntime's
 CPUExecutionProvider, or torch.export.load) and run on CIFAR-10 test images against the PyTorch model
@@ -108,11 +109,19 @@ def input_spec(num_classes: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def example_input() -> tuple[Tensor]:
+    """What the graph is traced with: two images (a batch of 1 would be specialized to 1)."""
+    return (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8),)
+
+
+def dynamic_batch() -> tuple[dict[int, Any]]:
+    """torch.export's dynamic_shapes for the one input: dimension 0, named `batch`, any size >= 1."""
+    return ({0: torch.export.Dim(BATCH_DIM, min=1)},)
+
+
 def capture(module: NormalizedClassifier) -> torch.export.ExportedProgram:
-    """The module's graph, captured by torch.export with a dynamic batch dimension (any N >= 1)."""
-    example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)  # 2: a batch of 1 would be specialized
-    batch = torch.export.Dim(BATCH_DIM, min=1)
-    return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    """The module's graph, captured by torch.export with a dynamic batch dimension."""
+    return torch.export.export(module, example_input(), dynamic_shapes=dynamic_batch())
 
 
 @contextmanager
@@ -129,23 +138,24 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def write_onnx(program: torch.export.ExportedProgram, path: Path, opset: int, metadata: dict[str, str]) -> None:
+def write_onnx(module: NormalizedClassifier, path: Path, opset: int, metadata: dict[str, str]) -> None:
     """One self-contained .onnx file (weights inside, not in a .data file beside it), with `metadata` in its
     metadata_props."""
     import onnx
 
     with quiet_loggers(*CHATTY_LOGGERS):
-        torch.onnx.export(program, (), str(path), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], external_data=False, verbose=False)  # fmt: skip
+        torch.onnx.export(module, example_input(), str(path), dynamo=True, dynamic_shapes=dynamic_batch(),
+                          opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          external_data=False, verbose=False)  # fmt: skip
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
     onnx.save(model, str(path))
 
 
-def write_pt2(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str]) -> None:
-    """The program as a .pt2 archive, with `metadata` as extra files (read back by torch.export.load's
-    extra_files)."""
-    torch.export.save(program, str(path), extra_files=metadata)
+def write_pt2(module: NormalizedClassifier, path: Path, metadata: dict[str, str]) -> None:
+    """The module's torch.export program as a .pt2 archive, with `metadata` as extra files (read back by
+    torch.export.load's extra_files)."""
+    torch.export.save(capture(module), str(path), extra_files=metadata)
 
 
 def load_exported(path: Path, fmt: str) -> Callable[[Tensor], Tensor]:
@@ -187,6 +197,19 @@ class Parity:
         if not self.agreement >= min_agreement:
             found.append(f"top-1 agreement {self.agreement:.2%} < check.min_agreement {min_agreement:.2%}")
         return found
+
+    def check(self, max_abs_diff: float, min_agreement: float, path: Path) -> None:
+        """Raise ParityError, naming the file and what it missed, unless it is within both tolerances."""
+        problems = self.problems(max_abs_diff, min_agreement)
+        if problems:
+            other = "pt2" if path.suffix == ".onnx" else "onnx"
+            raise ParityError(
+                f"the exported {path} does not reproduce the PyTorch model on {self.images:,} CIFAR-10 test images: "
+                f"{'; '.join(problems)}. Do not use this file (it is kept, with {EXPORT_FILE}, for inspection). "
+                f"Fix: export again with the other format (format={other}) or another opset, or update torch and "
+                f"onnxruntime; loosen check.max_abs_diff or check.min_agreement only if such a difference is "
+                f"acceptable for your use."
+            )
 
 
 def verify(run: Callable[[Tensor], Tensor], classifier: Classifier, images: Tensor, batch_size: int) -> Parity:
@@ -288,11 +311,11 @@ def _sha256(path: Path) -> str:
 
 def export_model(classifier: Classifier, path: Path, fmt: str, opset: int, metadata: dict[str, str]) -> None:
     """Write the classifier (normalization included) to `path` as `fmt` (onnx or pt2)."""
-    program = capture(NormalizedClassifier.from_classifier(classifier))
+    module = NormalizedClassifier.from_classifier(classifier)
     if fmt == "onnx":
-        write_onnx(program, path, opset, metadata)
+        write_onnx(module, path, opset, metadata)
     else:
-        write_pt2(program, path, metadata)
+        write_pt2(module, path, metadata)
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -334,7 +357,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "normalization": classifier.normalization,
         **spec,
         "opset": opset,
-        "exporter": "torch.export + torch.onnx.export(dynamo=True)" if cfg.format == "onnx" else "torch.export",
+        "exporter": "torch.onnx.export(dynamo=True)" if cfg.format == "onnx" else "torch.export.export",
         "parity": {
             **asdict(parity),
             "runtime": runtime,
@@ -342,7 +365,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "max_abs_diff_allowed": cfg.check.max_abs_diff,
             "min_agreement_allowed": cfg.check.min_agreement,
             "passed": not problems,
-        },  # fmt: skip
+        },
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in VERSIONED}},
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -350,12 +373,5 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     log.info("parity on %d CIFAR-10 test images through %s: max |logit difference| %.3g, top-1 agreement %.2f%% "
              "(batch sizes %s): %s", parity.images, runtime, parity.max_abs_diff, 100 * parity.agreement,
              ", ".join(map(str, parity.batch_sizes)), "passed" if not problems else "FAILED")  # fmt: skip
-    if problems:
-        raise ParityError(
-            f"the exported {model_path} does not reproduce the PyTorch model on {parity.images:,} CIFAR-10 test "
-            f"images: {'; '.join(problems)}. Do not use this file (it is kept, with {EXPORT_FILE}, for inspection). "
-            f"Fix: try the other format (format={'pt2' if cfg.format == 'onnx' else 'onnx'}) or another opset, "
-            f"or update torch and onnxruntime; loosen check.max_abs_diff or check.min_agreement only if the "
-            f"difference is acceptable for your use."
-        )
+    parity.check(cfg.check.max_abs_diff, cfg.check.min_agreement, model_path)
     return summary
