@@ -7,14 +7,16 @@ Both sides compute what export.py exports (cifar_lightning.exporting.NormalizedC
   (channels-last when the run config's `channels_last` is true, as Classifier.load gives it);
 - onnxruntime: the model.onnx export.py writes for it (same exporter, same opset), on the CPUExecutionProvider.
 
-Both get the same number of threads (--threads). Each batch size is timed --repeats times per side after --warmup
-untimed runs, the two sides alternating so that drift on a busy machine hits both alike; the medians are
-reported as ms per batch and images per second. The images are random uint8 (their content does not change the
-work of these models).
+Both get the same number of threads (--threads). For each batch size, each side runs --warmup untimed and
+--repeats timed forward passes in one block (interleaving single passes would let one runtime's spinning worker
+threads slow the other), the side going first alternating between batch sizes; the medians are reported as ms per
+batch and images per second. The images are random uint8 (their content does not change the work of these
+models).
 
 A checkpoint (--ckpt) is benchmarked as trained. Without one, --model names a freshly initialised model of its
 conf/model/<name>.yaml (random weights; FastNet's whitening filters random rather than computed from data;
-normalization mean 0.5 and std 0.25 per channel): the same operations, so the same speed.
+normalization mean 0.5 and std 0.25 per channel; channels-last as conf/train.yaml's default): the same
+operations, so the same speed.
 
     python benchmarks/inference_throughput.py --ckpt logs/train/runs/<date>_<time>/checkpoints/best.ckpt
     python benchmarks/inference_throughput.py --model resnet18 [--batch-sizes 1 256 --warmup 3 --repeats 10]
@@ -35,8 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from cifar_lightning.data import CIFAR10_CLASSES  # noqa: E402
 from cifar_lightning.exporting import INPUT_NAME, NormalizedClassifier, export_model  # noqa: E402
@@ -49,11 +51,9 @@ FRESH_MEAN, FRESH_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def fresh_classifier(name: str) -> Classifier:
-    """A randomly initialised model of conf/model/<name>.yaml, in the memory format train.py's config gives it."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[f"model={name}"])
-    model = instantiate(cfg.model).eval()
-    if cfg.channels_last:
+    """A randomly initialised model of conf/model/<name>.yaml, in the memory format of conf/train.yaml's default."""
+    model = instantiate(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")).eval()
+    if OmegaConf.load(ROOT / "conf" / "train.yaml").channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Classifier(model, FRESH_MEAN, FRESH_STD, CIFAR10_CLASSES, torch.device("cpu"))
 
@@ -76,10 +76,16 @@ def eager_runner(module: torch.nn.Module) -> Callable[[torch.Tensor], object]:
     return run
 
 
-def seconds(run: Callable[[torch.Tensor], object], images: torch.Tensor) -> float:
-    start = time.perf_counter()
-    run(images)
-    return time.perf_counter() - start
+def median_seconds(run: Callable[[torch.Tensor], object], images: torch.Tensor, warmup: int, repeats: int) -> float:
+    """The median wall time of `repeats` passes of `run` on `images`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run(images)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(images)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime
 
     print(f"model: {what}, {parameters / 1e6:.2f} M parameters")
-    print(f"cpu, {args.threads} threads per side; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
+    print(f"cpu, {args.threads} thread(s) per side; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"{args.warmup} warm-up and {args.repeats} timed runs per batch size and side (medians)")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
@@ -114,19 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported model.onnx (opset {args.opset}) in {time.perf_counter() - start:.1f} s")
         sides = {"PyTorch eager": eager_runner(eager), "onnxruntime": onnx_runner(path, args.threads)}
         generator = torch.Generator().manual_seed(0)
-        for batch in args.batch_sizes:
+        for index, batch in enumerate(args.batch_sizes):
             images = torch.randint(0, 256, (batch, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, generator=generator)
-            for run in sides.values():
-                for _ in range(args.warmup):
-                    run(images)
-            times: dict[str, list[float]] = {name: [] for name in sides}
-            for _ in range(args.repeats):
-                for name, run in sides.items():
-                    times[name].append(seconds(run, images))
-            medians = {name: statistics.median(values) for name, values in times.items()}
-            figures = " | ".join(
-                f"{name}: {1e3 * t:9.2f} ms/batch {batch / t:8.0f} images/s" for name, t in medians.items()
-            )
+            order = list(sides) if index % 2 == 0 else list(reversed(sides))
+            medians = {name: median_seconds(sides[name], images, args.warmup, args.repeats) for name in order}
+            figures = " | ".join(f"{name}: {1e3 * medians[name]:9.2f} ms/batch {batch / medians[name]:8.0f} images/s"
+                                 for name in sides)  # fmt: skip
             speedup = medians["PyTorch eager"] / medians["onnxruntime"]
             print(f"batch {batch:4d} | {figures} | onnxruntime/eager speed {speedup:.2f}")
 
