@@ -13,6 +13,10 @@ threads slow the other), the side going first alternating between batch sizes; t
 batch and images per second. The images are random uint8 (their content does not change the work of these
 models).
 
+On a machine shared with other work, compare with --threads 1 too: with 2 or more threads, PyTorch synchronizes
+its threads at every operator, so a small batch waits on the scheduler (measured on this project's 2-core machine
+under load: the same batch-1 pass of the seed CNN took 1 to 100 ms with 2 threads, about 1 ms with 1).
+
 A checkpoint (--ckpt) is benchmarked as trained. Without one, --model names a freshly initialised model of its
 conf/model/<name>.yaml (random weights; FastNet's whitening filters random rather than computed from data;
 normalization mean 0.5 and std 0.25 per channel; channels-last as conf/train.yaml's default): the same
