@@ -25,6 +25,7 @@ import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,24 @@ class DetectorsError(CifarLightningError):
 @dataclass(frozen=True)
 class OODDetector:
     """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD), and
-    is_ood() says which lie above the threshold chosen on the run's validation split."""
+    is_ood() says which lie above the threshold chosen on the run's validation split. It pickles as its state
+    (serve.py's worker processes get it that way) and rebuilds its scoring function where it is used."""
 
     name: str
     threshold: float
     layers: tuple[str, ...]  # activation layers whose mean score() reads: pass list(layers) to Classifier.features
     source: str  # the ood_detectors.pt it came from, or "fitted now"
-    _score: Scorer = field(repr=False, compare=False)
+    state: dict[str, Any] = field(repr=False, compare=False)  # fit_state's; mean_activation: layer, direction
+
+    @cached_property
+    def _score(self) -> Scorer:
+        if self.name == MEAN_ACTIVATION:
+            layer, direction = self.state["layer"], self.state["direction"]
+            return lambda f: mean_activation_score(f, layer, direction)
+        return scorer(self.name, self.state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_score"}
 
     def score(self, features: Features) -> Tensor:
         """(N,) float64 outlier scores."""
@@ -147,20 +159,19 @@ def _problems(record: Any) -> str:
 
 
 def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
+    """The detector of a file entry, its state checked by rebuilding its scoring function once."""
     state = entry["state"]
-    if name == MEAN_ACTIVATION:
-        layer, direction = state.get("layer"), state.get("direction")
-        if not isinstance(layer, str) or direction not in DIRECTIONS:
-            raise DetectorsError(f"{source}: the mean_activation detector has no valid layer and direction. "
-                                 f"{_fix(Path(source))}.")  # fmt: skip
-        score: Scorer = lambda f: mean_activation_score(f, layer, direction)  # noqa: E731
-    else:
-        try:
-            score = scorer(name, state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise DetectorsError(f"{source}: the {name} detector's state is damaged ({type(exc).__name__}: {exc}). "
-                                 f"{_fix(Path(source))}.") from exc  # fmt: skip
-    return OODDetector(name, entry["threshold"], tuple(entry["layers"]), source, score)
+    valid_layer = isinstance(state.get("layer"), str) and state.get("direction") in DIRECTIONS
+    if name == MEAN_ACTIVATION and not valid_layer:
+        raise DetectorsError(f"{source}: the mean_activation detector has no valid layer and direction. "
+                             f"{_fix(Path(source))}.")  # fmt: skip
+    detector = OODDetector(name, entry["threshold"], tuple(entry["layers"]), source, state)
+    try:
+        detector._score  # noqa: B018 - built now, so that a damaged state fails here, with its file named
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DetectorsError(f"{source}: the {name} detector's state is damaged ({type(exc).__name__}: {exc}). "
+                             f"{_fix(Path(source))}.") from exc  # fmt: skip
+    return detector
 
 
 def load_detector(path: str | Path, classifier: Classifier, name: str | None = None) -> OODDetector:
@@ -239,7 +250,6 @@ def fit_detector(
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")
         state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings.detector)
-    entry = {"threshold": 0.0, "layers": layers, "state": state}
-    detector = _detector(name, entry, "fitted now")
-    threshold = settings.threshold.choose(detector.score(val))
-    return OODDetector(name, float(threshold), tuple(layers), "fitted now", detector._score)
+    unthresholded = OODDetector(name, 0.0, tuple(layers), "fitted now", state)
+    threshold = settings.threshold.choose(unthresholded.score(val))
+    return OODDetector(name, float(threshold), tuple(layers), "fitted now", state)

@@ -125,3 +125,17 @@ def test_fit_detector_fits_what_evaluate_saved(evaluated, classifier, data_dir, 
 def test_fit_detector_refuses_an_unknown_name(classifier, data_dir):
     with pytest.raises(DetectorsError, match="unknown OOD detector 'odin'"):
         fit_detector(classifier, data_dir, "odin")
+
+
+def test_a_detector_pickles_as_its_state(evaluated, classifier):
+    """serve.py's worker processes receive the detector pickled: it travels as tensors and rebuilds its scorer."""
+    import pickle
+
+    images = noise_images("gaussian", 32, 5)
+    for name in ("knn", MEAN_ACTIVATION):
+        detector = load_detector(evaluated[1] / DETECTORS_FILE, classifier, name)
+        features = classifier.features(images, list(detector.layers))
+        before = detector.score(features)  # the scorer is built: pickling must still leave it out
+        copy = pickle.loads(pickle.dumps(detector))
+        assert copy == detector and copy.threshold == detector.threshold
+        torch.testing.assert_close(copy.score(features), before)
