@@ -11,8 +11,6 @@ Then open http://127.0.0.1:8000/ in a browser, or
 cifar_lightning/serving.py describes the endpoints and how a request travels; conf/serve.yaml lists every setting.
 """
 
-import os
-import signal
 import sys
 
 import hydra
@@ -21,22 +19,9 @@ from omegaconf import DictConfig
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.serving import serve
 
-MAIN_PID = os.getpid()
-
-
-def stop_on_sigterm(signum, frame) -> None:
-    """SIGTERM (kill, docker stop, systemd) shuts the server down like Ctrl+C: LitServe then stops its workers.
-    The HTTP server processes LitServe forks inherit this handler; they end by SIGTERM's default action."""
-    if os.getpid() != MAIN_PID:
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
-        return
-    raise KeyboardInterrupt
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         serve(cfg)
     except CifarLightningError as exc:

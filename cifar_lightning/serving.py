@@ -22,8 +22,11 @@ import base64
 import json
 import logging
 import math
+import os
 import pickle
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -427,6 +430,35 @@ class ClassifierAPI(ls.LitAPI):
         return output
 
 
+class _Stopping:
+    """Ctrl+C and SIGTERM (kill, docker stop, systemd) both stop the server the way LitServe handles Ctrl+C: a
+    KeyboardInterrupt in the main process, after which LitServe stops its workers.
+
+    The HTTP server processes LitServe forks inherit these handlers; there they end the process by the signal's
+    default action. And LitServe 0.2.19's worker monitor thread polls the manager process that LitServe's own
+    shutdown closes, logging the resulting connection error as "Monitoring worker crashed" with a traceback; once
+    a stop has begun, that one record is dropped."""
+
+    def __init__(self) -> None:
+        self.main_pid, self.begun = os.getpid(), threading.Event()
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+        logging.getLogger("litserve.server").addFilter(self.keep)
+
+    def handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.begun.set()
+        raise KeyboardInterrupt
+
+    def keep(self, record: logging.LogRecord) -> bool:
+        return not (self.begun.is_set() and record.getMessage() == "Monitoring worker crashed")
+
+
 async def _json_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Every HTTP error as {"error": ...}, like the uploads UploadGuard refuses."""
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
@@ -479,4 +511,5 @@ def serve(cfg: DictConfig) -> None:
     ood = "no OOD detector" if detector is None else f"OOD detector {detector.name} from {detector.source}"
     log.info(f"serving {settings.checkpoint} at http://{settings.host}:{settings.port}/ ({ood}; "
              f"max_batch_size={settings.max_batch_size}, batch_timeout={settings.batch_timeout:g} s)")  # fmt: skip
+    _Stopping().install()
     server.run(host=settings.host, port=settings.port, log_level=settings.log_level, generate_client_file=False)
