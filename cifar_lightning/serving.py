@@ -84,6 +84,7 @@ class ServeSettings:
     max_batch_size: int
     batch_timeout: float
     workers_per_device: int
+    cpu_threads: int | None  # torch threads per CPU worker; None = torch's default
     max_upload_bytes: int
     max_pixels: int
     gradcam_layer: str | None
@@ -157,6 +158,9 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
     if not is_int(cfg.workers_per_device, 1):
         raise _invalid("workers_per_device", f"must be a positive integer, got {cfg.workers_per_device!r}",
                        "workers_per_device=1")  # fmt: skip
+    if cfg.cpu_threads is not None and not is_int(cfg.cpu_threads, 1):
+        raise _invalid("cpu_threads", f"must be a positive integer or null (torch's default), got {cfg.cpu_threads!r}",
+                       "cpu_threads=1")  # fmt: skip
     if not _is_number(cfg.max_upload_mb) or cfg.max_upload_mb <= 0:
         raise _invalid("max_upload_mb", f"must be a positive number of megabytes, got {cfg.max_upload_mb!r}",
                        "max_upload_mb=20")  # fmt: skip
@@ -171,7 +175,8 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
     return ServeSettings(
         checkpoint=checkpoint_path(cfg), host=cfg.host, port=cfg.port, device=cfg.device, tta=cfg.tta,
         top_k=cfg.top_k, max_batch_size=cfg.max_batch_size, batch_timeout=float(cfg.batch_timeout),
-        workers_per_device=cfg.workers_per_device, max_upload_bytes=int(cfg.max_upload_mb * MEGABYTE),
+        workers_per_device=cfg.workers_per_device, cpu_threads=cfg.cpu_threads,
+        max_upload_bytes=int(cfg.max_upload_mb * MEGABYTE),
         max_pixels=cfg.max_pixels, gradcam_layer=cfg.gradcam.layer, log_level=cfg.log_level,
     )  # fmt: skip
 
@@ -376,9 +381,10 @@ class ClassifierAPI(ls.LitAPI):
     """
 
     def __init__(self, checkpoint: Path, tta: int, top_k: int, layer: str, detector: OODDetector | None,
-                 max_batch_size: int, batch_timeout: float) -> None:  # fmt: skip
+                 max_batch_size: int, batch_timeout: float, cpu_threads: int | None = None) -> None:  # fmt: skip
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT_PATH)
         self.checkpoint, self.tta, self.top_k, self.layer, self.detector = checkpoint, tta, top_k, layer, detector
+        self.cpu_threads = cpu_threads
 
     def __getstate__(self) -> dict[str, Any]:
         # OODDetector scores with a closure, which the standard pickle of LitServe's spawned workers cannot carry;
@@ -389,6 +395,8 @@ class ClassifierAPI(ls.LitAPI):
         self.__dict__.update({**state, "detector": pickle.loads(state["detector"])})
 
     def setup(self, device: str) -> None:
+        if self.cpu_threads is not None and torch.device(device).type == "cpu":
+            torch.set_num_threads(self.cpu_threads)
         self.classifier = Classifier.load(self.checkpoint, device=torch.device(device), tta=self.tta)
 
     def decode_request(self, request):
@@ -472,13 +480,14 @@ def build_server(settings: ServeSettings, classifier: Classifier, layer: str,
                  detector: OODDetector | None) -> ls.LitServer:  # fmt: skip
     """The LitServer: ClassifierAPI at POST /predict behind UploadGuard, the web page at GET /, JSON errors."""
     api = ClassifierAPI(settings.checkpoint, settings.tta, settings.top_k, layer, detector, settings.max_batch_size,
-                        settings.batch_timeout)  # fmt: skip
+                        settings.batch_timeout, settings.cpu_threads)  # fmt: skip
     accelerator = "cuda" if pick_device(settings.device).type == "cuda" else "cpu"
     metadata = {
         "checkpoint": str(settings.checkpoint), "epoch": classifier.checkpoint_epoch,
         "classes": list(classifier.classes), "top_k": settings.top_k, "tta": settings.tta, "gradcam_layer": layer,
         "max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
         "max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_timeout,
+        "cpu_threads": settings.cpu_threads,
         "ood": None if detector is None else {"detector": detector.name, "threshold": float(detector.threshold),
                                               "source": str(detector.source)},
     }  # fmt: skip

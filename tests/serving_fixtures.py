@@ -96,14 +96,16 @@ def group_alive(pgid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def server(tiny_run, data_dir, tmp_path_factory) -> Iterator[Server]:
-    """serve.py on the tiny run, batching (up to 8 requests, 50 ms), with a KNN detector fitted on 500 images.
+    """serve.py on the tiny run, batching (up to 8 requests, 50 ms), with a KNN detector fitted on 500 images
+    (one torch thread: the tests' machine may have few cores, shared).
     Shared with tests/test_serve_browser.py. At the end, SIGTERM must stop it and every process it started."""
     run, _ = tiny_run
     tmp = tmp_path_factory.mktemp("serve")
     port, log = free_port(), tmp / "server.log"
     process = start_server([f"run_dir={run}", f"port={port}", f"paths.log_dir={tmp / 'logs'}",
                             f"data.data_dir={data_dir}", "data.download=false", "ood.fit=true", "ood.fit_images=500",
-                            "max_batch_size=8", "batch_timeout=0.05", "log_level=warning"], log)  # fmt: skip
+                            "max_batch_size=8", "batch_timeout=0.05", "cpu_threads=1", "log_level=warning"],
+                           log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, url, log)

@@ -182,6 +182,7 @@ BAD_SETTINGS = {
     "batch_timeout=-1": ">= 0",
     "batch_timeout=30": "< 30",
     "workers_per_device=0": "positive integer",
+    "cpu_threads=0": "positive integer or null",
     "max_upload_mb=0": "positive number of megabytes",
     "max_pixels=0": "positive integer",
     "log_level=loud": "critical, error, warning, info",
