@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import json
+import pickle
 import socket
 import struct
 import subprocess
@@ -29,7 +30,8 @@ from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.gradcam import OVERLAY_SIZE, gradcam_pngs
 from cifar_lightning.images import load_image
-from cifar_lightning.serving import decode_payload, encode_payload, serve
+from cifar_lightning.ood.saved import fit_detector
+from cifar_lightning.serving import ClassifierAPI, decode_payload, encode_payload, serve
 from tests.conftest import CONF_DIR, ROOT
 from tests.serving_fixtures import PNG, Server, cifar_test_pngs, free_port
 from tests.test_evaluate_cli import assert_refused
@@ -242,3 +244,19 @@ def test_payload_keeps_the_pixels():
     pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     request = decode_payload(json.loads(encode_payload(pixels, True)))
     assert torch.equal(request.pixels, pixels) and request.gradcam is True
+
+
+def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classifier, data_dir):
+    """LitServe spawns its workers and pickles the ClassifierAPI into them (standard pickle); the detector's scorer
+    is a closure (here the mean-activation one, a lambda), which must arrive and score as it did."""
+    detector = fit_detector(classifier, data_dir, "mean_activation")
+    api = ClassifierAPI(classifier.checkpoint_path, 0, 3, "conv3", detector, max_batch_size=4, batch_timeout=0.01)
+    copy = pickle.loads(pickle.dumps(api))
+    images = torch.stack([load_image(body) for body, _ in cifar_test_pngs(4)])
+    features = classifier.features(images, layers=list(detector.layers))
+    assert torch.equal(copy.detector.score(features), detector.score(features))
+    assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == ("mean_activation",
+                                                                                 detector.threshold, 4)  # fmt: skip
+    copy.setup("cpu")
+    answers = copy.predict([decode_payload(json.loads(encode_payload(image, False))) for image in images])
+    assert [answer["ood"]["score"] for answer in answers] == pytest.approx(detector.score(features).tolist())
