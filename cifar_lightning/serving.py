@@ -51,6 +51,7 @@ from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.gradcam import gradcam_pngs, last_conv_layer, layer_names
 from cifar_lightning.images import INPUT_SIZE, ImageError, load_image
 from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
+from cifar_lightning.ood.saved import NAMES as DETECTOR_NAMES
 from cifar_lightning.ood.saved import OODDetector, find_detectors, fit_detector, load_detector
 from cifar_lightning.runs import RunDir
 
@@ -191,8 +192,9 @@ def check_ood_settings(ood: DictConfig) -> OODChoice:
     if ood.fit_images is not None and not is_int(ood.fit_images, 1):
         raise _invalid("ood.fit_images", f"must be a positive integer or null (all), got {ood.fit_images!r}",
                        "ood.fit_images=5000")  # fmt: skip
-    if ood.detector is not None and not isinstance(ood.detector, str):
-        raise _invalid("ood.detector", f"must be a detector name or null, got {ood.detector!r}", "ood.detector=knn")
+    if ood.detector is not None and ood.detector not in DETECTOR_NAMES:
+        raise _invalid("ood.detector", f"must be one of {', '.join(DETECTOR_NAMES)} or null (knn), got "
+                       f"{ood.detector!r}", "ood.detector=knn")  # fmt: skip
     return OODChoice(enabled=ood.enabled, file=None if ood.file is None else Path(str(ood.file)).expanduser(),
                      detector=ood.detector, fit=ood.fit, fit_images=ood.fit_images)  # fmt: skip
 
