@@ -144,3 +144,37 @@ def gradcam_overlays(
         path = save_overlay(picture, cam, caption, Path(out_dir) / f"{prefix}_{i}.png")
         results.append(CamResult(path=path, cam=cam, target=int(target), explained=explained))
     return results
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
+    """The heat-map overlay of one image (H, W, 3 in [0, 1]) as PNG bytes, OVERLAY_SIZE pixels a side: for
+    callers that send it on (serve.py) rather than save a captioned figure."""
+    _, big_overlay = overlay(image, cam)
+    encoded, png = cv2.imencode(".png", cv2.cvtColor(big_overlay, cv2.COLOR_RGB2BGR))  # OpenCV writes BGR
+    if not encoded:
+        raise ValueError(f"OpenCV could not encode a {big_overlay.shape} overlay as PNG")
+    return png.tobytes()
+
+
+def gradcam_pngs(
+    model: nn.Module,
+    layer_name: str,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    targets: Sequence[int],
+) -> list[bytes]:
+    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`: one overlay PNG per
+    image, in memory (no caption, nothing written). Refuses what gradcam_overlays refuses."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if len(targets) != len(images):
+        raise ValueError(f"one target per image: {len(images)} images, {len(targets)} targets")
+    if any(int(target) < 0 for target in targets):
+        raise ValueError(f"target classes must be >= 0, got {list(targets)}")
+    layer = find_layer(model, layer_name)
+    if len(images) == 0:
+        return []
+    device = next(model.parameters()).device
+    maps, _ = compute_cams(model, layer, normalize(images.to(device)).float(), targets)
+    pictures = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255.0
+    return [overlay_png(picture, cam) for picture, cam in zip(pictures, maps)]
