@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import signal
 import socket
 import threading
@@ -32,7 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import litserve as ls
 import numpy as np
 import torch
@@ -387,14 +385,6 @@ class ClassifierAPI(ls.LitAPI):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT_PATH)
         self.checkpoint, self.tta, self.top_k, self.layer, self.detector = checkpoint, tta, top_k, layer, detector
         self.cpu_threads = cpu_threads
-
-    def __getstate__(self) -> dict[str, Any]:
-        # OODDetector scores with a closure, which the standard pickle of LitServe's spawned workers cannot carry;
-        # cloudpickle writes it by value, and its output loads with the standard pickle.
-        return {**self.__dict__, "detector": cloudpickle.dumps(self.detector)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({**state, "detector": pickle.loads(state["detector"])})
 
     def setup(self, device: str) -> None:
         if self.cpu_threads is not None and torch.device(device).type == "cpu":
