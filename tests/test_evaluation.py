@@ -10,15 +10,14 @@ import torch
 from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.evaluation import (
-    Predictions,
     checkpoint_path,
     evaluate,
     gradcam_layer,
-    predict,
     ranked,
     run_evaluation,
     training_history,
 )
+from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
 
 
