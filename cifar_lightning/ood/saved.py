@@ -183,7 +183,8 @@ def load_detector(path: str | Path, classifier: Classifier, name: str | None = N
         )
     detector = _detector(name, record["detectors"][name], str(path))
     try:
-        check_layers(classifier.model, OODSettings(layers=detector.layers))
+        if detector.layers:
+            check_layers(classifier.model, OODSettings(layers=detector.layers))
     except ValueError as exc:
         raise DetectorsError(f"{path}: {exc}. {_fix(path)}.") from exc
     return detector
