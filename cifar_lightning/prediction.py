@@ -59,7 +59,7 @@ from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.errors import ConfigError, DataError, is_int
 from cifar_lightning.images import ImageError, load_image
 from cifar_lightning.inference import Classifier, Predictions
-from cifar_lightning.ood.saved import DEFAULT_DETECTOR, OODDetector, find_detectors, fit_detector, load_detector
+from cifar_lightning.ood.saved import NAMES, OODDetector, find_detectors, fit_detector, load_detector
 from cifar_lightning.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ def check_settings(cfg: DictConfig, classes: int = len(CIFAR10_CLASSES)) -> None
     if cfg.ood.fit_images is not None and not is_int(cfg.ood.fit_images, 1):
         raise _invalid("ood.fit_images", f"must be a positive integer or null, got {cfg.ood.fit_images!r}",
                        "ood.fit_images=5000")  # fmt: skip
+    if cfg.ood.detector is not None and cfg.ood.detector not in NAMES:
+        raise _invalid("ood.detector", f"must be one of {', '.join(NAMES)} or null (knn), got {cfg.ood.detector!r}",
+                       "ood.detector=knn")  # fmt: skip
     if cfg.ood.enabled and cfg.ood.fit and cfg.ood.file is not None:
         raise _invalid("ood.file", "ood.fit=true fits a detector now, so a saved ood.file would go unused; give one "
                        "of them", "ood.fit=true ood.file=null")  # fmt: skip
@@ -210,10 +213,11 @@ def resolve_detector(cfg: DictConfig, classifier: Classifier) -> OODDetector | N
     if not ood.enabled:
         return None
     if ood.fit:
-        log.info("fitting the %s OOD detector on the run's training split in %s", ood.detector or DEFAULT_DETECTOR,
-                 cfg.data.data_dir)  # fmt: skip
-        return fit_detector(classifier, cfg.data.data_dir, ood.detector, download=cfg.data.download,
-                            fit_images=ood.fit_images, seed=cfg.seed)  # fmt: skip
+        log.info("fitting an OOD detector on the run's training split in %s", cfg.data.data_dir)
+        detector = fit_detector(classifier, cfg.data.data_dir, ood.detector, download=cfg.data.download,
+                                fit_images=ood.fit_images, seed=cfg.seed)  # fmt: skip
+        log.info("fitted the %s OOD detector (threshold %.4g)", detector.name, detector.threshold)
+        return detector
     path = Path(str(ood.file)).expanduser() if ood.file is not None else find_detectors(classifier, cfg.paths.log_dir)
     if path is None:
         if ood.detector is not None:
@@ -287,7 +291,8 @@ def predict_files(
 ) -> list[FilePrediction]:
     """Each file's top-k classes (and OOD score and verdict), or why it could not be read, in input order."""
     results: list[FilePrediction] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+               TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("Predicting", total=len(files))
         for chunk, decoded in _decoded_batches(files, batch_size, workers, max_pixels):

@@ -16,6 +16,7 @@ from PIL import Image
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.inference import Classifier
+from cifar_lightning.ood.saved import DETECTORS_FILE, FORMAT, VERSION, DetectorsError, checkpoint_sha256
 from cifar_lightning.prediction import check_settings, gather_inputs, resolve_detector, run_prediction
 from tests.conftest import CONF_DIR
 
@@ -74,7 +75,8 @@ def test_no_files_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("override", "key"),
     [("top_k=0", "top_k"), ("top_k=11", "top_k"), ("batch_size=0", "batch_size"), ("workers=0", "workers"),
-     ("max_pixels=-1", "max_pixels"), ("ood.fit=yes", "ood.fit"), ("ood.file=saved.pt", "ood.file")],
+     ("max_pixels=-1", "max_pixels"), ("ood.fit=yes", "ood.fit"), ("ood.file=saved.pt", "ood.file"),
+     ("ood.detector=odin", "ood.detector")],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_any_work(tmp_path, override, key):
     cfg = compose_predict(["ckpt=any.ckpt", "inputs=any.png", "ood.fit=true", override], tmp_path / "out")
@@ -132,3 +134,83 @@ def test_cifar_pngs_are_predicted_as_the_test_tensors(tiny_run, cifar_pngs, tmp_
         assert row[:2] == [entry["file"], "ok"] and row[-3:] == ["", "", ""]
         assert row[2:10:2] == [top["class"] for top in entry["top_k"]]
         assert [float(p) for p in row[3:11:2]] == [round(top["probability"], 6) for top in entry["top_k"]]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory, data_dir) -> Path:
+    """Five MNIST test digits as 28 x 28 grayscale PNG files."""
+    folder = tmp_path_factory.mktemp("digits")
+    for index, digit in enumerate(np.load(data_dir / "ood" / "mnist_test.npz")["images"][:5]):
+        Image.fromarray(digit).save(folder / f"digit_{index}.png")
+    return folder
+
+
+def read_outputs(out: Path) -> tuple[dict, list[dict]]:
+    with (out / "predictions.csv").open(newline="") as file:
+        return json.loads((out / "predictions.json").read_text()), list(csv.DictReader(file))
+
+
+def assert_verdicts(record: dict, rows: list[dict], files: int) -> list[float]:
+    """Every file has a float score and the verdict score > threshold, the same in both files; returns the scores."""
+    threshold, entries = record["ood"]["threshold"], record["predictions"]
+    assert len(entries) == len(rows) == files and all(entry["status"] == "ok" for entry in entries)
+    for entry, row in zip(entries, rows):
+        assert isinstance(entry["ood_score"], float) and entry["ood"] == (entry["ood_score"] > threshold), entry
+        assert float(row["ood_score"]) == entry["ood_score"] and row["ood"] == str(entry["ood"]).lower()
+    assert record["counts"]["ood"] == sum(entry["ood"] for entry in entries)
+    return [entry["ood_score"] for entry in entries]
+
+
+def test_saved_detectors_are_found_for_this_checkpoint(tiny_run, cifar_pngs, digits, tmp_path):
+    """A detectors file as evaluate.py lays it out (msp and the mean activation of relu4, with thresholds chosen
+    here so that both verdicts occur): found under paths.log_dir by the checkpoint's SHA-256, or named by ood.file;
+    the scores are the detectors' own, recomputed here."""
+    folder, images = cifar_pngs
+    checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
+    classifier = Classifier.load(checkpoint, device="cpu")
+    features = classifier.features(images, layers=["relu4"])
+    msp = -features.logits.softmax(dim=1).max(dim=1).values.double()
+    relu4 = -features.layer_means["relu4"].double()  # "below": a low mean activation is OOD
+    saved = tmp_path / "logs" / "evaluate" / "runs" / "earlier" / DETECTORS_FILE
+    saved.parent.mkdir(parents=True)
+    detectors = {
+        "msp": {"threshold": float(msp.median()), "layers": [], "state": {}},
+        "mean_activation": {"threshold": float(relu4.median()), "layers": ["relu4"],
+                            "state": {"layer": "relu4", "direction": "below"}},
+    }  # fmt: skip
+    record = {"format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint), "default": "knn",
+              "checkpoint_sha256": checkpoint_sha256(checkpoint), "settings": {}, "detectors": detectors}  # fmt: skip
+    torch.save(record, saved)
+    common = [f"ckpt={checkpoint}", f"inputs={folder}", "device=cpu", f"paths.log_dir={tmp_path / 'logs'}"]
+
+    run_prediction(compose_predict([*common, "ood.detector=mean_activation"], tmp_path / "found"))
+    record, rows = read_outputs(tmp_path / "found")
+    assert record["ood"] == {"detector": "mean_activation", "threshold": float(relu4.median()), "source": str(saved)}
+    np.testing.assert_allclose(assert_verdicts(record, rows, 200), relu4.numpy(), rtol=1e-6)
+    assert 0 < record["counts"]["ood"] < 200
+    reference = classifier.predict(images)  # the detector's forward pass gave the predictions too (tta=0)
+    np.testing.assert_allclose([e["top_k"][0]["probability"] for e in record["predictions"]],
+                               reference.confidence.numpy(), rtol=0, atol=1e-6)  # fmt: skip
+
+    run_prediction(compose_predict([*common, f"ood.file={saved}", "ood.detector=msp", "tta=1"], tmp_path / "named"))
+    record, rows = read_outputs(tmp_path / "named")
+    assert record["ood"]["detector"] == "msp" and record["tta"] == 1
+    np.testing.assert_allclose(assert_verdicts(record, rows, 200), msp.numpy(), rtol=1e-6)  # OOD scores: no TTA
+
+    with pytest.raises(DetectorsError, match="holds no detector 'knn'; it holds msp, mean_activation"):
+        run_prediction(compose_predict(common, tmp_path / "default"))  # knn, the default, was not saved
+    assert not (tmp_path / "default").exists()
+
+
+def test_a_detector_fitted_now(tiny_run, cifar_pngs, digits, data_dir, tmp_path):
+    """ood.fit=true: KNN fitted on 1,000 training-split images; CIFAR-10 test images and MNIST digits all get
+    scores and the verdict score > threshold (which set scores higher is not assertable for a tiny model)."""
+    out = tmp_path / "out"
+    cfg = compose_predict([f"run_dir={tiny_run[0]}", f"inputs=[{cifar_pngs[0]},{digits}]", "device=cpu",
+                           f"data.data_dir={data_dir}", "data.download=false", "ood.fit=true",
+                           "ood.fit_images=1000", f"paths.log_dir={tmp_path / 'logs'}"], out)  # fmt: skip
+    run_prediction(cfg)
+    record, rows = read_outputs(out)
+    assert record["ood"]["detector"] == "knn" and record["ood"]["source"] == "fitted now"
+    assert np.isfinite(assert_verdicts(record, rows, 205)).all()
+    assert [Path(row["file"]).name for row in rows[-5:]] == [f"digit_{i}.png" for i in range(5)]
