@@ -233,7 +233,9 @@ def resolve_detector(cfg: DictConfig, classifier: Classifier) -> OODDetector | N
             classifier.checkpoint_path, cfg.paths.log_dir, classifier.checkpoint_path,
         )  # fmt: skip
         return None
-    return load_detector(path, classifier, ood.detector)
+    detector = load_detector(path, classifier, ood.detector)
+    log.info("OOD detector %s (threshold %.4g) from %s", detector.name, detector.threshold, path)
+    return detector
 
 
 def _read(path: Path, max_pixels: int) -> Tensor | ImageError:
