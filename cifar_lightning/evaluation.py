@@ -33,7 +33,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
@@ -121,29 +121,6 @@ def check_settings(cfg: DictConfig) -> OODSettings | None:
 def device_name(device: torch.device) -> str:
     """cpu, or the GPU's name."""
     return str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
-
-
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The checkpoint to evaluate: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
-    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
-    if (ckpt is None) == (run_dir is None):
-        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
-        raise ConfigError(
-            f"evaluate.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, "
-            f"python evaluate.py ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, or a train.py run "
-            f"directory, python evaluate.py run_dir=logs/train/runs/<date>_<time> (its best.ckpt is used)."
-        )
-    if ckpt is not None:
-        return Path(str(ckpt)).expanduser()
-    run = RunDir(str(run_dir))
-    best = run.best_checkpoint
-    if not best.is_file():
-        problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
-        raise CheckpointError(
-            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
-            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
-        )
-    return best
 
 
 def gradcam_layer(model: nn.Module, name: str | None) -> str:
@@ -238,7 +215,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     start = time.perf_counter()
     ood = check_settings(cfg)
     L.seed_everything(cfg.seed, verbose=False)
-    path = checkpoint_path(cfg)
+    path = chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "evaluate.py")
     classifier = Classifier.load(path, pick_device(cfg.device), cfg.tta)
     layer = gradcam_layer(classifier.model, cfg.gradcam.layer)
     config = classifier.config

@@ -54,13 +54,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
-from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.errors import ConfigError, DataError, is_int
 from cifar_lightning.images import ImageError, load_image
 from cifar_lightning.inference import Classifier, Predictions
 from cifar_lightning.ood.saved import NAMES, OODDetector, find_detectors, fit_detector, load_detector
-from cifar_lightning.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -123,29 +122,6 @@ def check_settings(cfg: DictConfig, classes: int = len(CIFAR10_CLASSES)) -> None
     if cfg.ood.enabled and cfg.ood.fit and cfg.ood.file is not None:
         raise _invalid("ood.file", "ood.fit=true fits a detector now, so a saved ood.file would go unused; give one "
                        "of them", "ood.fit=true ood.file=null")  # fmt: skip
-
-
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The checkpoint to use: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
-    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
-    if (ckpt is None) == (run_dir is None):
-        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
-        raise ConfigError(
-            f"predict.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, "
-            f"python predict.py ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt inputs=<files>, or a "
-            f"train.py run directory, python predict.py run_dir=logs/train/runs/<date>_<time> inputs=<files>."
-        )
-    if ckpt is not None:
-        return Path(str(ckpt)).expanduser()
-    run = RunDir(str(run_dir))
-    best = run.best_checkpoint
-    if not best.is_file():
-        problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
-        raise CheckpointError(
-            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
-            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
-        )
-    return best
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -379,7 +355,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
     """Check everything, predict every input file, write predictions.csv and predictions.json, print a summary;
     returns predictions.json's record without the per-file list."""
     check_settings(cfg)
-    path = checkpoint_path(cfg)
+    path = chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "predict.py", " inputs=<files>")
     files = gather_inputs(cfg.inputs)
     classifier = Classifier.load(path, device=cfg.device, tta=cfg.tta)
     detector = resolve_detector(cfg, classifier)

@@ -44,14 +44,13 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
-from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.gradcam import gradcam_pngs, last_conv_layer, layer_names
 from cifar_lightning.images import INPUT_SIZE, ImageError, load_image
 from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
 from cifar_lightning.ood.saved import NAMES as DETECTOR_NAMES
 from cifar_lightning.ood.saved import OODDetector, find_detectors, fit_detector, load_detector
-from cifar_lightning.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +111,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The checkpoint to serve: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
-    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
-    if (ckpt is None) == (run_dir is None):
-        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
-        raise ConfigError(
-            f"serve.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, python serve.py "
-            f"ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, or a train.py run directory, python "
-            f"serve.py run_dir=logs/train/runs/<date>_<time> (its best.ckpt is served)."
-        )
-    if ckpt is not None:
-        return Path(str(ckpt)).expanduser()
-    run = RunDir(str(run_dir))
-    if not run.best_checkpoint.is_file():
-        problem = "does not exist" if not run.root.is_dir() else f"holds no {run.best_checkpoint.relative_to(run.root)}"
-        raise CheckpointError(
-            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
-            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
-        )
-    return run.best_checkpoint
-
-
 def check_settings(cfg: DictConfig) -> ServeSettings:
     """Refuse a bad serving setting before anything is loaded or bound."""
     if cfg.host not in HOSTS:
@@ -172,7 +149,8 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
         raise _invalid("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}",
                        "log_level=warning")  # fmt: skip
     return ServeSettings(
-        checkpoint=checkpoint_path(cfg), host=cfg.host, port=cfg.port, device=cfg.device, tta=cfg.tta,
+        checkpoint=chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "serve.py"),
+        host=cfg.host, port=cfg.port, device=cfg.device, tta=cfg.tta,
         top_k=cfg.top_k, max_batch_size=cfg.max_batch_size, batch_timeout=float(cfg.batch_timeout),
         workers_per_device=cfg.workers_per_device, cpu_threads=cfg.cpu_threads,
         max_upload_bytes=int(cfg.max_upload_mb * MEGABYTE),
