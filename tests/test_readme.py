@@ -21,7 +21,7 @@ def config_groups() -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         if path.parent == CONF_DIR:
-            continue  # train.yaml and evaluate.yaml are entry configs
+            continue  # train.yaml, evaluate.yaml, ... are entry configs
         groups.setdefault(path.parent.relative_to(CONF_DIR).as_posix(), []).append(path.stem)
     return groups
 
@@ -88,7 +88,7 @@ def test_every_key_of_every_option_is_named(path):
     assert not missing, f"README does not name the key(s) {missing} of {group}={path.stem}"
 
 
-@pytest.mark.parametrize("entry", ["train", "evaluate"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "predict", "serve"])
 def test_every_top_level_setting_is_named(entry):
     missing = [key for key in leaf_keys(load_yaml(CONF_DIR / f"{entry}.yaml")) if not named(key)]
     assert not missing, f"README does not name {entry}.yaml's setting(s) {missing}"
