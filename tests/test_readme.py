@@ -124,3 +124,12 @@ def test_layout_names_every_module():
     layout = README[README.index("## Layout") :]
     missing = [name for name in modules if name not in layout]
     assert not missing, f"README's layout block does not name {missing}"
+
+
+def test_every_predictions_json_key_is_described():
+    """The keys test_prediction.py checks predictions.json against (JSON_KEYS, ENTRY_KEYS) are all in README's row."""
+    from tests.test_prediction import ENTRY_KEYS, JSON_KEYS
+
+    row = table_row("predictions.json")
+    missing = sorted(key for key in JSON_KEYS | ENTRY_KEYS if f"`{key}`" not in row)
+    assert not missing, f"README's predictions.json row does not describe {missing}"
