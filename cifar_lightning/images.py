@@ -1,5 +1,6 @@
 """Any image a user has -> the model's input: uint8 RGB, 3 x 32 x 32. One policy, used by predict.py,
-serve.py and the Classifier (for tensors of another size):
+serve.py, the Classifier (for tensors of another size) and evaluate.py's OOD sets (files, and arrays of
+another size such as MNIST's 28 x 28):
 
 1. open with Pillow, which recognizes the format from the content (not the file name), and refuse an image
    over `max_pixels` (width x height, default 40 megapixels) from its header, before any pixel is decoded
@@ -14,7 +15,8 @@ serve.py and the Classifier (for tensors of another size):
    1 of the scaled value); transparency (RGBA, LA, a palette or PNG with a transparent colour) is composited
    onto white; palette, CMYK and YCbCr images go through Pillow's conversion;
 5. crop the centred square (CIFAR-10's objects are centred; stretching would distort them), then resize it
-   to 32 x 32 with antialiased bilinear interpolation (torchvision), rounded to uint8.
+   to 32 x 32 with antialiased bilinear interpolation (torch.nn.functional.interpolate, on float values),
+   rounded to uint8.
 
 An image that is already 32 x 32 RGB passes unchanged, so CIFAR-10 test images saved as PNG give exactly
 the pixels evaluate.py sees. Anything that is not a whole readable image raises ImageError, whose message is
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from cifar_lightning.errors import CifarLightningError
@@ -143,7 +146,13 @@ def fit_to_input(images: Tensor, size: int = INPUT_SIZE) -> Tensor:
         return images
     side = min(height, width)
     square = TF.center_crop(images, [side, side])
-    return TF.resize(square, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    batch = square if square.dim() == 4 else square.unsqueeze(0)
+    resized = torch.cat([
+        F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round_().clamp_(0, 255).to(torch.uint8)
+        for chunk in batch.split(2048)  # bounded float memory for large sets
+    ])  # fmt: skip
+    return resized if square.dim() == 4 else resized[0]
 
 
 def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Tensor:
