@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
+from cifar_lightning.serving import wait_until_serving
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,18 +97,11 @@ def start_server(ckpt: str, port: int, batch_size: int, batch_timeout: float, ex
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"serve.py exited with status {process.returncode}; its log {log}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)
-    sys.exit(f"serve.py was not ready after {timeout:.0f} s; its log {log}")
+    problem = wait_until_serving(process, url, timeout)
+    if problem:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        sys.exit(f"{problem}; its log {log}:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -25,12 +25,15 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import litserve as ls
 import numpy as np
 import torch
@@ -492,3 +495,20 @@ def serve(cfg: DictConfig) -> None:
              f"max_batch_size={settings.max_batch_size}, batch_timeout={settings.batch_timeout:g} s)")  # fmt: skip
     _Stopping().install()
     server.run(host=settings.host, port=settings.port, log_level=settings.log_level, generate_client_file=False)
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, timeout: float) -> str:
+    """Poll `url`/health until a serve.py started as `process` answers 200: '' then, or why it never did (it
+    exited, or `timeout` seconds passed: then it is killed). For scripts and tests that start a server."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"serve.py exited with status {process.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return ""
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    return f"serve.py was not ready after {timeout:.0f} s"

@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from cifar_lightning.inference import Classifier
+from cifar_lightning.serving import wait_until_serving
 from tests.conftest import DATA_DIR, ROOT
 
 STARTUP_TIMEOUT = 600  # seconds: two Python processes import torch on a busy machine, and a detector is fitted
@@ -72,18 +73,9 @@ def start_server(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve.py exited with status {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"serve.py was not ready after {STARTUP_TIMEOUT} s:\n{log.read_text()[-4000:]}")
+    problem = wait_until_serving(process, url, STARTUP_TIMEOUT)
+    if problem:
+        pytest.fail(f"{problem}:\n{log.read_text()[-4000:]}")
 
 
 def group_alive(pgid: int) -> bool:
