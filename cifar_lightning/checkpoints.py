@@ -16,7 +16,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.runs import RunDir
 
 #: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
 #: tampered config must not name just any one.
@@ -198,3 +199,29 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
             f"{_FIX_WRITTEN_BY_TRAIN}."
         )
     return {"mean": [float(v) for v in stats["mean"]], "std": [float(v) for v in stats["std"]]}
+
+
+def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> Path:
+    """The checkpoint an entry point was given: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one of them).
+
+    script: the entry point, for the message (e.g. "predict.py"); more: its other required arguments, shown in the
+    example commands (e.g. " inputs=<files>").
+    """
+    if (ckpt is None) == (run_dir is None):
+        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
+        raise ConfigError(
+            f"{script} needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, python {script} "
+            f"ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt{more}, or a train.py run directory, python "
+            f"{script} run_dir=logs/train/runs/<date>_<time>{more} (its best.ckpt is used)."
+        )
+    if ckpt is not None:
+        return Path(str(ckpt)).expanduser()
+    run = RunDir(str(run_dir))
+    best = run.best_checkpoint
+    if not best.is_file():
+        problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
+        raise CheckpointError(
+            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
+            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
+        )
+    return best

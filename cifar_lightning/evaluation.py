@@ -33,13 +33,13 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
+from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
-from cifar_lightning.inference import DEVICES, TTA_LEVELS, Predictions, pick_device, predict
-from cifar_lightning.ood.detection import OODSettings
+from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
+from cifar_lightning.ood.detection import OODSettings, fit_subset
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
 from cifar_lightning.ood.sets import OODSet
 from cifar_lightning.report import SectionItem, write_report
@@ -58,14 +58,27 @@ class Evaluation:
     predictions: Predictions
     images: Tensor  # uint8 (N, 3, 32, 32), the test images
     labels: Tensor
-    model: nn.Module
-    normalize: Callable[[Tensor], Tensor]
-    checkpoint_path: Path
+    classifier: Classifier  # the checkpoint's model, normalization and device
     output_dir: Path
     datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
-    device: torch.device
     ood: OODSettings | None  # checked OOD settings; None with ood=none
     ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
+
+    @property
+    def model(self) -> nn.Module:
+        return self.classifier.model
+
+    @property
+    def normalize(self) -> Callable[[Tensor], Tensor]:
+        return self.classifier.normalize
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.classifier.checkpoint_path
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.device
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
@@ -105,27 +118,9 @@ def check_settings(cfg: DictConfig) -> OODSettings | None:
     return ood_settings(cfg.ood) if cfg.ood.enabled else None
 
 
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The checkpoint to evaluate: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
-    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
-    if (ckpt is None) == (run_dir is None):
-        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
-        raise ConfigError(
-            f"evaluate.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, "
-            f"python evaluate.py ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, or a train.py run "
-            f"directory, python evaluate.py run_dir=logs/train/runs/<date>_<time> (its best.ckpt is used)."
-        )
-    if ckpt is not None:
-        return Path(str(ckpt)).expanduser()
-    run = RunDir(str(run_dir))
-    best = run.best_checkpoint
-    if not best.is_file():
-        problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
-        raise CheckpointError(
-            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
-            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
-        )
-    return best
+def device_name(device: torch.device) -> str:
+    """cpu, or the GPU's name."""
+    return str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
 
 
 def gradcam_layer(model: nn.Module, name: str | None) -> str:
@@ -220,34 +215,26 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     start = time.perf_counter()
     ood = check_settings(cfg)
     L.seed_everything(cfg.seed, verbose=False)
-    path = checkpoint_path(cfg)
-    checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint, path)
-    stats = normalization(checkpoint, path)
-    layer = gradcam_layer(model, cfg.gradcam.layer)
-    device = pick_device(cfg.device)
-    config = run_config(checkpoint)
+    path = chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "evaluate.py")
+    classifier = Classifier.load(path, pick_device(cfg.device), cfg.tta)
+    layer = gradcam_layer(classifier.model, cfg.gradcam.layer)
+    config = classifier.config
     if ood is not None:
-        check_model_layers(model, ood)  # a layer the model lacks fails before any work
-    datamodule = build_datamodule(cfg.data, stats, config.get("data"))
+        check_model_layers(classifier.model, ood)  # a layer the model lacks fails before any work
+    datamodule = build_datamodule(cfg.data, classifier.normalization, config.get("data"))
     ood_sets = load_ood_sets(cfg) if ood is not None else []  # every input is there before any output is written
     images, labels, classes = datamodule.arrays.test_images, datamodule.arrays.test_labels, datamodule.classes
 
-    predictions = predict(model, images, datamodule.normalize, device, cfg.batch_size, cfg.progress, cfg.tta)
-    if predictions.logits.shape[1] != len(classes):
-        raise CheckpointError(
-            f"the model in {path} predicts {predictions.logits.shape[1]} classes, but CIFAR-10 has {len(classes)}. "
-            f"Fix: evaluate a checkpoint trained on CIFAR-10 by train.py."
-        )
+    predictions = classifier.predict(images, cfg.batch_size, cfg.progress)
     summary = measure(predictions, labels)
     summary.update(
         classes=list(classes),
         checkpoint=str(path),
-        checkpoint_epoch=checkpoint["epoch"] + 1 if isinstance(checkpoint.get("epoch"), int) else None,
+        checkpoint_epoch=classifier.checkpoint_epoch,
         experiment=config.get("experiment_name"),
         model=config["model"],
-        normalization=stats,
-        device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        normalization=classifier.normalization,
+        device=device_name(classifier.device),
         gradcam={"layer": layer, "explain": cfg.gradcam.explain},
         tta=cfg.tta,
         seconds=round(time.perf_counter() - start, 3),
@@ -256,8 +243,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     write_tables(output_dir, summary)
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", summary["test_acc"], summary["test_loss"],
              summary["num_images"], path)  # fmt: skip
-    return Evaluation(summary, predictions, images, labels, model, datamodule.normalize, path, output_dir, datamodule,
-                      device, ood, ood_sets)  # fmt: skip
+    return Evaluation(summary, predictions, images, labels, classifier, output_dir, datamodule, ood, ood_sets)
 
 
 def _captions(evaluation: Evaluation, indices: Tensor, targets: Sequence[int], explain: str) -> list[str]:
@@ -312,8 +298,23 @@ def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
     if history:
         sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
     if evaluation.ood is not None:
-        sections += run_ood(evaluation, cfg)
+        sections += ood_sections(evaluation, cfg)
     return write_report(out, summary, sections)
+
+
+def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
+    """OOD detection on the run's own split: detectors fitted on (a subset of) its training split, thresholded on
+    its validation split, measured on the test set against the loaded OOD sets."""
+    datamodule = evaluation.datamodule
+    arrays = datamodule.arrays
+    fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, cfg.ood.fit_images, cfg.seed)]
+    subject = f"{evaluation.summary.get('experiment') or 'model'} ({evaluation.checkpoint_path})"
+    return run_ood(
+        evaluation.classifier, fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
+        val_images=arrays.train_images[datamodule.val_idx], id_images=evaluation.images,
+        ood_sets=evaluation.ood_sets, settings=evaluation.ood, output_dir=evaluation.output_dir, subject=subject,
+        batch_size=cfg.batch_size, progress=cfg.progress, gallery_size=cfg.ood.gallery_size, seed=cfg.seed,
+    )  # fmt: skip
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -104,6 +104,29 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, caption: str, path: Path) -
     return save(figure, path)
 
 
+def _explain(
+    model: nn.Module,
+    layer_name: str,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    targets: Sequence[int],
+) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """Checked inputs -> the images as (N, H, W, 3) floats in [0, 1], their Grad-CAM maps and the class count."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if len(targets) != len(images):
+        raise ValueError(f"one target per image: {len(images)} images, {len(targets)} targets")
+    if any(int(target) < 0 for target in targets):
+        raise ValueError(f"target classes must be >= 0, got {list(targets)}")
+    layer = find_layer(model, layer_name)
+    pictures = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255.0
+    if len(images) == 0:
+        return pictures, [], 0
+    device = next(model.parameters()).device
+    maps, num_classes = compute_cams(model, layer, normalize(images.to(device)).float(), targets)
+    return pictures, list(maps), num_classes
+
+
 def gradcam_overlays(
     model: nn.Module,
     layer_name: str,
@@ -124,19 +147,9 @@ def gradcam_overlays(
     """
     if explained not in EXPLAINED:
         raise ValueError(f"explained must be one of {', '.join(EXPLAINED)}, got {explained!r}")
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if not len(targets) == len(captions) == len(images):
-        raise ValueError(f"one target and caption per image: {len(images)} images, {len(targets)} targets, "
-                         f"{len(captions)} captions")  # fmt: skip
-    if any(int(target) < 0 for target in targets):
-        raise ValueError(f"target classes must be >= 0, got {list(targets)}")
-    layer = find_layer(model, layer_name)
-    if len(images) == 0:
-        return []
-    device = next(model.parameters()).device
-    maps, num_classes = compute_cams(model, layer, normalize(images.to(device)).float(), targets)
-    pictures = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255.0
+    if len(captions) != len(images):
+        raise ValueError(f"one caption per image: {len(images)} images, {len(captions)} captions")
+    pictures, maps, num_classes = _explain(model, layer_name, images, normalize, targets)
     results = []
     for i, (picture, cam, target, caption) in enumerate(zip(pictures, maps, targets, captions)):
         if "explains:" not in caption:  # callers may have written it themselves
@@ -144,3 +157,26 @@ def gradcam_overlays(
         path = save_overlay(picture, cam, caption, Path(out_dir) / f"{prefix}_{i}.png")
         results.append(CamResult(path=path, cam=cam, target=int(target), explained=explained))
     return results
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
+    """The heat-map overlay of one image (H, W, 3 in [0, 1]) as PNG bytes, OVERLAY_SIZE pixels a side: for
+    callers that send it on (serve.py) rather than save a captioned figure."""
+    _, big_overlay = overlay(image, cam)
+    encoded, png = cv2.imencode(".png", cv2.cvtColor(big_overlay, cv2.COLOR_RGB2BGR))  # OpenCV writes BGR
+    if not encoded:
+        raise ValueError(f"OpenCV could not encode a {big_overlay.shape} overlay as PNG")
+    return png.tobytes()
+
+
+def gradcam_pngs(
+    model: nn.Module,
+    layer_name: str,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    targets: Sequence[int],
+) -> list[bytes]:
+    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`: one overlay PNG per
+    image, in memory (no caption, nothing written). Refuses what gradcam_overlays refuses."""
+    pictures, maps, _ = _explain(model, layer_name, images, normalize, targets)
+    return [overlay_png(picture, cam) for picture, cam in zip(pictures, maps)]

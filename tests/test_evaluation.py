@@ -3,22 +3,21 @@ with the training run's own test, and its files have the right shapes."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.evaluation import (
-    Predictions,
-    checkpoint_path,
     evaluate,
     gradcam_layer,
-    predict,
     ranked,
     run_evaluation,
     training_history,
 )
+from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
 
 
@@ -113,15 +112,17 @@ def test_training_history_is_read_from_the_run(trained, tmp_path):
 
 
 def test_exactly_one_of_ckpt_and_run_dir(tmp_path):
-    with pytest.raises(ConfigError, match="neither ckpt nor run_dir"):
-        checkpoint_path(compose_evaluate([], tmp_path))
-    with pytest.raises(ConfigError, match="both ckpt and run_dir"):
-        checkpoint_path(compose_evaluate(["ckpt=a.ckpt", "run_dir=b"], tmp_path))
+    with pytest.raises(ConfigError, match="evaluate.py needs exactly one checkpoint, but neither ckpt nor run_dir"):
+        chosen_checkpoint(None, None, "evaluate.py")
+    with pytest.raises(ConfigError, match="both ckpt and run_dir") as info:
+        chosen_checkpoint("a.ckpt", "b", "predict.py", " inputs=<files>")
+    assert "python predict.py run_dir=logs/train/runs/<date>_<time> inputs=<files>" in str(info.value)
     with pytest.raises(CheckpointError, match="does not exist") as info:
-        checkpoint_path(compose_evaluate([f"run_dir={tmp_path / 'nope'}"], tmp_path))
+        chosen_checkpoint(None, tmp_path / "nope", "evaluate.py")
     assert "run_dir=" in str(info.value)
     with pytest.raises(CheckpointError, match="holds no checkpoints/best.ckpt"):
-        checkpoint_path(compose_evaluate([f"run_dir={tmp_path}"], tmp_path))
+        chosen_checkpoint(None, tmp_path, "evaluate.py")
+    assert chosen_checkpoint("~/a.ckpt", None, "serve.py") == Path("~/a.ckpt").expanduser()
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ def config_groups() -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         if path.parent == CONF_DIR:
-            continue  # train.yaml and evaluate.yaml are entry configs
+            continue  # train.yaml, evaluate.yaml, ... are entry configs
         groups.setdefault(path.parent.relative_to(CONF_DIR).as_posix(), []).append(path.stem)
     return groups
 
@@ -88,7 +88,7 @@ def test_every_key_of_every_option_is_named(path):
     assert not missing, f"README does not name the key(s) {missing} of {group}={path.stem}"
 
 
-@pytest.mark.parametrize("entry", ["train", "evaluate"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "predict", "serve"])
 def test_every_top_level_setting_is_named(entry):
     missing = [key for key in leaf_keys(load_yaml(CONF_DIR / f"{entry}.yaml")) if not named(key)]
     assert not missing, f"README does not name {entry}.yaml's setting(s) {missing}"
@@ -124,3 +124,12 @@ def test_layout_names_every_module():
     layout = README[README.index("## Layout") :]
     missing = [name for name in modules if name not in layout]
     assert not missing, f"README's layout block does not name {missing}"
+
+
+def test_every_predictions_json_key_is_described():
+    """The keys test_prediction.py checks predictions.json against (JSON_KEYS, ENTRY_KEYS) are all in README's row."""
+    from tests.test_prediction import ENTRY_KEYS, JSON_KEYS
+
+    row = table_row("predictions.json")
+    missing = sorted(key for key in JSON_KEYS | ENTRY_KEYS if f"`{key}`" not in row)
+    assert not missing, f"README's predictions.json row does not describe {missing}"

@@ -5,23 +5,20 @@ sets, with thresholds chosen on the validation split alone.
 evaluate.py runs it (conf/ood/); from Python:
 
     from cifar_lightning.ood import detect_ood, load_sets
-    result = detect_ood(model, normalize, fit_images=..., fit_labels=..., val_images=..., id_images=...,
+    result = detect_ood(Classifier.load(checkpoint), fit_images=..., fit_labels=..., val_images=..., id_images=...,
                         ood_sets=load_sets({"noise": {"noise": "uniform", "n": 1000}}, seed=0))
     result.detectors["knn"]["noise"]["auroc"]
 """
 
-from cifar_lightning.inference import Features, extract_features
 from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, detect_ood, score_ood
 from cifar_lightning.ood.sets import OODSet, load_folder, load_npz, load_sets
 
 __all__ = [
-    "Features",
     "OODResult",
     "OODSet",
     "OODSettings",
     "ThresholdSettings",
     "detect_ood",
-    "extract_features",
     "load_folder",
     "load_npz",
     "load_sets",

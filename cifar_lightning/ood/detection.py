@@ -4,7 +4,8 @@ activation layer against each OOD set. The CIFAR-10 test set is the in-distribut
 
 Usable alone from Python:
 
-    result = detect_ood(model, datamodule.normalize, fit_images=..., fit_labels=..., val_images=...,
+    classifier = Classifier.load("logs/train/runs/<date>_<time>/checkpoints/best.ckpt")
+    result = detect_ood(classifier, fit_images=..., fit_labels=..., val_images=...,
                         id_images=test_images, ood_sets=load_sets(specs, seed=0))
     result.table("detectors", "auroc")
 
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cifar_lightning.inference import Features, activation_layers, classifier_head, extract_features
+from cifar_lightning.inference import Classifier, Features, activation_layers
 from cifar_lightning.ood.detectors import (
     DETECTOR_LABELS,
     DIRECTIONS,
@@ -77,6 +78,7 @@ class OODResult:
     val_features: Features
     id_features: Features
     ood_features: dict[str, Features]  # per OOD set
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # detector -> fitted state, for ood/saved.py
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -91,6 +93,14 @@ class OODResult:
             "layers": self.layers,
             "seconds": round(self.seconds, 3),
         }
+
+
+def fit_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
+    """Indices of the training images the detectors are fitted on: all, or `count` drawn at random (seeded)."""
+    if count is None or count >= len(labels):
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(len(labels), generator=generator)[:count]).values
 
 
 def mean_activation_name(layer: str) -> str:
@@ -114,8 +124,7 @@ def check_layers(model: nn.Module, settings: OODSettings) -> tuple[list[str], st
 
 
 def detect_ood(
-    model: nn.Module,
-    normalize: Callable[[Tensor], Tensor],
+    classifier: Classifier,
     *,
     fit_images: Tensor,
     fit_labels: Tensor,
@@ -123,23 +132,21 @@ def detect_ood(
     id_images: Tensor,
     ood_sets: Sequence[OODSet],
     settings: OODSettings = OODSettings(),
-    device: torch.device | str = "cpu",
     batch_size: int = 1000,
     progress: bool = False,
 ) -> OODResult:
     """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set.
 
-    All images are uint8 (N, 3, 32, 32); `normalize` maps them to the model's input.
+    All images are uint8 (N, 3, 32, 32); the classifier normalizes them and runs on its device.
     """
     start = time.perf_counter()
-    layers, _ = check_layers(model, settings)
+    layers, _ = check_layers(classifier.model, settings)
 
     def features(images: Tensor, name: str, with_layers: bool = True) -> Features:
-        return extract_features(model, images, normalize, device, batch_size, layers if with_layers else [],
-                                progress, f"Features: {name}")  # fmt: skip
+        return classifier.features(images, layers if with_layers else [], batch_size, progress, f"Features: {name}")
 
     result = score_ood(
-        classifier_head(model),
+        classifier.head,
         fit=features(fit_images, "training split", with_layers=False),
         fit_labels=fit_labels,
         val=features(val_images, "validation split"),
@@ -180,7 +187,7 @@ def score_ood(
     detectors = build_detectors(settings.detectors, fit, fit_labels.cpu(), head, settings.detector)
     scorers: dict[str, dict[str, Callable[[Features], Tensor]]] = {
         "detectors": {
-            **{name: detectors[name] for name in settings.detectors},
+            **{name: detectors[name][1] for name in settings.detectors},
             mean_activation_name(layer): lambda f: mean_activation_score(f, layer, settings.direction),
         },
         "layers": {name: (lambda f, n=name: mean_activation_score(f, n, settings.direction)) for name in layers},
@@ -213,5 +220,6 @@ def score_ood(
         val_features=val,
         id_features=id_test,
         ood_features=ood,
+        states={name: state for name, (state, _) in detectors.items()},
         seconds=time.perf_counter() - start,
     )

@@ -2,7 +2,9 @@
 where higher means "more likely out-of-distribution" (pytorch-ood's convention).
 
 The modern detectors are pytorch-ood's (MaxSoftmax, EnergyBased, MaxLogit, Mahalanobis, KNN, ViM),
-fitted with `fit_features` on features of the training split, so nothing is extracted twice. The
+fitted with `fit_features` on features of the training split, so nothing is extracted twice. A fitted
+detector is kept as its state (tensors and numbers), from which `scorer` rebuilds it: evaluate.py saves the
+states, and predict.py and serve.py score with the very detectors evaluate.py measured. The
 report's method, a layer's mean activation with "OOD when below a threshold", is a one-liner and
 written here: its outlier score is the negated mean (or the mean itself with direction=above).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis, MaxLogit, MaxSoftmax, ViM
@@ -31,6 +34,7 @@ FITTED = ("mahalanobis", "knn", "vim")
 DIRECTIONS = ("below", "above")
 
 Scorer = Callable[[Features], Tensor]
+State = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -46,34 +50,55 @@ def _scores(values: Tensor) -> Tensor:
     return values.detach().double().cpu()
 
 
+def fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: DetectorSettings) -> State:
+    """What defines the named detector once fitted on `fit` (training features): tensors and numbers only, so that
+    it can be saved (ood/saved.py) and rebuilt by `scorer` without refitting. Empty for the logit-only detectors."""
+    if name in ("msp", "energy", "max_logit"):
+        return {}
+    if name == "mahalanobis":
+        mahalanobis = Mahalanobis(None).fit_features(fit.penultimate, fit_labels)
+        return {"mu": mahalanobis.mu, "precision": mahalanobis.precision}
+    if name == "knn":  # a nearest-neighbour index is its data: the training features themselves
+        return {"k": settings.knn_k, "features": fit.penultimate.contiguous()}
+    if name == "vim":
+        dim = settings.vim_dim or fit.penultimate.shape[1] // 2
+        vim = ViM(None, d=dim, w=head.weight.detach().cpu(), b=_bias(head)).fit_features(fit.penultimate, fit_labels)
+        return {"d": vim.d, "w": vim.w, "b": vim.b, "principal_subspace": vim.principal_subspace, "alpha": vim.alpha}
+    raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
+
+
+def scorer(name: str, state: State) -> Scorer:
+    """The named detector, rebuilt from its fit_state, as a function of Features."""
+    if name == "msp":
+        return lambda f: _scores(MaxSoftmax.score(f.logits))
+    if name == "energy":
+        return lambda f: _scores(EnergyBased.score(f.logits))
+    if name == "max_logit":
+        return lambda f: _scores(MaxLogit.score(f.logits))
+    if name == "mahalanobis":
+        mahalanobis = Mahalanobis(None)
+        mahalanobis.mu, mahalanobis.precision = state["mu"], state["precision"]
+        return lambda f: _scores(mahalanobis.predict_features(f.penultimate))
+    if name == "knn":
+        features = state["features"]
+        knn = KNN(None, k=int(state["k"])).fit_features(features, torch.zeros(len(features), dtype=torch.long))
+        return lambda f: _scores(knn.predict_features(f.penultimate))
+    if name == "vim":
+        vim = ViM(None, d=int(state["d"]), w=state["w"], b=state["b"])
+        vim.principal_subspace, vim.alpha = state["principal_subspace"], float(state["alpha"])
+        return lambda f: _scores(vim.predict_features(f.penultimate))
+    raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
+
+
 def build_detectors(
     names: Sequence[str], fit: Features, fit_labels: Tensor, head: nn.Linear, settings: DetectorSettings
-) -> dict[str, Scorer]:
-    """Each named detector as a function of Features; the fitted ones learn from `fit` (training features)."""
-    detectors: dict[str, Scorer] = {}
+) -> dict[str, tuple[State, Scorer]]:
+    """Each named detector fitted on `fit` (training features): its state and its scoring function."""
+    built = {}
     for name in names:
-        if name == "msp":
-            detectors[name] = lambda f: _scores(MaxSoftmax.score(f.logits))
-        elif name == "energy":
-            detectors[name] = lambda f: _scores(EnergyBased.score(f.logits))
-        elif name == "max_logit":
-            detectors[name] = lambda f: _scores(MaxLogit.score(f.logits))
-        elif name == "mahalanobis":
-            mahalanobis = Mahalanobis(None)
-            mahalanobis.fit_features(fit.penultimate, fit_labels)
-            detectors[name] = lambda f, d=mahalanobis: _scores(d.predict_features(f.penultimate))
-        elif name == "knn":
-            knn = KNN(None, k=settings.knn_k)
-            knn.fit_features(fit.penultimate, fit_labels)
-            detectors[name] = lambda f, d=knn: _scores(d.predict_features(f.penultimate))
-        elif name == "vim":
-            dim = settings.vim_dim or fit.penultimate.shape[1] // 2
-            vim = ViM(None, d=dim, w=head.weight.detach().cpu(), b=_bias(head))
-            vim.fit_features(fit.penultimate, fit_labels)
-            detectors[name] = lambda f, d=vim: _scores(d.predict_features(f.penultimate))
-        else:
-            raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
-    return detectors
+        state = fit_state(name, fit, fit_labels, head, settings)
+        built[name] = (state, scorer(name, state))
+    return built
 
 
 def _bias(head: nn.Linear) -> Tensor:

@@ -1,6 +1,6 @@
 """OOD detection as a step of evaluate.py: read and check the `ood` config (conf/ood/), run
 detect_ood on the run's own training/validation split and the configured OOD sets, and write
-ood.json, ood.md, ood_layers.md, the per-layer histograms and the gallery."""
+ood.json, ood.md, ood_layers.md, the per-layer histograms, the gallery and ood_detectors.pt."""
 
 from __future__ import annotations
 
@@ -8,34 +8,21 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_lightning.errors import ConfigError, is_int
+from cifar_lightning.inference import Classifier
 from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, check_layers, detect_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, DetectorSettings
 from cifar_lightning.ood.figures import plot_layer_histogram, plot_ood_gallery, safe_name
 from cifar_lightning.ood.metrics import THRESHOLD_METHODS
+from cifar_lightning.ood.saved import DETECTORS_FILE, save_detectors
 from cifar_lightning.ood.sets import OODSet, check_set_spec, prepare_sets
 from cifar_lightning.ood.tables import detector_tables, layer_tables, setup_note, write_tables
 from cifar_lightning.report import SectionItem
-
-
-class EvaluatedCheckpoint(Protocol):
-    """What run_ood reads of an evaluation (cifar_lightning.evaluation.Evaluation has it), named here so
-    that this module does not import the evaluation job that calls it."""
-
-    summary: dict[str, Any]
-    images: torch.Tensor
-    model: torch.nn.Module
-    checkpoint_path: Path
-    output_dir: Path
-    datamodule: Any  # CIFAR10DataModule: the run's own split and normalization
-    device: torch.device
-    ood: OODSettings | None
-    ood_sets: list[OODSet]
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +89,6 @@ def ood_settings(ood: DictConfig) -> OODSettings:
     )
 
 
-def fit_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
-    """Indices of the training images the detectors are fitted on: all, or `count` drawn at random (seeded)."""
-    if count is None or count >= len(labels):
-        return torch.arange(len(labels))
-    generator = torch.Generator().manual_seed(seed)
-    return torch.sort(torch.randperm(len(labels), generator=generator)[:count]).values
-
-
 def write_figures(result: OODResult, images: Mapping[str, torch.Tensor], out: Path, gallery_size: int,
                   seed: int) -> tuple[list[Path], Path | None]:  # fmt: skip
     """ood_hist_<layer>.png for every measured layer, and ood_gallery.png for the table's layer."""
@@ -148,27 +127,39 @@ def load_ood_sets(cfg: DictConfig) -> list[OODSet]:
     return prepare_sets(specs, seed=cfg.seed, download=bool(cfg.ood.get("download", False)))
 
 
-def run_ood(evaluation: EvaluatedCheckpoint, cfg: DictConfig) -> list[tuple[str, list[SectionItem]]]:
-    """OOD detection for an evaluated checkpoint (settings, layer names and sets already checked and loaded by
-    run_evaluation); writes its files and returns its report sections."""
-    settings, ood_sets = evaluation.ood, evaluation.ood_sets
-    datamodule = evaluation.datamodule
-    arrays = datamodule.arrays
-    fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, cfg.ood.fit_images, cfg.seed)]
+def run_ood(
+    classifier: Classifier,
+    *,
+    fit_images: torch.Tensor,
+    fit_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    id_images: torch.Tensor,
+    ood_sets: list[OODSet],
+    settings: OODSettings,
+    output_dir: Path,
+    subject: str,
+    batch_size: int = 1000,
+    progress: bool = False,
+    gallery_size: int = 8,
+    seed: int = 0,
+) -> list[tuple[str, list[SectionItem]]]:
+    """OOD detection for a classifier with checked settings and loaded sets: fit on (fit_images, fit_labels),
+    threshold on val_images, measure id_images (the CIFAR-10 test set) against each OOD set. Writes ood.json,
+    ood.md, ood_layers.md, the figures and ood_detectors.pt (the fitted detectors, for predict.py and serve.py)
+    into output_dir; returns the report's sections. subject: the model as tables name it."""
     result = detect_ood(
-        evaluation.model, datamodule.normalize,
-        fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
-        val_images=arrays.train_images[datamodule.val_idx], id_images=evaluation.images, ood_sets=ood_sets,
-        settings=settings, device=evaluation.device, batch_size=cfg.batch_size, progress=cfg.progress,
+        classifier, fit_images=fit_images, fit_labels=fit_labels, val_images=val_images, id_images=id_images,
+        ood_sets=ood_sets, settings=settings, batch_size=batch_size, progress=progress,
     )  # fmt: skip
-    out = evaluation.output_dir
+    out = Path(output_dir)
     summary = result.to_json()
-    summary.update(checkpoint=str(evaluation.checkpoint_path), experiment=evaluation.summary.get("experiment"))
+    summary.update(checkpoint=str(classifier.checkpoint_path), experiment=classifier.config.get("experiment_name"))
     (out / "ood.json").write_text(json.dumps(summary, indent=2) + "\n")
-    subject = f"{evaluation.summary.get('experiment') or 'model'} ({evaluation.checkpoint_path})"
+    if classifier.checkpoint_path is not None:
+        save_detectors(out / DETECTORS_FILE, result, classifier.checkpoint_path)
     write_tables(result, out, subject)
-    images = {"CIFAR-10 test": evaluation.images, **{s.name: s.images for s in ood_sets}}
-    histograms, gallery = write_figures(result, images, out, cfg.ood.gallery_size, cfg.seed)
+    images = {"CIFAR-10 test": id_images, **{s.name: s.images for s in ood_sets}}
+    histograms, gallery = write_figures(result, images, out, gallery_size, seed)
     best = max(result.detectors, key=lambda name: _mean(result.detectors[name], "auroc"))
     log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; highest mean AUROC: %s (%.4f)", len(ood_sets),
              len(result.detectors), len(result.layers), result.seconds, best, _mean(result.detectors[best], "auroc"))

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.images import ImageError, fit_to_input, load_image
 from cifar_lightning.ood.fetch import SOURCES, fetch_set, raw_root
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,8 @@ class OODSet:
 
 
 def to_rgb32(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, H, W) grayscale or (N, H, W, 3) RGB -> uint8 (N, 3, 32, 32), resized if needed."""
+    """uint8 (N, H, W) grayscale or (N, H, W, 3) RGB -> uint8 (N, 3, 32, 32): grayscale repeated to RGB, then
+    images.fit_to_input (the centred square, resized), as predict.py and serve.py make their inputs."""
     batch = torch.as_tensor(np.asarray(images))
     if batch.dtype != torch.uint8:
         raise ValueError(f"images must be uint8, got {batch.dtype}")
@@ -55,19 +55,10 @@ def to_rgb32(images: np.ndarray | Tensor) -> Tensor:
         batch = batch.unsqueeze(-1)
     if batch.ndim != 4 or batch.shape[-1] not in (1, 3) or min(batch.shape[1:3]) < 1:
         raise ValueError(f"images must be N x H x W (grayscale) or N x H x W x 3 (RGB), got shape {tuple(batch.shape)}")
-    batch = batch.permute(0, 3, 1, 2)
-    if tuple(batch.shape[-2:]) != (SIZE, SIZE):
-        resized = [
-            F.interpolate(chunk.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
-            .round_()
-            .clamp_(0, 255)
-            .to(torch.uint8)
-            for chunk in batch.split(2048)  # bounded float memory for large sets
-        ]
-        batch = torch.cat(resized) if resized else batch.new_empty((0, batch.shape[1], SIZE, SIZE))
-    if batch.shape[1] == 1:
-        batch = batch.expand(-1, 3, -1, -1)
-    return batch.contiguous()
+    batch = batch.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)  # grayscale repeated over the channels
+    if len(batch) == 0:
+        return batch.new_empty((0, 3, SIZE, SIZE))
+    return fit_to_input(batch, SIZE).contiguous()  # images.py's policy: the centred square, resized
 
 
 def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
@@ -100,13 +91,9 @@ def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One image file as uint8 (32, 32, 3) RGB; raises OSError/ValueError if it is not a readable image."""
-    with Image.open(path) as image:
-        image.load()
-        rgb = image.convert("RGB")
-    if rgb.size != (SIZE, SIZE):
-        rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    """One image file as uint8 (32, 32, 3) RGB, by images.py's policy (as predict.py reads it); raises ImageError
+    with the reason if it is not a readable image."""
+    return load_image(path).permute(1, 2, 0).numpy()
 
 
 def load_folder(path: str | Path, name: str, kind: str = "custom") -> OODSet:
@@ -122,8 +109,8 @@ def load_folder(path: str | Path, name: str, kind: str = "custom") -> OODSet:
     for file in files:
         try:
             images.append(read_image(file))
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            skipped.append(f"{file}: {type(exc).__name__}: {exc}")
+        except ImageError as exc:
+            skipped.append(f"{file}: {exc}")
             log.warning("OOD set %r: skipped %s, it cannot be read as an image (%s)", name, file, exc)
     if not images:
         reason = f"none of its {len(files)} image files could be read" if files else "it holds no image files"

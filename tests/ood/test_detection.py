@@ -7,7 +7,7 @@ from pytorch_ood.detector import MaxSoftmax
 
 from cifar_lightning.checkpoints import build_model, load_checkpoint, normalization
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.inference import classifier_head, extract_features
+from cifar_lightning.inference import Classifier, classifier_head, extract_features
 from cifar_lightning.ood.detection import OODSettings, ThresholdSettings, detect_ood, mean_activation_name, score_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS
 from cifar_lightning.ood.metrics import percentile_threshold
@@ -29,8 +29,10 @@ def model_and_data(tiny_run, data_dir):
 def run(model_and_data, id_images, ood_sets, settings=OODSettings()):
     model, datamodule = model_and_data
     arrays, fit_idx = datamodule.arrays, datamodule.train_idx[:FIT_IMAGES]
+    mean, std = tuple(datamodule.mean), tuple(datamodule.std)
+    classifier = Classifier(model, mean, std, datamodule.classes, torch.device("cpu"))
     return detect_ood(
-        model, datamodule.normalize, fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
+        classifier, fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
         val_images=arrays.train_images[datamodule.val_idx], id_images=id_images, ood_sets=ood_sets, settings=settings,
     )  # fmt: skip
 

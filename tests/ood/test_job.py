@@ -10,8 +10,8 @@ from PIL import Image
 
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
+from cifar_lightning.ood.detection import fit_subset
 from cifar_lightning.ood.detectors import DETECTOR_LABELS
-from cifar_lightning.ood.job import fit_subset
 from cifar_lightning.ood.tables import DETECTOR_METRICS
 from tests.conftest import compose_evaluate
 

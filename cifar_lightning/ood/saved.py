@@ -1,0 +1,255 @@
+"""Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with the threshold it chose on
+the validation split, into `ood_detectors.pt`; predict.py and serve.py load one and flag inputs without refitting.
+
+The file holds tensors, numbers and strings only (torch.save of plain containers), so it is loaded with
+`weights_only=True` and cannot run code. It names the checkpoint it was fitted for by the SHA-256 of the
+checkpoint file: detectors of another model (or of a checkpoint rewritten since) are refused.
+
+    {"format": "cifar-lightning ood detectors", "version": 1, "checkpoint": str, "checkpoint_sha256": str,
+     "default": "knn", "settings": {...},
+     "detectors": {name: {"threshold": float, "layers": [str, ...], "state": {...}}}}
+
+`name` is one of detectors.DETECTOR_LABELS or "mean_activation" (the report's method, on the layer evaluate.py
+put in its table); `state` is what detectors.fit_state returned (for mean_activation: its layer and direction).
+
+The default detector of predict.py and serve.py is KNN (Sun et al., 2022), chosen from evidence a user has
+without any OOD test set: OpenOOD v1.5's published CIFAR-10 benchmark (ResNet-18, cross-entropy training),
+where KNN has the best mean AUROC of the post-hoc detectors built here: near-OOD 90.64 / far-OOD 92.96,
+against ViM 88.68 / 93.48, MSP 88.03 / 90.73, energy 87.58 / 91.21, max logit 87.52 / 91.10 and
+Mahalanobis 84.20 / 89.72. Any saved detector can be chosen by name (ood.detector=...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.inference import Classifier, Features
+from cifar_lightning.ood.detection import OODResult, OODSettings, check_layers, fit_subset, mean_activation_name
+from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, Scorer, fit_state, mean_activation_score, scorer
+
+DETECTORS_FILE = "ood_detectors.pt"
+DEFAULT_DETECTOR = "knn"
+MEAN_ACTIVATION = "mean_activation"
+NAMES = (*DETECTOR_LABELS, MEAN_ACTIVATION)
+FORMAT, VERSION = "cifar-lightning ood detectors", 1
+
+
+class DetectorsError(CifarLightningError):
+    """A saved detectors file is missing, unreadable, tampered with, or belongs to another checkpoint."""
+
+
+@dataclass(frozen=True)
+class OODDetector:
+    """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD), and
+    is_ood() says which lie above the threshold chosen on the run's validation split. It pickles as its state
+    (serve.py's worker processes get it that way) and rebuilds its scoring function where it is used."""
+
+    name: str
+    threshold: float
+    layers: tuple[str, ...]  # activation layers whose mean score() reads: pass list(layers) to Classifier.features
+    source: str  # the ood_detectors.pt it came from, or "fitted now"
+    state: dict[str, Any] = field(repr=False, compare=False)  # fit_state's; mean_activation: layer, direction
+
+    @cached_property
+    def _score(self) -> Scorer:
+        if self.name == MEAN_ACTIVATION:
+            layer, direction = self.state["layer"], self.state["direction"]
+            return lambda f: mean_activation_score(f, layer, direction)
+        return scorer(self.name, self.state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_score"}
+
+    def score(self, features: Features) -> Tensor:
+        """(N,) float64 outlier scores."""
+        return self._score(features)
+
+    def is_ood(self, scores: Tensor) -> Tensor:
+        return scores > self.threshold
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) -> Path:
+    """Write every detector of an evaluate.py OOD result (and its mean-activation row) to `path`, atomically."""
+    detectors = {
+        name: {"threshold": float(result.thresholds["detectors"][name]), "layers": [], "state": result.states[name]}
+        for name in result.states
+    }
+    direction = result.settings["direction"]
+    detectors[MEAN_ACTIVATION] = {
+        "threshold": float(result.thresholds["detectors"][mean_activation_name(result.layer)]),
+        "layers": [result.layer.split("@")[0]],
+        "state": {"layer": result.layer, "direction": direction},
+    }
+    record = {
+        "format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256(checkpoint), "default": DEFAULT_DETECTOR,
+        "settings": result.settings, "detectors": detectors,
+    }  # fmt: skip
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(record, partial)
+    os.replace(partial, path)
+    return path
+
+
+def _fix(path: Path) -> str:
+    return (
+        f"Fix: run python evaluate.py ckpt=<this checkpoint> again to write a new {DETECTORS_FILE}, pass the right "
+        f"file with ood.file=<path>, fit one now with ood.fit=true, or turn OOD flagging off with ood.enabled=false"
+    )
+
+
+def read_detectors(path: str | Path) -> dict[str, Any]:
+    """The checked contents of a detectors file (weights-only load); DetectorsError otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DetectorsError(f"the OOD detectors file {path} does not exist. {_fix(path)}.")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DetectorsError(
+            f"{path} is not a safe OOD detectors file: it holds Python objects beyond tensors and plain values, "
+            f"so it was not loaded. {_fix(path)}."
+        ) from exc
+    except Exception as exc:  # truncated or damaged: torch raises RuntimeError, EOFError, ...
+        raise DetectorsError(f"the OOD detectors file {path} is truncated or corrupt ({type(exc).__name__}). "
+                             f"{_fix(path)}.") from exc  # fmt: skip
+    problems = _problems(record)
+    if problems:
+        raise DetectorsError(f"{path} is not a usable OOD detectors file ({problems}). {_fix(path)}.")
+    return record
+
+
+def _problems(record: Any) -> str:
+    """What is wrong with a loaded record, or ''."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return f"it is not a {FORMAT!r} file"
+    if record.get("version") != VERSION:
+        return f"version {record.get('version')!r}, expected {VERSION}"
+    detectors = record.get("detectors")
+    if not isinstance(record.get("checkpoint_sha256"), str) or not isinstance(detectors, dict) or not detectors:
+        return "it lacks checkpoint_sha256 or detectors"
+    for name, entry in detectors.items():
+        if name not in NAMES:
+            return f"unknown detector {name!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("threshold"), float):
+            return f"detector {name!r} has no threshold"
+        if not isinstance(entry.get("state"), dict) or not isinstance(entry.get("layers"), list):
+            return f"detector {name!r} has no state"
+    return ""
+
+
+def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
+    """The detector of a file entry, its state checked by rebuilding its scoring function once."""
+    state = entry["state"]
+    valid_layer = isinstance(state.get("layer"), str) and state.get("direction") in DIRECTIONS
+    if name == MEAN_ACTIVATION and not valid_layer:
+        raise DetectorsError(f"{source}: the mean_activation detector has no valid layer and direction. "
+                             f"{_fix(Path(source))}.")  # fmt: skip
+    detector = OODDetector(name, entry["threshold"], tuple(entry["layers"]), source, state)
+    try:
+        detector._score  # noqa: B018 - built now, so that a damaged state fails here, with its file named
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DetectorsError(f"{source}: the {name} detector's state is damaged ({type(exc).__name__}: {exc}). "
+                             f"{_fix(Path(source))}.") from exc  # fmt: skip
+    return detector
+
+
+def load_detector(path: str | Path, classifier: Classifier, name: str | None = None) -> OODDetector:
+    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint."""
+    record = read_detectors(path)
+    path = Path(path).expanduser()
+    if classifier.checkpoint_path is not None:
+        digest = checkpoint_sha256(classifier.checkpoint_path)
+        if digest != record["checkpoint_sha256"]:
+            raise DetectorsError(
+                f"the OOD detectors in {path} were fitted for another checkpoint ({record.get('checkpoint')}), not "
+                f"for {classifier.checkpoint_path} (their SHA-256 differ), so their scores would mean nothing for "
+                f"this model. {_fix(path)}."
+            )
+    name = name or DEFAULT_DETECTOR
+    if name not in record["detectors"]:
+        raise DetectorsError(
+            f"{path} holds no detector {name!r}; it holds {', '.join(record['detectors'])}. Fix: choose one of them "
+            f"with ood.detector=<name>, or fit the one you want now with ood.fit=true ood.detector={name}."
+        )
+    detector = _detector(name, record["detectors"][name], str(path))
+    try:
+        if detector.layers:
+            check_layers(classifier.model, OODSettings(layers=detector.layers))
+    except ValueError as exc:
+        raise DetectorsError(f"{path}: {exc}. {_fix(path)}.") from exc
+    return detector
+
+
+def find_detectors(classifier: Classifier, log_dir: str | Path) -> Path | None:
+    """The newest <log_dir>/evaluate/runs/*/ood_detectors.pt fitted for the classifier's very checkpoint, or None."""
+    if classifier.checkpoint_path is None:
+        return None
+    candidates = sorted(Path(log_dir).expanduser().glob(f"evaluate/runs/*/{DETECTORS_FILE}"),
+                        key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    if not candidates:
+        return None
+    digest = checkpoint_sha256(classifier.checkpoint_path)
+    for candidate in candidates:
+        try:
+            record = torch.load(candidate, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable file is not this checkpoint's: look further
+            continue
+        if isinstance(record, dict) and record.get("checkpoint_sha256") == digest and not _problems(record):
+            return candidate
+    return None
+
+
+def fit_detector(
+    classifier: Classifier,
+    data_dir: str | Path,
+    name: str | None = None,
+    download: bool = False,
+    fit_images: int | None = None,
+    seed: int = 0,
+    settings: OODSettings = OODSettings(),
+) -> OODDetector:
+    """Fit the named detector (None: DEFAULT_DETECTOR) now, as evaluate.py does: on the run's own training split
+    (or `fit_images` of it, drawn with `seed`), thresholded on its validation split (settings.threshold)."""
+    name = name or DEFAULT_DETECTOR
+    if name not in NAMES:
+        raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)} "
+                             f"(ood.detector=knn).")  # fmt: skip
+    split = {k: classifier.config.get("data", {})[k] for k in ("val_fraction", "split_seed")
+             if k in classifier.config.get("data", {})}  # fmt: skip
+    datamodule = CIFAR10DataModule(str(data_dir), download=download, **split)
+    datamodule.prepare_data()  # a missing or corrupt data folder fails here, naming the fix
+    datamodule.load_state_dict(classifier.normalization)
+    datamodule.setup("fit")
+    arrays = datamodule.arrays
+    layers = [check_layers(classifier.model, settings)[1]] if name == MEAN_ACTIVATION else []
+    val = classifier.features(arrays.train_images[datamodule.val_idx], layers, description="Features: validation")
+    if name == MEAN_ACTIVATION:
+        state: dict[str, Any] = {"layer": layers[0], "direction": settings.direction}
+    else:
+        fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
+        fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")
+        state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings.detector)
+    unthresholded = OODDetector(name, 0.0, tuple(layers), "fitted now", state)
+    threshold = settings.threshold.choose(unthresholded.score(val))
+    return OODDetector(name, float(threshold), tuple(layers), "fitted now", state)

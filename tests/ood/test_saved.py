@@ -1,0 +1,141 @@
+"""ood_detectors.pt: evaluate.py saves every detector it measured; loaded back, each one flags the test and OOD
+images exactly as evaluate.py's tables say; files of another checkpoint, tampered files and unknown names are
+refused; fit_detector fits the same detector evaluate.py fits."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from cifar_lightning.data import load_cifar10
+from cifar_lightning.evaluation import evaluate
+from cifar_lightning.inference import Classifier
+from cifar_lightning.ood.detectors import DETECTOR_LABELS
+from cifar_lightning.ood.saved import (
+    DEFAULT_DETECTOR,
+    DETECTORS_FILE,
+    MEAN_ACTIVATION,
+    DetectorsError,
+    find_detectors,
+    fit_detector,
+    load_detector,
+)
+from cifar_lightning.ood.sets import noise_images
+from tests.conftest import compose_evaluate
+
+FIT_IMAGES = 3000
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, data_dir, tmp_path_factory):
+    """evaluate() with OOD on one small noise set; logs/evaluate/runs/<run>/ as evaluate.py lays it out."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    out = log_dir / "evaluate" / "runs" / "first"
+    cfg = compose_evaluate([
+        f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"ood.fit_images={FIT_IMAGES}", "ood.gallery_size=0",
+        "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "~ood.sets.gaussian_noise",
+        "ood.sets.uniform_noise.n=500", "gallery.size=0", "gradcam.count=0",
+    ], out, ood=True)  # fmt: skip
+    evaluate(cfg)
+    return log_dir, out
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_run):
+    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")
+
+
+def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, data_dir):
+    _, out = evaluated
+    ood = json.loads((out / "ood.json").read_text())
+    test_images = load_cifar10(str(data_dir)).test_images
+    seed = int(ood["sets"]["uniform_noise"]["source"].rsplit("seed=", 1)[1])
+    noise = noise_images("uniform", 500, seed)
+    for name in [*DETECTOR_LABELS, MEAN_ACTIVATION]:
+        detector = load_detector(out / DETECTORS_FILE, classifier, name)
+        row = ood["detectors"][name if name != MEAN_ACTIVATION else f"mean activation ({ood['mean_activation_layer']})"]
+        metrics = row["uniform_noise"]
+        assert detector.threshold == pytest.approx(metrics["threshold"], rel=1e-12, abs=1e-12), name
+        id_scores = detector.score(classifier.features(test_images, list(detector.layers)))
+        assert (~detector.is_ood(id_scores)).double().mean().item() == pytest.approx(metrics["id_kept"], abs=1e-12)
+        ood_scores = detector.score(classifier.features(noise, list(detector.layers)))
+        assert detector.is_ood(ood_scores).double().mean().item() == pytest.approx(metrics["ood_caught"], abs=1e-12)
+
+
+def test_the_default_is_knn_and_found_by_checkpoint(evaluated, classifier, tmp_path, tiny_run):
+    log_dir, out = evaluated
+    assert DEFAULT_DETECTOR == "knn"
+    assert find_detectors(classifier, log_dir) == out / DETECTORS_FILE
+    assert load_detector(out / DETECTORS_FILE, classifier).name == "knn"
+    other_ckpt = tmp_path / "other.ckpt"  # the same weights in a different file: another checkpoint
+    checkpoint = torch.load(tiny_run[0] / "checkpoints" / "best.ckpt", weights_only=True)
+    checkpoint["epoch"] = 99
+    torch.save(checkpoint, other_ckpt)
+    other = Classifier.load(other_ckpt, device="cpu")
+    assert find_detectors(other, log_dir) is None
+    with pytest.raises(DetectorsError, match="fitted for another checkpoint"):
+        load_detector(out / DETECTORS_FILE, other)
+
+
+def test_unknown_name_lists_the_saved_ones(evaluated, classifier):
+    with pytest.raises(DetectorsError, match="holds no detector 'odin'; it holds msp, energy"):
+        load_detector(evaluated[1] / DETECTORS_FILE, classifier, "odin")
+
+
+def test_tampered_and_damaged_files_are_refused(evaluated, classifier, tmp_path):
+    record = torch.load(evaluated[1] / DETECTORS_FILE, weights_only=True)
+    record["detectors"]["knn"]["state"]["hook"] = torch.nn.ReLU()  # an object: unpickling could run code
+    torch.save(record, tmp_path / "tampered.pt")
+    with pytest.raises(DetectorsError, match="not a safe OOD detectors file"):
+        load_detector(tmp_path / "tampered.pt", classifier)
+    whole = (evaluated[1] / DETECTORS_FILE).read_bytes()
+    (tmp_path / "short.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DetectorsError, match="truncated or corrupt"):
+        load_detector(tmp_path / "short.pt", classifier)
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(DetectorsError, match="not a usable OOD detectors file"):
+        load_detector(tmp_path / "foreign.pt", classifier)
+    with pytest.raises(DetectorsError, match="does not exist"):
+        load_detector(tmp_path / "missing.pt", classifier)
+
+
+def test_a_newer_unrelated_file_does_not_hide_the_right_one(evaluated, classifier, tmp_path):
+    log_dir = tmp_path / "logs"
+    right = log_dir / "evaluate" / "runs" / "a" / DETECTORS_FILE
+    right.parent.mkdir(parents=True)
+    shutil.copy(evaluated[1] / DETECTORS_FILE, right)
+    newer = log_dir / "evaluate" / "runs" / "b" / DETECTORS_FILE
+    newer.parent.mkdir(parents=True)
+    newer.write_bytes(b"damaged")
+    assert find_detectors(classifier, log_dir) == right
+
+
+@pytest.mark.parametrize("name", ["knn", "mahalanobis", MEAN_ACTIVATION])
+def test_fit_detector_fits_what_evaluate_saved(evaluated, classifier, data_dir, name):
+    saved = load_detector(evaluated[1] / DETECTORS_FILE, classifier, name)
+    fitted = fit_detector(classifier, data_dir, name, fit_images=FIT_IMAGES, seed=0)
+    assert fitted.source == "fitted now" and fitted.layers == saved.layers
+    assert fitted.threshold == pytest.approx(saved.threshold, rel=1e-9)
+    images = noise_images("gaussian", 64, 3)
+    torch.testing.assert_close(fitted.score(classifier.features(images, list(fitted.layers))),
+                               saved.score(classifier.features(images, list(saved.layers))))  # fmt: skip
+
+
+def test_fit_detector_refuses_an_unknown_name(classifier, data_dir):
+    with pytest.raises(DetectorsError, match="unknown OOD detector 'odin'"):
+        fit_detector(classifier, data_dir, "odin")
+
+
+def test_a_detector_pickles_as_its_state(evaluated, classifier):
+    """serve.py's worker processes receive the detector pickled: it travels as tensors and rebuilds its scorer."""
+    import pickle
+
+    images = noise_images("gaussian", 32, 5)
+    for name in ("knn", MEAN_ACTIVATION):
+        detector = load_detector(evaluated[1] / DETECTORS_FILE, classifier, name)
+        features = classifier.features(images, list(detector.layers))
+        before = detector.score(features)  # the scorer is built: pickling must still leave it out
+        copy = pickle.loads(pickle.dumps(detector))
+        assert copy == detector and copy.threshold == detector.threshold
+        torch.testing.assert_close(copy.score(features), before)

@@ -1,0 +1,82 @@
+"""predict.py as a user runs it: a folder of every image format, with a truncated JPEG and a text file, gives
+one row per file (the unreadable two listed with their reasons), a summary table and images/s; no input files
+or a bad checkpoint stop with one `error:` line, exit status 2, and nothing written but Hydra's own files."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import ROOT
+from tests.test_evaluate_cli import assert_refused
+from tests.test_images import write_every_format
+
+HYDRA_FILES = {".hydra", "predict.log"}
+
+
+def run_predict(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "predict.py", f"paths.log_dir={log_dir}", "progress=false", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def run_directory(log_dir: Path) -> Path:
+    (out,) = (log_dir / "predict" / "runs").iterdir()
+    return out
+
+
+def test_every_format_in_a_folder(tiny_run, tmp_path):
+    folder = tmp_path / "mixed"
+    expected = write_every_format(folder)
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(folder / ".hidden.png")  # skipped: hidden
+    (folder / "sub").mkdir()
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(folder / "sub" / "red.png")  # read: subfolders are
+    expected["sub/red.png"] = "ok"
+    logs = tmp_path / "logs"
+    result = run_predict(f"run_dir={tiny_run[0]}", f"inputs={folder}", "top_k=2", log_dir=logs)
+    assert result.returncode == 0, result.stderr
+    out = run_directory(logs)
+
+    with (out / "predictions.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    names = [str(Path(row["file"]).relative_to(folder)) for row in rows]
+    assert names == sorted(expected)  # one row per file, sorted by path, the hidden one left out
+    for row, name in zip(rows, names):
+        if expected[name] == "ok":
+            assert row["status"] == "ok" and row["error"] == "", row
+            probabilities = [float(row["probability_1"]), float(row["probability_2"])]
+            assert row["class_1"] != row["class_2"] and 1 >= probabilities[0] >= probabilities[1] > 0
+        else:
+            assert row["status"] == "error" and expected[name] in row["error"], row
+            assert row["class_1"] == row["probability_1"] == ""
+        assert row["ood_score"] == row["ood"] == ""  # no detector saved for this checkpoint
+
+    record = json.loads((out / "predictions.json").read_text())
+    assert record["counts"] == {"files": len(expected), "predicted": len(expected) - 2, "errors": 2, "ood": None}
+    assert record["ood"] is None and all(len(e["top_k"]) == (2 if e["status"] == "ok" else 0)
+                                         for e in record["predictions"])  # fmt: skip
+    assert "no OOD detector saved" in result.stdout + result.stderr  # a warning logged by Hydra
+    assert f"{len(expected) - 2} of {len(expected)} files predicted" in result.stdout
+    assert "images/s" in result.stdout and "not read: " in result.stdout and "truncated.jpg" in result.stdout
+
+
+def test_no_input_files_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    logs = tmp_path / "logs"
+    result = run_predict("ckpt=any.ckpt", f"inputs={tmp_path / 'empty'}", log_dir=logs)
+    assert_refused(result, "no files to predict", "holds no file", "inputs")
+    assert {p.name for p in run_directory(logs).iterdir()} <= HYDRA_FILES
+
+
+def test_a_bad_checkpoint_is_refused(tmp_path):
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32)).save(image)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    logs = tmp_path / "logs"
+    assert_refused(run_predict(f"ckpt={bad}", f"inputs={image}", log_dir=logs), str(bad), "Fix:")
+    assert {p.name for p in run_directory(logs).iterdir()} <= HYDRA_FILES

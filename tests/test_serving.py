@@ -1,0 +1,263 @@
+"""serve.py as a user runs it: a real server in a subprocess on a free port, with dynamic batching and an OOD
+detector fitted at startup (ood.fit=true on a small fit set). A valid image gets the model's own top-k answer,
+its OOD verdict and Grad-CAM overlay; each class of bad upload gets a 4xx JSON error and the server keeps serving,
+even when bad uploads share a batch with good ones; SIGTERM stops every process it started. Bad settings stop
+serve.py before anything is served, with one `error:` line and exit status 2."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.gradcam import OVERLAY_SIZE, gradcam_pngs
+from cifar_lightning.images import load_image
+from cifar_lightning.ood.saved import fit_detector
+from cifar_lightning.serving import ClassifierAPI, decode_payload, encode_payload, serve
+from tests.conftest import CONF_DIR, ROOT
+from tests.serving_fixtures import PNG, Server, cifar_test_pngs, free_port
+from tests.test_evaluate_cli import assert_refused
+
+pytest_plugins = ("tests.serving_fixtures",)  # the shared `server` and `classifier` fixtures
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG of any size, written row by row: a file of kilobytes whose pixels take gigabytes
+    (the shape of a decompression bomb), made without ever holding those pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the bits
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def predict(server: Server, body: bytes, gradcam: bool = False, as_form: bool = True) -> dict:
+    params = {"gradcam": "1"} if gradcam else {}
+    kwargs = {"files": {"file": ("image.png", body, "image/png")}} if as_form else {"content": body}
+    response = httpx.post(f"{server.url}/predict", params=params, timeout=60, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_web_page_is_self_contained(server):
+    response = httpx.get(f"{server.url}/", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for element in ('id="drop-zone"', 'id="file-input"', 'id="bars"', 'id="gradcam"', 'id="verdict"'):
+        assert element in page
+    assert "http://" not in page and "https://" not in page and "//cdn" not in page  # nothing from the internet
+
+
+def test_a_valid_image_gets_the_models_answer(server, classifier):
+    info = httpx.get(f"{server.url}/info", timeout=30).json()["model"]
+    for body, _ in cifar_test_pngs(3):
+        answer = predict(server, body)
+        assert predict(server, body, as_form=False) == answer  # the raw body is read like the form field
+        expected = classifier.predict(load_image(body)[None])
+        probabilities, indices = expected.top_k(3)
+        assert [entry["class"] for entry in answer["top_k"]] == [classifier.classes[i] for i in indices[0]]
+        assert [entry["index"] for entry in answer["top_k"]] == indices[0].tolist()
+        np.testing.assert_allclose([entry["probability"] for entry in answer["top_k"]], probabilities[0], rtol=1e-4)
+        assert (answer["class"], answer["probability"]) == (answer["top_k"][0]["class"],
+                                                            answer["top_k"][0]["probability"])  # fmt: skip
+        ood = answer["ood"]
+        assert ood["detector"] == info["ood"]["detector"] == "knn" and ood["threshold"] == info["ood"]["threshold"]
+        assert ood["is_ood"] == (ood["score"] > ood["threshold"])
+        assert ood["verdict"] == ("out-of-distribution" if ood["is_ood"] else "in-distribution")
+        assert "gradcam" not in answer
+
+
+def test_gradcam_overlay_of_the_top_class(server, classifier):
+    body, _ = cifar_test_pngs(1)[0]
+    answer = predict(server, body, gradcam=True)
+    cam = answer["gradcam"]
+    assert (cam["class"], cam["layer"]) == (answer["class"], "conv3")  # the last Conv2d of the seed CNN
+    with Image.open(io.BytesIO(base64.b64decode(cam["png_base64"]))) as image:
+        served = np.asarray(image.convert("RGB"))
+    assert served.shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)
+    (expected,) = gradcam_pngs(classifier.model, "conv3", load_image(body)[None], classifier.normalize,
+                               [answer["top_k"][0]["index"]])  # fmt: skip
+    with Image.open(io.BytesIO(expected)) as image:
+        here = np.asarray(image.convert("RGB"))
+    assert np.abs(served.astype(int) - here.astype(int)).mean() < 2  # the same map (float noise aside)
+
+
+def over_the_limit_in_chunks() -> Iterator[bytes]:
+    """25 MB sent without a Content-Length (chunked): only counting while reading can refuse it."""
+    for _ in range(25):
+        yield b"\0" * 1_000_000
+
+
+BAD_UPLOADS = {
+    "empty body": (dict(content=b""), 400, "empty"),
+    "not an image": (dict(content=b"hello, this is text"), 400, "not an image"),
+    "truncated PNG": (dict(content=PNG[: len(PNG) // 2]), 400, "damaged or truncated"),
+    "50 MB body": (dict(content=b"\0" * 50_000_000), 413, "over the server's limit of 20 MB"),
+    "over the limit, chunked": (dict(content=over_the_limit_in_chunks), 413, "over the server's limit of 20 MB"),
+    "20000 x 20000 image": (dict(content=blank_png(20_000, 20_000)), 400, "decompression bomb"),
+    "decompression bomb": (dict(content=blank_png(7_000, 7_000)), 400, "over the limit of 40,000,000 (max_pixels)"),
+    "form without a file field": (dict(files={"image": ("a.png", PNG, "image/png")}), 400, "no file field named"),
+    "text form field": (dict(data={"file": "not a file"}, files={"other": ("a", b"x")}), 400, "no file field named"),
+    "broken multipart": (dict(content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}), 400,
+                         "multipart form cannot be read"),
+    "bad gradcam flag": (dict(content=PNG, params={"gradcam": "perhaps"}), 400, "gradcam='perhaps'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_UPLOADS)
+def test_a_bad_upload_gets_a_json_error_and_the_server_keeps_serving(server, case):
+    kwargs, status, text = BAD_UPLOADS[case]
+    if callable(kwargs.get("content")):
+        kwargs = {**kwargs, "content": kwargs["content"]()}
+    response = httpx.post(f"{server.url}/predict", timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert isinstance(error, str) and text in error, error
+    assert server.alive()
+
+
+def test_bad_uploads_in_a_batch_fail_alone(server):
+    """Good and bad uploads sent at once (so that the server batches them): each good one gets the answer it gets
+    alone, each bad one its own 4xx."""
+    goods = cifar_test_pngs(6)
+    alone = [predict(server, body) for body, _ in goods]
+    bads = [b"", b"not an image", PNG[:100], blank_png(7_000, 7_000)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            bodies = [body for pair in zip([b for b, _ in goods], bads + bads) for body in pair]
+            return await asyncio.gather(*(client.post("/predict", content=body) for body in bodies))
+
+    responses = asyncio.run(send_all())
+    for good, response in zip(alone, responses[0::2]):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert [e["class"] for e in answer["top_k"]] == [e["class"] for e in good["top_k"]]
+        np.testing.assert_allclose([e["probability"] for e in answer["top_k"]],
+                                   [e["probability"] for e in good["top_k"]], rtol=1e-4)  # fmt: skip
+        assert answer["ood"]["is_ood"] == good["ood"]["is_ood"]
+    assert all(response.status_code == 400 and response.json()["error"] for response in responses[1::2])
+    assert server.alive()
+
+
+def test_errors_are_json_everywhere(server):
+    missing = httpx.get(f"{server.url}/no/such/page", timeout=30)
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    wrong_method = httpx.get(f"{server.url}/predict", timeout=30)
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def compose_serve(*overrides: str) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose(config_name="serve", overrides=list(overrides))
+
+
+BAD_SETTINGS = {
+    "host=example.org": "127.0.0.1, 0.0.0.0, ::",
+    "port=80": "from 1024 to 65535",
+    "device=tpu": "auto, cpu, gpu",
+    "tta=3": "must be one of 0, 1, 2",
+    "top_k=11": "from 1 to 10",
+    "max_batch_size=0": "positive integer",
+    "batch_timeout=-1": ">= 0",
+    "batch_timeout=30": "< 30",
+    "workers_per_device=0": "positive integer",
+    "cpu_threads=0": "positive integer or null",
+    "max_upload_mb=0": "positive number of megabytes",
+    "max_pixels=0": "positive integer",
+    "log_level=loud": "critical, error, warning, info",
+    "ood.fit=yes": "true or false",
+    "ood.fit_images=0": "positive integer or null",
+    "ood.detector=odin": "msp, energy, max_logit, mahalanobis, knn, vim, mean_activation",
+}
+
+
+@pytest.mark.parametrize("override", BAD_SETTINGS)
+def test_a_bad_setting_is_refused_before_anything_loads(override, tmp_path):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"invalid `{key}` config: .*{BAD_SETTINGS[override]}.*python serve.py"):
+        serve(compose_serve(f"ckpt={tmp_path / 'never_read.ckpt'}", override))
+
+
+def test_checkpoint_choice_is_refused_with_the_fix(tmp_path, tiny_run):
+    with pytest.raises(ConfigError, match="neither ckpt nor run_dir.*ckpt=.*run_dir="):
+        serve(compose_serve())
+    with pytest.raises(ConfigError, match="both ckpt and run_dir"):
+        serve(compose_serve("ckpt=a.ckpt", f"run_dir={tmp_path}"))
+    with pytest.raises(CheckpointError, match="holds no checkpoints/best.ckpt"):
+        serve(compose_serve(f"run_dir={tmp_path}"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        serve(compose_serve(f"ckpt={tmp_path / 'missing.ckpt'}"))
+    run = tiny_run[0]
+    with pytest.raises(ConfigError, match="no layer 'conv9'.*conv3"):
+        serve(compose_serve(f"run_dir={run}", "gradcam.layer=conv9", "ood.enabled=false", f"port={free_port()}"))
+
+
+def test_ood_choices_are_refused_with_the_fix(tmp_path, tiny_run):
+    run = tiny_run[0]
+    with pytest.raises(ConfigError, match="give one of them"):
+        serve(compose_serve(f"run_dir={run}", "ood.fit=true", f"ood.file={tmp_path / 'ood_detectors.pt'}"))
+    with pytest.raises(CifarLightningError, match="does not exist.*ood.fit=true"):
+        serve(compose_serve(f"run_dir={run}", f"ood.file={tmp_path / 'ood_detectors.pt'}", f"port={free_port()}"))
+
+
+def test_a_busy_port_is_refused(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}.*port={port + 1}"):
+            serve(compose_serve(f"ckpt={tmp_path / 'never_read.ckpt'}", f"port={port}"))
+
+
+def test_cli_bad_checkpoint_is_one_error_line(tmp_path):
+    short = tmp_path / "short.ckpt"
+    short.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    result = subprocess.run([sys.executable, "serve.py", f"ckpt={short}", f"port={free_port()}",
+                             f"paths.log_dir={tmp_path / 'logs'}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert_refused(result, str(short))
+
+
+def test_payload_keeps_the_pixels():
+    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    request = decode_payload(json.loads(encode_payload(pixels, True)))
+    assert torch.equal(request.pixels, pixels) and request.gradcam is True
+
+
+def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classifier, data_dir):
+    """LitServe spawns its workers and pickles the ClassifierAPI into them (standard pickle); the detector's scorer
+    is a closure (here the mean-activation one, a lambda), which must arrive and score as it did."""
+    detector = fit_detector(classifier, data_dir, "mean_activation")
+    api = ClassifierAPI(classifier.checkpoint_path, 0, 3, "conv3", detector, max_batch_size=4, batch_timeout=0.01)
+    copy = pickle.loads(pickle.dumps(api))
+    images = torch.stack([load_image(body) for body, _ in cifar_test_pngs(4)])
+    features = classifier.features(images, layers=list(detector.layers))
+    assert torch.equal(copy.detector.score(features), detector.score(features))
+    assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == ("mean_activation",
+                                                                                 detector.threshold, 4)  # fmt: skip
+    copy.setup("cpu")
+    answers = copy.predict([decode_payload(json.loads(encode_payload(image, False))) for image in images])
+    assert [answer["ood"]["score"] for answer in answers] == pytest.approx(detector.score(features).tolist())
