@@ -48,12 +48,11 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.errors import CifarLightningError, ConfigError, is_int
 from cifar_lightning.images import INPUT_SIZE
 from cifar_lightning.inference import Classifier
-from cifar_lightning.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -272,28 +271,6 @@ def check_settings(cfg: DictConfig) -> None:
             )
 
 
-def checkpoint_path(cfg: DictConfig) -> Path:
-    """The checkpoint to export: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one must be given)."""
-    ckpt, run_dir = cfg.get("ckpt"), cfg.get("run_dir")
-    if (ckpt is None) == (run_dir is None):
-        given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
-        raise ConfigError(
-            f"export.py needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, python export.py "
-            f"ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt, or a train.py run directory, python "
-            f"export.py run_dir=logs/train/runs/<date>_<time> (its best.ckpt is exported)."
-        )
-    if ckpt is not None:
-        return Path(str(ckpt)).expanduser()
-    run = RunDir(str(run_dir))
-    if not run.best_checkpoint.is_file():
-        problem = "does not exist" if not run.root.is_dir() else f"holds no {run.best_checkpoint.relative_to(run.root)}"
-        raise CheckpointError(
-            f"the run directory {run.root} {problem}. Fix: pass a directory that train.py wrote "
-            f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
-        )
-    return run.best_checkpoint
-
-
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -326,7 +303,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     check_settings(cfg)
-    path = checkpoint_path(cfg)
+    path = chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "export.py")
     classifier = Classifier.load(path, device="cpu", tta=0)
     images = load_cifar10(cfg.data.data_dir, cfg.data.download).test_images[: cfg.check.images]
 

@@ -21,7 +21,6 @@ from cifar_lightning.exporting import (
     NormalizedClassifier,
     ParityError,
     check_settings,
-    checkpoint_path,
     export,
     export_model,
     load_exported,
@@ -157,10 +156,11 @@ def test_bad_settings_are_refused(override, expected):
 
 
 def test_exactly_one_checkpoint_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="neither ckpt nor run_dir"):
-        checkpoint_path(compose_export([]))
-    with pytest.raises(ConfigError, match="both ckpt and run_dir"):
-        checkpoint_path(compose_export(["ckpt=a.ckpt", f"run_dir={tmp_path}"]))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="export.py needs exactly one checkpoint, but neither ckpt nor run_dir"):
+        export(compose_export([], out))
+    with pytest.raises(ConfigError, match="export.py needs exactly one checkpoint, but both ckpt and run_dir"):
+        export(compose_export(["ckpt=a.ckpt", f"run_dir={tmp_path}"], out))
     with pytest.raises(CheckpointError, match="holds no checkpoints/best.ckpt"):
-        checkpoint_path(compose_export([f"run_dir={tmp_path}"]))
-    assert checkpoint_path(compose_export(["ckpt=a.ckpt"])) == Path("a.ckpt")
+        export(compose_export([f"run_dir={tmp_path}"], out))
+    assert not out.exists()
