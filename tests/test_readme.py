@@ -88,7 +88,7 @@ def test_every_key_of_every_option_is_named(path):
     assert not missing, f"README does not name the key(s) {missing} of {group}={path.stem}"
 
 
-@pytest.mark.parametrize("entry", ["train", "evaluate", "predict", "serve"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "predict", "export", "serve"])
 def test_every_top_level_setting_is_named(entry):
     missing = [key for key in leaf_keys(load_yaml(CONF_DIR / f"{entry}.yaml")) if not named(key)]
     assert not missing, f"README does not name {entry}.yaml's setting(s) {missing}"
