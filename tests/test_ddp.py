@@ -160,6 +160,7 @@ def test_three_processes_with_uneven_shards_finish(data_dir, tmp_path):
     assert metrics["world_size"] == 3
 
 
+@pytest.mark.slow  # a local sweep of DDP jobs: process starts (about 15 s here); runs with -m slow
 def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
     result = run([sys.executable, "train.py", "-m", *DDP_CPU, "trainer.devices=2", "seed=0",
                   f"data.data_dir={data_dir}"], tmp_path / "logs", timeout=120)  # fmt: skip
@@ -170,6 +171,7 @@ def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
     assert "Initializing distributed" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # torchrun and its processes start (about 15 s here); runs with -m slow
 def test_torchrun_without_a_shared_run_directory_is_refused(data_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     result = run([*torchrun, "train.py", *DDP_CPU, "trainer.devices=2", f"data.data_dir={data_dir}"],

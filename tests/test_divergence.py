@@ -41,6 +41,7 @@ def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path
     assert "training diverged" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow  # a whole sweep; test_ablation_sweep checks that a failed job does not stop one
 def test_a_diverged_job_does_not_stop_the_sweep_and_is_listed_apart(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "-m", f"paths.log_dir={tmp_path}", *QUIET, "+ablation=base", "ablation.seeds=1",

@@ -41,6 +41,7 @@ def test_missing_checkpoint(tmp_path):
     assert_refused(run_evaluate(f"ckpt={missing}", log_dir=tmp_path / "logs"), str(missing), "does not exist")
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_truncated_checkpoint(tmp_path):
     whole, short = tmp_path / "whole.ckpt", tmp_path / "short.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in SeedCNN().state_dict().items()}}, whole)
@@ -48,6 +49,7 @@ def test_truncated_checkpoint(tmp_path):
     assert_refused(run_evaluate(f"ckpt={short}", log_dir=tmp_path / "logs"), str(short), "truncated or corrupt")
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_neither_ckpt_nor_run_dir(tmp_path):
     assert_refused(run_evaluate(log_dir=tmp_path / "logs"), "neither ckpt nor run_dir", "ckpt=", "run_dir=")
 

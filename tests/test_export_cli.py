@@ -62,6 +62,7 @@ def test_a_run_directory_is_exported_and_verified(tiny_run, data_dir, tmp_path):
     )
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_a_failed_parity_check_exits_1(tiny_run, data_dir, tmp_path):
     """No tolerance at all: onnxruntime's float32 kernels differ from PyTorch's in the last bits."""
     ckpt = tiny_run[0] / "checkpoints" / "best.ckpt"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -64,6 +65,7 @@ def test_every_format_in_a_folder(tiny_run, tmp_path):
     assert "images/s" in result.stdout and "not read: " in result.stdout and "truncated.jpg" in result.stdout
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_no_input_files_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     logs = tmp_path / "logs"
@@ -72,6 +74,7 @@ def test_no_input_files_is_refused(tmp_path):
     assert {p.name for p in run_directory(logs).iterdir()} <= HYDRA_FILES
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_a_bad_checkpoint_is_refused(tmp_path):
     image = tmp_path / "cat.png"
     Image.new("RGB", (32, 32)).save(image)

@@ -232,6 +232,7 @@ def test_a_busy_port_is_refused(tmp_path):
             serve(compose_serve(f"ckpt={tmp_path / 'never_read.ckpt'}", f"port={port}"))
 
 
+@pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_cli_bad_checkpoint_is_one_error_line(tmp_path):
     short = tmp_path / "short.ckpt"
     short.write_bytes(b"PK\x03\x04 not a whole checkpoint")

@@ -50,13 +50,19 @@ def assert_refused(result: subprocess.CompletedProcess, log_dir: Path, before: d
     return result.stderr
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
         ("model.dropout=1.5", ["invalid `model` config", "dropout must be a probability in [0, 1)"]),
-        ("optim.lr=-1", ["invalid `optim` config", "Invalid learning rate: -1"]),
-        ("model.batch_norm=some", ["invalid `model` config", "batch_norm must be one of none, first, all"]),
-        ("loss.label_smoothing=-0.1", ["invalid `loss` config", "label_smoothing must be in [0, 1)"]),
+        # One CLI start each (about 10 s): the first runs by default, the others with -m slow.
+        pytest.param("optim.lr=-1", ["invalid `optim` config", "Invalid learning rate: -1"], marks=SLOW),
+        pytest.param("model.batch_norm=some", ["invalid `model` config", "batch_norm must be one of none, first, all"],
+                     marks=SLOW),
+        pytest.param("loss.label_smoothing=-0.1", ["invalid `loss` config", "label_smoothing must be in [0, 1)"],
+                     marks=SLOW),
     ],
 )
 def test_invalid_value_stops_with_a_one_line_reason(override, expected, data_dir, log_dir):

@@ -52,14 +52,16 @@ def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, 
     test_images = load_cifar10(str(data_dir)).test_images
     seed = int(ood["sets"]["uniform_noise"]["source"].rsplit("seed=", 1)[1])
     noise = noise_images("uniform", 500, seed)
-    for name in [*DETECTOR_LABELS, MEAN_ACTIVATION]:
-        detector = load_detector(out / DETECTORS_FILE, classifier, name)
+    detectors = [load_detector(out / DETECTORS_FILE, classifier, name) for name in [*DETECTOR_LABELS, MEAN_ACTIVATION]]
+    layers = sorted({layer for detector in detectors for layer in detector.layers})
+    id_features, ood_features = classifier.features(test_images, layers), classifier.features(noise, layers)
+    for detector in detectors:
+        name = detector.name
         row = ood["detectors"][name if name != MEAN_ACTIVATION else f"mean activation ({ood['mean_activation_layer']})"]
         metrics = row["uniform_noise"]
         assert detector.threshold == pytest.approx(metrics["threshold"], rel=1e-12, abs=1e-12), name
-        id_scores = detector.score(classifier.features(test_images, list(detector.layers)))
+        id_scores, ood_scores = detector.score(id_features), detector.score(ood_features)
         assert (~detector.is_ood(id_scores)).double().mean().item() == pytest.approx(metrics["id_kept"], abs=1e-12)
-        ood_scores = detector.score(classifier.features(noise, list(detector.layers)))
         assert detector.is_ood(ood_scores).double().mean().item() == pytest.approx(metrics["ood_caught"], abs=1e-12)
 
 
