@@ -92,6 +92,7 @@ def start_server(ckpt: str, port: int, batch_size: int, batch_timeout: float, ex
     command = [sys.executable, "serve.py", f"ckpt={ckpt}", f"port={port}", f"max_batch_size={batch_size}",
                f"batch_timeout={batch_timeout}", "log_level=warning", *extra]  # fmt: skip
     print("$", " ".join(command[1:]), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
