@@ -25,9 +25,9 @@ def run_evaluate(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def assert_refused(result: subprocess.CompletedProcess, *expected: str) -> str:
-    """Exit status 2 and exactly one `error:` line holding each expected text, no traceback."""
-    assert result.returncode == 2, result.stdout + result.stderr
+def assert_refused(result: subprocess.CompletedProcess, *expected: str, status: int = 2) -> str:
+    """Exit status `status` (2: bad input) and exactly one `error:` line holding each expected text, no traceback."""
+    assert result.returncode == status, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr

@@ -17,6 +17,7 @@ from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.exporting import export
 from tests.conftest import ROOT
+from tests.test_evaluate_cli import assert_refused
 from tests.test_exporting import compose_export
 
 
@@ -25,17 +26,6 @@ def run_export(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
         [sys.executable, "export.py", f"paths.log_dir={log_dir}", *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-
-
-def error_line(result: subprocess.CompletedProcess, status: int, *expected: str) -> str:
-    """Exit status `status` and exactly one `error:` line holding each expected text, no traceback."""
-    assert result.returncode == status, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for text in expected:
-        assert text in errors[0], errors[0]
-    return errors[0]
 
 
 def only_run_dir(log_dir: Path) -> Path:
@@ -69,8 +59,8 @@ def test_a_failed_parity_check_exits_1(tiny_run, data_dir, tmp_path):
     overrides = [f"ckpt={ckpt}", f"data.data_dir={data_dir}", "check.images=200", "check.max_abs_diff=0"]
     result = run_export(*overrides, log_dir=tmp_path / "logs")
     out = only_run_dir(tmp_path / "logs")
-    error_line(result, 1, f"the exported {out / 'model.onnx'} does not reproduce the PyTorch model on 200 "
-                          "CIFAR-10 test images: max |logit difference|", "> check.max_abs_diff 0.")  # fmt: skip
+    expected = f"the exported {out / 'model.onnx'} does not reproduce the PyTorch model on 200 CIFAR-10 test images"
+    assert_refused(result, f"{expected}: max |logit difference|", "> check.max_abs_diff 0.", status=1)
     summary = json.loads((out / "export.json").read_text())
     assert summary["parity"]["passed"] is False and summary["parity"]["max_abs_diff"] > 0
     assert "parity on 200 CIFAR-10 test images through onnxruntime (CPUExecutionProvider)" in result.stdout
@@ -79,7 +69,7 @@ def test_a_failed_parity_check_exits_1(tiny_run, data_dir, tmp_path):
 
 def test_a_missing_checkpoint_exits_2(tmp_path):
     missing = tmp_path / "no.ckpt"
-    error_line(run_export(f"ckpt={missing}", log_dir=tmp_path / "logs"), 2, str(missing), "does not exist")
+    assert_refused(run_export(f"ckpt={missing}", log_dir=tmp_path / "logs"), str(missing), "does not exist")
 
 
 def test_a_tampered_checkpoint_and_an_unknown_format_are_refused(tiny_run, data_dir, tmp_path):
