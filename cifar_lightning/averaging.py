@@ -24,6 +24,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from cifar_lightning.errors import is_number
+
 MODES = ("ema", "lookahead")
 
 
@@ -57,11 +59,11 @@ class AveragedWeights(L.Callback):
     def __init__(self, mode: str = "ema", decay: float = 0.999, every_n_steps: int = 1, ramp_power: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}; e.g. averaging=ema")
-        if not _is_number(decay) or not 0.0 < decay < 1.0:
+        if not is_number(decay) or not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay!r}; e.g. averaging.decay=0.999")
         if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
-        if not _is_number(ramp_power) or ramp_power < 0:
+        if not is_number(ramp_power) or ramp_power < 0:
             raise ValueError(f"ramp_power must be >= 0, got {ramp_power!r}")
         self.mode, self.decay, self.every_n_steps, self.ramp_power = mode, float(decay), every_n_steps, ramp_power
         self.average: dict[str, Tensor] | None = None
@@ -135,6 +137,3 @@ class AveragedWeights(L.Callback):
         if trainer.state.fn == "fit" and "averaged_weights" in checkpoint:
             self._resumed_live = checkpoint["averaged_weights"]["live"]
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -7,6 +7,7 @@ checkpoint carries and must match its weights exactly.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,12 @@ def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> P
             f"(run_dir=logs/train/runs/<date>_<time>), or a checkpoint file directly with ckpt=<path>."
         )
     return best
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file (a checkpoint, an exported model), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -4,6 +4,8 @@ Entry points print these without a traceback and exit non-zero; anything else is
 keeps its traceback.
 """
 
+import math
+
 
 class CifarLightningError(Exception):
     """Base class of user-fixable errors (bad config, data or checkpoint)."""
@@ -33,6 +35,21 @@ class TrainingDiverged(CifarLightningError):
     def __init__(self, message: str, step: int, epoch: int, loss: float) -> None:
         super().__init__(message)
         self.step, self.epoch, self.loss = step, epoch, loss
+
+
+def invalid_setting(entry: str, outcome: str, key: str, problem: str, example: str) -> ConfigError:
+    """The error for a bad value of an entry point's own setting: `entry` names the script and its config
+    (python <entry>.py, conf/<entry>.yaml), `outcome` what did not happen (e.g. "nothing was predicted")."""
+    return ConfigError(
+        f"invalid `{key}` config: {problem}. Fix the value on the command line (python {entry}.py {example}) "
+        f"or in conf/{entry}.yaml; {outcome}."
+    )
+
+
+def is_number(value: object, finite: bool = False) -> bool:
+    """True for an int or float (not a bool); with finite, also not inf or nan."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and (not finite or math.isfinite(value))
 
 
 def is_int(value: object, minimum: int) -> bool:

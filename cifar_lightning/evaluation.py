@@ -35,7 +35,7 @@ from torchmetrics.classification import (
 
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.errors import ConfigError, is_int
+from cifar_lightning.errors import ConfigError, invalid_setting, is_int
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
 from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
@@ -82,10 +82,7 @@ class Evaluation:
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
-    return ConfigError(
-        f"invalid `{key}` config: {problem}. Fix the value on the command line (python evaluate.py {example}) "
-        f"or in conf/evaluate.yaml; nothing was evaluated."
-    )
+    return invalid_setting("evaluate", "nothing was evaluated", key, problem, example)
 
 
 def check_settings(cfg: DictConfig) -> OODSettings | None:

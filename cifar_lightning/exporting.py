@@ -31,7 +31,6 @@ CPUExecutionProvider, or torch.export.load) and run on CIFAR-10 test images agai
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -48,9 +47,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from cifar_lightning.checkpoints import chosen_checkpoint
+from cifar_lightning.checkpoints import chosen_checkpoint, file_sha256
 from cifar_lightning.data import load_cifar10
-from cifar_lightning.errors import CifarLightningError, ConfigError, is_int
+from cifar_lightning.errors import CifarLightningError, ConfigError, invalid_setting, is_int, is_number
 from cifar_lightning.images import INPUT_SIZE
 from cifar_lightning.inference import Classifier
 
@@ -232,14 +231,8 @@ def verify(run: Callable[[Tensor], Tensor], classifier: Classifier, images: Tens
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
-    return ConfigError(
-        f"invalid `{key}` config: {problem}. Fix the value on the command line (python export.py {example}) "
-        f"or in conf/export.yaml; nothing was exported."
-    )
+    return invalid_setting("export", "nothing was exported", key, problem, example)
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -255,10 +248,10 @@ def check_settings(cfg: DictConfig) -> None:
     if not is_int(check.batch_size, 1):
         raise _invalid("check.batch_size", f"must be a positive integer, got {check.batch_size!r}",
                        "check.batch_size=256")  # fmt: skip
-    if not _is_number(check.max_abs_diff) or not check.max_abs_diff >= 0:
+    if not is_number(check.max_abs_diff) or not check.max_abs_diff >= 0:
         raise _invalid("check.max_abs_diff", f"must be a number >= 0, got {check.max_abs_diff!r}",
                        "check.max_abs_diff=1e-3")  # fmt: skip
-    if not _is_number(check.min_agreement) or not 0 <= check.min_agreement <= 1:
+    if not is_number(check.min_agreement) or not 0 <= check.min_agreement <= 1:
         raise _invalid("check.min_agreement", f"must be a share from 0 to 1, got {check.min_agreement!r}",
                        "check.min_agreement=0.999")  # fmt: skip
     if cfg.format == "onnx":
@@ -276,14 +269,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_model(classifier: Classifier, path: Path, fmt: str, opset: int, metadata: dict[str, str]) -> None:
@@ -325,7 +310,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     summary = {
         "format": cfg.format,
         "file": str(model_path),
-        "sha256": _sha256(model_path),
+        "sha256": file_sha256(model_path),
         "checkpoint": str(path),
         "checkpoint_epoch": classifier.checkpoint_epoch,
         "experiment": classifier.config.get("experiment_name"),

@@ -28,6 +28,8 @@ from torch.nn.modules.batchnorm import _NormBase
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cifar_lightning.errors import is_number
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -98,9 +100,9 @@ class ClassifierModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if not _is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+        if not is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}, e.g. 0.1")
-        if not _is_number(norm_lr_scale) or norm_lr_scale <= 0:
+        if not is_number(norm_lr_scale) or norm_lr_scale <= 0:
             raise ValueError(f"norm_lr_scale must be a positive number, got {norm_lr_scale!r}")
         if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
             raise ValueError(
@@ -285,6 +287,3 @@ class ClassifierModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10_CLASSES
-from cifar_lightning.errors import ConfigError, DataError, is_int
+from cifar_lightning.errors import ConfigError, DataError, invalid_setting, is_int
 from cifar_lightning.images import ImageError, load_image
 from cifar_lightning.inference import Classifier, Predictions
 from cifar_lightning.ood.saved import NAMES, OODDetector, find_detectors, fit_detector, load_detector
@@ -91,10 +91,7 @@ class FilePrediction:
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
-    return ConfigError(
-        f"invalid `{key}` config: {problem}. Fix the value on the command line (python predict.py {example}) "
-        f"or in conf/predict.yaml; nothing was predicted."
-    )
+    return invalid_setting("predict", "nothing was predicted", key, problem, example)
 
 
 def check_settings(cfg: DictConfig, classes: int = len(CIFAR10_CLASSES)) -> None:

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from cifar_lightning.errors import is_number
+
 SHAPES = ("linear", "cosine", "one_cycle")
 
 
@@ -58,11 +60,11 @@ class WarmupSchedule:
     def __init__(self, shape: str = "linear", warmup: float = 0.0, start_factor: float = 1.0, end_factor: float = 0.0):
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}; e.g. scheduler.shape=cosine")
-        if not _is_number(warmup) or not 0.0 <= warmup < 1.0:
+        if not is_number(warmup) or not 0.0 <= warmup < 1.0:
             raise ValueError(f"warmup is the share of steps spent warming up, in [0, 1), got {warmup!r}")
-        if not _is_number(start_factor) or not 0.0 <= start_factor <= 1.0:
+        if not is_number(start_factor) or not 0.0 <= start_factor <= 1.0:
             raise ValueError(f"start_factor must be in [0, 1], got {start_factor!r}")
-        if not _is_number(end_factor) or end_factor < 0.0:
+        if not is_number(end_factor) or end_factor < 0.0:
             raise ValueError(f"end_factor must be >= 0, got {end_factor!r}")
         self.shape, self.warmup = shape, float(warmup)
         self.start_factor, self.end_factor = float(start_factor), float(end_factor)
@@ -78,6 +80,3 @@ class WarmupSchedule:
             )
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step, total_steps))
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -48,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
 from cifar_lightning.checkpoints import chosen_checkpoint
-from cifar_lightning.errors import ConfigError, is_int
+from cifar_lightning.errors import ConfigError, invalid_setting, is_int, is_number
 from cifar_lightning.gradcam import gradcam_pngs, last_conv_layer, layer_names
 from cifar_lightning.images import INPUT_SIZE, ImageError, load_image
 from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
@@ -104,14 +103,8 @@ class OODChoice:
 
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
-    return ConfigError(
-        f"invalid `{key}` config: {problem}. Fix the value on the command line (python serve.py {example}) or in "
-        f"conf/serve.yaml; nothing was served."
-    )
+    return invalid_setting("serve", "nothing was served", key, problem, example)
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_settings(cfg: DictConfig) -> ServeSettings:
@@ -131,7 +124,7 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
     if not is_int(cfg.max_batch_size, 1):
         raise _invalid("max_batch_size", f"must be a positive integer (1 = no batching), got {cfg.max_batch_size!r}",
                        "max_batch_size=32")  # fmt: skip
-    if not _is_number(cfg.batch_timeout) or not 0 <= cfg.batch_timeout < REQUEST_TIMEOUT:
+    if not is_number(cfg.batch_timeout, finite=True) or not 0 <= cfg.batch_timeout < REQUEST_TIMEOUT:
         raise _invalid("batch_timeout", f"must be a number of seconds >= 0 and < {REQUEST_TIMEOUT:g} (the request "
                        f"timeout), got {cfg.batch_timeout!r}", "batch_timeout=0.01")  # fmt: skip
     if not is_int(cfg.workers_per_device, 1):
@@ -140,7 +133,7 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
     if cfg.cpu_threads is not None and not is_int(cfg.cpu_threads, 1):
         raise _invalid("cpu_threads", f"must be a positive integer or null (torch's default), got {cfg.cpu_threads!r}",
                        "cpu_threads=1")  # fmt: skip
-    if not _is_number(cfg.max_upload_mb) or cfg.max_upload_mb <= 0:
+    if not is_number(cfg.max_upload_mb, finite=True) or cfg.max_upload_mb <= 0:
         raise _invalid("max_upload_mb", f"must be a positive number of megabytes, got {cfg.max_upload_mb!r}",
                        "max_upload_mb=20")  # fmt: skip
     if not is_int(cfg.max_pixels, 1):

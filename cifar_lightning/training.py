@@ -30,7 +30,7 @@ from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
-from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged
+from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged, is_number
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics
 
@@ -103,15 +103,12 @@ def checked_seed(cfg: DictConfig) -> int:
     return cfg.seed
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def check_loss(cfg: DictConfig) -> float:
     """The label smoothing, checked: a share of the target, in [0, 1)."""
     smoothing = OmegaConf.select(cfg, "loss.label_smoothing", default=0.0)
     with config_errors("loss"):
-        if not _is_number(smoothing) or not 0.0 <= smoothing < 1.0:
+        if not is_number(smoothing) or not 0.0 <= smoothing < 1.0:
             raise ValueError(
                 f"label_smoothing must be in [0, 1) (the share of each target spread over all classes), "
                 f"got {smoothing!r}, e.g. loss.label_smoothing=0.1"
@@ -123,7 +120,7 @@ def check_param_groups(cfg: DictConfig) -> dict[str, Any]:
     """The optimizer's parameter-group options, checked (see ClassifierModule)."""
     groups = {"norm_lr_scale": 1.0, "weight_decay_scope": "weights", **(cfg.get("param_groups") or {})}
     with config_errors("param_groups"):
-        if not _is_number(groups["norm_lr_scale"]) or groups["norm_lr_scale"] <= 0:
+        if not is_number(groups["norm_lr_scale"]) or groups["norm_lr_scale"] <= 0:
             raise ValueError(f"norm_lr_scale must be a positive number, got {groups['norm_lr_scale']!r}")
         if groups["weight_decay_scope"] not in WEIGHT_DECAY_SCOPES:
             raise ValueError(

@@ -13,10 +13,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from cifar_lightning.checkpoints import file_sha256
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.inference import Classifier
-from cifar_lightning.ood.saved import DETECTORS_FILE, FORMAT, VERSION, DetectorsError, checkpoint_sha256
+from cifar_lightning.ood.saved import DETECTORS_FILE, FORMAT, VERSION, DetectorsError
 from cifar_lightning.prediction import check_settings, gather_inputs, resolve_detector, run_prediction
 from tests.conftest import CONF_DIR
 
@@ -179,7 +180,7 @@ def test_saved_detectors_are_found_for_this_checkpoint(tiny_run, cifar_pngs, dig
                             "state": {"layer": "relu4", "direction": "below"}},
     }  # fmt: skip
     record = {"format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint), "default": "knn",
-              "checkpoint_sha256": checkpoint_sha256(checkpoint), "settings": {}, "detectors": detectors}  # fmt: skip
+              "checkpoint_sha256": file_sha256(checkpoint), "settings": {}, "detectors": detectors}  # fmt: skip
     torch.save(record, saved)
     common = [f"ckpt={checkpoint}", f"inputs={folder}", "device=cpu", f"paths.log_dir={tmp_path / 'logs'}"]
 

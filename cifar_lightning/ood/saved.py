@@ -21,7 +21,6 @@ Mahalanobis 84.20 / 89.72. Any saved detector can be chosen by name (ood.detecto
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cifar_lightning.checkpoints import file_sha256
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.inference import Classifier, Features
@@ -79,14 +79,6 @@ class OODDetector:
         return scores > self.threshold
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) -> Path:
     """Write every detector of an evaluate.py OOD result (and its mean-activation row) to `path`, atomically."""
     detectors = {
@@ -101,7 +93,7 @@ def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) 
     }
     record = {
         "format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256(checkpoint), "default": DEFAULT_DETECTOR,
+        "checkpoint_sha256": file_sha256(checkpoint), "default": DEFAULT_DETECTOR,
         "settings": result.settings, "detectors": detectors,
     }  # fmt: skip
     path = Path(path)
@@ -179,7 +171,7 @@ def load_detector(path: str | Path, classifier: Classifier, name: str | None = N
     record = read_detectors(path)
     path = Path(path).expanduser()
     if classifier.checkpoint_path is not None:
-        digest = checkpoint_sha256(classifier.checkpoint_path)
+        digest = file_sha256(classifier.checkpoint_path)
         if digest != record["checkpoint_sha256"]:
             raise DetectorsError(
                 f"the OOD detectors in {path} were fitted for another checkpoint ({record.get('checkpoint')}), not "
@@ -209,10 +201,11 @@ def find_detectors(classifier: Classifier, log_dir: str | Path) -> Path | None:
                         key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
     if not candidates:
         return None
-    digest = checkpoint_sha256(classifier.checkpoint_path)
+    digest = file_sha256(classifier.checkpoint_path)
     for candidate in candidates:
         try:
-            record = torch.load(candidate, map_location="cpu", weights_only=True)
+            # mmap: only the small header fields are read, not every candidate's fitted tensors
+            record = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # an unreadable file is not this checkpoint's: look further
             continue
         if isinstance(record, dict) and record.get("checkpoint_sha256") == digest and not _problems(record):
