@@ -38,11 +38,12 @@ RESUME_HYDRA_PREFIX = "resume-"
 
 #: Version of metrics.json's layout. 1: the files written before `schema_version` existed (no
 #: `status`: a file with a test accuracy is a completed run). 2: adds `schema_version`, `status`,
-#: `divergence` (diverged runs) and `resumes`.
-METRICS_SCHEMA_VERSION = 2
-#: metrics.json `status`: the run trained to its end and was tested, or stopped on a non-finite loss.
-COMPLETED, DIVERGED = "completed", "diverged"
-STATUSES = (COMPLETED, DIVERGED)
+#: `divergence` (diverged runs) and `resumes`. 3: adds status `pruned` and `hpo` (the Optuna trial a run was).
+METRICS_SCHEMA_VERSION = 3
+#: metrics.json `status`: the run trained to its end and was tested, stopped on a non-finite loss, or was
+#: stopped by an Optuna pruner as a hyperparameter-search trial (cifar_lightning.hpo).
+COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
+STATUSES = (COMPLETED, DIVERGED, PRUNED)
 
 
 class RunDirError(CifarLightningError):

@@ -11,7 +11,7 @@ import torch
 from cifar_lightning.ablation import aggregate
 from cifar_lightning.callbacks import DivergenceGuard
 from cifar_lightning.errors import TrainingDiverged
-from cifar_lightning.runs import RunDir, read_metrics
+from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
 from tests.conftest import QUIET, ROOT
 
 DIVERGING = ["experiment=seed_base", "optim.lr=50", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
@@ -33,7 +33,7 @@ def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path
     assert "training diverged" in error and "optim.lr=" in error and "at a learning rate of 50" in error
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     metrics = read_metrics(RunDir(run_dir))
-    assert metrics["status"] == "diverged" and metrics["schema_version"] == 2
+    assert metrics["status"] == "diverged" and metrics["schema_version"] == METRICS_SCHEMA_VERSION
     step = metrics["divergence"]["step"]
     assert metrics["divergence"]["epoch"] == 1 and 1 <= step < 100  # stopped at that step, inside epoch 1
     assert f"optimizer step {step} (epoch 1)" in error
