@@ -17,9 +17,9 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.errors import CifarLightningError, TrialPruned
 from cifar_lightning.training import resume, train
 
 log = logging.getLogger("train")
@@ -32,11 +32,21 @@ def main(cfg: DictConfig) -> float | None:
     # with status: diverged, which the aggregation lists apart.
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    if not in_sweep and OmegaConf.select(cfg, "hpo.trial") is not None:
+        print(
+            "error: hpo.trial is set, but this is no sweep: hpo.study, hpo.storage and hpo.trial are set by the "
+            "hyperparameter-search sweeper for its trials. Fix: drop the hpo.* overrides to train the configuration "
+            "alone (hpo.md gives the command), or run the search (python train.py -m hparams_search=<name>).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         if cfg.get("resume") is not None:
             metrics = resume(cfg.resume, hydra_config.overrides.task, output_dir=cfg.paths.output_dir)
         else:
             metrics = train(cfg)
+    except TrialPruned:
+        return None  # logged by the run; its metrics.json says status: pruned, which the sweeper reads
     except CifarLightningError as exc:
         if in_sweep:
             log.error("job failed, the sweep goes on: %s", exc)

@@ -37,6 +37,22 @@ class TrainingDiverged(CifarLightningError):
         self.step, self.epoch, self.loss = step, epoch, loss
 
 
+class SearchError(CifarLightningError):
+    """A hyperparameter search cannot start: its search space, sampler, pruner, storage or study is unusable.
+    Raised before any trial runs (cifar_lightning.hpo)."""
+
+
+class TrialPruned(CifarLightningError):
+    """An Optuna pruner stopped this hyperparameter-search trial: its validation metric was not promising.
+    Not a fault; the run's metrics.json says `status: pruned`. Exit status 4 where it ends a process."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, epoch: int, value: float) -> None:
+        super().__init__(message)
+        self.epoch, self.value = epoch, value
+
+
 def invalid_setting(entry: str, outcome: str, key: str, problem: str, example: str) -> ConfigError:
     """The error for a bad value of an entry point's own setting: `entry` names the script and its config
     (python <entry>.py, conf/<entry>.yaml), `outcome` what did not happen (e.g. "nothing was predicted")."""

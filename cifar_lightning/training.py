@@ -30,9 +30,25 @@ from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
-from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged, is_number
+from cifar_lightning.errors import (
+    CifarLightningError,
+    ConfigError,
+    ResumeError,
+    TrainingDiverged,
+    TrialPruned,
+    is_number,
+)
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
-from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics
+from cifar_lightning.runs import (
+    COMPLETED,
+    DIVERGED,
+    PRUNED,
+    RunDir,
+    RunDirError,
+    metrics_record,
+    read_metrics,
+    write_metrics,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +178,18 @@ def check_frozen_names(callbacks: list[Any], module: ClassifierModule) -> None:
                 )
 
 
+def is_trial(cfg: DictConfig) -> bool:
+    """Whether the run is a trial of an Optuna study (the sweeper sets hpo.trial; see cifar_lightning.hpo)."""
+    return OmegaConf.select(cfg, "hpo.trial") is not None
+
+
+def pruning_callback(cfg: DictConfig) -> L.Callback:
+    """The trial's pruning callback. Optuna is an optional stack ([hpo]), imported only for trials."""
+    from cifar_lightning.hpo.trial import pruning_callback as study_pruning_callback
+
+    return study_pruning_callback(cfg)
+
+
 def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Trainer, EpochHistory]:
     """Everything a run needs, each config group checked as it is built, before any training."""
     checked_seed(cfg)
@@ -203,6 +231,8 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     check_frozen_names(callbacks, module)
     if averaging is not None:
         callbacks.append(averaging)
+    if is_trial(cfg):  # a hyperparameter-search trial reports to its study and may be pruned
+        callbacks.append(pruning_callback(cfg))
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     with config_errors("trainer"):
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -235,6 +265,15 @@ def summarize(
         "stopped_early": early_stop,
         "train_seconds": round(train_seconds, 3),
     }
+
+
+def trial_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """metrics.json's `hpo`: the study and trial the run was, or None for a run alone."""
+    if not is_trial(cfg):
+        return None
+    from cifar_lightning.hpo.trial import trial_record as study_trial_record
+
+    return study_trial_record(cfg)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -288,6 +327,7 @@ def _fit_and_record(
             git_commit=git_commit(),
             command=" ".join(sys.argv),
             resumes=resumes or [],
+            hpo=trial_record(cfg),
             history=history.history,
         )
         return metrics
@@ -295,12 +335,22 @@ def _fit_and_record(
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+        for callback in trainer.callbacks:
+            if hasattr(callback, "check_pruned"):  # DDP: the pruning callback stops the fit; raise here
+                callback.check_pruned()
     except TrainingDiverged as exc:
         metrics = record(DIVERGED, {}, resume_state.previous_seconds + time.perf_counter() - start, False)
         metrics["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
         if trainer.is_global_zero:
             write_metrics(run, metrics)
         log.error("%s", exc)
+        raise
+    except TrialPruned as exc:
+        metrics = record(PRUNED, {}, resume_state.previous_seconds + time.perf_counter() - start, False)
+        metrics["pruned"] = {"epoch": exc.epoch, "value": exc.value}
+        if trainer.is_global_zero:
+            write_metrics(run, metrics)
+        log.info("%s", exc)
         raise
     train_seconds = resume_state.previous_seconds + time.perf_counter() - start
     early_stop = stopped_early(trainer)
@@ -511,6 +561,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     container = _relocated(container, old_root.rstrip("/"), new_root)
     container["paths"]["output_dir"] = new_root
     container["resume"] = new_root
+    if container.get("hpo"):  # the study told its trial's outcome already: a resume reports to no study
+        container["hpo"] = {key: None for key in container["hpo"]}
     cfg = OmegaConf.create(container)
     # epoch: the one (from 1) in which, or at whose end, last.ckpt was written.
     record = {"epoch": position["epoch"] + 1, "global_step": position["global_step"], "overrides": changed}

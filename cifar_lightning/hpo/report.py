@@ -1,0 +1,160 @@
+"""hpo.md and its plots: what a study found, and the command that retrains its best trial.
+
+Written into the sweep directory at the end of every worker's sweep, and on demand:
+
+    python -m cifar_lightning.hpo logs/train/hpo/seed_cnn            # a sweep directory (its optuna.db)
+    python -m cifar_lightning.hpo sqlite:///logs/hpo.db --study name  # or any storage URL
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
+
+from cifar_lightning.hpo.study import (  # noqa: E402
+    FULL_LENGTH_OVERRIDES,
+    OBJECTIVE,
+    OVERRIDES,
+    PRUNER,
+    RUN_DIR,
+    STATUS,
+    STORAGE,
+    TASK_OVERRIDES,
+)  # fmt: skip
+from cifar_lightning.tables import markdown_table  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "hpo.md"
+#: The plots, each drawn by one of Optuna's matplotlib visualizations.
+PLOTS: dict[str, Callable[[optuna.Study], Any]] = {
+    "optimization_history.png": optuna_plots.plot_optimization_history,
+    "intermediate_values.png": optuna_plots.plot_intermediate_values,  # the per-epoch curves the pruner saw
+    "param_importances.png": optuna_plots.plot_param_importances,
+    "slice.png": optuna_plots.plot_slice,
+    "contour.png": optuna_plots.plot_contour,
+}
+
+
+def command(overrides: Sequence[str], trial: FrozenTrial) -> str:
+    """The train.py command that trains a trial's configuration alone: the sweep's own overrides (without the
+    search's) and the trial's drawn values."""
+    return " ".join(["python train.py", *overrides, *trial.user_attrs.get(OVERRIDES, [])])
+
+
+def draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str | None]:
+    """Each plot's file name -> None when drawn, else why not (too few trials, a single parameter, ...)."""
+    outcome: dict[str, str | None] = {}
+    for name, plot in PLOTS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every matplotlib plot
+                axes = plot(study)
+            figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+            figure.savefig(out_dir / name, dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            outcome[name] = None
+        except Exception as exc:  # Optuna refuses plots the study cannot support yet
+            outcome[name] = " ".join(str(exc).split())[:200] or type(exc).__name__
+            (out_dir / name).unlink(missing_ok=True)
+            plt.close("all")
+    return outcome
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def trial_rows(study: optuna.Study, names: Sequence[str]) -> list[list[str]]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        seconds = trial.duration.total_seconds() if trial.duration is not None else None
+        rows.append([
+            str(trial.number), trial.user_attrs.get(STATUS) or trial.state.name.lower(),
+            format_value(trial.value) if trial.state == TrialState.COMPLETE else "",
+            str(len(trial.intermediate_values)), *(format_value(trial.params.get(name)) for name in names),
+            "" if seconds is None else f"{seconds:.0f}",
+        ])  # fmt: skip
+    return rows
+
+
+def render(study: optuna.Study, plots: dict[str, str | None]) -> str:
+    attrs = study.user_attrs
+    objective, direction = attrs.get(OBJECTIVE, "value"), study.direction.name.lower()
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({name for trial in trials for name in trial.params})
+    states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    lines = [
+        f"# Hyperparameter search: study `{study.study_name}`",
+        "",
+        f"- storage: `{attrs.get(STORAGE)}`",
+        f"- objective: {direction} `{objective}` (validation split; the test set takes no part in the search)",
+        f"- pruner: `{(attrs.get(PRUNER) or {}).get('_target_', 'none')}`",
+        f"- trials: {len(trials)} ({', '.join(f'{n} {s}' for s, n in states.items() if n)})",
+        "",
+    ]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        lines += [
+            f"## Best trial: {best.number}, {objective} {best.value:.4f}",
+            "",
+            markdown_table(["parameter", "value"], [[k, format_value(v)] for k, v in best.params.items()]),
+            "",
+            f"Run directory: `{best.user_attrs.get(RUN_DIR)}`",
+            "",
+            "Retrain it alone, exactly as the trial ran:",
+            "",
+            f"    {command(attrs.get(TASK_OVERRIDES, []), best)}",
+            "",
+        ]
+        if attrs.get(FULL_LENGTH_OVERRIDES) != attrs.get(TASK_OVERRIDES):
+            lines += [
+                "At full length (the study shortened training with trainer.max_epochs; this drops that override, so "
+                "the run trains for its experiment's own number of epochs):",
+                "",
+                f"    {command(attrs.get(FULL_LENGTH_OVERRIDES, []), best)}",
+                "",
+            ]
+    else:
+        lines += ["No trial has completed yet.", ""]
+    lines += [
+        "## Trials",
+        "",
+        f"`{objective}`: the objective (blank for pruned or failed trials); epochs: epochs reported to the pruner.",
+        "",
+        markdown_table(["trial", "status", objective, "epochs", *names, "seconds"], trial_rows(study, names)),
+        "",
+        "## Plots",
+        "",
+    ]
+    for name, why_not in plots.items():
+        lines.append(f"![{name}]({name})" if why_not is None else f"- {name}: not drawn ({why_not})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(study: optuna.Study, out_dir: str | Path) -> Path:
+    """Write hpo.md and the plots into out_dir; returns hpo.md's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / REPORT_FILE
+    path.write_text(render(study, draw_plots(study, out_dir)))
+    log.info("study report: %s", path)
+    return path

@@ -1,0 +1,148 @@
+"""The search space: config keys and the Optuna distributions their values are drawn from.
+
+It is written in Hydra's own sweep syntax, the one hydra-optuna-sweeper and lightning-hydra-template use,
+so existing `hparams_search` configs read the same:
+
+    interval(0.0, 0.5)              float in [0.0, 0.5]         (int ends: an int in [low, high])
+    tag(log, interval(1e-4, 1e-1))  float drawn on a log scale  (int ends: int on a log scale)
+    range(16, 129, 16)              int 16, 32, ..., 128        (Hydra's range: the stop is excluded)
+    choice(step, multistep) / a,b   one of the listed values    (a config group's options, numbers, ...)
+
+Each key is a config key (`optim.lr`, `+new.key`) or a config group (`scheduler`), exactly as on the
+command line: a trial's overrides are `key=value` for each drawn value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
+from hydra.errors import HydraException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from cifar_lightning.errors import SearchError, is_number
+
+SYNTAX = "interval(low, high), tag(log, interval(low, high)), range(start, stop[, step]) or choice(a, b, ...)"
+
+
+def parse_overrides(lines: Sequence[str]) -> list[Override]:
+    """Hydra overrides parsed from `key=value` lines; a syntax error is a SearchError."""
+    try:
+        return OverridesParser.create().parse_overrides(list(lines))
+    except HydraException as exc:
+        raise SearchError(
+            f"the search space cannot be parsed: {' '.join(str(exc).split())}. Write each parameter as "
+            f"<config key>: {SYNTAX}, e.g. optim.lr: tag(log, interval(0.01, 0.2))."
+        ) from exc
+
+
+def _empty(key: str, what: str) -> SearchError:
+    return SearchError(
+        f"the search space of `{key}` is empty: {what}. Give it a non-empty range in hydra.sweeper.params "
+        f"(e.g. {key}: interval(0.0, 0.5)) or on the command line; no trial was run."
+    )
+
+
+def _interval(key: str, sweep: IntervalSweep) -> BaseDistribution:
+    low, high, log = sweep.start, sweep.end, "log" in sweep.tags
+    if not (is_number(low, finite=True) and is_number(high, finite=True)):
+        raise SearchError(f"`{key}`: interval bounds must be finite numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise _empty(key, f"interval({low}, {high}) has low >= high")
+    if log and low <= 0:
+        raise _empty(key, f"a log-scale interval needs low > 0, got {low}")
+    if isinstance(low, int) and isinstance(high, int):
+        return IntDistribution(low, high, log=log)
+    return FloatDistribution(float(low), float(high), log=log)
+
+
+def _range(key: str, sweep: RangeSweep) -> BaseDistribution:
+    start, stop, step = sweep.start, sweep.stop, sweep.step
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+        raise SearchError(
+            f"`{key}`: range() takes integers here, got range({start}, {stop}, {step}); for floats write "
+            f"interval(low, high) or choice(a, b, ...)"
+        )
+    if step <= 0 or stop <= start:
+        raise _empty(key, f"range({start}, {stop}, {step}) holds no value (the stop is excluded)")
+    high = start + step * ((stop - 1 - start) // step)
+    return IntDistribution(start, high, step=step)
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """The Optuna distribution of one swept override."""
+    key, value = override.get_key_element(), override.value()
+    if isinstance(value, IntervalSweep):
+        return _interval(key, value)
+    if isinstance(value, RangeSweep) and not value.shuffle:
+        return _range(key, value)
+    if override.is_choice_sweep() or isinstance(value, (ChoiceSweep, RangeSweep)):
+        choices = list(override.sweep_iterator(transformer=Transformer.identity))
+        if not choices:
+            raise _empty(key, "choice() lists no value")
+        return CategoricalDistribution(choices)
+    raise SearchError(f"`{key}`: {override.input_line} is not a search space Optuna can draw from; use {SYNTAX}")
+
+
+def build_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """The distributions (config params, then command-line sweeps) and the fixed command-line overrides.
+
+    A command-line sweep such as `optim.lr=interval(0.01,0.1)` adds to (or replaces) the config's params;
+    plain command-line overrides hold for every trial.
+    """
+    lines = [f"{key}={value}" for key, value in (params or {}).items()]
+    space: dict[str, BaseDistribution] = {}
+    fixed: list[str] = []
+    for override in parse_overrides([*lines, *arguments]):
+        if override.is_sweep_override():
+            space[override.get_key_element()] = distribution(override)
+        elif override.input_line in arguments:
+            fixed.append(override.input_line)
+        else:
+            raise SearchError(
+                f"hydra.sweeper.params.{override.get_key_element()} is a single value ({override.input_line}), "
+                f"not a search space: write {SYNTAX}, or set the value in the config instead"
+            )
+    if not space:
+        raise SearchError(
+            "the search space is empty: hydra.sweeper.params names no parameter. Add one in "
+            "conf/hparams_search/<name>.yaml, e.g. optim.lr: tag(log, interval(0.01, 0.2)); no trial was run."
+        )
+    return space, fixed
+
+
+def hydra_value(value: Any) -> str:
+    """A drawn value as Hydra override text: numbers and plain words bare, other strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if text and all(c.isalnum() or c in "_-./" for c in text) and not text[0].isdigit():
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def trial_overrides(params: Mapping[str, Any]) -> list[str]:
+    """`key=value` overrides of a trial's drawn parameters."""
+    return [f"{key}={hydra_value(value)}" for key, value in params.items()]
+
+
+def probe_values(dist: BaseDistribution) -> list[Any]:
+    """Values whose overrides must compose before the search starts: both ends, or every choice."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def draw(trial: Any, name: str, dist: BaseDistribution) -> Any:
+    """Draw (or, for an enqueued retry, read back) one parameter of an Optuna trial."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_categorical(name, dist.choices)

@@ -1,0 +1,294 @@
+"""A Hydra sweeper that runs an Optuna study: ask trials, launch them as train.py jobs, tell their outcome.
+
+Why not hydra-optuna-sweeper: its newest release for hydra-core 1.3 (1.3.0) pins optuna<3, and its SQLite
+storage fails with SQLAlchemy 2; its update exists only as a Hydra 1.4 release candidate. This is the same
+idea on Optuna's current ask-and-tell API, with what it lacks: pruning (trials report to the study from
+their own process), a shared RDB storage by default, and resuming.
+
+- Scaling out is Optuna's own: every worker (this sweeper in another shell, on another machine, or many
+  trials at once through the joblib or Slurm launcher, `n_jobs` per batch) asks its trials from the one
+  storage, so trial numbers never repeat. `n_trials` is the study's total: a worker stops asking once that
+  many trials have run or are running, then waits for the running ones (another worker's, or a killed
+  one that goes stale), so each worker's command ends with the study finished.
+- Resuming: re-running the same command reopens the study in the same storage; trials that ran are kept,
+  and a trial killed mid-run (its heartbeat stops) or interrupted is run again with the same parameters.
+- A sampler `seed` is offset by the number of the first trial each worker asks: a lone worker on a new
+  study is reproducible, and two workers started together do not draw the same parameters.
+
+The class is loaded through hydra_plugins/cifar_lightning_optuna (Hydra only instantiates sweepers of
+that package); conf/hydra/sweeper/optuna.yaml lists its settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from cifar_lightning.errors import CifarLightningError, SearchError, is_int
+from cifar_lightning.hpo.report import write_report
+from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
+from cifar_lightning.hpo.study import (
+    FAILED,
+    FULL_LENGTH_OVERRIDES,
+    INTERRUPTED,
+    OBJECTIVES,
+    OVERRIDES,
+    RUN_DIR,
+    STATUS,
+    TASK_OVERRIDES,
+    build_sampler,
+    counted,
+    default_storage,
+    open_storage,
+    open_study,
+    shown_url,
+)  # fmt: skip
+from cifar_lightning.runs import COMPLETED, PRUNED, RunDir, RunDirError, read_metrics
+
+log = logging.getLogger(__name__)
+
+#: Overrides that belong to the search, not to the configuration a trial trains (left out of hpo.md's commands).
+SEARCH_KEYS = ("hparams_search", "hpo")
+
+
+@dataclass
+class Plan:
+    """A checked search, ready to run."""
+
+    study: optuna.Study
+    storage_url: str
+    space: dict[str, BaseDistribution]
+    fixed: list[str]
+
+
+class Heartbeat:
+    """Records the heartbeat of the trials this worker runs, so a killed worker's trials go stale."""
+
+    def __init__(self, storage: RDBStorage, interval: int | None) -> None:
+        self.storage, self.interval = storage, interval
+        self.trial_ids: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            for trial_id in list(self.trial_ids):
+                self.storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+class OptunaSearch:
+    """The sweeper's work; hydra_plugins.cifar_lightning_optuna.OptunaSweeper hands it Hydra's calls."""
+
+    def __init__(
+        self, *, objective: str = "val_loss", direction: str = "minimize", study_name: str | None = None,
+        storage: str | None = None, n_trials: int = 20, n_jobs: int = 1, sampler: Any = None, pruner: Any = None,
+        params: Any = None, heartbeat_interval: int | None = 60, max_retry: int = 1,
+    ) -> None:  # fmt: skip
+        def plain(value: Any) -> Any:
+            return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+        self.objective, self.direction, self.study_name, self.storage = objective, direction, study_name, storage
+        self.n_trials, self.n_jobs, self.heartbeat_interval, self.max_retry = n_trials, n_jobs, heartbeat_interval, max_retry
+        self.sampler, self.pruner, self.params = plain(sampler), plain(pruner), plain(params)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        try:
+            plan = self.plan(arguments)
+        except CifarLightningError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        return self.run(plan)
+
+    # --- checks, all before any trial ---------------------------------------------------------------
+
+    def check_settings(self) -> None:
+        fix = "Fix it in conf/hparams_search/<name>.yaml or on the command line (hydra.sweeper.<key>=<value>)"
+        if self.objective not in OBJECTIVES:
+            raise SearchError(
+                f"hydra.sweeper.objective={self.objective!r} is not a validation metric this search can optimize "
+                f"(one of {', '.join(OBJECTIVES)}; a test metric never is: the test set reports the chosen "
+                f"configuration, it does not choose it). {fix}."
+            )
+        natural = OBJECTIVES[self.objective][1]
+        if self.direction != natural:
+            raise SearchError(
+                f"hydra.sweeper.direction={self.direction!r} with objective {self.objective}: {self.objective} "
+                f"improves when you {natural} it, so the study would look for the worst trials. {fix}."
+            )
+        counts = {"n_trials": (self.n_trials, 1), "n_jobs": (self.n_jobs, 1), "max_retry": (self.max_retry, 0)}
+        for key, (value, minimum) in counts.items():
+            if not is_int(value, minimum):
+                raise SearchError(f"hydra.sweeper.{key} must be an integer >= {minimum}, got {value!r}. {fix}.")
+        if self.heartbeat_interval is not None and not is_int(self.heartbeat_interval, 1):
+            raise SearchError(
+                f"hydra.sweeper.heartbeat_interval must be a number of seconds >= 1 or null, "
+                f"got {self.heartbeat_interval!r}. {fix}."
+            )
+        if not isinstance(self.study_name, str) or not self.study_name.strip():
+            raise SearchError(f"hydra.sweeper.study_name must be a name, got {self.study_name!r}. {fix}.")
+
+    def check_composes(self, space: Mapping[str, BaseDistribution], fixed: Sequence[str]) -> None:
+        """Every parameter, at each end of its range and at each of its choices, must compose into a train.py
+        config: an unknown key or a missing config-group option stops the search here."""
+        for name, dist in space.items():
+            for value in probe_values(dist):
+                override = trial_overrides({name: value})[0]
+                try:
+                    self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed, override])
+                except Exception as exc:
+                    reason = " ".join(str(exc).split())[:300]
+                    raise SearchError(
+                        f"the search-space parameter {override} does not compose into a train.py config ({reason}). "
+                        f"Fix hydra.sweeper.params: name existing config keys (python train.py --cfg job lists "
+                        f"them; +key adds a new one) and existing config-group options; no trial was run."
+                    ) from exc
+
+    def plan(self, arguments: Sequence[str]) -> Plan:
+        self.check_settings()
+        space, fixed = build_space(self.params, arguments)
+        self.check_composes(space, fixed)
+        storage_url = self.storage or default_storage(self.config.hydra.sweep.dir)
+        storage = open_storage(storage_url, self.heartbeat_interval, self.max_retry)
+        study = open_study(storage, self.study_name, self.objective, self.direction, build_sampler(self.sampler), self.pruner)
+        task = [line for line in fixed if line.split("=", 1)[0].lstrip("+~").split(".")[0] not in SEARCH_KEYS]
+        study.set_user_attr(TASK_OVERRIDES, task)
+        study.set_user_attr(FULL_LENGTH_OVERRIDES, [line for line in task if not line.startswith("trainer.max_epochs=")])
+        return Plan(study, storage_url, space, fixed)
+
+    # --- the study ------------------------------------------------------------------------------------
+
+    def run(self, plan: Plan) -> list[Sequence[JobReturn]]:
+        study = plan.study
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        log.info(
+            "study %r in %s: %d of %d trials done; %s %s", study.study_name, shown_url(plan.storage_url),
+            counted(study.get_trials(deepcopy=False)), self.n_trials, self.direction, self.objective,
+        )  # fmt: skip
+        returns: list[Sequence[JobReturn]] = []
+        job_idx, first = 0, True
+        with Heartbeat(study._storage, self.heartbeat_interval) as heartbeat:
+            while True:
+                with warnings.catch_warnings():  # "experimental", "meant for Study.optimize": ask-and-tell uses it too
+                    warnings.simplefilter("ignore")
+                    fail_stale_trials(study)  # a killed worker's trials fail and are enqueued again
+                trials = study.get_trials(deepcopy=False)
+                remaining = self.n_trials - counted(trials)
+                if remaining <= 0:
+                    if not self.wait_for_others(trials):
+                        break
+                    continue
+                batch = []
+                for _ in range(min(self.n_jobs, remaining)):
+                    batch.append(study.ask())
+                    if first:  # see the module docstring: workers must not draw alike
+                        study.sampler = build_sampler(self.sampler, seed_offset=batch[0].number)
+                        first = False
+                params = [{name: draw(trial, name, dist) for name, dist in plan.space.items()} for trial in batch]
+                for trial, values in zip(batch, params):
+                    trial.set_user_attr(OVERRIDES, trial_overrides(values))
+                    heartbeat.trial_ids.add(trial._trial_id)
+                    log.info("trial %d: %s", trial.number, " ".join(trial_overrides(values)))
+                jobs = [[*plan.fixed, *trial_overrides(values), *self.trial_keys(plan, trial)] for trial, values in zip(batch, params)]
+                try:
+                    results = self.launcher.launch(jobs, initial_job_idx=job_idx)
+                except BaseException:
+                    self.interrupted(study, batch)
+                    raise
+                finally:
+                    heartbeat.trial_ids.clear()
+                for trial, result in zip(batch, results):
+                    self.tell(study, trial, result)
+                returns.append(results)
+                job_idx += len(batch)
+        write_report(study, sweep_dir)
+        return returns
+
+    def trial_keys(self, plan: Plan, trial: optuna.trial.Trial) -> list[str]:
+        """The overrides that make a train.py job trial `trial` of the study (cifar_lightning.hpo.trial)."""
+        return [
+            f"hpo.study={hydra_value(plan.study.study_name)}",
+            f"hpo.storage={hydra_value(plan.storage_url)}",
+            f"hpo.trial={trial.number}",
+        ]
+
+    def wait_for_others(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
+        """With n_trials reached: wait (True) while trials of other workers are running; False when none are.
+
+        Without a heartbeat a killed worker's trial would look running forever, so then this does not wait.
+        """
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if not running or self.heartbeat_interval is None:
+            if running:
+                log.warning("trials %s are still running elsewhere (or were killed); rerun to retry killed ones", running)
+            return False
+        log.info("waiting for trials %s (another worker's, or killed ones until their heartbeat goes stale)", running)
+        time.sleep(min(self.heartbeat_interval, 10))
+        return True
+
+    def tell(self, study: optuna.Study, trial: optuna.trial.Trial, result: JobReturn) -> None:
+        """Record the outcome of a trial's run: its objective, pruned, or failed (diverged, crashed, no record)."""
+        run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg is not None else None
+        status, metrics = FAILED, {}
+        if result.status == JobStatus.COMPLETED and run_dir is not None:
+            try:
+                metrics = read_metrics(RunDir(run_dir))
+                status = metrics.get("status") or FAILED
+            except RunDirError as exc:
+                log.error("trial %d: %s", trial.number, exc)
+        value = metrics.get(OBJECTIVES[self.objective][0])
+        if status == COMPLETED and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            status = FAILED
+        trial.set_user_attr(STATUS, status)
+        trial.set_user_attr(RUN_DIR, str(run_dir) if run_dir is not None else None)
+        if status == COMPLETED:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=TrialState.PRUNED if status == PRUNED else TrialState.FAIL)
+        shown = f"{self.objective} {value:.4f}" if status == COMPLETED else status
+        level = logging.INFO if status in (COMPLETED, PRUNED) else logging.WARNING
+        log.log(level, "trial %d: %s (%s)", trial.number, shown, run_dir)
+
+    def interrupted(self, study: optuna.Study, batch: Sequence[optuna.trial.Trial]) -> None:
+        """The worker is stopping mid-batch (Ctrl-C): fail its unfinished trials and enqueue them again."""
+        for trial in batch:
+            frozen = study.get_trials(deepcopy=False)[trial.number]
+            if frozen.state != TrialState.RUNNING:
+                continue
+            trial.set_user_attr(STATUS, INTERRUPTED)
+            study.tell(trial, state=TrialState.FAIL)
+            RetryFailedTrialCallback(max_retry=self.max_retry)(study, study.get_trials(deepcopy=False)[trial.number])
+            log.warning("trial %d interrupted: it will run again when the study continues", trial.number)
