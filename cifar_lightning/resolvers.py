@@ -7,7 +7,7 @@ The run's config.yaml records the value chosen.
 
 `${run_dir_or_resume:<resume>,<new run dir>}` and `${hydra_subdir_or_resume:<resume>,<time>}` let
 conf/hydra/default.yaml put a resumed run's outputs into the run it resumes (see
-cifar_lightning/runs.py).
+cifar_lightning/runs/__init__.py).
 """
 
 from typing import Any

@@ -1,6 +1,7 @@
 """The training job behind train.py: build everything from the config, check it, fit, test the
 best checkpoint, and write the run's record (config.yaml, metrics.json) beside its checkpoints;
-or resume a run from its last checkpoint (`resume`). The run directory's layout is runs.py's.
+or resume a run from its last checkpoint (`resume`). The run directory's layout is
+cifar_lightning/runs/__init__.py's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The run directory's one owner (cifar_lightning/runs.py): paths that agree with the configs, and
+"""The run directory's one owner (cifar_lightning/runs/__init__.py): paths that agree with the configs, and
 metrics.json's schema."""
 
 import json
@@ -14,7 +14,7 @@ from cifar_lightning.runs import RunDir, RunDirError, read_metrics, write_metric
 from tests.conftest import CONF_DIR, ROOT, compose_train
 
 
-def test_the_configs_write_where_runs_py_says(tmp_path):
+def test_the_configs_write_where_the_runs_package_says(tmp_path):
     cfg = compose_train([], tmp_path)
     run = RunDir(tmp_path)
     checkpoint = cfg.callbacks.model_checkpoint

@@ -1,0 +1,72 @@
+"""`python -m cifar_lightning.runs compare <runs, folders or globs>`: the runs leaderboard (runs/compare.py).
+
+Exit status: 0, or 2 when a path holds no run or the table cannot be written (one `error:` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.runs.compare import (
+    DEFAULT_OUT,
+    DEFAULT_SORT,
+    HIGHER_IS_BETTER,
+    METRIC_COLUMNS,
+    compare,
+    render_table,
+    write_comparison,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cifar_lightning.runs", description="Tools for run directories.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    leaderboard = commands.add_parser(
+        "compare",
+        help="a table of runs: the config keys that differ, status and headline metrics",
+        description="Compare run directories: one row per run with the config keys that differ between them, its "
+        "status, best validation loss and accuracy, test accuracy, epochs and training time, sorted by a metric. "
+        "Prints the Markdown table and writes compare.md and compare.csv.",
+    )
+    leaderboard.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a run directory, a folder holding runs at any depth (a sweep, logs/train/runs, logs/train/hpo/<study>), "
+        "or a quoted glob such as 'logs/train/runs/2026-*'",
+    )
+    leaderboard.add_argument(
+        "--sort",
+        choices=METRIC_COLUMNS,
+        default=DEFAULT_SORT,
+        help=f"the metric to sort by (default {DEFAULT_SORT}; {' and '.join(HIGHER_IS_BETTER)} descending, the others "
+        "ascending; missing values last)",
+    )
+    order = leaderboard.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="descending", action="store_false", default=None, help="smallest first")
+    order.add_argument("--descending", dest="descending", action="store_true", default=None, help="largest first")
+    leaderboard.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"folder for compare.md and compare.csv (default {DEFAULT_OUT})"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        comparison = compare(args.paths, args.sort, args.descending)
+        markdown, csv_path = write_comparison(comparison, args.out)
+    except CifarLightningError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return exc.exit_code
+    print(render_table(comparison), end="")
+    print(f"\nWrote {markdown} and {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The runs leaderboard (cifar_lightning/runs/compare.py, python -m cifar_lightning.runs compare) on real run
+directories: two tiny trainings that differ in optim.lr and model.dropout, in a sweep-like folder with copies of
+them marked as an Optuna-pruned trial and a diverged run (status rewritten with runs.write_metrics), a killed run
+(config.yaml only) and one whose metrics.json is broken."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cifar_lightning.runs import DIVERGED, PRUNED, RunDir, read_metrics, write_metrics
+from cifar_lightning.runs.__main__ import main
+from cifar_lightning.runs.compare import (
+    UNFINISHED,
+    UNREADABLE,
+    CompareError,
+    compare,
+    find_run_dirs,
+    render_markdown,
+    write_comparison,
+)
+from cifar_lightning.tables import markdown_table, write_csv
+from cifar_lightning.training import train
+from tests.conftest import QUIET, compose_train
+
+# One epoch of two batches: a real run directory in about 3 s.
+TINY = [
+    "experiment=seed_base", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1",
+]  # fmt: skip
+# The trained runs' only differences: (name, optim.lr, model.dropout).
+RUNS = [("lr_low", 0.001, 0.0), ("lr_high", 0.05, 0.3)]
+STATUS = {"lr_low": "completed", "lr_high": "completed", "pruned": PRUNED, "diverged": DIVERGED,
+          "nested/killed": UNFINISHED, "broken": UNREADABLE}  # fmt: skip
+
+
+def copy_run(source: RunDir, target: RunDir, **changes) -> None:
+    """A copy of a run whose metrics.json has these changes (a real metrics.json, rewritten by its owner)."""
+    shutil.copytree(source.root, target.root)
+    write_metrics(target, {**read_metrics(source), **changes})
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_dir) -> Path:
+    """A sweep-like folder: two trained runs, a pruned trial, a diverged run, a killed run (nested one level
+    deeper, like a study's trials) and one with a broken metrics.json."""
+    root = tmp_path_factory.mktemp("compare") / "sweep"
+    for name, lr, dropout in RUNS:
+        overrides = [f"data.data_dir={data_dir}", *QUIET, *TINY, f"optim.lr={lr}", f"model.dropout={dropout}"]
+        train(compose_train(overrides, root / name))
+    low, high = RunDir(root / "lr_low"), RunDir(root / "lr_high")
+    copy_run(high, RunDir(root / "pruned"), status=PRUNED, test_acc=None, test_loss=None)
+    copy_run(low, RunDir(root / "diverged"), status=DIVERGED, test_acc=None, best_val_loss=float("nan"))
+    killed = RunDir(root / "nested" / "killed")
+    killed.root.mkdir(parents=True)
+    shutil.copy(low.config, killed.config)
+    broken = RunDir(root / "broken")
+    shutil.copytree(low.root, broken.root)
+    broken.metrics.write_text("{not json")
+    return root
+
+
+def test_only_the_changed_keys_are_columns(sweep, monkeypatch):
+    monkeypatch.chdir(sweep)
+    comparison = compare([str(sweep)])
+    # paths.output_dir, the checkpoint dirpath, TensorBoard's save_dir... differ too, but lie inside each run.
+    assert comparison.keys == ["model.dropout", "optim.lr"]
+    assert {row.name: row.status for row in comparison.rows} == STATUS
+    broken = next(row for row in comparison.rows if row.name == "broken")
+    assert "cannot be read" in broken.notes[0] and broken.metrics == {}
+
+
+def test_rows_are_sorted_by_the_chosen_metric(sweep, monkeypatch):
+    monkeypatch.chdir(sweep)
+
+    def order(**kwargs):
+        rows = compare([str(sweep)], **kwargs).rows
+        return [row.name for row in rows], [row.metrics.get(kwargs.get("sort", "best_val_acc")) for row in rows]
+
+    names, values = order()  # best_val_acc, highest first
+    assert values[:4] == sorted(values[:4], reverse=True) and names[4:] == ["broken", "nested/killed"]
+    assert names.index("lr_high") < names.index("pruned")  # equal values: path order
+    names, values = order(sort="best_val_loss")  # lowest first; the diverged run's NaN counts as missing
+    assert values[:3] == sorted(values[:3]) and names[3:] == ["broken", "diverged", "nested/killed"]
+    names, values = order(sort="best_val_loss", descending=True)
+    assert values[:3] == sorted(values[:3], reverse=True) and names[3:] == ["broken", "diverged", "nested/killed"]
+
+
+def test_csv_and_markdown_files(sweep, monkeypatch, tmp_path):
+    monkeypatch.chdir(sweep)
+    comparison = compare(["lr_*", "nested", "diverged"], sort="test_acc")
+    markdown, csv_path = write_comparison(comparison, tmp_path / "out")
+    with csv_path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["run", "model.dropout", "optim.lr", "status", "best_val_loss", "best_val_acc",
+                             "test_acc", "best_epoch", "epochs_run", "train_seconds"]  # fmt: skip
+    by_name = {row["run"]: row for row in rows}
+    assert list(by_name) == [row.name for row in comparison.rows] and len(rows) == 4
+    low = json.loads(RunDir(sweep / "lr_low").metrics.read_text())
+    assert float(by_name["lr_low"]["test_acc"]) == low["test_acc"]  # the raw fraction, full precision
+    assert by_name["lr_low"]["optim.lr"] == "0.001" and by_name["lr_high"]["model.dropout"] == "0.3"
+    assert by_name["nested/killed"]["status"] == UNFINISHED and by_name["nested/killed"]["test_acc"] == ""
+    assert by_name["diverged"]["best_val_loss"] == "nan"
+
+    text = markdown.read_text()
+    assert "4 runs from `lr_*`, `nested`, `diverged`, sorted by test_acc (descending" in text
+    assert (
+        f"| lr_low | 0.0 | 0.001 | completed | {low['best_val_loss']:.4f} | {100 * low['best_val_acc']:.2f} |" in text
+    )
+    assert "| diverged | 0.0 | 0.001 | diverged | nan |" in text
+    assert "test_acc (%)" in text and "choose a configuration on validation" in text
+    assert text == render_markdown(comparison)
+
+
+def test_the_command_line(sweep, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "board"
+    assert main(["compare", str(sweep / "lr_high"), str(sweep / "lr_low" / "metrics.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("| run | model.dropout | optim.lr | status |")
+    assert f"Wrote {out / 'compare.md'} and {out / 'compare.csv'}" in printed and (out / "compare.csv").is_file()
+    assert f"| {sweep / 'lr_high'} |" in printed  # not below the current directory: an absolute path
+
+    assert main(["compare", str(sweep / "*"), "--sort", "train_seconds", "--descending", "--out", str(out)]) == 0
+    seconds = [row["train_seconds"] for row in csv.DictReader((out / "compare.csv").open())]
+    assert len(seconds) == 6 and seconds[4:] == ["", ""]
+    assert [float(value) for value in seconds[:4]] == sorted(map(float, seconds[:4]), reverse=True)
+
+
+def test_a_path_without_runs_is_refused(sweep, tmp_path, capsys):
+    (tmp_path / "empty" / ".hydra").mkdir(parents=True)
+    (tmp_path / "empty" / ".hydra" / "config.yaml").write_text("seed: 0\n")  # Hydra's copy is no run
+    hydra_copy = tmp_path / "empty" / ".hydra" / "*.yaml"
+    for path, problem in [
+        (tmp_path / "empty", "holds no run directory"),
+        (hydra_copy, "holds no run directory"),
+        (tmp_path / "missing*", "matches nothing"),
+    ]:
+        assert main(["compare", str(sweep / "lr_low"), str(path), "--out", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {path} {problem}") and "A run directory is a folder" in error
+        assert error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CompareError, match="cannot sort by 'val_acc'"):
+        compare([str(sweep)], sort="val_acc")
+
+
+def test_one_run_listed_twice_is_one_row(sweep):
+    runs = find_run_dirs([str(sweep / "lr_low"), str(sweep / "lr_low" / "config.yaml"), str(sweep / "**/lr_low")])
+    assert runs == [RunDir(sweep / "lr_low")]
+
+
+def test_the_table_renderer(tmp_path):
+    table = markdown_table(["name", "acc"], [["a|b", 1.5], ["line\nbreak", None]])
+    assert table == "| name | acc |\n|---|---:|\n| a\\|b | 1.5 |\n| line break |  |\n"
+    path = write_csv(tmp_path / "sub" / "t.csv", ["name", "acc"], [["a|b", 0.123456789], ["c", None]])
+    assert path.read_bytes() == b"name,acc\r\na|b,0.123456789\r\nc,\r\n"
+    with pytest.raises(ValueError, match="2 cells, the header 3"):
+        markdown_table(["a", "b", "c"], [[1, 2]])
