@@ -3,8 +3,9 @@
 It is written in Hydra's own sweep syntax, the one hydra-optuna-sweeper and lightning-hydra-template use,
 so existing `hparams_search` configs read the same:
 
-    interval(0.0, 0.5)              float in [0.0, 0.5]         (int ends: an int in [low, high])
-    tag(log, interval(1e-4, 1e-1))  float drawn on a log scale  (int ends: int on a log scale)
+    interval(0.0, 0.5)              float in [0.0, 0.5]
+    tag(log, interval(1e-4, 1e-1))  float drawn on a log scale
+    tag(int, interval(2, 8))        int in [2, 8]               (tag(int, log, interval(...)): on a log scale)
     range(16, 129, 16)              int 16, 32, ..., 128        (Hydra's range: the stop is excluded)
     choice(step, multistep) / a,b   one of the listed values    (a config group's options, numbers, ...)
 
@@ -24,7 +25,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from cifar_lightning.errors import SearchError, is_number
 
-SYNTAX = "interval(low, high), tag(log, interval(low, high)), range(start, stop[, step]) or choice(a, b, ...)"
+SYNTAX = (
+    "interval(low, high), tag(log, interval(low, high)), tag(int, interval(low, high)), range(start, stop[, step]) "
+    "or choice(a, b, ...)"
+)
 
 
 def parse_overrides(lines: Sequence[str]) -> list[Override]:
@@ -53,8 +57,10 @@ def _interval(key: str, sweep: IntervalSweep) -> BaseDistribution:
         raise _empty(key, f"interval({low}, {high}) has low >= high")
     if log and low <= 0:
         raise _empty(key, f"a log-scale interval needs low > 0, got {low}")
-    if isinstance(low, int) and isinstance(high, int):
-        return IntDistribution(low, high, log=log)
+    if "int" in sweep.tags:  # Hydra's interval() reads its bounds as floats
+        if low != int(low) or high != int(high):
+            raise SearchError(f"`{key}`: tag(int, interval(...)) needs whole-number bounds, got {low} and {high}")
+        return IntDistribution(int(low), int(high), log=log)
     return FloatDistribution(float(low), float(high), log=log)
 
 

@@ -59,8 +59,6 @@ def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int
     enqueued again with the same parameters, at most `max_retry` times (Optuna's RetryFailedTrialCallback).
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out writers
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     heartbeat = {}
     if heartbeat_interval is not None:
         heartbeat = dict(
@@ -69,6 +67,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int
             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
         )
     try:
+        if url.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as exc:  # SQLAlchemy reports bad URLs, missing drivers and refused connections many ways
         reason = " ".join(str(exc).split())[:300]

@@ -72,6 +72,7 @@ class Plan:
     """A checked search, ready to run."""
 
     study: optuna.Study
+    storage: RDBStorage
     storage_url: str
     space: dict[str, BaseDistribution]
     fixed: list[str]
@@ -90,6 +91,12 @@ class Heartbeat:
         while not self.stop.wait(self.interval):
             for trial_id in list(self.trial_ids):
                 self.storage.record_heartbeat(trial_id)
+
+    def track(self, trial: optuna.trial.Trial) -> None:
+        """Beat for this trial from now on (a trial without any heartbeat never goes stale)."""
+        if self.interval is not None:
+            self.storage.record_heartbeat(trial._trial_id)
+        self.trial_ids.add(trial._trial_id)
 
     def __enter__(self) -> Heartbeat:
         if self.interval is not None:
@@ -185,7 +192,7 @@ class OptunaSearch:
         task = [line for line in fixed if line.split("=", 1)[0].lstrip("+~").split(".")[0] not in SEARCH_KEYS]
         study.set_user_attr(TASK_OVERRIDES, task)
         study.set_user_attr(FULL_LENGTH_OVERRIDES, [line for line in task if not line.startswith("trainer.max_epochs=")])
-        return Plan(study, storage_url, space, fixed)
+        return Plan(study, storage, storage_url, space, fixed)
 
     # --- the study ------------------------------------------------------------------------------------
 
@@ -200,7 +207,7 @@ class OptunaSearch:
         )  # fmt: skip
         returns: list[Sequence[JobReturn]] = []
         job_idx, first = 0, True
-        with Heartbeat(study._storage, self.heartbeat_interval) as heartbeat:
+        with Heartbeat(plan.storage, self.heartbeat_interval) as heartbeat:
             while True:
                 with warnings.catch_warnings():  # "experimental", "meant for Study.optimize": ask-and-tell uses it too
                     warnings.simplefilter("ignore")
@@ -220,7 +227,7 @@ class OptunaSearch:
                 params = [{name: draw(trial, name, dist) for name, dist in plan.space.items()} for trial in batch]
                 for trial, values in zip(batch, params):
                     trial.set_user_attr(OVERRIDES, trial_overrides(values))
-                    heartbeat.trial_ids.add(trial._trial_id)
+                    heartbeat.track(trial)
                     log.info("trial %d: %s", trial.number, " ".join(trial_overrides(values)))
                 jobs = [[*plan.fixed, *trial_overrides(values), *self.trial_keys(plan, trial)] for trial, values in zip(batch, params)]
                 try:

@@ -1,0 +1,147 @@
+"""The search as a user runs it (python train.py -m hparams_search=...), with tiny trials: a killed study
+resumes, two workers share one SQLite study, hpo.md's command retrains the best trial, and bad input stops
+before any trial. Each test starts train.py processes (about 10 s each), so they run with -m slow."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from cifar_lightning.hpo.study import STATUS, build_sampler, counted, default_storage, open_storage, open_study
+from tests.conftest import QUIET, ROOT, compose_train
+from tests.test_evaluate_cli import assert_refused
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.pruner.n_startup_trials=2",
+]  # fmt: skip
+
+
+def search_command(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "train.py", "-m", "hparams_search=seed_cnn", f"data.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}", *QUIET, *TINY, *overrides,
+    ]  # fmt: skip
+
+
+def run_search(log_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = search_command(log_dir, data_dir, *overrides)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="seed_cnn", storage=default_storage(sweep_dir)).get_trials()
+
+
+def assert_no_duplicates(trials: list[optuna.trial.FrozenTrial], sweep_dir: Path) -> None:
+    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    params = [tuple(sorted(t.params.items())) for t in ran]
+    assert len(set(params)) == len(params), params  # no configuration trained twice
+    for trial in ran:  # each finished trial has its own run directory, with its own record
+        record = yaml.safe_load((sweep_dir / f"trial_{trial.number}" / "metrics.json").read_text())
+        assert record["hpo"]["trial"] == trial.number and record["status"] == trial.user_attrs[STATUS]
+
+
+def test_a_killed_study_resumes_where_it_stopped(tmp_path, data_dir):
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    worker = subprocess.Popen(
+        search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=4"), cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill it while its second trial trains, the first one told
+        time.sleep(0.5)
+        if (sweep_dir / "optuna.db").exists():
+            trials = trials_of(sweep_dir) if (sweep_dir / "trial_1").exists() else []
+            if len(trials) == 2 and trials[0].state != TrialState.RUNNING and trials[1].state == TrialState.RUNNING:
+                break
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = trials_of(sweep_dir)
+    assert [t.state for t in before] == [before[0].state, TrialState.RUNNING]
+    first_record = (sweep_dir / "trial_0" / "metrics.json").read_bytes()
+    time.sleep(2.5)  # the killed trial's heartbeat goes stale (2 x heartbeat_interval)
+
+    result = run_search(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = trials_of(sweep_dir)
+    assert after[0].state == before[0].state and after[0].params == before[0].params  # kept, not redone
+    assert (sweep_dir / "trial_0" / "metrics.json").read_bytes() == first_record
+    killed = after[1]
+    assert killed.state == TrialState.FAIL and STATUS not in killed.user_attrs
+    retries = [t for t in after if RetryFailedTrialCallback.retried_trial_number(t) == 1]
+    assert len(retries) == 1 and retries[0].params == killed.params  # run again with the same parameters
+    assert counted(after) == 4 and len(after) == 5  # trial numbers went on: 0, (1 killed), 2, 3, 4
+    assert all(t.state != TrialState.RUNNING for t in after)
+    assert_no_duplicates(after, sweep_dir)
+    assert "## Best trial" in (sweep_dir / "hpo.md").read_text()
+
+
+def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_dir):
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    # The study exists before the workers start, as when a first worker created it: two workers creating one
+    # SQLite file at the same instant can both try to create Optuna's tables.
+    open_study(open_storage(default_storage(sweep_dir)), "seed_cnn", "val_loss", "minimize", build_sampler(None), None)
+    command = search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=6")
+    workers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]  # fmt: skip
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+    trials = trials_of(sweep_dir)
+    assert len(trials) in (6, 7)  # both may ask the last trial at the same moment: at most one extra
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert all(t.state != TrialState.RUNNING for t in trials)
+    assert_no_duplicates(trials, sweep_dir)
+
+    # hpo.md's command trains the best trial's configuration alone: the same config, less the search's keys.
+    report = (sweep_dir / "hpo.md").read_text()
+    best = optuna.load_study(study_name="seed_cnn", storage=default_storage(sweep_dir)).best_trial
+    command_line = re.search(r"Retrain it alone, exactly as the trial ran:\n\n    (.+)\n", report).group(1)
+    overrides = command_line.split()[2:]
+    assert not any(o.startswith(("hpo.", "hparams_search", "-m")) for o in overrides)
+    trial_dir = sweep_dir / f"trial_{best.number}"
+    retrained = OmegaConf.to_container(compose_train(overrides, trial_dir), resolve=True)
+    trial_config = yaml.safe_load((trial_dir / "config.yaml").read_text())
+    assert trial_config.pop("hpo")["trial"] == best.number and retrained.pop("hpo")["trial"] is None
+    assert retrained == trial_config
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.dropotu=interval(0.0,0.5)"], "model.dropotu=0.0 does not compose into a train.py config"),
+        (["model.dropout=interval(0.5,0.1)"], "search space of `model.dropout` is empty"),
+        (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], "unknown or invalid sampler"),
+        (["hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner"], "unknown or invalid pruner"),
+        (["hydra.sweeper.storage='sqlite:////proc/no/optuna.db'"], "cannot be opened"),
+        (["hydra.sweeper.objective=test_acc"], "is not a validation metric"),
+        (["hydra.sweeper.direction=maximize"], "val_loss improves when you minimize it"),
+        (["hydra.sweeper.objective=val_acc", "hydra.sweeper.direction=maximize"], "minimizes val_loss, but the config"),
+    ],
+)
+def test_bad_input_stops_before_any_trial(tmp_path, data_dir, overrides, expected):
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    open_study(open_storage(default_storage(sweep_dir)), "seed_cnn", "val_loss", "minimize", build_sampler(None), None)
+    assert_refused(run_search(tmp_path / "logs", data_dir, *overrides), expected)
+    assert trials_of(sweep_dir) == [] and not list(sweep_dir.glob("trial_*"))
+
+
+def test_hpo_trial_outside_a_search_is_refused(tmp_path, data_dir):
+    result = subprocess.run(
+        [sys.executable, "train.py", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", "hpo.trial=3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert_refused(result, "hpo.trial is set, but this is no sweep")

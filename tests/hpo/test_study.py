@@ -1,0 +1,76 @@
+"""The study in its storage: opening it, refusing what cannot work, and what counts towards n_trials."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifar_lightning.errors import SearchError
+from cifar_lightning.hpo.study import (
+    INTERRUPTED, OBJECTIVE, STATUS, STORAGE, build_pruner, build_sampler, counted, default_storage, load_study,
+    open_storage, open_study, shown_url,
+)  # fmt: skip
+
+MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
+
+
+def new_study(tmp_path, direction="minimize", objective="val_loss"):
+    storage = open_storage(default_storage(tmp_path))
+    return open_study(storage, "s", objective, direction, build_sampler({"_target_": "optuna.samplers.RandomSampler"}), MEDIAN)
+
+
+def test_a_study_records_its_objective_and_reopens_with_its_pruner(tmp_path):
+    study = new_study(tmp_path)
+    assert default_storage(tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert study.user_attrs[OBJECTIVE] == "val_loss" and study.user_attrs[STORAGE].endswith("optuna.db")
+    again = load_study(default_storage(tmp_path))  # the only study in the storage: found without its name
+    assert again.study_name == "s" and isinstance(again.pruner, optuna.pruners.MedianPruner)
+
+
+def test_a_study_with_another_direction_or_objective_is_refused(tmp_path):
+    new_study(tmp_path)
+    with pytest.raises(SearchError, match="minimizes val_loss, but the config asks to maximize val_acc"):
+        new_study(tmp_path, "maximize", "val_acc")
+
+
+def test_an_unreachable_storage_is_refused(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    for url in (f"sqlite:///{blocked}/sub/optuna.db", "nosuchdialect://host/db"):
+        with pytest.raises(SearchError, match="cannot be opened"):
+            open_storage(url)
+
+
+def test_unknown_samplers_and_pruners_are_refused():
+    with pytest.raises(SearchError, match="unknown or invalid sampler 'optuna.samplers.NoSuchSampler'"):
+        build_sampler({"_target_": "optuna.samplers.NoSuchSampler"})
+    with pytest.raises(SearchError, match="is not an Optuna pruner"):
+        build_pruner({"_target_": "optuna.samplers.RandomSampler"})
+    assert isinstance(build_pruner(None), optuna.pruners.NopPruner)
+
+
+def test_each_worker_offsets_the_sampler_seed():
+    first, second = (build_sampler({"_target_": "optuna.samplers.RandomSampler", "seed": 0}, offset) for offset in (0, 1))
+    space = optuna.distributions.FloatDistribution(0, 1)
+    draw = [s.sample_independent(None, None, "x", space) for s in (first, second)]
+    assert draw[0] != draw[1]
+    assert draw[0] == build_sampler({"_target_": "optuna.samplers.RandomSampler", "seed": 0}).sample_independent(
+        None, None, "x", space
+    )
+
+
+def test_killed_and_interrupted_trials_do_not_count_their_retries_do(tmp_path):
+    study = new_study(tmp_path)
+    done = study.ask()
+    done.set_user_attr(STATUS, "completed")
+    study.tell(done, 1.0)
+    study.ask()  # running
+    killed = study.ask()
+    study.tell(killed, state=TrialState.FAIL)  # no status: its worker died
+    stopped = study.ask()
+    stopped.set_user_attr(STATUS, INTERRUPTED)
+    study.tell(stopped, state=TrialState.FAIL)
+    assert counted(study.get_trials()) == 2
+
+
+def test_passwords_never_show():
+    assert shown_url("postgresql://user:secret@host/db") == "postgresql://user:***@host/db"
