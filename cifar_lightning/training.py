@@ -33,6 +33,7 @@ from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, TrainingDiverged, is_number
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics
+from cifar_lightning.tracking import record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,7 @@ def _fit_and_record(
         metrics["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
         if trainer.is_global_zero:
             write_metrics(run, metrics)
+        record_outcome(trainer, run, metrics)
         log.error("%s", exc)
         raise
     train_seconds = resume_state.previous_seconds + time.perf_counter() - start
@@ -315,6 +317,7 @@ def _fit_and_record(
     metrics = metrics_record(record(COMPLETED, test_metrics, train_seconds, early_stop))
     if trainer.is_global_zero:
         write_metrics(run, metrics)
+    record_outcome(trainer, run, metrics)
     log.info(
         "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
         metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], run.root,
