@@ -41,15 +41,9 @@ from cifar_lightning.errors import (
 )
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import (
-    COMPLETED,
-    DIVERGED,
-    PRUNED,
-    RunDir,
-    RunDirError,
-    metrics_record,
-    read_metrics,
-    write_metrics,
+    COMPLETED, DIVERGED, PRUNED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics,
 )  # fmt: skip
+from cifar_lightning.tracking import record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -339,19 +333,18 @@ def _fit_and_record(
         for callback in trainer.callbacks:
             if hasattr(callback, "check_pruned"):  # DDP: the pruning callback stops the fit; raise here
                 callback.check_pruned()
-    except TrainingDiverged as exc:
-        metrics = record(DIVERGED, {}, resume_state.previous_seconds + time.perf_counter() - start, False)
-        metrics["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
+    except (TrainingDiverged, TrialPruned) as exc:  # stopped before its end: recorded as such, then raised
+        seconds = resume_state.previous_seconds + time.perf_counter() - start
+        if isinstance(exc, TrainingDiverged):
+            metrics = record(DIVERGED, {}, seconds, False)
+            metrics["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
+        else:
+            metrics = record(PRUNED, {}, seconds, False)
+            metrics["pruned"] = {"epoch": exc.epoch, "value": exc.value}
         if trainer.is_global_zero:
             write_metrics(run, metrics)
-        log.error("%s", exc)
-        raise
-    except TrialPruned as exc:
-        metrics = record(PRUNED, {}, resume_state.previous_seconds + time.perf_counter() - start, False)
-        metrics["pruned"] = {"epoch": exc.epoch, "value": exc.value}
-        if trainer.is_global_zero:
-            write_metrics(run, metrics)
-        log.info("%s", exc)
+        record_outcome(trainer, run, metrics)
+        log.log(logging.ERROR if isinstance(exc, TrainingDiverged) else logging.INFO, "%s", exc)
         raise
     train_seconds = resume_state.previous_seconds + time.perf_counter() - start
     early_stop = stopped_early(trainer)
@@ -366,6 +359,7 @@ def _fit_and_record(
     metrics = metrics_record(record(COMPLETED, test_metrics, train_seconds, early_stop))
     if trainer.is_global_zero:
         write_metrics(run, metrics)
+    record_outcome(trainer, run, metrics)
     log.info(
         "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
         metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], run.root,

@@ -1,0 +1,221 @@
+"""Experiment tracking beyond the per-epoch curves: MLflow runs (logger=mlflow) and TensorBoard's HParams tab.
+
+Lightning's loggers already send the hyperparameters (training.py logs the resolved config) and the
+per-epoch metrics. This module adds what they lack:
+
+- MLflowRunLogger: Lightning's MLFlowLogger with one MLflow run per run directory (a resumed or
+  requeued run continues its MLflow run, found by its `run_dir` tag), the config's keys as dotted
+  MLflow params (optim.lr) within MLflow's length limits, and a ConfigError before training when
+  mlflow is missing or the tracking store cannot be used.
+- record_outcome: once metrics.json is written, the run's final figures, status and checkpoint
+  paths go to every MLflow run, and its hyperparameters with those figures to TensorBoard's HParams tab.
+
+mlflow itself is imported only where an MLflow logger is used: training works without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+from lightning.fabric.utilities.logger import _convert_params, _flatten_dict, _sanitize_params
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from torch.utils.tensorboard.summary import hparams
+
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.runs import COMPLETED, RunDir
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+#: metrics.json's headline figures, logged as final metrics (MLflow) and HParams metrics (TensorBoard, as hp/<name>).
+FINAL_FIGURES = ("test_acc", "test_loss", "best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "train_seconds")
+#: The tag that ties an MLflow run to its run directory (absolute path).
+RUN_DIR_TAG = "run_dir"
+#: How long the check of an http(s) tracking server waits for an answer.
+SERVER_CHECK_SECONDS = 10
+_INSTALL_FIX = 'pip install -e ".[tracking]" installs it; or train without MLflow (logger=tensorboard)'
+
+
+def check_tracking_server(tracking_uri: str) -> None:
+    """Raise ConfigError when an http(s) tracking server does not answer (MLflow itself would retry for minutes)."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS).close()
+    except urllib.error.HTTPError:
+        return  # something answered: MLflow reports what it makes of the answer
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"the MLflow tracking server {tracking_uri} does not answer ({reason}); start it (mlflow server), "
+            f"or pass a reachable one, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db"
+        ) from exc
+
+
+class MLflowRunLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, one MLflow run per run directory.
+
+    run_dir: the run's directory, kept as the run's `run_dir` tag. A run that starts in a directory
+    that already has an MLflow run in this experiment (a resume, a requeued job) continues that run.
+    The other arguments are MLFlowLogger's.
+    """
+
+    def __init__(self, run_dir: str, tracking_uri: str | None, **kwargs: Any) -> None:
+        if find_spec("mlflow") is None:
+            raise ConfigError(f"logger=mlflow needs the mlflow package, which is not installed: {_INSTALL_FIX}")
+        self.run_dir = str(Path(run_dir).expanduser().resolve())
+        tags = {key: str(value) for key, value in (kwargs.pop("tags", None) or {}).items() if value is not None}
+        check_tracking_server(tracking_uri)
+        try:
+            super().__init__(tracking_uri=tracking_uri, tags={**tags, RUN_DIR_TAG: self.run_dir}, **kwargs)
+        except Exception as exc:  # MLflow opens the store here: unknown scheme, unwritable path, refused file store
+            reason = " ".join(str(exc).split())
+            raise ConfigError(
+                f"cannot open the MLflow tracking store {tracking_uri} ({type(exc).__name__}: {reason}); pass one "
+                f"that works, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db or http://<host>:5000 "
+                f"(a running mlflow server)"
+            ) from exc
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        """The MLflow client, once the experiment exists and the run is found or created (rank 0 only)."""
+        if not self._initialized and self._run_id is None:
+            self._run_id = self._existing_run()
+        return super().experiment
+
+    def _existing_run(self) -> str | None:
+        """This run directory's MLflow run in the experiment, marked running again; None when it has none.
+
+        Creates the experiment (with the configured artifact location) when it does not exist yet.
+        """
+        client = self._mlflow_client
+        experiment = client.get_experiment_by_name(self._experiment_name)
+        if experiment is None:
+            self._experiment_id = client.create_experiment(self._experiment_name, self._artifact_location)
+            return None
+        self._experiment_id = experiment.experiment_id
+        quote = '"' if "'" in self.run_dir else "'"
+        found = client.search_runs(
+            [experiment.experiment_id], f"tags.{RUN_DIR_TAG} = {quote}{self.run_dir}{quote}", max_results=1
+        )
+        if not found:
+            return None
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        log.info("MLflow: continuing run %s of experiment %s", found[0].info.run_id, self._experiment_name)
+        return found[0].info.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Any) -> None:
+        """Log params as dotted keys (optim.lr), each value cut to MLflow's length limit.
+
+        MLflow's params are write-once: a continued run keeps the values it started with and gains only
+        new keys (what a resume changed is in metrics.json's `resumes`).
+        """
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+        flat = _flatten_dict(_convert_params(params), delimiter=".")
+        logged = self.experiment.get_run(self.run_id).data.params
+        new = [Param(key, str(value)[:MAX_PARAM_VAL_LENGTH]) for key, value in flat.items() if key not in logged]
+        for start in range(0, len(new), MAX_PARAMS_TAGS_PER_BATCH):
+            self.experiment.log_batch(self.run_id, params=new[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def final_figures(metrics: dict[str, Any]) -> dict[str, float]:
+    """The FINAL_FIGURES metrics.json has as finite numbers (a diverged run has no test figures)."""
+    figures = {key: metrics.get(key) for key in FINAL_FIGURES}
+    return {
+        key: float(value)
+        for key, value in figures.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def log_outcome_to_mlflow(logger: MLFlowLogger, run: RunDir, metrics: dict[str, Any], step: int) -> None:
+    """The final figures as metrics, status and checkpoint paths as tags, metrics.json as an artifact."""
+    from mlflow.entities import Metric, RunTag
+
+    client, run_id = logger.experiment, logger.run_id
+    logged = client.get_run(run_id).data.metrics  # test_acc/test_loss came with the test: not twice
+    now = int(time.time() * 1000)
+    figures = [
+        Metric(key, value, now, step) for key, value in final_figures(metrics).items() if logged.get(key) != value
+    ]
+    tags = {
+        "status": metrics.get("status"),
+        "best_checkpoint": metrics.get("best_checkpoint"),
+        "last_checkpoint": metrics.get("last_checkpoint"),
+        RUN_DIR_TAG: str(run.root.expanduser().resolve()),
+    }
+    client.log_batch(run_id, metrics=figures, tags=[RunTag(key, str(value)) for key, value in tags.items() if value])
+    if run.metrics.is_file():
+        client.log_artifact(run_id, str(run.metrics))
+
+
+def session_end_summary(status: str) -> Summary:
+    """The HParams plugin's session-end record: success for a completed run, failure otherwise."""
+    end = plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.STATUS_SUCCESS if status == COMPLETED else api_pb2.STATUS_FAILURE, end_time_secs=time.time()
+    )
+    content = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
+    return Summary(
+        value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(content))]
+    )
+
+
+def log_outcome_to_tensorboard(logger: TensorBoardLogger, metrics: dict[str, Any], step: int) -> None:
+    """The run's hyperparameters and final figures (hp/<name>) as one session of TensorBoard's HParams tab.
+
+    Only the session records are written, not Lightning's per-run experiment record: with one of those
+    in every run, the tab would take one run's hyperparameter and metric names for all. Without it,
+    the tab lists every run's hyperparameters and the last value of each of its scalars, hp/* included.
+    """
+    figures = {f"hp/{key}": value for key, value in final_figures(metrics).items()}
+    logger.log_metrics(figures, step)
+    params = _sanitize_params(_flatten_dict(_convert_params(logger.hparams), delimiter="."))
+    _, session_start, _ = hparams(params, figures)
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(session_start)
+    writer.add_summary(session_end_summary(str(metrics.get("status"))))
+    logger.experiment.close()  # Lightning had closed it after the fit or test; writing reopened it
+
+
+def tracker_errors() -> tuple[type[Exception], ...]:
+    """What a tracker's storage raises: OS errors, and MLflow's (a server gone away, a locked database)."""
+    if find_spec("mlflow") is None:
+        return (OSError,)
+    from mlflow.exceptions import MlflowException
+
+    return (OSError, MlflowException)
+
+
+def record_outcome(trainer: L.Trainer, run: RunDir, metrics: dict[str, Any]) -> None:
+    """Send a finished run's metrics.json (written just before) to its MLflow runs and TensorBoard's HParams tab.
+
+    Rank 0 only. A tracker that fails here costs a warning, not the run: metrics.json has it all.
+    """
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        try:
+            if isinstance(logger, MLFlowLogger):
+                log_outcome_to_mlflow(logger, run, metrics, trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                log_outcome_to_tensorboard(logger, metrics, trainer.global_step)
+        except tracker_errors() as exc:
+            log.warning("could not record the run's outcome with %s: %s", type(logger).__name__, exc)
