@@ -41,7 +41,14 @@ from cifar_lightning.errors import (
 )
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import (
-    COMPLETED, DIVERGED, PRUNED, RunDir, RunDirError, metrics_record, read_metrics, write_metrics,
+    COMPLETED,
+    DIVERGED,
+    PRUNED,
+    RunDir,
+    RunDirError,
+    metrics_record,
+    read_metrics,
+    write_metrics,
 )  # fmt: skip
 from cifar_lightning.tracking import record_outcome
 

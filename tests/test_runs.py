@@ -49,7 +49,8 @@ def test_metrics_json_has_a_schema_version_and_a_status(tmp_path):
     run = RunDir(tmp_path)
     written = write_metrics(run, {"status": "diverged", "test_acc": None, "divergence": {"loss": float("nan")}})
     text = run.metrics.read_text()
-    assert text.startswith(f'{{\n  "schema_version": {runs.METRICS_SCHEMA_VERSION},') and '"loss": "nan"' in text  # valid JSON, no NaN
+    assert text.startswith(f'{{\n  "schema_version": {runs.METRICS_SCHEMA_VERSION},')
+    assert '"loss": "nan"' in text  # valid JSON, no NaN
     assert read_metrics(run) == written and written["status"] == "diverged"
     assert list(tmp_path.iterdir()) == [run.metrics]  # the temporary file was renamed into place
     with pytest.raises(ValueError, match="status"):

@@ -92,7 +92,9 @@ def distribution(override: Override) -> BaseDistribution:
     raise SearchError(f"`{key}`: {override.input_line} is not a search space Optuna can draw from; use {SYNTAX}")
 
 
-def build_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
+def build_space(
+    params: Mapping[str, Any] | None, arguments: Sequence[str]
+) -> tuple[dict[str, BaseDistribution], list[str]]:
     """The distributions (config params, then command-line sweeps) and the fixed command-line overrides.
 
     A command-line sweep such as `optim.lr=interval(0.01,0.1)` adds to (or replaces) the config's params;

@@ -158,4 +158,5 @@ def counted(trials: Sequence[FrozenTrial]) -> int:
     A trial failed because its worker died (no `status`) or was stopped (interrupted) does not count: its
     retry does.
     """
-    return sum(1 for t in trials if t.state == TrialState.RUNNING or t.user_attrs.get(STATUS) not in (None, INTERRUPTED))
+    ran = (None, INTERRUPTED)
+    return sum(1 for t in trials if t.state == TrialState.RUNNING or t.user_attrs.get(STATUS) not in ran)

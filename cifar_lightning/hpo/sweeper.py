@@ -119,7 +119,8 @@ class OptunaSearch:
             return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
         self.objective, self.direction, self.study_name, self.storage = objective, direction, study_name, storage
-        self.n_trials, self.n_jobs, self.heartbeat_interval, self.max_retry = n_trials, n_jobs, heartbeat_interval, max_retry
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.heartbeat_interval, self.max_retry = heartbeat_interval, max_retry
         self.sampler, self.pruner, self.params = plain(sampler), plain(pruner), plain(params)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -188,10 +189,12 @@ class OptunaSearch:
         self.check_composes(space, fixed)
         storage_url = self.storage or default_storage(self.config.hydra.sweep.dir)
         storage = open_storage(storage_url, self.heartbeat_interval, self.max_retry)
-        study = open_study(storage, self.study_name, self.objective, self.direction, build_sampler(self.sampler), self.pruner)
+        sampler = build_sampler(self.sampler)
+        study = open_study(storage, self.study_name, self.objective, self.direction, sampler, self.pruner)
         task = [line for line in fixed if line.split("=", 1)[0].lstrip("+~").split(".")[0] not in SEARCH_KEYS]
         study.set_user_attr(TASK_OVERRIDES, task)
-        study.set_user_attr(FULL_LENGTH_OVERRIDES, [line for line in task if not line.startswith("trainer.max_epochs=")])
+        full_length = [line for line in task if not line.startswith("trainer.max_epochs=")]
+        study.set_user_attr(FULL_LENGTH_OVERRIDES, full_length)
         return Plan(study, storage, storage_url, space, fixed)
 
     # --- the study ------------------------------------------------------------------------------------
@@ -229,7 +232,10 @@ class OptunaSearch:
                     trial.set_user_attr(OVERRIDES, trial_overrides(values))
                     heartbeat.track(trial)
                     log.info("trial %d: %s", trial.number, " ".join(trial_overrides(values)))
-                jobs = [[*plan.fixed, *trial_overrides(values), *self.trial_keys(plan, trial)] for trial, values in zip(batch, params)]
+                jobs = [
+                    [*plan.fixed, *trial_overrides(values), *self.trial_keys(plan, trial)]
+                    for trial, values in zip(batch, params)
+                ]
                 try:
                     results = self.launcher.launch(jobs, initial_job_idx=job_idx)
                 except BaseException:
@@ -260,7 +266,7 @@ class OptunaSearch:
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         if not running or self.heartbeat_interval is None:
             if running:
-                log.warning("trials %s are still running elsewhere (or were killed); rerun to retry killed ones", running)
+                log.warning("trials %s still run elsewhere (or were killed); rerun to retry killed ones", running)
             return False
         log.info("waiting for trials %s (another worker's, or killed ones until their heartbeat goes stale)", running)
         time.sleep(min(self.heartbeat_interval, 10))

@@ -145,3 +145,16 @@ def test_hpo_trial_outside_a_search_is_refused(tmp_path, data_dir):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert_refused(result, "hpo.trial is set, but this is no sweep")
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "local"])
+def test_trials_run_through_other_launchers(tmp_path, data_dir, launcher):
+    """Two trials at a time in their own processes: joblib's, or submitit's (the Slurm launcher's code path)."""
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    result = run_search(
+        tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", f"hydra/launcher={launcher}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = trials_of(sweep_dir)
+    assert len(trials) == 2 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert_no_duplicates(trials, sweep_dir)

@@ -6,8 +6,18 @@ from optuna.trial import TrialState
 
 from cifar_lightning.errors import SearchError
 from cifar_lightning.hpo.study import (
-    INTERRUPTED, OBJECTIVE, STATUS, STORAGE, build_pruner, build_sampler, counted, default_storage, load_study,
-    open_storage, open_study, shown_url,
+    INTERRUPTED,
+    OBJECTIVE,
+    STATUS,
+    STORAGE,
+    build_pruner,
+    build_sampler,
+    counted,
+    default_storage,
+    load_study,
+    open_storage,
+    open_study,
+    shown_url,
 )  # fmt: skip
 
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
@@ -15,7 +25,8 @@ MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
 
 def new_study(tmp_path, direction="minimize", objective="val_loss"):
     storage = open_storage(default_storage(tmp_path))
-    return open_study(storage, "s", objective, direction, build_sampler({"_target_": "optuna.samplers.RandomSampler"}), MEDIAN)
+    sampler = build_sampler({"_target_": "optuna.samplers.RandomSampler"})
+    return open_study(storage, "s", objective, direction, sampler, MEDIAN)
 
 
 def test_a_study_records_its_objective_and_reopens_with_its_pruner(tmp_path):
@@ -49,13 +60,12 @@ def test_unknown_samplers_and_pruners_are_refused():
 
 
 def test_each_worker_offsets_the_sampler_seed():
-    first, second = (build_sampler({"_target_": "optuna.samplers.RandomSampler", "seed": 0}, offset) for offset in (0, 1))
+    random = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    first, second = (build_sampler(random, offset) for offset in (0, 1))
     space = optuna.distributions.FloatDistribution(0, 1)
     draw = [s.sample_independent(None, None, "x", space) for s in (first, second)]
     assert draw[0] != draw[1]
-    assert draw[0] == build_sampler({"_target_": "optuna.samplers.RandomSampler", "seed": 0}).sample_independent(
-        None, None, "x", space
-    )
+    assert draw[0] == build_sampler(random).sample_independent(None, None, "x", space)  # a lone worker: the seed
 
 
 def test_killed_and_interrupted_trials_do_not_count_their_retries_do(tmp_path):
