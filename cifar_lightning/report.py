@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from cifar_lightning.errors import is_number
 
 REPORT_FILE = "report.html"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -65,15 +66,11 @@ class Table:
 SectionItem = Path | Table | str
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def percent(value: Any, digits: int = 2) -> str:
     """A fraction as a percentage ("0.692" -> "69.20%"); anything else as text, n/a when absent."""
     if value is None:
         return "n/a"
-    return f"{100 * value:.{digits}f}%" if is_number(value) else str(value)
+    return f"{100 * value:.{digits}f}%" if is_number(value, finite=True) else str(value)
 
 
 def headline(summary: dict) -> str:
@@ -81,8 +78,8 @@ def headline(summary: dict) -> str:
     accuracy, loss, count = summary.get("test_acc"), summary.get("test_loss"), summary.get("num_images")
     numbers = [
         (None if accuracy is None else percent(accuracy), "test accuracy"),
-        (f"{loss:.4f}" if is_number(loss) else loss, "test loss (cross-entropy)"),
-        (f"{count:,}" if is_number(count) else count, "test images"),
+        (f"{loss:.4f}" if is_number(loss, finite=True) else loss, "test loss (cross-entropy)"),
+        (f"{count:,}" if is_number(count, finite=True) else count, "test images"),
     ]
     boxes = [
         f'<div class="number"><div class="value">{escape(str(value))}</div><div class="label">{label}</div></div>'
@@ -118,7 +115,8 @@ def per_class_columns(summary: dict) -> dict[str, list]:
             columns[heading] = summary[top_level]
     confusion = summary.get("confusion")
     if isinstance(confusion, list) and all(isinstance(row, list) for row in confusion):
-        columns["test images"] = [sum(row) if all(is_number(n) for n in row) else None for row in confusion]
+        counted = [all(is_number(n, finite=True) for n in row) for row in confusion]
+        columns["test images"] = [sum(row) if ok else None for row, ok in zip(confusion, counted)]
     return columns
 
 
@@ -133,7 +131,7 @@ def per_class_table(summary: dict) -> str:
 
     def cell(heading: str, values: list, i: int) -> str:
         value = values[i] if i < len(values) else None
-        text = f"{value:,}" if heading == "test images" and is_number(value) else percent(value, 1)
+        text = f"{value:,}" if heading == "test images" and is_number(value, finite=True) else percent(value, 1)
         return f"<td>{escape(text)}</td>"
 
     body = "".join(
