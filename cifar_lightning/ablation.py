@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from scipy import stats
 
-from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.runs import COMPLETED, DIVERGED, HYDRA_DIR, RunDir, RunDirError, read_metrics
 
 log = logging.getLogger(__name__)
@@ -677,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table = aggregate(args.sweep_dir)
     except CifarLightningError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     print(render_markdown(table), end="")
     print(f"\nWrote {', '.join(path.name for path in table.files.values())} into {table.sweep_dir}")

@@ -62,6 +62,13 @@ def invalid_setting(entry: str, outcome: str, key: str, problem: str, example: s
     )
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """An exception or message on one line (whitespace runs become one space), cut to `limit` characters: how
+    a library's multi-line error is quoted inside one of ours."""
+    line = " ".join(str(text).split())
+    return line if limit is None else line[:limit]
+
+
 def is_number(value: object, finite: bool = False) -> bool:
     """True for an int or float (not a bool); with finite, also not inf or nan."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)

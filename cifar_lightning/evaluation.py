@@ -35,7 +35,7 @@ from torchmetrics.classification import (
 
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.errors import ConfigError, invalid_setting, is_int
+from cifar_lightning.errors import ConfigError, invalid_setting, is_int, one_line
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
 from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
@@ -149,7 +149,7 @@ def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: 
         datamodule = instantiate(data, **split)
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
         cause: BaseException = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
-        raise _invalid("data", " ".join(str(cause).split()), "data.<key>=<value>") from exc
+        raise _invalid("data", one_line(cause), "data.<key>=<value>") from exc
     datamodule.prepare_data()  # missing or corrupt data fails here, naming the file and the fix
     datamodule.load_state_dict(stats)
     datamodule.setup("test")

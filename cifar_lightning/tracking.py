@@ -33,7 +33,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
-from cifar_lightning.errors import ConfigError
+from cifar_lightning.errors import ConfigError, one_line
 from cifar_lightning.runs import COMPLETED, RunDir
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class MLflowRunLogger(MLFlowLogger):
         try:
             super().__init__(tracking_uri=tracking_uri, tags={**tags, RUN_DIR_TAG: self.run_dir}, **kwargs)
         except Exception as exc:  # MLflow opens the store here: unknown scheme, unwritable path, refused file store
-            reason = " ".join(str(exc).split())
+            reason = one_line(exc)
             raise ConfigError(
                 f"cannot open the MLflow tracking store {tracking_uri} ({type(exc).__name__}: {reason}); pass one "
                 f"that works, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db or http://<host>:5000 "

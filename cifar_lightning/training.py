@@ -38,6 +38,7 @@ from cifar_lightning.errors import (
     TrainingDiverged,
     TrialPruned,
     is_number,
+    one_line,
 )
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import (
@@ -68,7 +69,7 @@ def config_errors(group: str) -> Iterator[None]:
         cause: BaseException = exc
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        reason = " ".join(str(cause).split())  # one line
+        reason = one_line(cause)  # one line
         raise ConfigError(
             f"invalid `{group}` config: {reason}. Fix the value on the command line "
             f"(python train.py {group}.<key>=<value>) or in conf/{group}/; nothing was trained."
@@ -484,7 +485,7 @@ def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(exc, 200)
         raise ResumeError(
             f"cannot resume {run.root}: its last checkpoint {path} is truncated or corrupt "
             f"({type(exc).__name__}: {reason}). {fix}."
@@ -528,7 +529,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     except (OSError, ValueError, OmegaConfBaseException) as exc:
         raise ResumeError(
             f"cannot resume {run.root}: its config {run.config} is missing or unreadable "
-            f"({' '.join(str(exc).split())[:200]}). The run directory was left as it is. Fix: restore "
+            f"({one_line(exc, 200)}). The run directory was left as it is. Fix: restore "
             f"config.yaml from a copy of the run (the checkpoint's hyper_parameters.run_config holds it too), "
             f"or start the run again."
         ) from exc

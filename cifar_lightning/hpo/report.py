@@ -23,6 +23,7 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
+from cifar_lightning.errors import one_line  # noqa: E402
 from cifar_lightning.hpo.study import (  # noqa: E402
     FULL_LENGTH_OVERRIDES,
     OBJECTIVE,
@@ -67,7 +68,7 @@ def draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str | None]:
             plt.close(figure)
             outcome[name] = None
         except Exception as exc:  # Optuna refuses plots the study cannot support yet
-            outcome[name] = " ".join(str(exc).split())[:200] or type(exc).__name__
+            outcome[name] = one_line(exc, 200) or type(exc).__name__
             (out_dir / name).unlink(missing_ok=True)
             plt.close("all")
     return outcome

@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from cifar_lightning.errors import SearchError, is_number
+from cifar_lightning.errors import SearchError, is_number, one_line
 
 SYNTAX = (
     "interval(low, high), tag(log, interval(low, high)), tag(int, interval(low, high)), range(start, stop[, step]) "
@@ -37,7 +37,7 @@ def parse_overrides(lines: Sequence[str]) -> list[Override]:
         return OverridesParser.create().parse_overrides(list(lines))
     except HydraException as exc:
         raise SearchError(
-            f"the search space cannot be parsed: {' '.join(str(exc).split())}. Write each parameter as "
+            f"the search space cannot be parsed: {one_line(exc)}. Write each parameter as "
             f"<config key>: {SYNTAX}, e.g. optim.lr: tag(log, interval(0.01, 0.2))."
         ) from exc
 

@@ -19,7 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from cifar_lightning.errors import SearchError
+from cifar_lightning.errors import SearchError, one_line
 
 #: Validation metrics a study may optimize: the per-epoch metric the pruner watches, the metrics.json figure
 #: of the checkpoint the run keeps (lowest validation loss), and the direction that improves it. Never a
@@ -71,7 +71,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as exc:  # SQLAlchemy reports bad URLs, missing drivers and refused connections many ways
-        reason = " ".join(str(exc).split())[:300]
+        reason = one_line(exc, 300)
         raise SearchError(
             f"the study storage {shown_url(url)} cannot be opened ({type(exc).__name__}: {reason}). Fix "
             f"hydra.sweeper.storage: a reachable RDB URL such as sqlite:///logs/hpo.db or "
@@ -100,7 +100,7 @@ def _instantiated(config: Mapping[str, Any], kind: str, base: type, example: str
         if not isinstance(built, base):
             raise TypeError(f"{config.get('_target_')} is not an Optuna {kind}")
     except Exception as exc:
-        reason = " ".join(str(exc.__cause__ or exc).split())[:300]
+        reason = one_line(exc.__cause__ or exc, 300)
         raise SearchError(
             f"unknown or invalid {kind} {config.get('_target_')!r} ({reason}). Fix hydra.sweeper.{kind}: a "
             f"_target_ naming an Optuna {kind} class, e.g. {example}, with its arguments; no trial was run."

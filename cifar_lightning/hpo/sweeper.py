@@ -40,7 +40,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from cifar_lightning.errors import CifarLightningError, SearchError, is_int
+from cifar_lightning.errors import CifarLightningError, SearchError, is_int, one_line
 from cifar_lightning.hpo.report import write_report
 from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
 from cifar_lightning.hpo.study import (
@@ -176,7 +176,7 @@ class OptunaSearch:
                 try:
                     self.hydra_context.config_loader.load_sweep_config(self.config, [*fixed, override])
                 except Exception as exc:
-                    reason = " ".join(str(exc).split())[:300]
+                    reason = one_line(exc, 300)
                     raise SearchError(
                         f"the search-space parameter {override} does not compose into a train.py config ({reason}). "
                         f"Fix hydra.sweeper.params: name existing config keys (python train.py --cfg job lists "

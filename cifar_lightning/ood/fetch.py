@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision.datasets
 
-from cifar_lightning.errors import DataError
+from cifar_lightning.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def fetch_set(source: str, path: str | Path, download: bool) -> Path:
     try:
         images, labels = torchvision_test_split(source, root, download)
     except Exception as exc:  # missing or corrupt files, network, disk or archive errors: all end the same way
-        cause = " ".join(str(exc).split())
+        cause = one_line(exc)
         if download:
             problem = f"downloading torchvision's {label} into {root} failed ({type(exc).__name__}: {cause[:300]})"
         else:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.runs.compare import (
     DEFAULT_OUT,
     DEFAULT_SORT,
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         comparison = compare(args.paths, args.sort, args.descending)
         markdown, csv_path = write_comparison(comparison, args.out)
     except CifarLightningError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     print(render_table(comparison), end="")
     print(f"\nWrote {markdown} and {csv_path}")

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from cifar_lightning.errors import CifarLightningError, is_number
+from cifar_lightning.errors import CifarLightningError, is_number, one_line
 from cifar_lightning.runs import CONFIG_FILE, HYDRA_DIR, METRICS_FILE, RunDir, RunDirError, read_metrics
 from cifar_lightning.tables import markdown_table, write_csv
 
@@ -151,7 +151,7 @@ def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
     try:
         config = OmegaConf.to_container(OmegaConf.load(run.config), resolve=False)
     except (OSError, YAMLError, OmegaConfBaseException) as exc:
-        return None, f"config.yaml unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        return None, f"config.yaml unreadable ({type(exc).__name__}: {one_line(exc)})"
     if not isinstance(config, dict):
         return None, f"config.yaml holds a {type(config).__name__}, not a mapping"
     return flatten(config), None
@@ -174,7 +174,7 @@ def read_run(run: RunDir) -> RunRow:
     try:
         metrics = read_metrics(run)
     except RunDirError as exc:
-        return RunRow(run, config, UNREADABLE, {}, [*notes, " ".join(str(exc).split())])
+        return RunRow(run, config, UNREADABLE, {}, [*notes, one_line(exc)])
     status = metrics.get("status")
     figures = {name: metric_value(metrics.get(name)) for name in METRIC_COLUMNS}
     return RunRow(run, config, status if isinstance(status, str) and status else UNKNOWN, figures, notes)
