@@ -116,7 +116,7 @@ def render(study: optuna.Study, plots: dict[str, str | None]) -> str:
         lines += [
             f"## Best trial: {best.number}, {objective} {best.value:.4f}",
             "",
-            markdown_table(["parameter", "value"], [[k, format_value(v)] for k, v in best.params.items()]),
+            markdown_table(["parameter", "value"], [[k, format_value(v)] for k, v in best.params.items()]).rstrip(),
             "",
             f"Run directory: `{best.user_attrs.get(RUN_DIR)}`",
             "",
@@ -140,7 +140,7 @@ def render(study: optuna.Study, plots: dict[str, str | None]) -> str:
         "",
         f"`{objective}`: the objective (blank for pruned or failed trials); epochs: epochs reported to the pruner.",
         "",
-        markdown_table(["trial", "status", objective, "epochs", *names, "seconds"], trial_rows(study, names)),
+        markdown_table(["trial", "status", objective, "epochs", *names, "seconds"], trial_rows(study, names)).rstrip(),
         "",
         "## Plots",
         "",
