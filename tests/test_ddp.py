@@ -150,6 +150,7 @@ def test_two_cpu_processes_train_one_run_scored_like_evaluate(data_dir, tmp_path
     assert "sync_dist=True" not in result.stderr  # every epoch-level figure is reduced over ranks
 
 
+@pytest.mark.slow  # three processes: about 40 s; two run by default
 def test_three_processes_with_uneven_shards_finish(data_dir, tmp_path):
     # 10,000 test images on 3 ranks at 1,111 per batch: rank 0 scores 3,334 in 4 batches, ranks 1 and 2
     # score 3,333 in 3 and an empty one. Unequal counts would hang the collectives (the timeout fails it).

@@ -54,6 +54,7 @@ def test_neither_ckpt_nor_run_dir(tmp_path):
     assert_refused(run_evaluate(log_dir=tmp_path / "logs"), "neither ckpt nor run_dir", "ckpt=", "run_dir=")
 
 
+@pytest.mark.slow  # one more CLI start: the first error check runs by default
 def test_unknown_key_is_refused_by_hydra(tmp_path):
     result = run_evaluate("gradcam.layr=conv2", log_dir=tmp_path / "logs")
     assert result.returncode == 1 and "Key 'layr' is not in struct" in result.stderr, result.stderr
@@ -77,6 +78,7 @@ def test_a_bad_ood_setting_is_refused(tmp_path):
     assert_refused(result, "unknown detector(s) odin", "ood=none")
 
 
+@pytest.mark.slow  # one more CLI start: the first error check runs by default
 def test_a_boolean_gradcam_explain_is_refused(tmp_path):
     """gradcam.explain=true is a boolean to Hydra, not a class: one error naming the values it takes."""
     result = run_evaluate("ckpt=any.ckpt", "gradcam.explain=true", log_dir=tmp_path / "logs")
@@ -174,11 +176,11 @@ def readme_result(tiny_run, readme_inputs, tmp_path_factory):
 
 
 def readme_params() -> list:
-    """One case per README command; the Grad-CAM one (a defect once) runs by default, the rest (about 40 s
-    each on 2 cores) with the slow tests."""
+    """One case per README command, each run with the slow tests (about 40 s each on 2 cores); the default
+    suite evaluates a real checkpoint through the CLI once (test_a_real_checkpoint_is_evaluated)."""
     return [
         pytest.param(index, id=" ".join(command[2:]),
-                     marks=() if "gradcam.explain=label" in command else pytest.mark.slow)
+                     marks=pytest.mark.slow)  # each a full evaluate.py run (20-40 s)
         for index, command in enumerate(README_COMMANDS)
     ]  # fmt: skip
 

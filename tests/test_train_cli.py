@@ -74,6 +74,7 @@ def test_invalid_value_stops_with_a_one_line_reason(override, expected, data_dir
     assert len(error_lines) == 1 and all(e in error_lines[0] for e in expected)
 
 
+@pytest.mark.slow  # one more CLI start: the first error checks run by default
 def test_unknown_key_stops(data_dir, log_dir):
     before = snapshot(log_dir / "train" / "runs" / "earlier")
     result = run_train("model.dropot=0.1", f"data.data_dir={data_dir}", log_dir=log_dir)
@@ -89,6 +90,7 @@ def test_missing_data_folder_names_the_path_and_the_fix(tmp_path, log_dir):
     assert result.returncode == 2
 
 
+@pytest.mark.slow  # one more CLI start: the first error checks run by default
 def test_corrupt_data_file_names_the_path_and_the_fix(data_dir, tmp_path, log_dir):
     before = snapshot(log_dir / "train" / "runs" / "earlier")
     copy = tmp_path / "data"
