@@ -17,10 +17,10 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar_lightning.errors import CifarLightningError, TrialPruned
-from cifar_lightning.training import resume, train
+from cifar_lightning.training import is_trial, resume, train
 
 log = logging.getLogger("train")
 
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     # with status: diverged, which the aggregation lists apart.
     hydra_config = HydraConfig.get()
     in_sweep = hydra_config.mode == RunMode.MULTIRUN
-    if not in_sweep and OmegaConf.select(cfg, "hpo.trial") is not None:
+    if not in_sweep and is_trial(cfg):
         print(
             "error: hpo.trial is set, but this is no sweep: hpo.study, hpo.storage and hpo.trial are set by the "
             "hyperparameter-search sweeper for its trials. Fix: drop the hpo.* overrides to train the configuration "

@@ -25,7 +25,6 @@ from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 
 from cifar_lightning.errors import one_line  # noqa: E402
 from cifar_lightning.hpo.study import (  # noqa: E402
-    FULL_LENGTH_OVERRIDES,
     OBJECTIVE,
     OVERRIDES,
     PRUNER,
@@ -53,6 +52,11 @@ def command(overrides: Sequence[str], trial: FrozenTrial) -> str:
     """The train.py command that trains a trial's configuration alone: the sweep's own overrides (without the
     search's) and the trial's drawn values."""
     return " ".join(["python train.py", *overrides, *trial.user_attrs.get(OVERRIDES, [])])
+
+
+def full_length(overrides: Sequence[str]) -> list[str]:
+    """The sweep's overrides without a shortened trainer.max_epochs: the run trains its recipe's own epochs."""
+    return [line for line in overrides if not line.startswith("trainer.max_epochs=")]
 
 
 def draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str | None]:
@@ -125,12 +129,13 @@ def render(study: optuna.Study, plots: dict[str, str | None]) -> str:
             f"    {command(attrs.get(TASK_OVERRIDES, []), best)}",
             "",
         ]
-        if attrs.get(FULL_LENGTH_OVERRIDES) != attrs.get(TASK_OVERRIDES):
+        task = attrs.get(TASK_OVERRIDES, [])
+        if full_length(task) != task:
             lines += [
                 "At full length (the study shortened training with trainer.max_epochs; this drops that override, so "
                 "the run trains for its experiment's own number of epochs):",
                 "",
-                f"    {command(attrs.get(FULL_LENGTH_OVERRIDES, []), best)}",
+                f"    {command(full_length(task), best)}",
                 "",
             ]
     else:

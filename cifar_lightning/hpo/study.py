@@ -32,7 +32,7 @@ STORAGE_FILE = "optuna.db"
 
 # Study user attributes (set by the sweeper).
 OBJECTIVE, PRUNER, STORAGE = "objective", "pruner", "storage"
-TASK_OVERRIDES, FULL_LENGTH_OVERRIDES = "task_overrides", "full_length_overrides"
+TASK_OVERRIDES = "task_overrides"
 # Trial user attributes: how the trial's run ended, where it ran, and its `key=value` overrides.
 STATUS, RUN_DIR, OVERRIDES, RETRY_OF = "status", "run_dir", "overrides", "retry_of"
 # Outcomes beside metrics.json's statuses: no metrics.json at all, or the worker was stopped mid-trial.

@@ -45,7 +45,6 @@ from cifar_lightning.hpo.report import write_report
 from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
 from cifar_lightning.hpo.study import (
     FAILED,
-    FULL_LENGTH_OVERRIDES,
     INTERRUPTED,
     OBJECTIVES,
     OVERRIDES,
@@ -193,8 +192,6 @@ class OptunaSearch:
         study = open_study(storage, self.study_name, self.objective, self.direction, sampler, self.pruner)
         task = [line for line in fixed if line.split("=", 1)[0].lstrip("+~").split(".")[0] not in SEARCH_KEYS]
         study.set_user_attr(TASK_OVERRIDES, task)
-        full_length = [line for line in task if not line.startswith("trainer.max_epochs=")]
-        study.set_user_attr(FULL_LENGTH_OVERRIDES, full_length)
         return Plan(study, storage, storage_url, space, fixed)
 
     # --- the study ------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from optuna.distributions import FloatDistribution
 
 from cifar_lightning.hpo.__main__ import main
 from cifar_lightning.hpo.study import (
-    FULL_LENGTH_OVERRIDES,
     OVERRIDES,
     RUN_DIR,
     STATUS,
@@ -26,7 +25,6 @@ def sweep_dir(tmp_path):
     sweep = tmp_path / "sweep"
     study = open_study(open_storage(default_storage(sweep)), "demo", "val_loss", "minimize", build_sampler(None), None)
     study.set_user_attr(TASK_OVERRIDES, ["trainer.max_epochs=4", "data.data_dir=../shared/data"])
-    study.set_user_attr(FULL_LENGTH_OVERRIDES, ["data.data_dir=../shared/data"])
     trained = [(0.01, 0.1, 1.2), (0.05, 0.3, 0.9), (0.002, 0.2, 1.6), (0.03, 0.0, 1.0)]
     for number, (lr, dropout, loss) in enumerate(trained):
         trial = study.ask({"optim.lr": LR, "model.dropout": FloatDistribution(0.0, 0.5)})
