@@ -1,4 +1,4 @@
-"""`python train.py -m +ablation=...` end to end: six configurations, aggregation at the end,
+"""`python train.py -m +ablation=...` end to end: seven configurations, aggregation at the end,
 and a failed job that does not stop the others."""
 
 import csv
@@ -22,24 +22,25 @@ def only_sweep_dir(log_dir: Path) -> Path:
     return sweep
 
 
-def test_ablation_all_runs_six_configurations_and_aggregates(data_dir, tmp_path):
+def test_ablation_all_runs_seven_configurations_and_aggregates(data_dir, tmp_path):
     result = run_sweep("+ablation=all", "ablation.seeds=1", f"data.data_dir={data_dir}", log_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = only_sweep_dir(tmp_path)
     with (sweep / "ablation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["configuration"] for row in rows] == [
-        "base", "improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout",
+        "base", "improved", "literal_improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout",
     ]  # fmt: skip
     assert all(row["n_finished"] == "1" and row["n_missing"] == "0" for row in rows)
     table = (sweep / "ablation.md").read_text()
     table_lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    assert len(table_lines) == 7  # header + six rows
+    assert len(table_lines) == 8  # header + seven rows
     assert (sweep / "curves.png").is_file() and (sweep / "confusion.png").is_file()
     # Each job ran its own configuration.
     configs = {p.parent.name: p.read_text() for p in sweep.glob("*/config.yaml")}
-    assert len(configs) == 6
+    assert len(configs) == 7
     assert sum("batch_norm: none" in text for text in configs.values()) == 2  # base and no_batchnorm
+    assert sum("batch_norm: first" in text for text in configs.values()) == 1  # literal_improved
     assert sum("weight_decay: 0.0\n" in text for text in configs.values()) == 2  # base and no_l2
 
 

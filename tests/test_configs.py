@@ -206,10 +206,10 @@ def test_unknown_key_is_refused_at_composition():
         compose_train(["model.dropot=0.1"])
 
 
-ABLATIONS = ["base", "improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout"]
+ABLATIONS = ["base", "improved", "literal_improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout"]
 
 
-def test_ablation_all_sweeps_the_six_configurations_over_seeds():
+def test_ablation_all_sweeps_the_seven_configurations_over_seeds():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=["+ablation=all", "ablation.seeds=2", "hydra/launcher=joblib"],
                       return_hydra_config=True)  # fmt: skip
@@ -224,6 +224,7 @@ def test_ablation_all_sweeps_the_six_configurations_over_seeds():
     [
         ("base", {"experiment_name": "seed_base", "model.batch_norm": "none", "optim.lr": 0.001}),
         ("improved", {"experiment_name": "seed_improved", "model.batch_norm": "all", "model.dropout": 0.2}),
+        ("literal_improved", {"experiment_name": "seed_improved", "model.batch_norm": "first", "model.dropout": 0.2}),
         ("no_scheduler", {"experiment_name": "seed_improved", "scheduler": {}, "optim.weight_decay": 0.004}),
         ("no_l2", {"optim.weight_decay": 0.0, "model.dropout": 0.2, "scheduler.step_size": 16}),
         ("no_batchnorm", {"model.batch_norm": "none", "model.dropout": 0.2, "optim.weight_decay": 0.004}),
