@@ -87,6 +87,10 @@ def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor |
     return torch.where(inside[:, None], fill, images)
 
 
+#: Test-time augmentation levels of tta_logits.
+TTA_LEVELS = (0, 1, 2)
+
+
 @torch.no_grad()
 def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
     """The model's logits averaged over test-time views of normalized images (N, C, H, W).
@@ -96,7 +100,7 @@ def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
     padding), each with its mirror (airbench's test-time augmentation: the unshifted pair
     weighs 1/2, the four shifted views 1/8 each). Labels are unchanged by every view.
     """
-    if level not in (0, 1, 2):
+    if level not in TTA_LEVELS:
         raise ValueError(f"tta level must be 0, 1 or 2, got {level!r}")
 
     def with_mirror(x: Tensor) -> Tensor:

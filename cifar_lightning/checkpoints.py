@@ -203,7 +203,8 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
 
 
 def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> Path:
-    """The checkpoint an entry point was given: `ckpt`, or `run_dir`'s checkpoints/best.ckpt (exactly one of them).
+    """The checkpoint an entry point was given: `ckpt`, or the one `run_dir` keeps (exactly one of them): its
+    checkpoints/best.ckpt, or last.ckpt for a run without a validation split (RunDir.kept_checkpoint).
 
     script: the entry point, for the message (e.g. "predict.py"); more: its other required arguments, shown in the
     example commands (e.g. " inputs=<files>").
@@ -213,12 +214,13 @@ def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> P
         raise ConfigError(
             f"{script} needs exactly one checkpoint, but {given}. Fix: pass a checkpoint file, python {script} "
             f"ckpt=logs/train/runs/<date>_<time>/checkpoints/best.ckpt{more}, or a train.py run directory, python "
-            f"{script} run_dir=logs/train/runs/<date>_<time>{more} (its best.ckpt is used)."
+            f"{script} run_dir=logs/train/runs/<date>_<time>{more} (its best.ckpt is used, or last.ckpt for a run "
+            f"trained without a validation split)."
         )
     if ckpt is not None:
         return Path(str(ckpt)).expanduser()
     run = RunDir(str(run_dir))
-    best = run.best_checkpoint
+    best = run.kept_checkpoint()
     if not best.is_file():
         problem = "does not exist" if not run.root.is_dir() else f"holds no {best.relative_to(run.root)}"
         raise CheckpointError(

@@ -28,7 +28,7 @@ from cifar_lightning.augment import (
     random_flip,
     random_translate,
 )
-from cifar_lightning.errors import DataError
+from cifar_lightning.errors import DataError, is_number
 
 #: Every file of the official python version, with the md5 torchvision checks it against.
 CIFAR10_FILES: tuple[tuple[str, str], ...] = (
@@ -193,6 +193,8 @@ class TensorBatchLoader:
     drop_remainder (training): the permutation's last len % world_size indices are left out
         of the epoch (different ones each epoch, none with one process), so every rank gets
         exactly len // world_size images, as DistributedSampler(drop_last=True) does.
+    drop_last: each epoch ends before its last, incomplete batch (training only: the images left
+        out differ from epoch to epoch, as the order is shuffled).
     otherwise (evaluation): every image is scored exactly once; shards differ by at most one
         image, and a rank whose shard needs one batch fewer ends with an empty batch, which
         the module skips, so the batch counts match.
@@ -230,6 +232,7 @@ class TensorBatchLoader:
         epoch_transform: Callable[[Tensor, int], Tensor] | None = None,
         drop_remainder: bool = False,
         epoch_source: Callable[[], int] | None = None,
+        drop_last: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
@@ -238,7 +241,7 @@ class TensorBatchLoader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device) if device is not None else None
         self.epoch_transform = epoch_transform
-        self.drop_remainder = drop_remainder
+        self.drop_remainder, self.drop_last = drop_remainder, drop_last
         self.epoch_source = epoch_source
         self.epoch = 0  # the next epoch, when there is no epoch_source
         #: Epoch of the latest iteration, and how many of its batches were taken.
@@ -252,6 +255,8 @@ class TensorBatchLoader:
         return n // self.world_size if self.drop_remainder else math.ceil(n / self.world_size)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self._shard_size() // self.batch_size
         return math.ceil(self._shard_size() / self.batch_size)
 
     def _order(self, epoch: int | None = None) -> Tensor:
@@ -301,7 +306,8 @@ class TensorBatchLoader:
         order = self._order(epoch).to(self.labels.device)
         images = self.epoch_transform(self.images, epoch) if self.epoch_transform is not None else self.images
         batches = skip
-        for start in range(skip * self.batch_size, len(order), self.batch_size):
+        end = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(skip * self.batch_size, end, self.batch_size):
             idx = order[start : start + self.batch_size]
             batches += 1
             yield images[idx], self.labels[idx]
@@ -321,6 +327,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     flip (true: random; "alternating": each image mirrored every other epoch), cutout (a random
     square filled with the training mean, i.e. zero after normalization).
     on_device: keep every split on the training device for the fit (see TensorBatchLoader).
+    val_fraction: 0 holds nothing out: training uses all 50,000 images and there is no validation
+        loop (has_validation is False; train.py then tests and keeps the final weights).
+    drop_last: leave each epoch's last, incomplete training batch out (airbench: 50,000 // 1024 = 48
+        steps per epoch), so every step sees a full batch.
     """
 
     def __init__(
@@ -337,10 +347,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         translate: int = 0,
         cutout: int = 0,
         on_device: bool = True,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}; e.g. data.val_fraction=0.1")
+        if not is_number(val_fraction) or not 0.0 <= val_fraction < 1.0:
+            raise ValueError(
+                f"val_fraction must be in [0, 1) (0: train on all 50,000 images, no validation), got {val_fraction!r}; "
+                f"e.g. data.val_fraction=0.1"
+            )
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last must be true or false, got {drop_last!r}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -361,6 +377,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.crop_padding, self.flip = crop_padding, flip
         self.translate, self.cutout, self.on_device = translate, cutout, on_device
+        self.drop_last = drop_last
         self.arrays: CIFAR10Arrays | None = None
         self.train_idx: Tensor | None = None
         self.val_idx: Tensor | None = None
@@ -372,6 +389,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         self._train_loader: TensorBatchLoader | None = None
         self._train_loader_state: dict | None = None  # restored from a checkpoint, for the next training loader
         self._mean_pixels: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a validation split is held out (val_fraction > 0)."""
+        return self.val_fraction > 0
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -413,7 +435,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         return TensorBatchLoader(
             images, labels, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
             device=self._device(), epoch_transform=epoch_transform, drop_remainder=shuffle,
-            epoch_source=epoch_source,
+            epoch_source=epoch_source, drop_last=shuffle and self.drop_last,
         )  # fmt: skip
 
     def _training_epoch(self) -> int:
@@ -450,7 +472,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             raise RuntimeError("the data is not loaded yet: call setup() first")
         return self.arrays.train_images[self.train_idx[:n]]
 
-    def val_dataloader(self) -> TensorBatchLoader:
+    def val_dataloader(self) -> TensorBatchLoader | list:
+        """The validation split's loader; with val_fraction 0 none ([]: Lightning then runs no validation loop)."""
+        if not self.has_validation:
+            return []
         a = self.arrays
         return self._loader(a.train_images[self.val_idx], a.train_labels[self.val_idx], self.eval_batch_size, False)
 

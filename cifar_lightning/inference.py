@@ -27,7 +27,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from cifar_lightning.augment import tta_logits
+from cifar_lightning.augment import TTA_LEVELS, tta_logits
 from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
@@ -35,7 +35,6 @@ from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
 
 DEVICES = ("auto", "cpu", "gpu")
-TTA_LEVELS = (0, 1, 2)
 
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)

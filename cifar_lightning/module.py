@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from cifar_lightning.augment import TTA_LEVELS, tta_logits
 from cifar_lightning.errors import is_number
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -84,6 +85,8 @@ class ClassifierModule(L.LightningModule):
         group with a scaled rate gets its decay divided by the scale, so that every parameter
         shrinks by the same factor per step, as in airbench).
     compile: compile the model with torch.compile (first steps are slow while it compiles).
+    test_tta: test-time augmentation of the test loop (augment.tta_logits: 0 none, 1 mirror, 2 mirror
+        and shifts): test_acc, test_loss and the confusion matrix use it; test_acc_plain never does.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class ClassifierModule(L.LightningModule):
         norm_lr_scale: float = 1.0,
         weight_decay_scope: str = "weights",
         compile: bool = False,
+        test_tta: int = 0,
     ) -> None:
         super().__init__()
         if not is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
@@ -108,7 +112,10 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(
                 f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {weight_decay_scope!r}"
             )
+        if test_tta not in TTA_LEVELS or isinstance(test_tta, bool):
+            raise ValueError(f"test_tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {test_tta!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.test_tta = test_tta
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         if compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay as they are
@@ -120,6 +127,7 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc_plain = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.train_loss, self.val_loss, self.test_loss = ImageMean(), ImageMean(), ImageMean()
         #: rows = true class, columns = predicted; filled by each test run.
@@ -157,6 +165,10 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         images, labels = batch
         logits = self(images)
+        return self._record(stage, logits, labels), logits
+
+    def _record(self, stage: str, logits: Tensor, labels: Tensor) -> Tensor:
+        """The stage's loss of these logits, added to its epoch loss and accuracy."""
         loss = self.criterion(logits, labels)
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy(logits, labels)
@@ -165,7 +177,7 @@ class ClassifierModule(L.LightningModule):
         mean_loss.update(loss, len(labels))
         self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
-        return loss, logits
+        return loss
 
     # -- a checkpoint saved inside an epoch keeps the epoch's running training metrics --------------
 
@@ -210,8 +222,13 @@ class ClassifierModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
             return
-        _, logits = self._step(batch, "test")
-        self.test_confusion.update(logits, batch[1])
+        images, labels = batch
+        plain = self(images)
+        logits = tta_logits(self, images, self.test_tta) if self.test_tta else plain
+        self._record("test", logits, labels)
+        self.test_acc_plain(plain, labels)
+        self.log("test_acc_plain", self.test_acc_plain, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.test_confusion.update(logits, labels)
 
     def on_test_epoch_end(self) -> None:
         # On every rank (compute() is a collective under DDP): the counts of all ranks' images.

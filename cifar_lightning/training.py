@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning import __version__
+from cifar_lightning.augment import TTA_LEVELS
 from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
 from cifar_lightning.data import CIFAR10DataModule
@@ -149,6 +150,18 @@ def check_param_groups(cfg: DictConfig) -> dict[str, Any]:
     return groups
 
 
+def check_test(cfg: DictConfig) -> int:
+    """The test-time augmentation level of the run's test (test.tta), checked."""
+    tta = OmegaConf.select(cfg, "test.tta", default=0)
+    with config_errors("test"):
+        if tta not in TTA_LEVELS or isinstance(tta, bool):
+            raise ValueError(
+                f"tta must be one of {', '.join(map(str, TTA_LEVELS))} (0: none, 1: with mirror images, 2: also "
+                f"shifted by one pixel), got {tta!r}; e.g. test.tta=2"
+            )
+    return tta
+
+
 def check_flags(cfg: DictConfig) -> None:
     """Top-level switches are booleans (a typo such as compile=ture must not pass as true)."""
     for key in ("channels_last", "compile"):
@@ -181,6 +194,35 @@ def check_frozen_names(callbacks: list[Any], module: ClassifierModule) -> None:
                 )
 
 
+def check_validation_needs(cfg: DictConfig, datamodule: CIFAR10DataModule, callbacks: list[Any]) -> None:
+    """With no validation split (data.val_fraction=0) nothing may wait for a validation metric, and no
+    best.ckpt is written (the run keeps its final weights in last.ckpt; see RunDir.kept_checkpoint)."""
+    if datamodule.has_validation:
+        return
+    names = [name for name, entry in (cfg.get("callbacks") or {}).items() if entry is not None]
+    needs = []
+    for name, callback in zip(names, callbacks):
+        if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and str(callback.monitor or "").startswith("val_"):
+            needs.append(f"callbacks.{name} (monitor: {callback.monitor})")
+        elif isinstance(callback, ModelCheckpoint) and callback.save_top_k != 0:
+            needs.append(f"callbacks.{name} (save_top_k: {callback.save_top_k}, a best.ckpt by validation loss)")
+    if is_trial(cfg):
+        needs.append("the hyperparameter search (its objective is a validation metric)")
+    if needs:
+        with config_errors("data"):
+            raise ValueError(
+                f"data.val_fraction=0 holds no validation split, but {' and '.join(needs)} need one. Hold some "
+                f"images out (data.val_fraction=0.1), or drop what needs them (callbacks.early_stopping=null "
+                f"callbacks.model_checkpoint.monitor=null callbacks.model_checkpoint.save_top_k=0: the final "
+                f"weights are then tested and kept as last.ckpt)"
+            )
+
+
+def no_validation_overrides(datamodule: CIFAR10DataModule) -> dict[str, Any]:
+    """Trainer arguments for a run without a validation split: no validation loop, no sanity check."""
+    return {} if datamodule.has_validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+
+
 def is_trial(cfg: DictConfig) -> bool:
     """Whether the run is a trial of an Optuna study (the sweeper sets hpo.trial; see cifar_lightning.hpo)."""
     return OmegaConf.select(cfg, "hpo.trial") is not None
@@ -199,6 +241,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     check_flags(cfg)
     label_smoothing = check_loss(cfg)
     groups = check_param_groups(cfg)
+    tta = check_test(cfg)
     with config_errors("data"):
         datamodule: CIFAR10DataModule = instantiate(cfg.data)
     with config_errors("model"):
@@ -219,6 +262,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
             run_config=OmegaConf.to_container(cfg, resolve=True),
             label_smoothing=label_smoothing,
             compile=cfg.get("compile", False),
+            test_tta=tta,
             **groups,
         )
     # Build the optimizer and scheduler once now, so a bad value fails here, not mid-fit
@@ -230,7 +274,9 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     averaging = build_averaging(cfg)
     history = EpochHistory()
     # Always on: the history and the resume state travel in checkpoints; a non-finite loss stops the run.
-    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks") + [history, ResumeState(), DivergenceGuard()]
+    configured = instantiate_entries(cfg.get("callbacks"), "callbacks")
+    check_validation_needs(cfg, datamodule, configured)
+    callbacks = configured + [history, ResumeState(), DivergenceGuard()]
     check_frozen_names(callbacks, module)
     if averaging is not None:
         callbacks.append(averaging)
@@ -238,7 +284,9 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
         callbacks.append(pruning_callback(cfg))
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     with config_errors("trainer"):
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_validation_overrides(datamodule)
+        )
     check_launch(trainer)  # DDP: refuse process layouts that would hang or split the run's directory
     return datamodule, module, trainer, history
 
@@ -251,15 +299,18 @@ def stopped_early(trainer: L.Trainer) -> bool:
 
 
 def summarize(
-    history: EpochHistory, test_metrics: dict[str, float], train_seconds: float, early_stop: bool
+    history: EpochHistory, test_metrics: dict[str, float], train_seconds: float, early_stop: bool, tta: int = 0
 ) -> dict[str, Any]:
-    """The run's headline figures; epochs are counted from 1."""
+    """The run's headline figures; epochs are counted from 1. test_acc is measured with the run's
+    test-time augmentation level `tta` (test.tta), test_acc_plain without it."""
     # Only epochs that validated can be best (check_val_every_n_epoch > 1 leaves others without val_loss);
     # the first of equal losses wins, as in ModelCheckpoint.
     validated = [row for row in history.history if "val_loss" in row]
     best_row = min(validated, key=lambda row: row["val_loss"]) if validated else {}
     return {
         "test_acc": test_metrics.get("test_acc"),
+        "test_acc_plain": test_metrics.get("test_acc_plain"),
+        "test_tta": tta,
         "test_loss": test_metrics.get("test_loss"),
         "best_val_loss": best_row.get("val_loss"),
         "best_val_acc": best_row.get("val_acc"),
@@ -314,7 +365,9 @@ def _fit_and_record(
     def record(status: str, test_metrics: dict[str, float], train_seconds: float, early_stop: bool) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        metrics = {"status": status, **summarize(history, test_metrics, train_seconds, early_stop)}
+        if not datamodule.has_validation:  # no best by validation: the final weights in last.ckpt are kept
+            best_path = ""
+        metrics = {"status": status, **summarize(history, test_metrics, train_seconds, early_stop, module.test_tta)}
         metrics.update(
             test_confusion=module.test_confusion_matrix if status == COMPLETED else None,
             classes=list(datamodule.classes),
@@ -322,7 +375,8 @@ def _fit_and_record(
             experiment=cfg.get("experiment_name"),
             ablation=OmegaConf.select(cfg, "ablation.name"),
             best_checkpoint=best_path or None,
-            last_checkpoint=getattr(checkpoint, "last_model_path", None) or None,
+            last_checkpoint=getattr(checkpoint, "last_model_path", None)
+            or (str(run.last_checkpoint) if run.last_checkpoint.is_file() else None),
             normalization={"mean": datamodule.mean, "std": datamodule.std},
             device=device_name(trainer),
             world_size=trainer.world_size,
@@ -359,7 +413,14 @@ def _fit_and_record(
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if not best_path:
+    if not datamodule.has_validation:
+        # No validation split: the final weights (averaged, with weight averaging) are the run's model.
+        # Saved here, after the timed fit; every rank calls it (a collective under DDP), rank 0 writes.
+        best_path = ""
+        trainer.save_checkpoint(run.last_checkpoint)
+        log.info("no validation split (data.val_fraction=0): testing the final weights, kept in %s",
+                 run.last_checkpoint)  # fmt: skip
+    elif not best_path:
         log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
     test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
 
@@ -368,10 +429,13 @@ def _fit_and_record(
     if trainer.is_global_zero:
         write_metrics(run, metrics)
     record_outcome(trainer, run, metrics)
+    kept = f"best epoch {metrics['best_epoch']}" if metrics["best_epoch"] is not None else "final weights"
     log.info(
-        "test_acc=%.4f test_loss=%.4f (best epoch %s of %s); run directory: %s",
-        metrics["test_acc"], metrics["test_loss"], metrics["best_epoch"], metrics["epochs_run"], run.root,
-    )
+        "test_acc=%.4f (test-time augmentation level %d; %.4f without) test_loss=%.4f (%s of %s epochs); "
+        "run directory: %s",
+        metrics["test_acc"], metrics["test_tta"], metrics["test_acc_plain"], metrics["test_loss"], kept,
+        metrics["epochs_run"], run.root,
+    )  # fmt: skip
     return metrics
 
 

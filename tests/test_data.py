@@ -98,6 +98,29 @@ def test_datamodule_batches(data_dir):
     assert sum(len(y) for _, y in test) == 10000
 
 
+def test_no_validation_split_trains_on_all_images_and_drop_last_keeps_full_batches(data_dir):
+    # airbench's layout: all 50,000 images, 50,000 // 1024 = 48 full batches per epoch.
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, val_fraction=0, batch_size=1024, drop_last=True)
+    dm.setup()
+    assert not dm.has_validation and len(dm.train_idx) == 50000 and dm.val_dataloader() == []
+    assert torch.equal(dm.first_train_images(5000), dm.arrays.train_images[:5000])  # the data set's own order
+    train = dm.train_dataloader()
+    sizes = [len(y) for _, y in train]
+    assert len(train) == 48 and sizes == [1024] * 48
+    assert len(TensorBatchLoader(dm.arrays.train_images, dm.arrays.train_labels, 1024, shuffle=True)) == 49  # kept
+
+
+def test_drop_last_leaves_a_different_remainder_out_each_epoch_and_never_at_evaluation():
+    labels = torch.arange(1000)
+    images = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8)
+    loader = TensorBatchLoader(images, labels, batch_size=300, shuffle=True, seed=3, drop_last=True)
+    epochs = [torch.cat([y for _, y in loader]) for _ in range(2)]
+    assert len(loader) == 3 and [len(e) for e in epochs] == [900, 900]
+    assert set(range(1000)) - set(epochs[0].tolist()) != set(range(1000)) - set(epochs[1].tolist())
+    evaluation = TensorBatchLoader(images, labels, batch_size=300, drop_last=False)
+    assert len(evaluation) == 4 and sum(len(y) for _, y in evaluation) == 1000
+
+
 def test_loader_visits_every_image_once_per_epoch_in_a_seeded_order():
     labels = torch.arange(1000)
     images = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8)
@@ -125,7 +148,8 @@ def test_augmentation_only_while_training(data_dir):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"val_fraction": 0.0}, {"val_fraction": 1.2}, {"batch_size": 0}, {"crop_padding": -1}, {"translate": -1},
+        {"val_fraction": -0.1}, {"val_fraction": 1.2}, {"val_fraction": True}, {"drop_last": "yes"}, {"batch_size": 0},
+        {"crop_padding": -1}, {"translate": -1},
         {"translate": 17}, {"cutout": 33}, {"cutout": -2}, {"flip": "sometimes"}, {"flip": 1}, {"on_device": "yes"},
     ],
 )  # fmt: skip

@@ -1,18 +1,22 @@
 """The training job end to end on the real CIFAR-10, shortened with batch limits."""
 
 import json
+import math
 
 import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from cifar_lightning.checkpoints import build_model, load_checkpoint
+from cifar_lightning.augment import tta_logits
+from cifar_lightning.checkpoints import build_model, chosen_checkpoint, load_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.models import FastNet, ResNet18
 from cifar_lightning.models.fast_net import PatchWhitening
-from cifar_lightning.training import train
-from tests.conftest import TINY_RUN
+from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
+from cifar_lightning.training import build, train
+from tests.conftest import TINY_RUN, compose_train
 
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
          "trainer.limit_test_batches=3"]  # fmt: skip
@@ -76,29 +80,71 @@ def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
     assert other["test_loss"] != first["test_loss"]
 
 
-def test_fast94_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path):
+def test_fast94_trains_on_all_images_and_tests_its_final_weights_with_tta(make_cfg, tmp_path):
     # The real recipe, at batch 128 and 2 + 2 steps, so that it runs in seconds on a CPU.
     cfg = make_cfg("experiment=fast94", "data.batch_size=128", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-                   "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")  # fmt: skip
+                   "trainer.limit_test_batches=1")  # fmt: skip
     metrics = train(cfg)
     assert metrics["experiment"] == "fast94" and metrics["epochs_run"] == 2
+    # No validation split: no validation loop, no best epoch; the final weights are the run's checkpoint.
+    assert all("val_loss" not in row for row in metrics["history"])
+    assert metrics["best_epoch"] is None and metrics["best_checkpoint"] is None
+    run = RunDir(tmp_path / "run")
+    assert not run.best_checkpoint.exists() and run.kept_checkpoint() == run.last_checkpoint
+    assert metrics["last_checkpoint"] == str(run.last_checkpoint)
     # 4 steps: int(0.23 * 4) = 0 warmup steps, so the rate starts at its peak and falls linearly.
     assert [row["lr"] for row in metrics["history"]] == pytest.approx([1.5, 1.5 * (1 - 0.93 * 2 / 4)])
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
-    model = build_model(checkpoint)
-    assert isinstance(model, FastNet)
-    # The whitening was computed from the first 5,000 training images of the split.
-    dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False, val_fraction=cfg.data.val_fraction)
+    checkpoint = load_checkpoint(run.last_checkpoint)
+    model = build_model(checkpoint).eval()
+    assert isinstance(model, FastNet) and "averaged_weights" in checkpoint
+    # The whitening was computed from the first 5,000 of all 50,000 training images, in the data set's order.
+    dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False, val_fraction=0)
     dm.load_state_dict(checkpoint["CIFAR10DataModule"])
     dm.setup()
     expected = PatchWhitening(2, 5e-4)
-    expected.init_from_data(dm.normalize(dm.first_train_images(5000)))
+    expected.init_from_data(dm.normalize(dm.arrays.train_images[:5000]))
     assert torch.allclose(model.whiten.weight, expected.weight, atol=1e-4)
-    # The test figure is the checkpoint's (averaged) weights on the first 1,000 test images.
+    # test_acc: the kept (averaged) weights with airbench's TTA on the first 1,000 test images; test_acc_plain: without.
+    images, labels = dm.normalize(dm.arrays.test_images[:1000]), dm.arrays.test_labels[:1000]
     with torch.no_grad():
-        predictions = model(dm.normalize(dm.arrays.test_images[:1000])).argmax(dim=1)
-    assert metrics["test_acc"] == pytest.approx((predictions == dm.arrays.test_labels[:1000]).float().mean().item())
-    assert "averaged_weights" in checkpoint
+        plain, with_tta = model(images).argmax(dim=1), tta_logits(model, images, 2).argmax(dim=1)
+    assert metrics["test_tta"] == 2
+    assert metrics["test_acc"] == pytest.approx((with_tta == labels).float().mean().item())
+    assert metrics["test_acc_plain"] == pytest.approx((plain == labels).float().mean().item())
+
+
+def test_fast94_takes_airbenchs_476_steps_on_50000_images(data_dir):
+    cfg = compose_train([f"data.data_dir={data_dir}", "experiment=fast94"])
+    assert cfg.data.val_fraction == 0 and cfg.data.drop_last and cfg.data.batch_size == 1024
+    dm = instantiate(cfg.data)
+    dm.setup()
+    steps_per_epoch = len(dm.train_dataloader())
+    assert steps_per_epoch == 48  # 50,000 // 1024, the last incomplete batch dropped
+    assert cfg.trainer.max_steps == math.ceil(9.9 * steps_per_epoch) == 476 and cfg.trainer.max_epochs == 10
+    assert FastNet().whiten.bias.abs().sum() == 0  # the whitening bias starts at zero
+
+
+def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_path):
+    # Any recipe can drop its validation split once nothing waits for a validation metric.
+    cfg = make_cfg(*TINY_RUN, "data.val_fraction=0", "callbacks.early_stopping=null",
+                   "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0",
+                   "trainer.limit_test_batches=1", "test.tta=1")  # fmt: skip
+    metrics = train(cfg)
+    run = RunDir(tmp_path / "run")
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]
+    assert chosen_checkpoint(None, run.root, "evaluate.py") == run.last_checkpoint
+    assert metrics["best_val_loss"] is None and metrics["test_tta"] == 1
+    assert read_metrics(run)["schema_version"] == METRICS_SCHEMA_VERSION
+
+
+def test_a_run_without_validation_split_refuses_what_needs_one(make_cfg):
+    with pytest.raises(ConfigError) as err:
+        build(make_cfg("data.val_fraction=0", "callbacks.model_checkpoint.monitor=null",
+                       "callbacks.model_checkpoint.save_top_k=0"))  # fmt: skip
+    message = str(err.value)
+    assert "callbacks.early_stopping (monitor: val_loss)" in message and "data.val_fraction=0.1" in message
+    assert "model_checkpoint" not in message.split(" need")[0]
+    assert "\n" not in message
 
 
 def test_resnet18_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path):

@@ -34,7 +34,7 @@ class PatchWhitening(nn.Conv2d):
     The filters are the eigenvectors of the patch covariance of training images, each divided
     by the square root of its eigenvalue (+ eps), and each also negated, so that a following
     GELU passes both signs of every direction: 2 * 3 * k * k channels for k x k patches. Only
-    the bias trains.
+    the bias trains; it starts at zero.
     """
 
     def __init__(self, patch_size: int = 2, eps: float = 5e-4) -> None:
@@ -42,6 +42,8 @@ class PatchWhitening(nn.Conv2d):
         super().__init__(3, 2 * dims, kernel_size=patch_size, bias=True)
         self.eps = eps
         self.weight.requires_grad_(False)
+        with torch.no_grad():
+            self.bias.zero_()  # airbench starts the whitening bias at zero (not torch's uniform init)
 
     @torch.no_grad()
     def init_from_data(self, images: Tensor) -> None:

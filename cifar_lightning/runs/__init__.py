@@ -2,7 +2,8 @@
 
     <run>/config.yaml              the run's resolved config (rewritten by a resume, see training.resume)
     <run>/checkpoints/best.ckpt    lowest validation loss
-    <run>/checkpoints/last.ckpt    the latest state: every epoch end, and every n steps if asked
+    <run>/checkpoints/last.ckpt    the latest state: every epoch end, and every n steps if asked; without a
+                                   validation split (data.val_fraction=0) the final weights, the run's model
     <run>/tensorboard/             TensorBoard events (a resume appends to the same folder)
     <run>/metrics.json             the record (METRICS_SCHEMA_VERSION, `status`), written once training ends
     <run>/train.log                the log (Hydra's file handler; a resume appends)
@@ -39,7 +40,9 @@ RESUME_HYDRA_PREFIX = "resume-"
 #: Version of metrics.json's layout. 1: the files written before `schema_version` existed (no
 #: `status`: a file with a test accuracy is a completed run). 2: adds `schema_version`, `status`,
 #: `divergence` (diverged runs) and `resumes`. 3: adds status `pruned` and `hpo` (the Optuna trial a run was).
-METRICS_SCHEMA_VERSION = 3
+#: 4: adds `test_tta` (the test-time augmentation level test_acc is measured with) and `test_acc_plain`
+#: (without it); best_checkpoint is null for a run without a validation split.
+METRICS_SCHEMA_VERSION = 4
 #: metrics.json `status`: the run trained to its end and was tested, stopped on a non-finite loss, or was
 #: stopped by an Optuna pruner as a hyperparameter-search trial (cifar_lightning.hpo).
 COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
@@ -79,6 +82,18 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST_CHECKPOINT
+
+    def kept_checkpoint(self) -> Path:
+        """The checkpoint a run keeps as its model: best.ckpt (lowest validation loss), or, for a completed run
+        trained without a validation split (data.val_fraction=0, so no best.ckpt), last.ckpt: its final weights."""
+        if self.best_checkpoint.is_file() or not self.last_checkpoint.is_file() or not self.metrics.is_file():
+            return self.best_checkpoint
+        try:
+            metrics = read_metrics(self)
+        except RunDirError:
+            return self.best_checkpoint
+        no_validation = metrics.get("status") == COMPLETED and metrics.get("best_checkpoint") is None
+        return self.last_checkpoint if no_validation else self.best_checkpoint
 
     @property
     def tensorboard(self) -> Path:
