@@ -12,8 +12,8 @@ accuracy is also measured with airbench's flip + translate test-time augmentatio
 figure airbench's 94% refers to.
 
 Bare side (on a GPU, or with --bare yes): the same recipe written as a plain PyTorch loop: the
-same model class, data split, augmentation functions, schedule, optimizer groups and lookahead,
-with no Lightning, no validation and no checkpoints. The ratio of the two times is the
+same model class, data split, full batches, step count, augmentation functions, schedule, optimizer
+groups and lookahead, with no Lightning, no validation and no checkpoints. The ratio of the two times is the
 framework's overhead.
 
 Times: wall clock from the start of fit (data onto the device, whitening, training, validation,
@@ -190,10 +190,14 @@ def bare_run(cfg: DictConfig, device: torch.device, tta: int) -> dict:
     # The training split on the device, once.
     images = datamodule.arrays.train_images[datamodule.train_idx].to(device)
     labels = datamodule.arrays.train_labels[datamodule.train_idx].to(device)
-    steps_per_epoch = -(-len(labels) // batch_size)
+    # drop_last: only full batches (airbench: 50,000 // 1024 = 48 per epoch); max_steps can end the last epoch early.
+    steps_per_epoch = len(labels) // batch_size if data.get("drop_last") else -(-len(labels) // batch_size)
     if isinstance(cfg.trainer.limit_train_batches, int):  # --train-batches (a float would be a share)
         steps_per_epoch = min(steps_per_epoch, cfg.trainer.limit_train_batches)
     total_steps = epochs * steps_per_epoch
+    if cfg.trainer.get("max_steps", -1) not in (-1, None):
+        total_steps = min(total_steps, cfg.trainer.max_steps)
+        epochs = -(-total_steps // steps_per_epoch)
     if hasattr(model, "init_from_data"):
         model.init_from_data(datamodule.normalize(datamodule.first_train_images(model.init_images).to(device)))
 
@@ -239,7 +243,7 @@ def bare_run(cfg: DictConfig, device: torch.device, tta: int) -> dict:
                     p.grad = None
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed + epoch)).to(device)
         epoch_images = alternating_flip(images, flip_choice, epoch) if data.flip == "alternating" else images
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total_steps - step)):
             idx = order[i * batch_size : (i + 1) * batch_size]
             x = random_crop(epoch_images[idx], data.crop_padding, generator)
             x = random_translate(x, data.translate, generator)

@@ -1,11 +1,13 @@
 """benchmarks/fast94.py end to end on the CPU, shortened: both sides run, print their figures,
-and (32-bit on a CPU, same seed, same batches) reach exactly the same accuracies."""
+and (32-bit on a CPU, same seed, same batches) reach exactly the same accuracies; benchmarks/gpu_suite.py
+refuses to measure without a GPU, and its --smoke run goes through every part."""
 
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -30,4 +32,38 @@ def test_fast94_benchmark_runs_both_sides_and_they_agree(data_dir, tmp_path):
     assert len(curves) == 2 and curves[0].split()[2::3] == curves[1].split()[2::3]
     assert len(curves[0].split()) == 6  # two epochs: "<minutes> min <accuracy>" each
     assert re.search(r"framework/bare time ratio: \d+\.\d+", out)
-    assert (tmp_path / "out" / "seed0" / "checkpoints" / "last.ckpt").is_file()  # the framework side checkpoints
+    assert not (tmp_path / "out" / "seed0" / "checkpoints").exists()  # fast94: no checkpoint inside the timed fit
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_suite_refuses_without_a_gpu_and_writes_nothing(tmp_path):
+    out = tmp_path / "gpu.md"
+    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    (message,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # one paragraph
+    assert message.startswith("error: benchmarks/gpu_suite.py measures GPU figures") and "Fix:" in message
+    assert not out.exists()
+
+
+@pytest.mark.slow  # a few steps of every part on the CPU: several minutes on 2 cores
+def test_gpu_suite_smoke_run_goes_through_every_part(data_dir, tmp_path):
+    out = tmp_path / "gpu.md"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--smoke", "--data-dir", str(data_dir), "--seeds", "2",
+         "--compile-seeds", "1", "--resnet-steps", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    assert report.startswith("# GPU figures (benchmarks/gpu_suite.py) — SMOKE RUN, not a measurement")
+    titles = re.findall(r"^## (.+)$", report, flags=re.M)
+    assert [title.split(" ")[0] for title in titles] == ["1.", "2.", "3.", "4.", "5.", "Suite"]
+    assert "Failed" not in report and "Framework/bare train-time ratio: **" in report
+    assert re.search(r"\| test acc\., TTA \(%\) \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|", report)
+
+
+def test_gpu_suite_smoke_never_writes_the_committed_report():
+    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--smoke"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "--smoke writes no measured figures" in result.stderr
