@@ -245,7 +245,7 @@ def plot_curve_grid(columns: Mapping[str, Mapping[str, Sequence[Curve]]], title:
     for column, (heading, curves) in enumerate(columns.items()):
         for line, (metric, scale, ylabel) in enumerate(CURVE_METRICS):
             ax = axes[line, column]
-            draw_curves(ax, curves.get(metric, []), scale, ylabel, legend=column == 0)
+            draw_curves(ax, curves.get(metric, []), scale, ylabel, marker=".", legend=column == 0)
             if column == 0:
                 ax.set_ylabel(ylabel)
         axes[0, column].set_title(heading)
