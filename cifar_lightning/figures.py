@@ -120,6 +120,16 @@ def tile_image(image: np.ndarray) -> np.ndarray:
     return np.transpose(image, (1, 2, 0))
 
 
+def draw_tile(ax, image: np.ndarray, frame: str | None = None, width: float = 3) -> None:
+    """One (3, H, W) uint8 image of a gallery; `frame` colors its border (None: no border)."""
+    ax.imshow(tile_image(image), interpolation="nearest")
+    for spine in ax.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_color(frame)
+            spine.set_linewidth(width)
+
+
 def plot_gallery(
     images: np.ndarray,
     true: Sequence[int],
@@ -155,12 +165,8 @@ def plot_gallery(
         wrong = int(label) != int(guess)
         color = WRONG_COLOR if wrong else RIGHT_COLOR
         ax.set_visible(True)
-        ax.imshow(tile_image(image), interpolation="nearest")
+        draw_tile(ax, image, WRONG_COLOR if wrong else None)
         ax.set_title(f"{classes[int(label)]} ->\n{classes[int(guess)]} {float(score):.2f}", fontsize=8, color=color)
-        for spine in ax.spines.values():
-            spine.set_visible(wrong)
-            spine.set_color(WRONG_COLOR)
-            spine.set_linewidth(3)
     if len(images) == 0:
         axes[0, 0].set_visible(True)
         axes[0, 0].axis("off")
