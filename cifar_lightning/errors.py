@@ -75,6 +75,14 @@ def is_number(value: object, finite: bool = False) -> bool:
     return number and (not finite or math.isfinite(value))
 
 
-def is_int(value: object, minimum: int) -> bool:
-    """True for an integer (not a bool) >= minimum: the check behind many config errors."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def is_int(value: object, minimum: int | None = None) -> bool:
+    """True for an integer (not a bool), >= minimum when one is given: the check behind many config errors."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def is_fraction(value: object, zero: bool = False, one: bool = True) -> bool:
+    """True for a number between 0 and 1; `zero` and `one` say whether each end itself is allowed
+    (the default, (0, 1], fits a share to keep; zero=True, one=False, [0, 1), a dropout or smoothing rate)."""
+    if not is_number(value, finite=True):
+        return False
+    return (0.0 < value or (zero and value == 0.0)) and (value < 1.0 or (one and value == 1.0))

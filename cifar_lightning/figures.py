@@ -1,5 +1,6 @@
-"""Figures of one evaluated model: its confusion matrix, galleries of its predictions and its
-training curves, as PNG files.
+"""Figures as PNG files: confusion matrices, galleries of predictions and training curves, of one
+evaluated model or of several side by side (an ablation sweep's configurations). Each kind of panel
+has one drawing function onto a matplotlib Axes (draw_matrix, draw_curves) that every figure uses.
 
 Drawn on matplotlib's `Figure` with the Agg canvas, never pyplot, so nothing depends on a
 display or on global pyplot state, and figures are freed as soon as they are saved.
@@ -8,7 +9,8 @@ display or on global pyplot state, and figures are freed as soon as they are sav
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifar_lightning.errors import is_number
+
 GALLERY_COLUMNS = 8
+GRID_COLUMNS = 3  # confusion matrices per row of a grid
+#: The panels of training curves: history key suffix, scale, y label (accuracy is stored as a fraction).
+CURVE_METRICS = (("loss", 1.0, "loss"), ("acc", 100.0, "accuracy (%)"))
 WRONG_COLOR, RIGHT_COLOR = "tab:red", "black"
 
 
@@ -68,15 +75,59 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: P
     left, right = figure.subplots(1, 2)
     draw_matrix(left, counts, counts.astype(np.int64).astype(str), classes, max(counts.max(), 1),
                 f"counts ({int(counts.sum()):,} images)")  # fmt: skip
-    draw_matrix(right, shares, np.vectorize(lambda share: f"{share:.0f}")(shares), classes, 100,
-                "% of each true class (rows sum to 100)")  # fmt: skip
+    draw_matrix(right, shares, percent_labels(shares), classes, 100, "% of each true class (rows sum to 100)")
     figure.suptitle("Confusion matrix: rows = true class, columns = predicted class")
+    return save(figure, path)
+
+
+def percent_labels(shares: np.ndarray) -> np.ndarray:
+    """Row percentages as cell labels, rounded to whole percent."""
+    return np.vectorize(lambda share: f"{share:.0f}")(shares)
+
+
+@dataclass(frozen=True)
+class ConfusionPanel:
+    """One matrix of a grid: its title, counts (rows = true class; None when there is none to show) and
+    class names."""
+
+    title: str
+    counts: np.ndarray | None
+    classes: Sequence[str]
+
+
+def plot_confusion_grid(panels: Sequence[ConfusionPanel], title: str, path: Path) -> Path:
+    """Several confusion matrices side by side, each row-normalized (% of each true class), so models
+    tested on different numbers of images compare; a panel without counts says so."""
+    columns = max(1, min(GRID_COLUMNS, len(panels)))
+    lines = max(1, math.ceil(len(panels) / columns))
+    figure = new_figure(4.3 * columns, 4.3 * lines + 0.6)
+    axes = figure.subplots(lines, columns, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, panels):
+        if panel.counts is None:
+            ax.set_title(f"{panel.title}\nno confusion matrix recorded", fontsize=9)
+            ax.axis("off")
+            continue
+        shares = row_percent(np.asarray(panel.counts))
+        draw_matrix(ax, shares, percent_labels(shares), [str(name) for name in panel.classes], 100, panel.title)
+    figure.suptitle(title)
     return save(figure, path)
 
 
 def tile_image(image: np.ndarray) -> np.ndarray:
     """(3, H, W) -> (H, W, 3), the layout imshow draws."""
     return np.transpose(image, (1, 2, 0))
+
+
+def draw_tile(ax, image: np.ndarray, frame: str | None = None, width: float = 3) -> None:
+    """One (3, H, W) uint8 image of a gallery; `frame` colors its border (None: no border)."""
+    ax.imshow(tile_image(image), interpolation="nearest")
+    for spine in ax.spines.values():
+        spine.set_visible(frame is not None)
+        if frame is not None:
+            spine.set_color(frame)
+            spine.set_linewidth(width)
 
 
 def plot_gallery(
@@ -114,12 +165,8 @@ def plot_gallery(
         wrong = int(label) != int(guess)
         color = WRONG_COLOR if wrong else RIGHT_COLOR
         ax.set_visible(True)
-        ax.imshow(tile_image(image), interpolation="nearest")
+        draw_tile(ax, image, WRONG_COLOR if wrong else None)
         ax.set_title(f"{classes[int(label)]} ->\n{classes[int(guess)]} {float(score):.2f}", fontsize=8, color=color)
-        for spine in ax.spines.values():
-            spine.set_visible(wrong)
-            spine.set_color(WRONG_COLOR)
-            spine.set_linewidth(3)
     if len(images) == 0:
         axes[0, 0].set_visible(True)
         axes[0, 0].axis("off")
@@ -133,11 +180,42 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
     epochs, values = [], []
     for index, row in enumerate(history, start=1):
         value = row.get(key) if isinstance(row, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if is_number(value, finite=True):
             epoch = row.get("epoch", index)
-            epochs.append(epoch if isinstance(epoch, (int, float)) else index)
+            epochs.append(epoch if is_number(epoch) else index)
             values.append(float(value))
     return epochs, values
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a metric over epochs; `band` (low, high) shades a range around it, e.g. min-max over seeds."""
+
+    label: str
+    epochs: Sequence[float]
+    values: Sequence[float]
+    band: tuple[Sequence[float], Sequence[float]] | None = None
+    color: str | None = None  # default: C0, C1, ... by position, so train and val match across panels
+
+
+def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: str | None = None,
+                legend: bool = True) -> None:  # fmt: skip
+    """The curves of one metric on one panel, values times `scale`, integer epochs on x; a panel without
+    any point says `no <what> recorded` instead of staying blank."""
+    for index, curve in enumerate(curves):
+        if not len(curve.epochs):
+            continue
+        color = curve.color or f"C{index}"
+        ax.plot(curve.epochs, np.asarray(curve.values) * scale, color=color, marker=marker, label=curve.label)
+        if curve.band is not None:
+            low, high = (np.asarray(edge) * scale for edge in curve.band)
+            ax.fill_between(curve.epochs, low, high, color=color, alpha=0.2, linewidth=0)
+    if not ax.lines:
+        ax.text(0.5, 0.5, f"no {what} recorded", ha="center", va="center", transform=ax.transAxes)
+    elif legend:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> Path:
@@ -146,29 +224,37 @@ def plot_curves(history: Sequence[dict], path: Path) -> Path:
     Rows like {"epoch": 1, "train_loss": ..., "train_acc": ..., "val_loss": ..., "val_acc": ..., "lr": ...};
     a missing key leaves its line out rather than failing, so partial histories still plot.
     """
-    panels = [("loss", 1.0, "loss"), ("acc", 100.0, "accuracy (%)")]
     lr_epochs, lr_values = series(history, "lr")
     has_lr = bool(lr_epochs)
-    figure = new_figure(4.2 * (len(panels) + has_lr), 3.6)
-    axes = figure.subplots(1, len(panels) + has_lr, squeeze=False)[0]
-    for ax, (metric, scale, ylabel) in zip(axes, panels):
-        for split, color in (("train", "C0"), ("val", "C1")):
-            epochs, values = series(history, f"{split}_{metric}")
-            if epochs:
-                ax.plot(epochs, np.array(values) * scale, color=color, marker=".", label=split)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, f"no {ylabel} recorded", ha="center", va="center", transform=ax.transAxes)
+    figure = new_figure(4.2 * (len(CURVE_METRICS) + has_lr), 3.6)
+    axes = figure.subplots(1, len(CURVE_METRICS) + has_lr, squeeze=False)[0]
+    for ax, (metric, scale, ylabel) in zip(axes, CURVE_METRICS):
+        curves = [Curve(split, *series(history, f"{split}_{metric}")) for split in ("train", "val")]
+        draw_curves(ax, curves, scale, ylabel, marker=".")
         ax.set_ylabel(ylabel)
     if has_lr:
-        axes[-1].plot(lr_epochs, lr_values, color="C2", marker=".")
+        draw_curves(axes[-1], [Curve("lr", lr_epochs, lr_values, color="C2")], 1.0, "learning rate", ".", False)
         if min(lr_values) > 0:
             axes[-1].set_yscale("log")  # step schedules divide the rate: equal steps on a log axis
         axes[-1].set_ylabel("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle("Training curves")
+    return save(figure, path)
+
+
+def plot_curve_grid(columns: Mapping[str, Mapping[str, Sequence[Curve]]], title: str, path: Path) -> Path:
+    """Training curves of several models side by side: one column per title, loss on top and accuracy
+    below (`columns[title]["loss"]`, `["acc"]`), each row on one y axis so the columns compare."""
+    figure = new_figure(3.2 * len(columns) + 0.8, 6.2)
+    axes = figure.subplots(len(CURVE_METRICS), max(1, len(columns)), sharey="row", squeeze=False)
+    for column, (heading, curves) in enumerate(columns.items()):
+        for line, (metric, scale, ylabel) in enumerate(CURVE_METRICS):
+            ax = axes[line, column]
+            draw_curves(ax, curves.get(metric, []), scale, ylabel, marker=".", legend=column == 0)
+            if column == 0:
+                ax.set_ylabel(ylabel)
+        axes[0, column].set_title(heading)
+        axes[-1, column].set_xlabel("epoch")
+    figure.suptitle(title)
     return save(figure, path)

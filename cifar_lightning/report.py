@@ -127,18 +127,13 @@ def per_class_table(summary: dict) -> str:
     classes = summary.get("classes") if isinstance(summary.get("classes"), list) else []
     rows = max(len(classes), *(len(values) for values in columns.values()))
     names = [str(classes[i]) if i < len(classes) else str(i) for i in range(rows)]
-    header = "".join(f"<th>{escape(heading)}</th>" for heading in ["class", *columns])
 
     def cell(heading: str, values: list, i: int) -> str:
         value = values[i] if i < len(values) else None
-        text = f"{value:,}" if heading == "test images" and is_number(value, finite=True) else percent(value, 1)
-        return f"<td>{escape(text)}</td>"
+        return f"{value:,}" if heading == "test images" and is_number(value, finite=True) else percent(value, 1)
 
-    body = "".join(
-        f"<tr><td>{escape(name)}</td>{''.join(cell(h, values, i) for h, values in columns.items())}</tr>"
-        for i, name in enumerate(names)
-    )
-    return f"<table><tr>{header}</tr>{body}</table>"
+    body = [[name, *(cell(h, values, i) for h, values in columns.items())] for i, name in enumerate(names)]
+    return html_table(Table("", ["class", *columns], body))
 
 
 def pre_block(value: Any) -> str:
@@ -174,9 +169,11 @@ def embedded_image(path: Path) -> str:
 
 
 def html_table(table: Table) -> str:
+    """The page's one table renderer: every cell HTML-escaped; the title, when there is one, as a heading."""
     header = "".join(f"<th>{escape(str(cell))}</th>" for cell in table.header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in table.rows)
-    return f"<h3>{escape(table.title)}</h3><table><tr>{header}</tr>{body}</table>"
+    heading = f"<h3>{escape(table.title)}</h3>" if table.title else ""
+    return f"{heading}<table><tr>{header}</tr>{body}</table>"
 
 
 def section_item(item: SectionItem) -> str:

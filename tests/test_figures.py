@@ -124,3 +124,37 @@ def test_curves_png(tmp_path):
 )
 def test_curves_tolerate_missing_keys(tmp_path, rows):
     assert png_size(plot_curves(rows, tmp_path / "curves.png"))[0] > 0
+
+
+def test_confusion_grid_row_normalizes_every_panel(tmp_path, monkeypatch):
+    drawn = []  # the values and labels each panel is drawn with, through the one matrix drawer
+    real_draw = figures.draw_matrix
+    monkeypatch.setattr(figures, "draw_matrix", lambda ax, values, labels, *rest: (
+        drawn.append((np.array(values, dtype=float), labels)), real_draw(ax, values, labels, *rest))[1])  # fmt: skip
+    panels = [
+        figures.ConfusionPanel("a", np.array([[3, 1], [0, 0]]), ["x", "y"]),
+        figures.ConfusionPanel("no counts", None, []),
+        *(figures.ConfusionPanel(str(i), np.eye(10, dtype=int) * 7, CIFAR10_CLASSES) for i in range(2)),
+    ]
+    width, height = png_size(figures.plot_confusion_grid(panels, "title", tmp_path / "grid.png"))
+    assert width >= 3 * 400 and height >= 2 * 400  # 4 panels: two rows of up to 3
+    assert len(drawn) == 3  # the panel without counts is a note, not a matrix
+    (values, labels), *_ = drawn
+    assert values.tolist() == [[75.0, 25.0], [0.0, 0.0]] and labels.tolist() == [["75", "25"], ["0", "0"]]
+
+
+def test_curve_grid_draws_mean_lines_with_bands(tmp_path):
+    band = figures.Curve("train (mean)", [1, 2, 3], [1.0, 0.8, 0.6], ([0.9, 0.7, 0.5], [1.1, 0.9, 0.7]))
+    columns = {"A (n=3)": {"loss": [band], "acc": []}, "B (n=0)": {}}
+    width, height = png_size(figures.plot_curve_grid(columns, "title", tmp_path / "grid.png"))
+    assert width >= 500 and height >= 500
+
+
+def test_draw_curves_shades_the_band_and_notes_an_empty_panel():
+    figure = figures.new_figure(4, 3)
+    full, empty = figure.subplots(1, 2)
+    curve = figures.Curve("val", [1, 2], [0.5, 0.6], ([0.4, 0.5], [0.6, 0.7]))
+    figures.draw_curves(full, [curve], 100.0, "accuracy")
+    assert full.lines[0].get_ydata().tolist() == pytest.approx([50.0, 60.0]) and len(full.collections) == 1
+    figures.draw_curves(empty, [figures.Curve("train", [], [])], 1.0, "loss")
+    assert not empty.lines and empty.texts[0].get_text() == "no loss recorded"

@@ -122,3 +122,5 @@ def test_per_class_as_a_dict_of_lists(tmp_path):
     data = {"test_acc": 0.25, "classes": ["a", "b"], "per_class": {"accuracy": [0.125, 0.375], "f1": [0.5, None]}}
     page = write_report(tmp_path, data, []).read_text(encoding="utf-8")
     assert "25.00%" in page and "12.5%" in page and "37.5%" in page and "n/a" in page
+    assert "<table><tr><th>class</th><th>accuracy</th><th>F1</th></tr><tr><td>a</td>" in page  # html_table, untitled
+    assert "<h3></h3>" not in page

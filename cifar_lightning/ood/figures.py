@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cifar_lightning.figures import new_figure, save, tile_image
+from cifar_lightning.figures import draw_tile, new_figure, save
 
 
 def safe_name(layer: str) -> str:
@@ -71,11 +71,8 @@ def plot_ood_gallery(
             share = (flags == wanted).double().mean().item() if len(flags) else 0.0
             for column, index in enumerate(chosen.tolist()):
                 ax = axes[row, half * count + column]
-                ax.imshow(tile_image(images[name][index].numpy()), interpolation="nearest")
                 ax.axis("on")
-                for spine in ax.spines.values():
-                    spine.set_color("tab:red" if wanted else "tab:green")
-                    spine.set_linewidth(2)
+                draw_tile(ax, images[name][index].numpy(), "tab:red" if wanted else "tab:green", 2)
             axes[row, half * count].set_title(f"{name}: {label} ({share:.1%})", fontsize=8, loc="left")
     figure.suptitle(f"Detected as ID (green, left) and as OOD (red, right) by {method}", fontsize=10)
     return save(figure, path)

@@ -8,12 +8,11 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_lightning.errors import ConfigError, is_int
+from cifar_lightning.errors import ConfigError, is_fraction, is_int
 from cifar_lightning.inference import Classifier
 from cifar_lightning.ood.detection import OODResult, OODSettings, ThresholdSettings, check_layers, detect_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, DetectorSettings
@@ -34,11 +33,6 @@ def _invalid(key: str, problem: str, example: str) -> ConfigError:
     )
 
 
-def _is_fraction(value: Any, low_open: bool = True) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and (0.0 < value <= 1.0 if low_open else 0.0 <= value < 1.0)
-
-
 def ood_settings(ood: DictConfig) -> OODSettings:
     """The checked settings of an enabled `ood` config; a ConfigError naming the key and the fix otherwise."""
     detectors = list(ood.detectors or [])
@@ -57,12 +51,12 @@ def ood_settings(ood: DictConfig) -> OODSettings:
     if threshold.method not in THRESHOLD_METHODS:
         raise _invalid("threshold.method", f"must be one of {', '.join(THRESHOLD_METHODS)}, got {threshold.method!r}",
                        "ood.threshold.method=percentile")  # fmt: skip
-    if not _is_fraction(threshold.id_keep):
+    if not is_fraction(threshold.id_keep):
         raise _invalid("threshold.id_keep", f"must be a fraction in (0, 1], got {threshold.id_keep!r}",
                        "ood.threshold.id_keep=0.95")  # fmt: skip
     if not is_int(threshold.bins, 1):
         raise _invalid("threshold.bins", f"must be a positive integer, got {threshold.bins!r}", "ood.threshold.bins=50")
-    if not _is_fraction(threshold.min_fraction, low_open=False):
+    if not is_fraction(threshold.min_fraction, zero=True, one=False):
         raise _invalid("threshold.min_fraction", f"must be a fraction in [0, 1), got {threshold.min_fraction!r}",
                        "ood.threshold.min_fraction=0.001")  # fmt: skip
     mean_activation = ood.mean_activation

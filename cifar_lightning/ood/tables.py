@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cifar_lightning.ood.detection import OODResult
 from cifar_lightning.report import Table
+from cifar_lightning.tables import markdown_table
 
 #: Metric key, heading, and whether higher is better.
 METRICS = {
@@ -71,14 +72,7 @@ def setup_note(result: OODResult) -> str:
 
 
 def markdown(table: Table) -> str:
-    lines = [
-        f"## {table.title}",
-        "",
-        "| " + " | ".join(table.header) + " |",
-        "|" + "|".join(["---", *["---:"] * (len(table.header) - 1)]) + "|",
-    ]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table.rows]
-    return "\n".join(lines) + "\n"
+    return f"## {table.title}\n\n" + markdown_table(table.header, table.rows)
 
 
 def write_markdown(path: Path, title: str, note: str, tables: Sequence[Table]) -> Path:

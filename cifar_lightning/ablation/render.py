@@ -1,0 +1,180 @@
+"""The table as text: ablation.md (Markdown, percentages, the missing and diverged runs) and ablation.csv
+(fractions, one row per configuration), both through cifar_lightning.tables, the package's one table
+renderer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cifar_lightning.ablation.sweep import Run
+from cifar_lightning.ablation.table import AblationRow, AblationTable
+from cifar_lightning.tables import markdown_table, write_csv
+
+CSV_FILE, MARKDOWN_FILE, CURVES_FILE, CONFUSION_FILE = "ablation.csv", "ablation.md", "curves.png", "confusion.png"
+MARKDOWN_COLUMNS = (
+    "configuration", "test acc. (%)", "report (%)", "Δ vs Improved (pp)", "p (Welch)", "95% CI of Δ (pp)",
+    "best epoch", "train time", "n",
+)  # fmt: skip
+CSV_COLUMNS = (
+    "configuration",
+    "label",
+    "n_finished",
+    "seeds_planned",
+    "n_missing",
+    "finished_seeds",
+    "missing_seeds",
+    "n_diverged",
+    "diverged_seeds",
+    "test_acc_mean",
+    "test_acc_std",
+    "report_test_acc",
+    "delta_vs_improved",
+    "delta_p_value",
+    "delta_ci95_low",
+    "delta_ci95_high",
+    "best_epoch_mean",
+    "train_seconds_mean",
+)
+
+
+def percent(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def format_p(p_value: float | None) -> str:
+    if p_value is None or not math.isfinite(p_value):
+        return "n/a"
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def format_seed(seed: int | None) -> str:
+    return "?" if seed is None else str(seed)
+
+
+def job_name(run: Run, table: AblationTable) -> str:
+    """`4/` for a job of the only sweep; `<sweep>/4/` when several sweeps were read, so it names one job."""
+    job = f"{run.directory.name}/"
+    return job if len(table.sweep_dirs) < 2 else f"{run.directory.parent.name}/{job}"
+
+
+def markdown_cells(row: AblationRow) -> list[str]:
+    accuracy = "n/a" if row.acc_mean is None else f"{percent(row.acc_mean)} ± {percent(row.acc_std)}"
+    diff = row.difference
+    ci = diff.ci95 if diff else None
+    return [
+        row.label,
+        accuracy,
+        percent(row.report),
+        percent(diff.delta, signed=True) if diff else "n/a",
+        format_p(diff.p_value) if diff else "n/a",
+        f"[{percent(ci[0], signed=True)}, {percent(ci[1], signed=True)}]" if ci else "n/a",
+        "n/a" if row.best_epoch_mean is None else f"{row.best_epoch_mean:.1f}",
+        format_seconds(row.train_seconds_mean),
+        f"{row.n}/{row.planned}" if row.planned else str(row.n),
+    ]
+
+
+def describe_missing(row: AblationRow, table: AblationTable) -> str:
+    """`seed 1 (job 4/ unfinished), seed 2 (no job), 1 more (seed unknown)` for one configuration."""
+    parts = [f"seed {format_seed(run.seed)} (job {job_name(run, table)} unfinished)" for run in row.unfinished]
+    parts += [f"seed {seed} (no job)" for seed in row.absent_seeds]
+    unknown = row.n_missing - len(row.unfinished) - len(row.absent_seeds)
+    if unknown > 0:
+        parts.append(f"{unknown} more (seed{'s' if unknown > 1 else ''} unknown)")
+    return ", ".join(parts)
+
+
+def describe_diverged(row: AblationRow, table: AblationTable) -> str:
+    """`seed 1 (job 4/, loss nan at step 17)` for each diverged run of one configuration."""
+    parts = []
+    for run in row.diverged:
+        where = (run.metrics or {}).get("divergence") or {}
+        detail = f", loss {where.get('loss')} at step {where.get('step')}" if where else ""
+        parts.append(f"seed {format_seed(run.seed)} (job {job_name(run, table)}{detail})")
+    return ", ".join(parts)
+
+
+def sources(table: AblationTable) -> str:
+    """The sweep directories read, so the table says where its numbers come from."""
+    if len(table.sweep_dirs) == 1:
+        return f"sweep {table.sweep_dirs[0]}"
+    return f"{len(table.sweep_dirs)} sweeps: {', '.join(str(path) for path in table.sweep_dirs)}"
+
+
+def render_markdown(table: AblationTable) -> str:
+    """The table in %, a legend, the missing runs, and how the confusion matrices are combined."""
+    lines = [
+        f"Test accuracy per configuration over seeds, {sources(table)}",
+        "",
+        markdown_table(MARKDOWN_COLUMNS, [markdown_cells(row) for row in table.rows]).rstrip(),
+        "",
+        "Test accuracy is the mean ± sample standard deviation over seeds; Δ is its difference to the "
+        "Improved mean, with the p-value of Welch's t-test and a 95% confidence interval with "
+        "Welch-Satterthwaite degrees of freedom (n/a where either side has fewer than 2 finished seeds). "
+        "Best epoch and train time are means over seeds; n is finished/planned runs.",
+        "",
+    ]
+    missing = [f"{row.label}: {describe_missing(row, table)}" for row in table.rows if row.n_missing]
+    lines.append(f"Missing runs: {'; '.join(missing)}." if missing else "Missing runs: none.")
+    diverged = [f"{row.label}: {describe_diverged(row, table)}" for row in table.rows if row.diverged]
+    lines.append(
+        f"Diverged runs (non-finite training loss; not in the means, not missing): {'; '.join(diverged)}."
+        if diverged else "Diverged runs: none."
+    )  # fmt: skip
+    lines.append("")
+    if any(row.n for row in table.rows):
+        lines.append(
+            f"Confusion matrices ({CONFUSION_FILE}) are summed over each configuration's finished seeds and "
+            f"shown row-normalized: each cell is the % of that true class's test images."
+        )
+    else:
+        lines.append(f"No run finished, so {CURVES_FILE} and {CONFUSION_FILE} were not drawn.")
+    return "\n".join(lines) + "\n"
+
+
+def csv_value(value: Any) -> str:
+    """Empty for n/a; floats to 10 significant digits, which drops float noise like 0.010000000000000009."""
+    if value is None:
+        return ""
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
+
+
+def csv_cells(row: AblationRow) -> list[str]:
+    diff = row.difference
+    ci = diff.ci95 if diff else None
+    missing_seeds = [format_seed(run.seed) for run in row.unfinished] + [str(seed) for seed in row.absent_seeds]
+    values = {
+        "configuration": row.name,
+        "label": row.label,
+        "n_finished": row.n,
+        "seeds_planned": row.planned,
+        "n_missing": row.n_missing,
+        "finished_seeds": ";".join(format_seed(seed) for seed in row.seeds),
+        "missing_seeds": ";".join(missing_seeds),
+        "n_diverged": len(row.diverged),
+        "diverged_seeds": ";".join(format_seed(run.seed) for run in row.diverged),
+        "test_acc_mean": row.acc_mean,
+        "test_acc_std": row.acc_std,
+        "report_test_acc": row.report,
+        "delta_vs_improved": diff.delta if diff else None,
+        "delta_p_value": diff.p_value if diff else None,
+        "delta_ci95_low": ci[0] if ci else None,
+        "delta_ci95_high": ci[1] if ci else None,
+        "best_epoch_mean": row.best_epoch_mean,
+        "train_seconds_mean": row.train_seconds_mean,
+    }
+    return [csv_value(values[column]) for column in CSV_COLUMNS]
+
+
+def write_table_csv(table: AblationTable, path: Path) -> Path:
+    return write_csv(path, CSV_COLUMNS, [csv_cells(row) for row in table.rows])

@@ -1,0 +1,93 @@
+"""Aggregation end to end: read the sweeps, build the table, write ablation.csv, ablation.md, curves.png
+and confusion.png. `aggregate` is the one call behind the CLI (__main__.py) and AggregateAblation, the
+Hydra callback that runs it when a multirun ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cifar_lightning.ablation.plots import plot_confusion, plot_curves
+from cifar_lightning.ablation.render import (
+    CONFUSION_FILE,
+    CSV_FILE,
+    CURVES_FILE,
+    MARKDOWN_FILE,
+    render_markdown,
+    write_table_csv,
+)
+from cifar_lightning.ablation.sweep import SweepError, as_sweep_dirs, collect_runs
+from cifar_lightning.ablation.table import AblationTable, build_table
+from cifar_lightning.errors import CifarLightningError
+
+log = logging.getLogger(__name__)
+
+
+def write_outputs(table: AblationTable, out_dir: Path) -> None:
+    """ablation.csv and ablation.md always; the figures only when some run finished."""
+    finished_rows = [row for row in table.rows if row.n]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table.files["csv"] = write_table_csv(table, out_dir / CSV_FILE)
+        (out_dir / MARKDOWN_FILE).write_text(render_markdown(table))
+        table.files["markdown"] = out_dir / MARKDOWN_FILE
+        if finished_rows:
+            table.files["curves"] = plot_curves(finished_rows, out_dir / CURVES_FILE)
+            table.files["confusion"] = plot_confusion(finished_rows, out_dir / CONFUSION_FILE)
+    except OSError as exc:
+        raise SweepError(
+            f"cannot write the ablation summary into {out_dir} ({exc.strerror or exc}). "
+            f"Fix: make the directory writable, or write the summary elsewhere with --out DIR."
+        ) from exc
+
+
+def output_dir(sweep_dirs: tuple[Path, ...], out_dir: str | Path | None) -> Path:
+    """`out_dir`, else the only sweep directory; several sweeps without one is a SweepError (no sweep owns
+    a table of all of them, and writing into one would overwrite its own summary)."""
+    if out_dir is not None:
+        return Path(out_dir)
+    if len(sweep_dirs) == 1:
+        return sweep_dirs[0]
+    raise SweepError(
+        f"{len(sweep_dirs)} sweep directories given ({', '.join(map(str, sweep_dirs))}) but no output directory: "
+        f"the combined table belongs to none of them. Fix: add --out DIR, e.g. --out logs/train/ablation_table."
+    )
+
+
+def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> AblationTable:
+    """Read one or several sweeps as one table and write ablation.csv/.md, curves.png and confusion.png into
+    out_dir (default: the sweep directory; required with several)."""
+    paths = as_sweep_dirs(sweep_dirs)
+    out = output_dir(paths, out_dir)
+    table = build_table(collect_runs(paths))
+    write_outputs(table, out)
+    return table
+
+
+class AggregateAblation(Callback):
+    """Hydra callback: aggregate the sweep when a multirun ends.
+
+    It never raises: a failed summary must not hide or fail the jobs that finished; the error is
+    logged with the command that retries it.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = None
+        try:
+            sweep_dir = Path(config.hydra.sweep.dir)
+            table = aggregate(sweep_dir)
+        except Exception as exc:  # noqa: BLE001 - any failure here must only be reported
+            retry = f"python -m cifar_lightning.ablation {sweep_dir or '<sweep_dir>'}"
+            if isinstance(exc, CifarLightningError):
+                log.error("ablation summary not written: %s (retry: %s)", exc, retry)
+            else:
+                log.exception("ablation summary failed; the jobs' results are untouched (retry: %s)", retry)
+            return
+        log.info("ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
+                 len(table.rows), table.n_missing, table.n_diverged,
+                 ", ".join(str(path) for path in table.files.values()))  # fmt: skip
