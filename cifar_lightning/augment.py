@@ -91,6 +91,11 @@ def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor |
 TTA_LEVELS = (0, 1, 2)
 
 
+def is_tta_level(value: object) -> bool:
+    """Whether a config value is a test-time augmentation level (an int of TTA_LEVELS, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in TTA_LEVELS
+
+
 @torch.no_grad()
 def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
     """The model's logits averaged over test-time views of normalized images (N, C, H, W).
@@ -100,7 +105,7 @@ def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
     padding), each with its mirror (airbench's test-time augmentation: the unshifted pair
     weighs 1/2, the four shifted views 1/8 each). Labels are unchanged by every view.
     """
-    if level not in TTA_LEVELS:
+    if not is_tta_level(level):
         raise ValueError(f"tta level must be 0, 1 or 2, got {level!r}")
 
     def with_mirror(x: Tensor) -> Tensor:

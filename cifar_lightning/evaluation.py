@@ -33,12 +33,13 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from cifar_lightning.augment import TTA_LEVELS, is_tta_level
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, invalid_setting, is_int, one_line
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
-from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
+from cifar_lightning.inference import DEVICES, Classifier, Predictions, pick_device
 from cifar_lightning.ood.detection import OODSettings, fit_subset
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
 from cifar_lightning.ood.sets import OODSet
@@ -92,7 +93,7 @@ def check_settings(cfg: DictConfig) -> OODSettings | None:
         raise _invalid("device", f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
     if not is_int(cfg.batch_size, 1):
         raise _invalid("batch_size", f"must be a positive integer, got {cfg.batch_size!r}", "batch_size=1000")
-    if cfg.tta not in TTA_LEVELS or isinstance(cfg.tta, bool):
+    if not is_tta_level(cfg.tta):
         raise _invalid("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {cfg.tta!r}", "tta=2")
     if not is_int(cfg.seed, 0):
         raise _invalid("seed", f"seed must be a non-negative integer, got {cfg.seed!r}", "seed=0")

@@ -27,7 +27,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from cifar_lightning.augment import TTA_LEVELS, tta_logits
+from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
 from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
@@ -226,7 +226,7 @@ class Classifier:
         Raises CheckpointError for a missing, corrupt, tampered or foreign checkpoint, ConfigError for a bad
         device or tta.
         """
-        if tta not in TTA_LEVELS or isinstance(tta, bool):
+        if not is_tta_level(tta):
             raise ConfigError(f"tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta!r}. Fix: pass "
                               f"tta=0 (none), tta=1 (mirror) or tta=2 (mirror and shifts).")  # fmt: skip
         device = device if isinstance(device, torch.device) else pick_device(device)

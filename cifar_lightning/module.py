@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from cifar_lightning.augment import TTA_LEVELS, tta_logits
+from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
 from cifar_lightning.errors import is_number
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -112,7 +112,7 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(
                 f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {weight_decay_scope!r}"
             )
-        if test_tta not in TTA_LEVELS or isinstance(test_tta, bool):
+        if not is_tta_level(test_tta):
             raise ValueError(f"test_tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {test_tta!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.test_tta = test_tta

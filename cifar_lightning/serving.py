@@ -46,11 +46,12 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import Tensor, nn
 
+from cifar_lightning.augment import TTA_LEVELS, is_tta_level
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.errors import ConfigError, invalid_setting, is_int, is_number
 from cifar_lightning.gradcam import gradcam_pngs, last_conv_layer, layer_names
 from cifar_lightning.images import INPUT_SIZE, ImageError, load_image
-from cifar_lightning.inference import DEVICES, TTA_LEVELS, Classifier, Predictions, pick_device
+from cifar_lightning.inference import DEVICES, Classifier, Predictions, pick_device
 from cifar_lightning.ood.saved import NAMES as DETECTOR_NAMES
 from cifar_lightning.ood.saved import OODDetector, find_detectors, fit_detector, load_detector
 
@@ -117,7 +118,7 @@ def check_settings(cfg: DictConfig) -> ServeSettings:
     if cfg.device not in DEVICES:
         raise _invalid("device", f"must be one of {', '.join(DEVICES)}, got {cfg.device!r}", "device=auto")
     pick_device(cfg.device)  # device=gpu without CUDA is refused here
-    if cfg.tta not in TTA_LEVELS or isinstance(cfg.tta, bool):
+    if not is_tta_level(cfg.tta):
         raise _invalid("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {cfg.tta!r}", "tta=1")
     if not is_int(cfg.top_k, 1) or cfg.top_k > 10:
         raise _invalid("top_k", f"must be an integer from 1 to 10 (CIFAR-10's classes), got {cfg.top_k!r}", "top_k=3")

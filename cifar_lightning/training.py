@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning import __version__
-from cifar_lightning.augment import TTA_LEVELS
+from cifar_lightning.augment import TTA_LEVELS, is_tta_level
 from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
 from cifar_lightning.data import CIFAR10DataModule
@@ -154,7 +154,7 @@ def check_test(cfg: DictConfig) -> int:
     """The test-time augmentation level of the run's test (test.tta), checked."""
     tta = OmegaConf.select(cfg, "test.tta", default=0)
     with config_errors("test"):
-        if tta not in TTA_LEVELS or isinstance(tta, bool):
+        if not is_tta_level(tta):
             raise ValueError(
                 f"tta must be one of {', '.join(map(str, TTA_LEVELS))} (0: none, 1: with mirror images, 2: also "
                 f"shifted by one pixel), got {tta!r}; e.g. test.tta=2"

@@ -6,6 +6,7 @@ from cifar_lightning.augment import (
     alternating_flip,
     alternating_flip_choice,
     cutout,
+    is_tta_level,
     random_crop,
     random_flip,
     random_translate,
@@ -129,3 +130,8 @@ def test_tta_logits_average_the_mirrored_and_shifted_views():
         assert torch.allclose(tta_logits(model, x, level=2), expected, atol=1e-6)
     with pytest.raises(ValueError, match="tta level"):
         tta_logits(model, x, level=3)
+
+
+def test_tta_levels_are_the_integers_0_1_2_only():
+    assert [is_tta_level(value) for value in (0, 1, 2)] == [True] * 3
+    assert not any(is_tta_level(value) for value in (3, -1, True, 2.0, "2", None))
