@@ -67,3 +67,27 @@ def test_gpu_suite_smoke_never_writes_the_committed_report():
     result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--smoke"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2 and "--smoke writes no measured figures" in result.stderr
+
+
+@pytest.mark.slow  # a two-step candidate and its validation scores on 2 CPU cores
+def test_cpu_recipe_search_scores_candidates_on_the_validation_split_only(data_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cpu_recipe_search.py", "--data-dir", str(data_dir), "--only",
+         "--candidate", "tiny", "model.widths=[8,8,8]", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+         "--val-fraction", "0.02", "--output-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "table.md")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"tiny: \d+\.\d min of training \(\d+\.\d projected on 50,000 images\)", result.stdout)
+    assert len(re.findall(r"\d+\.\d min 0\.\d{4}", result.stdout)) == 2  # one point per epoch
+    (row,) = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| tiny")]
+    assert "model.widths=[8,8,8]" in row
+    assert "test" not in result.stdout.lower()  # the search never looks at the test set
+
+
+def test_cpu_recipe_search_refuses_unknown_candidates_and_no_validation_split():
+    for args, message in ((["--only", "w99x1"], "unknown candidates w99x1"),
+                          (["--val-fraction", "0"], "--val-fraction must be in (0, 1)")):  # fmt: skip
+        result = subprocess.run([sys.executable, "benchmarks/cpu_recipe_search.py", *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr
