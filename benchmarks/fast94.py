@@ -130,9 +130,12 @@ class TestCurve(L.Callback):
         self.clock.resume()
 
 
-def test_split(datamodule, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def test_split(datamodule, device: torch.device, limit_batches: int | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels on the device; an int limit_batches (trainer.limit_test_batches, for quick
+    checks) keeps that many batches of 1000."""
     arrays = datamodule.arrays
-    return arrays.test_images.to(device), arrays.test_labels.to(device)
+    n = 1000 * limit_batches if isinstance(limit_batches, int) else len(arrays.test_labels)
+    return arrays.test_images[:n].to(device), arrays.test_labels[:n].to(device)
 
 
 def compose_config(args: argparse.Namespace, seed: int, output_dir: Path, epochs: int | None) -> DictConfig:
@@ -231,7 +234,7 @@ def bare_run(cfg: DictConfig, device: torch.device, tta: int) -> dict:
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
-    test_images, test_labels = test_split(datamodule, device)
+    test_images, test_labels = test_split(datamodule, device, cfg.trainer.limit_test_batches)
 
     curve, step = [], 0
     model.train()
