@@ -83,6 +83,10 @@ def percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
 
 
+def seconds(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 class Report:
     """gpu.md, rewritten whole after every part so that what was measured is on disk."""
 
@@ -107,8 +111,9 @@ class Suite:
         self.short = ["trainer.max_steps=3", "trainer.limit_test_batches=1"] if args.smoke else []
         self.framework: list[dict[str, Any]] = []  # part 1's runs, the baseline of parts 2 and 3
 
-    def config(self, name: str, overrides: list[str]) -> DictConfig:
-        return compose_config(self.args.data_dir, self.scratch / name, [*overrides, *self.short])
+    def config(self, name: str, overrides: list[str], short: list[str] | None = None) -> DictConfig:
+        """The config of one run; with --smoke shortened by `short` (default: a few steps)."""
+        return compose_config(self.args.data_dir, self.scratch / name, [*overrides, *(short or self.short)])
 
     def fast94_runs(self, tag: str, extra: list[str], seeds: list[int]) -> list[dict[str, Any]]:
         """An untimed warm-up run (50 steps), then one train() per seed; their metrics.json records."""
@@ -124,16 +129,16 @@ class Suite:
     def fast94_table(self, runs: list[dict[str, Any]]) -> list[str]:
         acc = mean_std_min([r["test_acc"] for r in runs])
         plain = mean_std_min([r["test_acc_plain"] for r in runs])
-        seconds = mean_std_min([r["train_seconds"] for r in runs])
+        times = mean_std_min([r["train_seconds"] for r in runs])
         reached = sum(r["test_acc"] >= TARGET for r in runs)
-        time_to = f"{seconds[0]:.2f} s" if acc[0] >= TARGET else f"not reached (mean {percent(acc[0])}%)"
+        time_to = f"{times[0]:.2f} s" if acc[0] >= TARGET else f"not reached (mean {percent(acc[0])}%)"
         rows = [
             ["test acc., TTA (%)", percent(acc[0]), percent(acc[1]), percent(acc[2])],
             ["test acc., no TTA (%)", percent(plain[0]), percent(plain[1]), percent(plain[2])],
-            ["train time (s)", f"{seconds[0]:.2f}", f"{seconds[1]:.2f}", f"{seconds[2]:.2f}"],
+            ["train time (s)", *map(seconds, times)],
         ]
         return [
-            markdown_table([f"over {len(runs)} seeds", "mean", "std", "min"], rows),
+            markdown_table([f"seeds: {len(runs)}", "mean", "std", "min"], rows).rstrip("\n"),
             "",
             f"Runs at >= 94% (TTA): {reached} of {len(runs)}. Time to 94% (mean train time, where the mean "
             f"reaches 94%): {time_to}. Per seed (TTA %, s): "
@@ -174,15 +179,15 @@ class Suite:
 
     def part_bare(self) -> list[str]:
         bare = self.bare_runs()
-        acc, seconds = mean_std_min([r["acc_tta"] for r in bare]), mean_std_min([r["seconds"] for r in bare])
+        acc, times = mean_std_min([r["acc_tta"] for r in bare]), mean_std_min([r["seconds"] for r in bare])
         lines = [
-            markdown_table([f"over {len(bare)} seeds", "mean", "std", "min"], [
+            markdown_table([f"seeds: {len(bare)}", "mean", "std", "min"], [
                 ["test acc., TTA (%)", *map(percent, acc)],
-                ["train time (s)", *(f"{value:.2f}" for value in seconds)],
-            ]),
+                ["train time (s)", *map(seconds, times)],
+            ]).rstrip("\n"),
         ]  # fmt: skip
         if self.framework:
-            ratio = statistics.mean(r["train_seconds"] for r in self.framework) / seconds[0]
+            ratio = statistics.mean(r["train_seconds"] for r in self.framework) / times[0]
             lines += ["", f"Framework/bare train-time ratio: **{ratio:.2f}** (mean train time through train.py over "
                           "the bare loop's, same seeds, same device, one process).", ]  # fmt: skip
         return lines
@@ -211,7 +216,10 @@ class Suite:
         ]
 
     def part_seed_cnn(self) -> list[str]:
-        metrics = train(self.config("seed_improved", ["experiment=seed_improved", "seed=0"]))
+        # --smoke: whole (tiny) epochs, so that validation runs and early stopping finds its val_loss.
+        smoke = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                 "trainer.limit_test_batches=1"] if self.args.smoke else None  # fmt: skip
+        metrics = train(self.config("seed_improved", ["experiment=seed_improved", "seed=0"], smoke))
         return [
             f"Test accuracy {percent(metrics['test_acc'])}% (best epoch {metrics['best_epoch']} of "
             f"{metrics['epochs_run']}), train time {metrics['train_seconds']:.1f} s, seed 0.",
@@ -252,7 +260,9 @@ def main() -> None:
         parser.error("--seeds, --compile-seeds and --resnet-steps must be at least 1")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})"
+    name = f"cpu ({platform.processor() or platform.machine()})"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
     started = datetime.now(timezone.utc)
     command = " ".join(["python", "benchmarks/gpu_suite.py", *sys.argv[1:]])
     report = Report(Path(args.out), [
