@@ -10,9 +10,10 @@ the loader's index, the augmentation and the normalization all run where the mod
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -146,6 +147,24 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> CIFAR10Arrays:
             classes=tuple(train.classes),
         )
     return _loaded[key]
+
+
+#: Share of the training images that evaluation holds out (OOD thresholds) for a run that held out none
+#: (data.val_fraction=0): those images were trained on, which evaluation reports (see held_out_split).
+FALLBACK_VAL_FRACTION = 0.02
+
+
+def held_out_split(run_data: Mapping[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """The (val_fraction, split_seed) a run's evaluation uses, and whether its validation images were trained on.
+
+    A run's own split is kept, so that OOD detectors are fitted on its training split and thresholded on images it
+    did not train on. A run without a validation split gets FALLBACK_VAL_FRACTION of its training images instead.
+    """
+    run_data = run_data if isinstance(run_data, Mapping) else {}
+    split = {key: run_data[key] for key in ("val_fraction", "split_seed") if key in run_data}
+    if split.get("val_fraction", 1) == 0:
+        return {**split, "val_fraction": FALLBACK_VAL_FRACTION}, True
+    return split, False
 
 
 def stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from torchmetrics.classification import (
 
 from cifar_lightning.augment import TTA_LEVELS, is_tta_level
 from cifar_lightning.checkpoints import chosen_checkpoint
-from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.data import CIFAR10DataModule, held_out_split
 from cifar_lightning.errors import ConfigError, invalid_setting, is_int, one_line
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import EXPLAINED, EXPLAINED_TEXT, gradcam_overlays
@@ -142,10 +142,13 @@ def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: 
     """The test data, normalized with the checkpoint's training statistics (not recomputed).
 
     run_data: the run's own data config; its validation split (val_fraction, split_seed) is kept, so that
-    OOD detectors are fitted on the run's training split and thresholded on its validation split.
+    OOD detectors are fitted on the run's training split and thresholded on its validation split; a run that
+    held out none gets data.FALLBACK_VAL_FRACTION of its training images (datamodule.val_trained_on is then True).
     """
-    run_data = run_data if isinstance(run_data, dict) else {}
-    split = {key: run_data[key] for key in ("val_fraction", "split_seed") if key in run_data}
+    split, val_trained_on = held_out_split(run_data)
+    if val_trained_on:
+        log.warning("the run held out no validation split (data.val_fraction=0): OOD thresholds are set on %.0f%% of "
+                    "its training images, which it was trained on", 100 * split["val_fraction"])  # fmt: skip
     try:
         datamodule = instantiate(data, **split)
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
@@ -154,6 +157,7 @@ def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: 
     datamodule.prepare_data()  # missing or corrupt data fails here, naming the file and the fix
     datamodule.load_state_dict(stats)
     datamodule.setup("test")
+    datamodule.val_trained_on = val_trained_on
     return datamodule
 
 
@@ -312,6 +316,7 @@ def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> list[tuple[str, lis
         val_images=arrays.train_images[datamodule.val_idx], id_images=evaluation.images,
         ood_sets=evaluation.ood_sets, settings=evaluation.ood, output_dir=evaluation.output_dir, subject=subject,
         batch_size=cfg.batch_size, progress=cfg.progress, gallery_size=cfg.ood.gallery_size, seed=cfg.seed,
+        val_trained_on=getattr(datamodule, "val_trained_on", False),
     )  # fmt: skip
 
 

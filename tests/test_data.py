@@ -8,12 +8,14 @@ import torch
 from cifar_lightning import data as data_mod
 from cifar_lightning.data import (
     CIFAR10_FILES,
+    FALLBACK_VAL_FRACTION,
     CIFAR10Arrays,
     CIFAR10DataModule,
     TensorBatchLoader,
     channel_stats,
     ensure_cifar10,
     find_cifar10_problems,
+    held_out_split,
     load_cifar10,
     stratified_split,
 )
@@ -108,6 +110,14 @@ def test_no_validation_split_trains_on_all_images_and_drop_last_keeps_full_batch
     sizes = [len(y) for _, y in train]
     assert len(train) == 48 and sizes == [1024] * 48
     assert len(TensorBatchLoader(dm.arrays.train_images, dm.arrays.train_labels, 1024, shuffle=True)) == 49  # kept
+
+
+def test_evaluation_keeps_the_runs_split_or_holds_out_training_images_for_a_run_without_one():
+    assert held_out_split({"val_fraction": 0.1, "split_seed": 3, "batch_size": 8}) == (
+        {"val_fraction": 0.1, "split_seed": 3}, False)  # fmt: skip
+    assert held_out_split({"val_fraction": 0, "split_seed": 3}) == (
+        {"val_fraction": FALLBACK_VAL_FRACTION, "split_seed": 3}, True)  # fmt: skip
+    assert held_out_split(None) == ({}, False)  # a checkpoint without its data config: the defaults
 
 
 def test_drop_last_leaves_a_different_remainder_out_each_epoch_and_never_at_evaluation():

@@ -136,15 +136,18 @@ def run_ood(
     progress: bool = False,
     gallery_size: int = 8,
     seed: int = 0,
+    val_trained_on: bool = False,
 ) -> list[tuple[str, list[SectionItem]]]:
     """OOD detection for a classifier with checked settings and loaded sets: fit on (fit_images, fit_labels),
     threshold on val_images, measure id_images (the CIFAR-10 test set) against each OOD set. Writes ood.json,
     ood.md, ood_layers.md, the figures and ood_detectors.pt (the fitted detectors, for predict.py and serve.py)
-    into output_dir; returns the report's sections. subject: the model as tables name it."""
+    into output_dir; returns the report's sections. subject: the model as tables name it. val_trained_on: the
+    threshold images are training images of a run that held out no validation split (the tables say so)."""
     result = detect_ood(
         classifier, fit_images=fit_images, fit_labels=fit_labels, val_images=val_images, id_images=id_images,
         ood_sets=ood_sets, settings=settings, batch_size=batch_size, progress=progress,
     )  # fmt: skip
+    result.settings["val_trained_on"] = val_trained_on
     out = Path(output_dir)
     summary = result.to_json()
     summary.update(checkpoint=str(classifier.checkpoint_path), experiment=classifier.config.get("experiment_name"))

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from cifar_lightning.checkpoints import file_sha256
-from cifar_lightning.data import CIFAR10DataModule
+from cifar_lightning.data import CIFAR10DataModule, held_out_split
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.inference import Classifier, Features
 from cifar_lightning.ood.detection import OODResult, OODSettings, check_layers, fit_subset, mean_activation_name
@@ -228,8 +228,7 @@ def fit_detector(
     if name not in NAMES:
         raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)} "
                              f"(ood.detector=knn).")  # fmt: skip
-    split = {k: classifier.config.get("data", {})[k] for k in ("val_fraction", "split_seed")
-             if k in classifier.config.get("data", {})}  # fmt: skip
+    split, _ = held_out_split(classifier.config.get("data"))
     datamodule = CIFAR10DataModule(str(data_dir), download=download, **split)
     datamodule.prepare_data()  # a missing or corrupt data folder fails here, naming the fix
     datamodule.load_state_dict(classifier.normalization)

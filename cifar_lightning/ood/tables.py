@@ -58,12 +58,15 @@ def setup_note(result: OODResult) -> str:
     else:
         rule = (f"the edge of the validation histogram ({threshold['bins']} bins, ignoring outer bins with under "
                 f"{threshold['min_fraction']:.1%} of the images)")  # fmt: skip
+    trained_on = (", held out of the detectors' fit but trained on: the run held out no validation split"
+                  if result.settings.get("val_trained_on") else "")  # fmt: skip
     sets = "; ".join(f"{name}: {info['n']:,} images, {info['kind']}, from {info['source']}"
                      for name, info in result.sets.items())  # fmt: skip
     return (
         f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). Mahalanobis, KNN (k="
         f"{result.settings['knn_k']}) and ViM are fitted on the training split ({counts['fit']:,} images). Every "
-        f"threshold is chosen on the validation split alone ({counts['val']:,} images): {rule}. The mean-activation "
+        f"threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. The "
+        f"mean-activation "
         f"method (the report's) calls an image OOD when a layer's mean activation is {result.settings['direction']} "
         f"its threshold. Detection accuracy is the mean of the share of in-distribution test images kept and the "
         f"share of OOD images caught at that threshold. FPR@95%TPR is the share of OOD images accepted when 95% of "
