@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from cifar_lightning.errors import is_number
+from cifar_lightning.errors import is_int, is_number
 
 MODES = ("ema", "lookahead")
 
@@ -61,7 +61,7 @@ class AveragedWeights(L.Callback):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}; e.g. averaging=ema")
         if not is_number(decay) or not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay!r}; e.g. averaging.decay=0.999")
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
+        if not is_int(every_n_steps, 1):
             raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         if not is_number(ramp_power) or ramp_power < 0:
             raise ValueError(f"ramp_power must be >= 0, got {ramp_power!r}")

@@ -94,7 +94,7 @@ class FreezeParameters(L.Callback):
     """
 
     def __init__(self, names: list[str], after_epochs: int) -> None:
-        if not isinstance(after_epochs, int) or isinstance(after_epochs, bool) or after_epochs < 0:
+        if not is_int(after_epochs, 0):
             raise ValueError(f"after_epochs must be a non-negative integer, got {after_epochs!r}")
         if isinstance(names, str) or not all(isinstance(name, str) for name in names):
             raise ValueError(f"names must be a list of parameter names, got {names!r}")

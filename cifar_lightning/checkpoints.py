@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.errors import CifarLightningError, ConfigError, is_number
 from cifar_lightning.runs import RunDir
 
 #: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
@@ -190,7 +190,7 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
     fine = isinstance(stats, dict) and all(
         isinstance(stats.get(key), (list, tuple))
         and len(stats[key]) == 3
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[key])
+        and all(is_number(v) for v in stats[key])
         for key in ("mean", "std")
     )
     if not fine or not all(v > 0 for v in stats["std"]):

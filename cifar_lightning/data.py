@@ -29,7 +29,7 @@ from cifar_lightning.augment import (
     random_flip,
     random_translate,
 )
-from cifar_lightning.errors import DataError, is_number
+from cifar_lightning.errors import DataError, is_fraction, is_int
 
 #: Every file of the official python version, with the md5 torchvision checks it against.
 CIFAR10_FILES: tuple[tuple[str, str], ...] = (
@@ -369,7 +369,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if not is_number(val_fraction) or not 0.0 <= val_fraction < 1.0:
+        if not is_fraction(val_fraction, zero=True, one=False):
             raise ValueError(
                 f"val_fraction must be in [0, 1) (0: train on all 50,000 images, no validation), got {val_fraction!r}; "
                 f"e.g. data.val_fraction=0.1"
@@ -380,11 +380,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("crop_padding", crop_padding), ("translate", translate)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value, 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}; e.g. data.{name}=2")
         if translate > 16:
             raise ValueError(f"translate must be at most 16 pixels (reflect padding), got {translate}")
-        if not isinstance(cutout, int) or isinstance(cutout, bool) or not 0 <= cutout <= 32:
+        if not is_int(cutout, 0) or cutout > 32:
             raise ValueError(f"cutout must be a square side of 0 (off) to 32 pixels, got {cutout!r}, e.g. 8")
         if not isinstance(flip, bool) and flip != "alternating":
             raise ValueError(f"flip must be false, true or alternating, got {flip!r}; e.g. data.flip=alternating")

@@ -29,7 +29,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
-from cifar_lightning.errors import is_number
+from cifar_lightning.errors import is_fraction, is_number
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -104,7 +104,7 @@ class ClassifierModule(L.LightningModule):
         test_tta: int = 0,
     ) -> None:
         super().__init__()
-        if not is_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+        if not is_fraction(label_smoothing, zero=True, one=False):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}, e.g. 0.1")
         if not is_number(norm_lr_scale) or norm_lr_scale <= 0:
             raise ValueError(f"norm_lr_scale must be a positive number, got {norm_lr_scale!r}")

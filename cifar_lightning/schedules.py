@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from cifar_lightning.errors import is_number
+from cifar_lightning.errors import is_fraction, is_number
 
 SHAPES = ("linear", "cosine", "one_cycle")
 
@@ -60,7 +60,7 @@ class WarmupSchedule:
     def __init__(self, shape: str = "linear", warmup: float = 0.0, start_factor: float = 1.0, end_factor: float = 0.0):
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}; e.g. scheduler.shape=cosine")
-        if not is_number(warmup) or not 0.0 <= warmup < 1.0:
+        if not is_fraction(warmup, zero=True, one=False):
             raise ValueError(f"warmup is the share of steps spent warming up, in [0, 1), got {warmup!r}")
         if not is_number(start_factor) or not 0.0 <= start_factor <= 1.0:
             raise ValueError(f"start_factor must be in [0, 1], got {start_factor!r}")

@@ -16,7 +16,6 @@ mlflow itself is imported only where an MLflow logger is used: training works wi
 from __future__ import annotations
 
 import logging
-import math
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +32,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
-from cifar_lightning.errors import ConfigError, one_line
+from cifar_lightning.errors import ConfigError, is_number, one_line
 from cifar_lightning.runs import COMPLETED, RunDir
 
 if TYPE_CHECKING:
@@ -142,7 +141,7 @@ def final_figures(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         key: float(value)
         for key, value in figures.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if is_number(value, finite=True)
     }
 
 

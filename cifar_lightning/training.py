@@ -38,6 +38,8 @@ from cifar_lightning.errors import (
     ResumeError,
     TrainingDiverged,
     TrialPruned,
+    is_fraction,
+    is_int,
     is_number,
     one_line,
 )
@@ -118,7 +120,7 @@ def instantiate_entries(cfg: DictConfig | None, group: str) -> list[Any]:
 
 def checked_seed(cfg: DictConfig) -> int:
     with config_errors("seed"):
-        if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        if not is_int(cfg.seed):
             raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     return cfg.seed
 
@@ -128,7 +130,7 @@ def check_loss(cfg: DictConfig) -> float:
     """The label smoothing, checked: a share of the target, in [0, 1)."""
     smoothing = OmegaConf.select(cfg, "loss.label_smoothing", default=0.0)
     with config_errors("loss"):
-        if not is_number(smoothing) or not 0.0 <= smoothing < 1.0:
+        if not is_fraction(smoothing, zero=True, one=False):
             raise ValueError(
                 f"label_smoothing must be in [0, 1) (the share of each target spread over all classes), "
                 f"got {smoothing!r}, e.g. loss.label_smoothing=0.1"
@@ -505,7 +507,7 @@ def _apply_overrides(run: RunDir, config: DictConfig, parsed: list[Any]) -> list
             continue
         if key == "trainer.max_epochs":
             value, saved = override.value(), config.trainer.max_epochs
-            if not isinstance(value, int) or isinstance(value, bool) or value < saved:
+            if not is_int(value, saved):
                 raise ResumeError(
                     f"cannot resume {run.root} with trainer.max_epochs={value!r}: the run was planned for {saved} "
                     f"epochs and a resume can only extend it (an integer >= {saved}). {_RESUME_FIX}."

@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from cifar_lightning.errors import SearchError, is_number, one_line
+from cifar_lightning.errors import SearchError, is_int, is_number, one_line
 
 SYNTAX = (
     "interval(low, high), tag(log, interval(low, high)), tag(int, interval(low, high)), range(start, stop[, step]) "
@@ -66,7 +66,7 @@ def _interval(key: str, sweep: IntervalSweep) -> BaseDistribution:
 
 def _range(key: str, sweep: RangeSweep) -> BaseDistribution:
     start, stop, step = sweep.start, sweep.stop, sweep.step
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)):
+    if not all(is_int(v) for v in (start, stop, step)):
         raise SearchError(
             f"`{key}`: range() takes integers here, got range({start}, {stop}, {step}); for floats write "
             f"interval(low, high) or choice(a, b, ...)"

@@ -27,6 +27,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from cifar_lightning.errors import is_fraction, is_int
+
 
 class PatchWhitening(nn.Conv2d):
     """A frozen conv whose filters whiten the image's patches: its outputs are uncorrelated with unit variance.
@@ -157,13 +159,13 @@ class FastNet(nn.Sequential):
         init_images: int = 5000,
     ) -> None:
         widths = tuple(widths)
-        if len(widths) != 3 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        if len(widths) != 3 or not all(is_int(w, 1) for w in widths):
             raise ValueError(
                 f"widths must be three positive integers, got {list(widths)!r}; e.g. model.widths=[64,256,256]"
             )
         if not isinstance(whiten_patch, int) or not 1 <= whiten_patch <= 4:
             raise ValueError(f"whiten_patch must be an integer from 1 to 4, got {whiten_patch!r}")
-        if not isinstance(bn_momentum, (int, float)) or not 0.0 <= bn_momentum < 1.0:
+        if not is_fraction(bn_momentum, zero=True, one=False):
             raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
         if not isinstance(head_scale, (int, float)) or head_scale <= 0:
             raise ValueError(f"head_scale must be positive, got {head_scale!r}")

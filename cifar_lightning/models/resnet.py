@@ -15,6 +15,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from cifar_lightning.errors import is_int
+
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the input (through a 1x1 conv + BN when the shape changes), then ReLU."""
@@ -46,7 +48,7 @@ class ResNet18(nn.Sequential):
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] | list[int] = (64, 128, 256, 512)) -> None:
         widths = tuple(widths)
-        if len(widths) != 4 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        if len(widths) != 4 or not all(is_int(w, 1) for w in widths):
             raise ValueError(
                 f"widths must be four positive integers, got {list(widths)!r}; e.g. model.widths=[64,128,256,512]"
             )

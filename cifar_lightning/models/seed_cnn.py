@@ -10,6 +10,8 @@ from collections import OrderedDict
 
 from torch import nn
 
+from cifar_lightning.errors import is_fraction
+
 BATCH_NORM_CHOICES = ("none", "first", "all")
 
 
@@ -27,7 +29,7 @@ class SeedCNN(nn.Sequential):
                 f"batch_norm must be one of {', '.join(BATCH_NORM_CHOICES)}, got {batch_norm!r}; "
                 f"e.g. model.batch_norm=all"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if not is_fraction(dropout, zero=True, one=False):
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}; e.g. model.dropout=0.2")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.errors import ConfigError, DataError, is_int
 from cifar_lightning.images import ImageError, fit_to_input, load_image
 from cifar_lightning.ood.fetch import SOURCES, fetch_set, raw_root
 
@@ -164,7 +164,7 @@ def check_set_spec(name: str, spec: Mapping[str, Any]) -> None:
         if noise not in NOISE_KINDS:
             raise invalid(f"noise must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
         n = spec.get("n")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not is_int(n, 1):
             raise invalid(f"n must be a positive integer, got {n!r}")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.errors import CifarLightningError, is_number
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -181,7 +181,7 @@ def read_metrics(run: RunDir) -> dict[str, Any]:
         )
     if version < 2:
         test_acc = metrics.get("test_acc")
-        finished = isinstance(test_acc, (int, float)) and not isinstance(test_acc, bool)
+        finished = is_number(test_acc)
         metrics.setdefault("status", COMPLETED if finished else None)
     return metrics
 
