@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fast94 import bare_run  # noqa: E402
+from fast94 import QUIET, bare_run  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from train_throughput import StepTimer  # noqa: E402
@@ -57,12 +57,6 @@ from cifar_lightning.training import build, library_versions, train  # noqa: E40
 
 REPORT = ROOT / "docs" / "results" / "gpu.md"
 TARGET = 0.94
-QUIET = [
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
 
 
 def compose_config(data_dir: str, output_dir: Path, overrides: list[str]) -> DictConfig:
