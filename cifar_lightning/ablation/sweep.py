@@ -175,11 +175,13 @@ def as_sweep_dirs(sweep_dirs: str | Path | Sequence[str | Path]) -> tuple[Path, 
 
 
 def refuse_repeated_seeds(runs: Sequence[Run]) -> None:
-    """A SweepError when a configuration and seed has a result (finished or diverged) in two jobs."""
+    """A SweepError when a configuration and seed finished in two jobs, so its mean would count it twice.
+    A diverged job beside a finished one of the same seed (say, a learning rate that blew up and one that
+    did not) is no repeat: diverged runs are listed apart and never enter the mean."""
     first_job: dict[tuple[str, int], Run] = {}
     repeated: list[tuple[Run, Run]] = []
     for run in runs:
-        if run.status == UNFINISHED or run.seed is None:
+        if run.status != COMPLETED or run.seed is None:
             continue
         other = first_job.setdefault((run.name, run.seed), run)
         if other is not run:
@@ -199,7 +201,7 @@ def refuse_repeated_seeds(runs: Sequence[Run]) -> None:
 def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> SweepRuns:
     """Every job of one or several sweeps, split into finished, unfinished (failed or interrupted) and diverged
     ones. An unfinished job whose configuration and seed finished in another job is kept here and left out of
-    the missing runs by the table; two results for one configuration and seed are a SweepError."""
+    the missing runs by the table; two finished results for one configuration and seed are a SweepError."""
     paths = as_sweep_dirs(sweep_dirs)
     runs = [read_run(job_dir) for sweep_dir in paths for job_dir in sweep_job_dirs(sweep_dir)]
     refuse_repeated_seeds(runs)
