@@ -1,4 +1,4 @@
-"""LightningModule that trains any image classifier with cross-entropy.
+"""LightningModule that trains any image classifier with cross-entropy or LogitNorm (cifar_lightning/losses.py).
 
 The optimizer and learning-rate scheduler arrive as partials (Hydra `_partial_: true`), so
 configs choose them; by default L2 weight decay applies to conv and linear weights only (tensors
@@ -29,7 +29,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
-from cifar_lightning.errors import is_fraction, is_number
+from cifar_lightning.errors import is_number
+from cifar_lightning.losses import build_loss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -80,6 +81,7 @@ class ClassifierModule(L.LightningModule):
     channels_last: run the model in channels-last memory format (about 1.6x faster on CPU).
     run_config: the run's resolved config, stored in checkpoints so they describe themselves.
     label_smoothing: in [0, 1): share of each target spread evenly over all classes.
+    loss: "cross_entropy" or "logitnorm" (losses.LOSSES); loss_temperature: LogitNorm's tau.
     norm_lr_scale: learning-rate multiplier of batch-norm (and other norm layer) parameters.
     weight_decay_scope: "weights" (conv and linear weights only) or "all" (every parameter; a
         group with a scaled rate gets its decay divided by the scale, so that every parameter
@@ -102,10 +104,11 @@ class ClassifierModule(L.LightningModule):
         weight_decay_scope: str = "weights",
         compile: bool = False,
         test_tta: int = 0,
+        loss: str = "cross_entropy",
+        loss_temperature: float = 0.04,
     ) -> None:
         super().__init__()
-        if not is_fraction(label_smoothing, zero=True, one=False):
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}, e.g. 0.1")
+        criterion = build_loss(loss, label_smoothing, loss_temperature)
         if not is_number(norm_lr_scale) or norm_lr_scale <= 0:
             raise ValueError(f"norm_lr_scale must be a positive number, got {norm_lr_scale!r}")
         if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
@@ -122,7 +125,7 @@ class ClassifierModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
         self.norm_lr_scale, self.weight_decay_scope = float(norm_lr_scale), weight_decay_scope
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.criterion = criterion
         # validate_args=False: the checks read tensors back to the host, a device sync every step.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -303,4 +306,3 @@ class ClassifierModule(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
-

@@ -38,11 +38,11 @@ from cifar_lightning.errors import (
     ResumeError,
     TrainingDiverged,
     TrialPruned,
-    is_fraction,
     is_int,
     is_number,
     one_line,
 )
+from cifar_lightning.losses import build_loss
 from cifar_lightning.module import WEIGHT_DECAY_SCOPES, ClassifierModule
 from cifar_lightning.runs import (
     COMPLETED,
@@ -125,17 +125,17 @@ def checked_seed(cfg: DictConfig) -> int:
     return cfg.seed
 
 
-
-def check_loss(cfg: DictConfig) -> float:
-    """The label smoothing, checked: a share of the target, in [0, 1)."""
-    smoothing = OmegaConf.select(cfg, "loss.label_smoothing", default=0.0)
+def check_loss(cfg: DictConfig) -> dict[str, Any]:
+    """The loss options of ClassifierModule (losses.build_loss), checked; a run saved before `loss.name`
+    existed trained with cross-entropy."""
+    options = {
+        "loss": OmegaConf.select(cfg, "loss.name", default="cross_entropy"),
+        "label_smoothing": OmegaConf.select(cfg, "loss.label_smoothing", default=0.0),
+        "loss_temperature": OmegaConf.select(cfg, "loss.temperature", default=0.04),
+    }
     with config_errors("loss"):
-        if not is_fraction(smoothing, zero=True, one=False):
-            raise ValueError(
-                f"label_smoothing must be in [0, 1) (the share of each target spread over all classes), "
-                f"got {smoothing!r}, e.g. loss.label_smoothing=0.1"
-            )
-    return float(smoothing)
+        build_loss(options["loss"], options["label_smoothing"], options["loss_temperature"])
+    return options
 
 
 def check_param_groups(cfg: DictConfig) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
     """Everything a run needs, each config group checked as it is built, before any training."""
     checked_seed(cfg)
     check_flags(cfg)
-    label_smoothing = check_loss(cfg)
+    loss_options = check_loss(cfg)
     groups = check_param_groups(cfg)
     tta = check_test(cfg)
     with config_errors("data"):
@@ -262,7 +262,7 @@ def build(cfg: DictConfig) -> tuple[CIFAR10DataModule, ClassifierModule, L.Train
             num_classes=cfg.model.num_classes,
             channels_last=cfg.channels_last,
             run_config=OmegaConf.to_container(cfg, resolve=True),
-            label_smoothing=label_smoothing,
+            **loss_options,
             compile=cfg.get("compile", False),
             test_tta=tta,
             **groups,
@@ -537,7 +537,7 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_relocated(item, old, new) for item in value]
     if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 

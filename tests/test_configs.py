@@ -58,6 +58,8 @@ OPTION_EFFECTS = {
     "averaging=ema": lambda dm, module, trainer: averaging_of(trainer).mode == "ema",
     "averaging=lookahead": lambda dm, module, trainer: averaging_of(trainer).mode == "lookahead",
     "loss.label_smoothing=0.1": lambda dm, module, trainer: module.criterion.label_smoothing == 0.1,
+    "loss=logitnorm": lambda dm, module, trainer: type(module.criterion).__name__ == "LogitNorm"
+    and module.criterion.t == 0.04,
     "data.flip=alternating": lambda dm, module, trainer: dm.flip == "alternating",
     "data.translate=2": lambda dm, module, trainer: dm.translate == 2,
     "data.cutout=8": lambda dm, module, trainer: dm.cutout == 8,
@@ -112,6 +114,17 @@ def test_fast94_cpu_is_fast94_smaller():
     assert cfg.experiment_name == "fast94_cpu"
     for key in ("optim", "loss", "param_groups", "scheduler", "averaging", "callbacks"):
         assert cfg[key] == full[key], key
+
+
+def test_logitnorm_composes_with_a_recipe_and_changes_only_the_loss(tmp_path):
+    """`experiment=fast94_cpu loss=logitnorm`: the recipe's label smoothing stays, on the normalized logits."""
+    cfg = compose_train(["experiment=fast94_cpu", "loss=logitnorm"], tmp_path)
+    plain = compose_train(["experiment=fast94_cpu"], tmp_path)
+    assert (cfg.loss.name, cfg.loss.temperature, cfg.loss.label_smoothing) == ("logitnorm", 0.04, 0.2)
+    for key in ("model", "optim", "param_groups", "scheduler", "averaging", "callbacks", "test"):
+        assert cfg[key] == plain[key], key
+    _, module, _, _ = build(cfg)
+    assert (type(module.criterion).__name__, module.criterion.label_smoothing) == ("SmoothedLogitNorm", 0.2)
 
 
 def test_resnet18_is_the_accuracy_recipe():
@@ -178,6 +191,8 @@ def test_invalid_values_are_refused_before_training(override, group, detail, tmp
     [
         (["loss.label_smoothing=-0.1"], "loss", "label_smoothing must be in [0, 1)"),
         (["loss.label_smoothing=1.0"], "loss", "label_smoothing must be in [0, 1)"),
+        (["loss=logitnorm", "loss.temperature=0"], "loss", "temperature must be a positive number"),
+        (["loss.name=focal"], "loss", "loss name must be one of cross_entropy, logitnorm"),
         (["scheduler=warmup_cosine", "scheduler.shape=triangle"], "scheduler", "shape must be one of"),
         (["scheduler=one_cycle", "scheduler.warmup=1.5"], "scheduler", "warmup"),
         (["averaging=ema", "averaging.decay=1.5"], "averaging", "decay must be in (0, 1)"),

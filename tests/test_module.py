@@ -123,6 +123,8 @@ def test_per_step_schedule_is_stepped_every_step():
     [
         ({"label_smoothing": -0.1}, "label_smoothing"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"loss": "logitnorm", "loss_temperature": -1.0}, "temperature"),
+        ({"loss": "hinge"}, "loss name"),
         ({"norm_lr_scale": 0}, "norm_lr_scale"),
         ({"weight_decay_scope": "biases"}, "weight_decay_scope"),
     ],

@@ -1,0 +1,53 @@
+"""LogitNorm against a hand computation on a tiny batch: the paper's formula written out with Python floats."""
+
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from cifar_lightning.losses import LOSSES, build_loss
+from cifar_lightning.models import SeedCNN
+from cifar_lightning.module import ClassifierModule
+
+LOGITS = [[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]]
+TARGETS = [0, 2]
+
+
+def logitnorm_by_hand(logits, targets, tau, smoothing=0.0):
+    """-log softmax(f / (tau * ||f||)) at the target, mixed with the uniform target by `smoothing`, averaged."""
+    losses = []
+    for row, target in zip(logits, targets):
+        norm = math.sqrt(sum(v * v for v in row)) + 1e-7
+        scaled = [v / (tau * norm) for v in row]
+        log_total = math.log(sum(math.exp(v) for v in scaled))
+        log_probs = [v - log_total for v in scaled]
+        k = len(row)
+        losses.append(-sum(((1 - smoothing) * (i == target) + smoothing / k) * lp for i, lp in enumerate(log_probs)))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("tau", [0.04, 1.0])
+def test_logitnorm_matches_the_hand_computation(tau):
+    loss = build_loss("logitnorm", temperature=tau)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
+    assert loss.item() == pytest.approx(logitnorm_by_hand(LOGITS, TARGETS, tau), rel=1e-9)
+
+
+def test_logitnorm_with_a_recipes_label_smoothing_matches_the_hand_computation():
+    loss = build_loss("logitnorm", 0.2, 0.04)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
+    assert loss.item() == pytest.approx(logitnorm_by_hand(LOGITS, TARGETS, 0.04, smoothing=0.2), rel=1e-9)
+
+
+def test_logitnorm_ignores_the_logits_scale_and_cross_entropy_does_not():
+    """The point of LogitNorm: growing the logits of right predictions cannot lower the loss."""
+    logits, targets = torch.tensor(LOGITS), torch.tensor([0, 1])  # each row's largest logit
+    logitnorm, cross_entropy = build_loss("logitnorm"), build_loss("cross_entropy")
+    assert logitnorm(10 * logits, targets).item() == pytest.approx(logitnorm(logits, targets).item(), rel=1e-5)
+    assert cross_entropy(10 * logits, targets).item() < cross_entropy(logits, targets).item()
+
+
+def test_the_module_trains_with_the_named_loss():
+    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, loss="logitnorm")
+    logits, labels = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    assert torch.allclose(module.criterion(logits, labels), build_loss("logitnorm")(logits, labels))
+    assert module.hparams.loss == "logitnorm" and set(LOSSES) == {"cross_entropy", "logitnorm"}
