@@ -81,8 +81,8 @@ def setup_note(result: OODResult) -> str:
     sets = "; ".join(f"{name}: {info['n']:,} images, {info['kind']}, from {info['source']}"
                      for name, info in result.sets.items())  # fmt: skip
     fitted = [name for name in result.states if name in FITTED]
-    fitted_text = (f"{', '.join(fitted)} (KNN with k={result.settings['knn_k']}) are fitted on the training split "
-                   f"({counts['fit']:,} images); the other detectors read the model's outputs alone. ")  # fmt: skip
+    fitted_text = (f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)} (KNN with k="
+                   f"{result.settings['knn_k']} where listed); the other detectors need no fit. ")  # fmt: skip
     left_out = "".join(f" {name} is left out: pytorch-ood could not fit it ({reason})." for name, reason in
                        result.left_out.items())  # fmt: skip
     images = [name for name in result.states if name in IMAGE_DETECTORS]
