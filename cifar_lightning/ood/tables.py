@@ -80,9 +80,10 @@ def setup_note(result: OODResult) -> str:
                   if result.settings.get("val_trained_on") else "")  # fmt: skip
     sets = "; ".join(f"{name}: {info['n']:,} images, {info['kind']}, from {info['source']}"
                      for name, info in result.sets.items())  # fmt: skip
-    fitted = [name for name in result.states if name in FITTED]
-    fitted_text = (f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)} (KNN with k="
-                   f"{result.settings['knn_k']} where listed); the other detectors need no fit. ")  # fmt: skip
+    fitted = [f"knn (k={result.settings['knn_k']})" if name == "knn" else name for name in result.states
+              if name in FITTED]  # fmt: skip
+    fitted_text = (f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
+                   f"detectors need no fit. ")  # fmt: skip
     left_out = "".join(f" {name} is left out: pytorch-ood could not fit it ({reason})." for name, reason in
                        result.left_out.items())  # fmt: skip
     images = [name for name in result.states if name in IMAGE_DETECTORS]
