@@ -202,12 +202,11 @@ def detect_ood(
     val, id_test = features(val_images, "validation split"), features(id_images, "CIFAR-10 test")
     ood = {ood_set.name: features(ood_set.images, ood_set.name) for ood_set in ood_sets}
     feature_seconds = time.perf_counter() - start
-    image_scores = {
-        name: image_detector_scores(name, classifier, settings.detector, val_images, id_images, ood_sets,
-                                    batch_size, progress)  # fmt: skip
-        for name in settings.detectors
-        if name in IMAGE_DETECTORS
-    }
+    image_scores = {}
+    for name in (name for name in settings.detectors if name in IMAGE_DETECTORS):
+        image_scores[name] = image_detector_scores(
+            name, classifier, settings.detector, val_images, id_images, ood_sets, batch_size, progress
+        )
     result = score_ood(
         classifier.head, fit=fit, fit_labels=fit_labels, val=val, id_test=id_test, ood=ood,
         sets={ood_set.name: ood_set.describe() for ood_set in ood_sets}, settings=settings,

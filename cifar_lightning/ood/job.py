@@ -93,8 +93,9 @@ def ood_settings(ood: DictConfig) -> OODSettings:
     return OODSettings(
         detectors=tuple(detectors),
         detector=detector,
-        threshold=ThresholdSettings(threshold.method, float(threshold.id_keep), threshold.bins,
-                                    float(threshold.min_fraction)),  # fmt: skip
+        threshold=ThresholdSettings(
+            threshold.method, float(threshold.id_keep), threshold.bins, float(threshold.min_fraction)
+        ),
         layers=None if layers is None else tuple(str(name) for name in layers),
         layer=None if mean_activation.layer is None else str(mean_activation.layer),
         direction=mean_activation.direction,
@@ -240,8 +241,9 @@ def run_ood(
     for name, seconds in result.detector_seconds().items():
         log.info("OOD detector %s: fit %.2f s, scoring %.2f s", name, seconds["fit"], seconds["score"])
     best = max(result.detectors, key=lambda name: _mean(result.detectors[name], "auroc"))
-    log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; highest mean AUROC: %s (%.4f)", len(ood_sets),
-             len(result.detectors), len(result.layers), result.seconds, best, _mean(result.detectors[best], "auroc"))
+    counts = len(ood_sets), len(result.detectors), len(result.layers)
+    log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; highest mean AUROC: %s (%.4f)", *counts,
+             result.seconds, best, _mean(result.detectors[best], "auroc"))  # fmt: skip
     note = setup_note(result)
     sections: list[tuple[str, list[SectionItem]]] = [
         ("Out-of-distribution detection: detectors x OOD sets", [note, *detector_tables(result)]),
