@@ -144,13 +144,16 @@ def _head_state(head: nn.Linear) -> State:
 
 
 def _linear(state: State) -> nn.Linear:
-    """The classifier head rebuilt from a state's weight and bias, without gradients on its input features."""
+    """The classifier head rebuilt from a state's weight and bias. Its parameters need no gradient, so it records
+    no autograd graph: the features it reads come from inference mode (Classifier.features), which autograd may
+    not save (SHE calls it outside no_grad). GradNorm still differentiates its weight: torch.func ignores
+    requires_grad."""
     weight, bias = state["w"], state["b"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)
-    return head.eval()
+    return head.requires_grad_(False).eval()
 
 
 def _on_maps(head: nn.Linear) -> Callable[[Tensor], Tensor]:

@@ -73,7 +73,8 @@ def probed(classifier, arrays, halves):
     head.eval()
 
     def through_head(penultimate: torch.Tensor) -> Features:
-        with torch.no_grad():
+        with torch.inference_mode():  # as Classifier.features makes them: tensors autograd may not save
+            penultimate = penultimate.clone()
             return Features(head(penultimate), penultimate, {})
 
     first, second = test.penultimate[halves[0]], test.penultimate[halves[1]]
