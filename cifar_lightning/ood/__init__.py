@@ -1,6 +1,6 @@
 """Out-of-distribution detection: the course report's mean-activation method for every activation
-layer, and pytorch-ood's detectors (MSP, energy, max logit, Mahalanobis, KNN, ViM), on real OOD
-sets, with thresholds chosen on the validation split alone.
+layer, and every post-hoc detector of pytorch-ood 0.4 (detectors.DETECTOR_LABELS: MSP, energy, KNN, ViM, ReAct,
+ASH, ODIN, ...), on real OOD sets, with thresholds chosen on the validation split alone.
 
 evaluate.py runs it (conf/ood/); from Python:
 

@@ -1,6 +1,6 @@
-"""Figures of the report's OOD method: per layer, the histogram of in-distribution and OOD mean
-activations with the threshold (the report's Figure 8), and a gallery of images detected as ID and
-as OOD (its Figure 9)."""
+"""Figures of OOD detection: the histogram of in-distribution and OOD values with the threshold (the report's
+Figure 8: per layer, its mean activation; the same for any detector's outlier scores), and a gallery of images
+detected as ID and as OOD (its Figure 9), for the report's rule or any detector."""
 
 from __future__ import annotations
 
@@ -20,29 +20,50 @@ def safe_name(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)
 
 
-def plot_layer_histogram(
-    layer: str, id_means: Tensor, ood_means: Mapping[str, Tensor], threshold: float, direction: str, path: Path
-) -> Path:
-    """Density histograms of the per-image mean activation: CIFAR-10 test (filled) and each OOD set (lines),
-    on shared bins, with the threshold chosen on the validation split as a vertical line."""
-    values = [id_means.double(), *(m.double() for m in ood_means.values())]
+def plot_value_histogram(
+    id_values: Tensor, ood_values: Mapping[str, Tensor], threshold: float, rule: str, xlabel: str, title: str,
+    path: Path,
+) -> Path:  # fmt: skip
+    """Density histograms of one value per image: CIFAR-10 test (filled) and each OOD set (lines), on shared bins,
+    with the threshold chosen on the validation split as a vertical line. rule: where OOD lies ("OOD below")."""
+    values = [id_values.double(), *(v.double() for v in ood_values.values())]
     everything = torch.cat(values)
-    low, high = everything.min().item(), everything.max().item()
+    everything = everything[torch.isfinite(everything)]  # an infinite score (e.g. a log of 0) would have no bin
+    low, high = (everything.min().item(), everything.max().item()) if len(everything) else (threshold, threshold)
     low, high = min(low, threshold), max(high, threshold)
     bins = np.linspace(low, high if high > low else low + 1.0, 61)
     figure = new_figure(7.5, 4.2)
     ax = figure.subplots()
-    ax.hist(id_means.numpy(), bins=bins, density=True, color="C0", alpha=0.35, label="CIFAR-10 test (ID)")
-    for index, (name, means) in enumerate(ood_means.items(), start=1):
-        ax.hist(means.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, color=f"C{index}", label=name)
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g} (OOD {direction})")
-    ax.set_xlabel(f"mean activation of {layer} per image")
+    ax.hist(values[0].numpy(), bins=bins, density=True, color="C0", alpha=0.35, label="CIFAR-10 test (ID)")
+    for index, (name, set_values) in enumerate(zip(ood_values, values[1:], strict=True), start=1):
+        ax.hist(set_values.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, color=f"C{index}",
+                label=name)  # fmt: skip
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g} ({rule})")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_yscale("log")  # the sets differ by orders of magnitude in spread; tails stay visible
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    figure.suptitle(f"OOD detection by the mean activation of {layer}")
+    figure.suptitle(title)
     return save(figure, path)
+
+
+def plot_layer_histogram(
+    layer: str, id_means: Tensor, ood_means: Mapping[str, Tensor], threshold: float, direction: str, path: Path
+) -> Path:
+    """The report's Figure 8 for one layer: per-image mean activations, OOD `direction` (below/above) the
+    threshold."""
+    return plot_value_histogram(id_means, ood_means, threshold, f"OOD {direction}",
+                                f"mean activation of {layer} per image",
+                                f"OOD detection by the mean activation of {layer}", path)  # fmt: skip
+
+
+def plot_score_histogram(
+    detector: str, id_scores: Tensor, ood_scores: Mapping[str, Tensor], threshold: float, path: Path
+) -> Path:
+    """A detector's outlier scores (higher = more likely OOD), CIFAR-10 test against each OOD set."""
+    return plot_value_histogram(id_scores, ood_scores, threshold, "OOD above", f"{detector} outlier score per image",
+                                f"OOD detection by {detector}", path)  # fmt: skip
 
 
 def sample(indices: Tensor, count: int, generator: torch.Generator) -> Tensor:

@@ -11,12 +11,18 @@ checkpoint file: detectors of another model (or of a checkpoint rewritten since)
 
 `name` is one of detectors.DETECTOR_LABELS or "mean_activation" (the report's method, on the layer evaluate.py
 put in its table); `state` is what detectors.fit_state returned (for mean_activation: its layer and direction).
+A detector pytorch-ood could not fit on the model's training features (evaluate.py's ood.md names it) is absent.
+
+ODIN is the one image detector: it perturbs every input through the whole network, so it scores images
+(OODDetector.score_images), not features. load_detector and fit_detector hand it out only to callers that say
+they score images (from_images=True); to the others it is refused with the fix.
 
 The default detector of predict.py and serve.py is KNN (Sun et al., 2022), chosen from evidence a user has
 without any OOD test set: OpenOOD v1.5's published CIFAR-10 benchmark (ResNet-18, cross-entropy training),
-where KNN has the best mean AUROC of the post-hoc detectors built here: near-OOD 90.64 / far-OOD 92.96,
-against ViM 88.68 / 93.48, MSP 88.03 / 90.73, energy 87.58 / 91.21, max logit 87.52 / 91.10 and
-Mahalanobis 84.20 / 89.72. Any saved detector can be chosen by name (ood.detector=...).
+where KNN has the best mean AUROC of the six post-hoc detectors first built here: near-OOD 90.64 / far-OOD
+92.96, against ViM 88.68 / 93.48, MSP 88.03 / 90.73, energy 87.58 / 91.21, max logit 87.52 / 91.10 and
+Mahalanobis 84.20 / 89.72 (the detectors added since were not part of that choice, which stays fixed rather than
+follow any run's OOD results). Any saved detector can be chosen by name (ood.detector=...).
 """
 
 from __future__ import annotations
@@ -36,11 +42,22 @@ from cifar_lightning.data import CIFAR10DataModule, held_out_split
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.inference import Classifier, Features
 from cifar_lightning.ood.detection import OODResult, OODSettings, check_layers, fit_subset, mean_activation_name
-from cifar_lightning.ood.detectors import DETECTOR_LABELS, DIRECTIONS, Scorer, fit_state, mean_activation_score, scorer
+from cifar_lightning.ood.detectors import (
+    DETECTOR_LABELS,
+    DIRECTIONS,
+    IMAGE_DETECTORS,
+    MEAN_ACTIVATION,
+    DetectorFitError,
+    Scorer,
+    fit_state,
+    image_state,
+    mean_activation_score,
+    score_images,
+    scorer,
+)
 
 DETECTORS_FILE = "ood_detectors.pt"
 DEFAULT_DETECTOR = "knn"
-MEAN_ACTIVATION = "mean_activation"
 NAMES = (*DETECTOR_LABELS, MEAN_ACTIVATION)
 FORMAT, VERSION = "cifar-lightning ood detectors", 1
 
@@ -51,9 +68,10 @@ class DetectorsError(CifarLightningError):
 
 @dataclass(frozen=True)
 class OODDetector:
-    """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD), and
-    is_ood() says which lie above the threshold chosen on the run's validation split. It pickles as its state
-    (serve.py's worker processes get it that way) and rebuilds its scoring function where it is used."""
+    """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD) of features,
+    score_images() of images (every detector; the only way for ODIN, see needs_images), and is_ood() says which
+    lie above the threshold chosen on the run's validation split. It pickles as its state (serve.py's worker
+    processes get it that way) and rebuilds its scoring function where it is used."""
 
     name: str
     threshold: float
@@ -66,17 +84,49 @@ class OODDetector:
         if self.name == MEAN_ACTIVATION:
             layer, direction = self.state["layer"], self.state["direction"]
             return lambda f: mean_activation_score(f, layer, direction)
+        if self.needs_images:  # it scores images; a damaged state fails here all the same
+            _ = float(self.state["eps"]) + float(self.state["temperature"])
+            return _images_only(self.name)
         return scorer(self.name, self.state)
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "_score"}
 
+    @property
+    def needs_images(self) -> bool:
+        """True for ODIN: it scores images through the whole network (score_images), not features."""
+        return self.name in IMAGE_DETECTORS
+
     def score(self, features: Features) -> Tensor:
-        """(N,) float64 outlier scores."""
+        """(N,) float64 outlier scores of features (Classifier.features with list(layers)); not for ODIN."""
         return self._score(features)
+
+    def score_images(self, classifier: Classifier, images: Tensor, batch_size: int = 1000,
+                     progress: bool = False) -> Tensor:  # fmt: skip
+        """(N,) float64 outlier scores of uint8 images (N, 3, H, W), for every detector: ODIN through the whole
+        network (a gradient step per image), the others from the classifier's features."""
+        if self.needs_images:
+            return score_images(self.name, self.state, classifier, images, batch_size, progress)
+        return self.score(classifier.features(images, list(self.layers), batch_size, progress))
 
     def is_ood(self, scores: Tensor) -> Tensor:
         return scores > self.threshold
+
+
+def _images_only(name: str) -> Scorer:
+    def refuse(features: Features) -> Tensor:
+        raise ValueError(f"the {name} detector scores images, not features: call score_images(classifier, images)")
+
+    return refuse
+
+
+def _refuse_images(name: str, path: str) -> DetectorsError:
+    return DetectorsError(
+        f"the {name} detector ({path}) perturbs every input through the whole network (a gradient step per image), "
+        f"so it scores images, and this command scores the classifier's features only. Fix: choose a detector that "
+        f"scores features (ood.detector=knn, or any of {', '.join(n for n in NAMES if n not in IMAGE_DETECTORS)}); "
+        f"{name}'s measured results stay in evaluate.py's ood.md."
+    )
 
 
 def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) -> Path:
@@ -166,8 +216,10 @@ def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
     return detector
 
 
-def load_detector(path: str | Path, classifier: Classifier, name: str | None = None) -> OODDetector:
-    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint."""
+def load_detector(path: str | Path, classifier: Classifier, name: str | None = None,
+                  from_images: bool = False) -> OODDetector:  # fmt: skip
+    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint.
+    from_images: the caller scores images with OODDetector.score_images, so ODIN may be handed out too."""
     record = read_detectors(path)
     path = Path(path).expanduser()
     if classifier.checkpoint_path is not None:
@@ -184,6 +236,8 @@ def load_detector(path: str | Path, classifier: Classifier, name: str | None = N
             f"{path} holds no detector {name!r}; it holds {', '.join(record['detectors'])}. Fix: choose one of them "
             f"with ood.detector=<name>, or fit the one you want now with ood.fit=true ood.detector={name}."
         )
+    if name in IMAGE_DETECTORS and not from_images:
+        raise _refuse_images(name, str(path))
     detector = _detector(name, record["detectors"][name], str(path))
     try:
         if detector.layers:
@@ -221,13 +275,17 @@ def fit_detector(
     fit_images: int | None = None,
     seed: int = 0,
     settings: OODSettings = OODSettings(),
+    from_images: bool = False,
 ) -> OODDetector:
     """Fit the named detector (None: DEFAULT_DETECTOR) now, as evaluate.py does: on the run's own training split
-    (or `fit_images` of it, drawn with `seed`), thresholded on its validation split (settings.threshold)."""
+    (or `fit_images` of it, drawn with `seed`), thresholded on its validation split (settings.threshold).
+    from_images: as for load_detector (ODIN only then)."""
     name = name or DEFAULT_DETECTOR
     if name not in NAMES:
         raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)} "
                              f"(ood.detector=knn).")  # fmt: skip
+    if name in IMAGE_DETECTORS and not from_images:
+        raise _refuse_images(name, "fitted now")
     split, _ = held_out_split(classifier.config.get("data"))
     datamodule = CIFAR10DataModule(str(data_dir), download=download, **split)
     datamodule.prepare_data()  # a missing or corrupt data folder fails here, naming the fix
@@ -235,13 +293,21 @@ def fit_detector(
     datamodule.setup("fit")
     arrays = datamodule.arrays
     layers = [check_layers(classifier.model, settings)[1]] if name == MEAN_ACTIVATION else []
-    val = classifier.features(arrays.train_images[datamodule.val_idx], layers, description="Features: validation")
+    val_images = arrays.train_images[datamodule.val_idx]
     if name == MEAN_ACTIVATION:
         state: dict[str, Any] = {"layer": layers[0], "direction": settings.direction}
+    elif name in IMAGE_DETECTORS:
+        state = image_state(name, settings.detector)
     else:
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")
-        state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings.detector)
+        try:
+            state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings.detector)
+        except DetectorFitError as exc:
+            raise DetectorsError(f"pytorch-ood could not fit the {name} detector on this model's training split "
+                                 f"({exc}). Fix: choose another detector (ood.detector=knn), or fit it on more "
+                                 f"images (ood.fit_images=null: all of them).") from exc  # fmt: skip
     unthresholded = OODDetector(name, 0.0, tuple(layers), "fitted now", state)
-    threshold = settings.threshold.choose(unthresholded.score(val))
+    val_scores = unthresholded.score_images(classifier, val_images)  # features of the validation split, or ODIN's
+    threshold = settings.threshold.choose(val_scores)
     return OODDetector(name, float(threshold), tuple(layers), "fitted now", state)

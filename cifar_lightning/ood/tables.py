@@ -1,12 +1,14 @@
-"""The OOD results as tables: ood.md (detector x OOD set, one table per metric), ood_layers.md (the
-report's Table 2: every activation layer a row) and the same tables for report.html."""
+"""The OOD results as tables: ood.md (a summary of every detector: mean AUROC and FPR@95 over the near and the far
+OOD sets, as OpenOOD reports them, with its fit and scoring seconds; then detector x OOD set, one table per
+metric), ood_layers.md (the report's Table 2: every activation layer a row) and the same tables for report.html."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar_lightning.ood.detection import OODResult
+from cifar_lightning.ood.detection import SUMMARY_KINDS, SUMMARY_METRICS, OODResult
+from cifar_lightning.ood.detectors import FITTED, IMAGE_DETECTORS
 from cifar_lightning.report import Table
 from cifar_lightning.tables import markdown_table
 
@@ -42,8 +44,24 @@ def metric_table(result: OODResult, group: str, metric: str) -> Table:
     return Table(f"{heading} (%, {'higher' if higher_better else 'lower'} is better)", header, rows)
 
 
+def summary_table(result: OODResult) -> Table:
+    """One row per detector: the mean AUROC and FPR@95 (%) over the near and over the far OOD sets (OpenOOD's
+    summary; "-" where no set is of that kind), and the seconds of its fit and of its scoring."""
+    means = result.kind_means()
+    seconds = result.detector_seconds()
+    header = ["detector"]
+    header += [f"{kind} {METRICS[metric][0]}" for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
+    header += ["fit (s)", "scoring (s)"]
+    rows = []
+    for name in result.detectors:
+        values = [f"{100 * means[name][kind][metric]:.2f}" if means[name][kind] is not None else "-"
+                  for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]  # fmt: skip
+        rows.append([name, *values, f"{seconds[name]['fit']:.2f}", f"{seconds[name]['score']:.2f}"])
+    return Table("Summary: mean over the near and the far OOD sets (%), and seconds per detector", header, rows)
+
+
 def detector_tables(result: OODResult) -> list[Table]:
-    return [metric_table(result, "detectors", metric) for metric in DETECTOR_METRICS]
+    return [summary_table(result), *(metric_table(result, "detectors", metric) for metric in DETECTOR_METRICS)]
 
 
 def layer_tables(result: OODResult) -> list[Table]:
@@ -62,15 +80,26 @@ def setup_note(result: OODResult) -> str:
                   if result.settings.get("val_trained_on") else "")  # fmt: skip
     sets = "; ".join(f"{name}: {info['n']:,} images, {info['kind']}, from {info['source']}"
                      for name, info in result.sets.items())  # fmt: skip
+    fitted = [f"knn (k={result.settings['knn_k']})" if name == "knn" else name for name in result.states
+              if name in FITTED]  # fmt: skip
+    fitted_text = (f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
+                   f"detectors need no fit. ")  # fmt: skip
+    left_out = "".join(f" {name} is left out: pytorch-ood could not fit it ({reason})." for name, reason in
+                       result.left_out.items())  # fmt: skip
+    images = [name for name in result.states if name in IMAGE_DETECTORS]
+    image_text = (f" {', '.join(images)} perturbs every image through the whole network instead, so its scoring "
+                  f"seconds include those passes." if images else "")  # fmt: skip
     return (
-        f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). Mahalanobis, KNN (k="
-        f"{result.settings['knn_k']}) and ViM are fitted on the training split ({counts['fit']:,} images). Every "
-        f"threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. The "
-        f"mean-activation "
-        f"method (the report's) calls an image OOD when a layer's mean activation is {result.settings['direction']} "
-        f"its threshold. Detection accuracy is the mean of the share of in-distribution test images kept and the "
-        f"share of OOD images caught at that threshold. FPR@95%TPR is the share of OOD images accepted when 95% of "
-        f"the in-distribution test images are kept. OOD sets: {sets}."
+        f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). {fitted_text if fitted else ''}"
+        f"Every threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. "
+        f"The mean-activation method (the report's) calls an image OOD when a layer's mean activation is "
+        f"{result.settings['direction']} its threshold. Detection accuracy is the mean of the share of "
+        f"in-distribution test images kept and the share of OOD images caught at that threshold. FPR@95%TPR is the "
+        f"share of OOD images accepted when 95% of the in-distribution test images are kept. The summary averages "
+        f"over the sets of kind near and of kind far, as OpenOOD reports them; synthetic and custom sets are in the "
+        f"per-set tables only. Seconds: fitting on the training features and scoring the validation, test and OOD "
+        f"sets; extracting the features, once per set and shared by the detectors, took "
+        f"{result.feature_seconds:.1f} s more.{image_text}{left_out} OOD sets: {sets}."
     )
 
 

@@ -1,5 +1,7 @@
-"""OOD detection inside evaluate.py: every output for all five default sets and a user folder, the
-report's OOD sections, and bad `ood` settings refused before anything is written."""
+"""OOD detection inside evaluate.py: every output for all five default sets and a user folder (every feature
+detector: ODIN's passes over the 47,000 images would take minutes here, so tests/ood/test_detectors.py runs it
+through detect_ood on fewer), the report's OOD sections, and bad `ood` settings refused before anything is
+written."""
 
 import json
 from pathlib import Path
@@ -11,11 +13,13 @@ from PIL import Image
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
 from cifar_lightning.ood.detection import fit_subset
-from cifar_lightning.ood.detectors import DETECTOR_LABELS
+from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
+from cifar_lightning.ood.job import ood_settings
 from cifar_lightning.ood.tables import DETECTOR_METRICS
 from tests.conftest import compose_evaluate
 
 DEFAULT_SETS = ["cifar100", "mnist", "fashion_mnist", "gaussian_noise", "uniform_noise"]
+FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +33,15 @@ def evaluated(tiny_run, data_dir, tmp_path_factory):
     cfg = compose_evaluate([
         f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.fit_images=5000", "ood.gallery_size=4",
         "ood.sets.gaussian_noise.n=1000", "ood.sets.uniform_noise.n=1000", f"+ood.sets.mine.path={folder}",
-        "gallery.size=4", "gradcam.count=1",
+        "gallery.size=4", "gradcam.count=1", f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
     ], out, ood=True)  # fmt: skip
     evaluate(cfg)
     return out
 
 
 def test_every_output_is_written(evaluated):
-    names = ["ood.md", "ood.json", "ood_layers.md", "ood_gallery.png", *(f"ood_hist_relu{i}.png" for i in range(1, 5))]
+    names = ["ood.md", "ood.json", "ood_layers.md", *(f"ood_hist_relu{i}.png" for i in range(1, 5))]
+    names += ["ood_gallery.png", "ood_scores_knn.png", "ood_gallery_knn.png"]  # featured: the report's rule and KNN
     for name in names:
         assert (evaluated / name).is_file() and (evaluated / name).stat().st_size > 0, name
 
@@ -47,7 +52,16 @@ def test_ood_json_covers_every_detector_and_set(evaluated):
     assert list(saved["sets"]) == sets
     assert saved["sets"]["mnist"]["n"] == 10_000 and saved["sets"]["cifar100"]["kind"] == "near"
     assert saved["sets"]["mine"]["n"] == 3 and "broken.jpg" in saved["sets"]["mine"]["skipped"][0]
-    assert list(saved["detectors"]) == [*DETECTOR_LABELS, "mean activation (relu4)"]
+    assert set(saved["left_out"]) <= {"she"}  # the tiny model predicts no horse: SHE cannot be fitted
+    measured = [name for name in FEATURE_DETECTORS if name not in saved["left_out"]]
+    assert list(saved["detectors"]) == [*measured, "mean activation (relu4)"] and len(measured) >= 15
+    assert list(saved["detector_seconds"]) == list(saved["detectors"])
+    assert all(seconds["fit"] >= 0 and seconds["score"] >= 0 for seconds in saved["detector_seconds"].values())
+    assert saved["detector_seconds"]["knn"]["fit"] > 0 and saved["detector_seconds"]["knn"]["score"] > 0
+    for name, per_set in saved["detectors"].items():  # OpenOOD's summary: near = cifar100, far = the two MNISTs
+        near, far = saved["near_far"][name]["near"], saved["near_far"][name]["far"]
+        assert near == {"auroc": per_set["cifar100"]["auroc"], "fpr95": per_set["cifar100"]["fpr95"]}
+        assert far["auroc"] == pytest.approx((per_set["mnist"]["auroc"] + per_set["fashion_mnist"]["auroc"]) / 2)
     assert list(saved["layers"]) == ["relu1", "relu2", "relu3", "relu4"]
     for group in ("detectors", "layers"):
         for per_set in saved[group].values():
@@ -60,7 +74,11 @@ def test_ood_json_covers_every_detector_and_set(evaluated):
 
 def test_tables_have_a_row_per_detector_and_layer(evaluated):
     detectors, layers = (evaluated / "ood.md").read_text(), (evaluated / "ood_layers.md").read_text()
-    assert detectors.count("| knn |") == 5 and detectors.count("| mean activation (relu4) |") == 5  # one per metric
+    # One row per table: the summary, then one per metric.
+    assert detectors.count("| knn |") == 6 and detectors.count("| mean activation (relu4) |") == 6
+    assert ("| detector | near AUROC | far AUROC | near FPR@95%TPR | far FPR@95%TPR | fit (s) | scoring (s) |"
+            in detectors)  # fmt: skip
+    assert "synthetic and custom sets are in the per-set tables only" in detectors
     assert "| detector | cifar100 (near) | mnist (far) |" in detectors
     assert layers.count("| relu1 |") == 3 and "threshold (mean activation)" in layers
     assert "validation split alone (5,000 images)" in detectors
@@ -69,15 +87,16 @@ def test_tables_have_a_row_per_detector_and_layer(evaluated):
 def test_the_report_shows_the_ood_results(evaluated):
     page = (evaluated / "report.html").read_text()
     assert "Out-of-distribution detection: detectors x OOD sets" in page
-    assert page.count("<table>") == 1 + 5 + 3  # per class, then 5 detector and 3 layer tables
+    assert page.count("<table>") == 1 + 6 + 3  # per class, then the summary, 5 detector and 3 layer tables
     assert "ood_hist_relu1.png" in page and "ood_gallery.png" in page
+    assert "ood_scores_knn.png" in page and "ood_gallery_knn.png" in page
     assert "Missing image" not in page
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("ood.detectors=[msp,odin]", "unknown detector(s) odin"),
+        ("ood.detectors=[msp,mystery]", "unknown detector(s) mystery"),
         ("ood.threshold.method=eyeball", "must be one of percentile, histogram"),
         ("ood.threshold.id_keep=1.5", "must be a fraction in (0, 1]"),
         ("ood.knn_k=0", "invalid `ood.knn_k` config"),
@@ -95,6 +114,41 @@ def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_pa
         run_evaluation(cfg)
     assert expected in str(info.value) and "ood=none" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("ood.gen_gamma=0", "`ood.gen_gamma` config: must be a positive number"),
+        ("ood.gen_m=0", "`ood.gen_m` config: must be a positive integer or null"),
+        ("ood.weighted_ebo_weights=[1,2]", "`ood.weighted_ebo_weights` config: must be null or 10 numbers >= 0"),
+        ("ood.weighted_ebo_weights=[0,0,0,0,0,0,0,0,0,0]", "(one per class, not all 0)"),
+        ("ood.react_percentile=0", "`ood.react_percentile` config: must be a fraction in (0, 1]"),
+        ("ood.ash_variant=ash-x", "`ood.ash_variant` config: must be one of ash-s, ash-p, ash-b"),
+        ("ood.ash_percentile=1.0", "`ood.ash_percentile` config: must be a fraction in [0, 1)"),
+        ("ood.scale_percentile=-0.1", "`ood.scale_percentile` config: must be a fraction in [0, 1)"),
+        ("ood.dice_p=1", "`ood.dice_p` config: must be a fraction in [0, 1)"),
+        ("ood.nnguide_k=0", "`ood.nnguide_k` config: must be a positive integer"),
+        ("ood.nnguide_bank=0", "`ood.nnguide_bank` config: must be a fraction in (0, 1]"),
+        ("ood.gradnorm_temperature=-1", "`ood.gradnorm_temperature` config: must be a positive number"),
+        ("ood.odin_temperature=inf", "`ood.odin_temperature` config: must be a positive number"),
+        ("ood.odin_eps=-0.1", "`ood.odin_eps` config: must be a number >= 0"),
+        ("ood.fit_images=60", "`ood.fit_images` config: must be null or an integer >= max(knn_k, nnguide_k, 10)"),
+        ("ood.gallery_detectors=[mean_activation,nope]", "`ood.gallery_detectors` config: unknown detector(s) nope"),
+    ],
+)
+def test_each_detector_setting_is_checked(tmp_path, override, expected):
+    cfg = compose_evaluate(["ckpt=any.ckpt", override], tmp_path / "out", ood=True)
+    with pytest.raises(ConfigError) as info:
+        ood_settings(cfg.ood)
+    assert expected in str(info.value) and "ood=none" in str(info.value)
+
+
+def test_the_default_settings_run_every_detector(tmp_path):
+    """evaluate.py's defaults: every detector, and the report's rule and KNN featured in the figures."""
+    settings = ood_settings(compose_evaluate(["ckpt=any.ckpt"], tmp_path / "out", ood=True).ood)
+    assert settings.detectors == tuple(DETECTOR_LABELS) and settings.gallery_detectors == ("mean_activation", "knn")
+    assert settings.detector.odin_temperature == 1000.0 and settings.detector.dice_p == 0.9
 
 
 def test_a_missing_ood_set_names_the_path(tiny_run, data_dir, tmp_path):
@@ -131,6 +185,7 @@ def test_a_fast_net_checkpoint_is_evaluated_with_tta_and_ood(make_cfg, data_dir,
         f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_dir}", "tta=2", "ood.fit_images=500",
         "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "ood.sets.gaussian_noise.n=200",
         "ood.sets.uniform_noise.n=200", "gallery.size=4", "gradcam.count=1",
+        f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
     ], out, ood=True))  # fmt: skip
     assert summary["tta"] == 2 and summary["model"]["_target_"] == "cifar_lightning.models.FastNet"
     saved = json.loads((out / "ood.json").read_text())

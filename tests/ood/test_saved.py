@@ -1,6 +1,8 @@
 """ood_detectors.pt: evaluate.py saves every detector it measured; loaded back, each one flags the test and OOD
 images exactly as evaluate.py's tables say; files of another checkpoint, tampered files and unknown names are
-refused; fit_detector fits the same detector evaluate.py fits."""
+refused; fit_detector fits the same detector evaluate.py fits; ODIN, which scores images, is handed out only to a
+caller that scores images. (evaluate() runs every feature detector here; ODIN's cost on 15,000 validation and
+test images is left to the one test that needs it, with a file of its own.)"""
 
 import json
 import shutil
@@ -11,7 +13,13 @@ import torch
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.evaluation import evaluate
 from cifar_lightning.inference import Classifier
-from cifar_lightning.ood.detectors import DETECTOR_LABELS
+from cifar_lightning.ood.detectors import (
+    DETECTOR_LABELS,
+    IMAGE_DETECTORS,
+    DetectorSettings,
+    image_state,
+    score_images,
+)
 from cifar_lightning.ood.saved import (
     DEFAULT_DETECTOR,
     DETECTORS_FILE,
@@ -20,11 +28,13 @@ from cifar_lightning.ood.saved import (
     find_detectors,
     fit_detector,
     load_detector,
+    read_detectors,
 )
 from cifar_lightning.ood.sets import noise_images
 from tests.conftest import compose_evaluate
 
 FIT_IMAGES = 3000
+FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +46,7 @@ def evaluated(tiny_run, data_dir, tmp_path_factory):
         f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"ood.fit_images={FIT_IMAGES}", "ood.gallery_size=0",
         "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "~ood.sets.gaussian_noise",
         "ood.sets.uniform_noise.n=500", "gallery.size=0", "gradcam.count=0",
+        f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
     ], out, ood=True)  # fmt: skip
     evaluate(cfg)
     return log_dir, out
@@ -52,7 +63,10 @@ def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, 
     test_images = load_cifar10(str(data_dir)).test_images
     seed = int(ood["sets"]["uniform_noise"]["source"].rsplit("seed=", 1)[1])
     noise = noise_images("uniform", 500, seed)
-    detectors = [load_detector(out / DETECTORS_FILE, classifier, name) for name in [*DETECTOR_LABELS, MEAN_ACTIVATION]]
+    saved = list(read_detectors(out / DETECTORS_FILE)["detectors"])
+    assert saved == [name for name in [*FEATURE_DETECTORS, MEAN_ACTIVATION] if name not in ood["left_out"]]
+    assert set(ood["left_out"]) <= {"she"}  # the tiny model predicts no horse: SHE cannot be fitted
+    detectors = [load_detector(out / DETECTORS_FILE, classifier, name) for name in saved]
     layers = sorted({layer for detector in detectors for layer in detector.layers})
     id_features, ood_features = classifier.features(test_images, layers), classifier.features(noise, layers)
     for detector in detectors:
@@ -125,8 +139,29 @@ def test_fit_detector_fits_what_evaluate_saved(evaluated, classifier, data_dir, 
 
 
 def test_fit_detector_refuses_an_unknown_name(classifier, data_dir):
-    with pytest.raises(DetectorsError, match="unknown OOD detector 'odin'"):
+    with pytest.raises(DetectorsError, match="unknown OOD detector 'mystery'"):
+        fit_detector(classifier, data_dir, "mystery")
+    with pytest.raises(DetectorsError, match="the odin detector .* scores images.*ood.detector=knn"):
         fit_detector(classifier, data_dir, "odin")
+
+
+def test_odin_is_handed_out_only_to_a_caller_that_scores_images(evaluated, classifier, tmp_path):
+    """A detectors file with ODIN in it: refused to a features-only caller with the fix; given to one that scores
+    images, it scores them as ODIN does, and refuses features."""
+    record = torch.load(evaluated[1] / DETECTORS_FILE, weights_only=True)
+    state = image_state("odin", DetectorSettings())
+    record["detectors"]["odin"] = {"threshold": -0.1, "layers": [], "state": state}
+    torch.save(record, tmp_path / DETECTORS_FILE)
+    with pytest.raises(DetectorsError, match="perturbs every input through the whole network.*ood.detector=knn"):
+        load_detector(tmp_path / DETECTORS_FILE, classifier, "odin")
+    odin = load_detector(tmp_path / DETECTORS_FILE, classifier, "odin", from_images=True)
+    assert odin.needs_images and odin.threshold == -0.1
+    images = noise_images("gaussian", 16, 4)
+    assert torch.equal(odin.score_images(classifier, images), score_images("odin", state, classifier, images))
+    with pytest.raises(ValueError, match="scores images, not features"):
+        odin.score(classifier.features(images, []))
+    knn = load_detector(tmp_path / DETECTORS_FILE, classifier, "knn", from_images=True)
+    assert torch.equal(knn.score_images(classifier, images), knn.score(classifier.features(images, [])))
 
 
 def test_a_detector_pickles_as_its_state(evaluated, classifier):
