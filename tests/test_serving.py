@@ -190,7 +190,7 @@ BAD_SETTINGS = {
     "log_level=loud": "critical, error, warning, info",
     "ood.fit=yes": "true or false",
     "ood.fit_images=0": "positive integer or null",
-    "ood.detector=odin": "msp, energy, max_logit, mahalanobis, knn, vim, mean_activation",
+    "ood.detector=mystery": "msp, energy, max_logit, entropy, .*, odin, mean_activation",
 }
 
 
