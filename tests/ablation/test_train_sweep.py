@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cifar_lightning.ablation import aggregate
 from tests.conftest import QUIET, ROOT
 
@@ -22,6 +24,7 @@ def only_sweep_dir(log_dir: Path) -> Path:
     return sweep
 
 
+@pytest.mark.slow  # seven jobs (~45 s alone); the default run keeps the failed-job sweep below
 def test_ablation_all_runs_seven_configurations_and_aggregates(data_dir, tmp_path):
     result = run_sweep("+ablation=all", "ablation.seeds=1", f"data.data_dir={data_dir}", log_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
