@@ -61,6 +61,7 @@ def test_only_a_submitit_job_continues_from_its_last_checkpoint(tmp_path, monkey
     assert requeue_checkpoint(tmp_path) is None  # outside submitit a run directory is new
 
 
+@pytest.mark.slow  # two submitit jobs (~43 s alone); CI runs it after the default run
 def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_directory(data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(

@@ -80,6 +80,7 @@ def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
     assert other["test_loss"] != first["test_loss"]
 
 
+@pytest.mark.slow  # a 476-step-shaped fast94 run (~47 s alone); CI runs it after the default run
 def test_fast94_trains_on_all_images_and_tests_its_final_weights_with_tta(make_cfg, tmp_path):
     # The real recipe, at batch 128 and 2 + 2 steps, so that it runs in seconds on a CPU.
     cfg = make_cfg("experiment=fast94", "data.batch_size=128", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
