@@ -234,6 +234,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
         checkpoint=str(path),
         checkpoint_epoch=classifier.checkpoint_epoch,
         experiment=config.get("experiment_name"),
+        loss=(config.get("loss") or {}).get("name", "cross_entropy"),  # checkpoints from before conf/loss/: CE
         model=config["model"],
         normalization=classifier.normalization,
         device=device_name(classifier.device),

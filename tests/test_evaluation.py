@@ -43,6 +43,7 @@ def test_figures_agree_with_the_training_runs_test(evaluation, trained):
     assert summary["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
     assert summary["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
     assert summary["confusion"] == metrics["test_confusion"]
+    assert summary["loss"] == "cross_entropy"  # the tiny run's loss, for the OpenOOD comparison's rows
     assert 0.0 < summary["test_acc"] < 1.0 and (confusion.sum(dim=0) > 0).sum() > 1  # both galleries have images
 
 

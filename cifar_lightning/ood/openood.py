@@ -1,0 +1,247 @@
+"""Our OOD figures beside OpenOOD v1.5's published CIFAR-10 benchmark (docs/results/ood_openood.md):
+
+    python -m cifar_lightning.ood.openood EVAL_DIR [EVAL_DIR ...] --out docs/results/ood_openood.md
+
+Each EVAL_DIR is an evaluate.py output folder (evaluation.json and ood.json). The page has two tables: the models
+(test accuracy, and the near/far mean AUROC and FPR@95 of MSP, OpenOOD's detector for training-time methods such
+as LogitNorm, and of the detector with the highest near-OOD AUROC), then every detector's near/far AUROC per
+model next to OpenOOD's figure for the same method. The published figures are copied from OpenOOD's own results
+file, with its standard deviations over its three training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifar_lightning.errors import CifarLightningError, one_line
+from cifar_lightning.ood.detection import SUMMARY_KINDS
+from cifar_lightning.tables import markdown_table
+
+#: Where the published figures come from.
+SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"
+#: OpenOOD's CIFAR-10 model: the post-hoc rows below all score this network.
+OPENOOD_MODEL = "ResNet-18 trained 100 epochs with cross-entropy, 95.06 ± 0.30 % test accuracy, 3 training runs"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One OpenOOD v1.5 CIFAR-10 row: its method name and the mean ± std (%) AUROC over its near and far sets."""
+
+    method: str
+    near: float
+    near_std: float
+    far: float
+    far_std: float
+
+    def cell(self, kind: str) -> str:
+        return f"{getattr(self, kind):.2f} ± {getattr(self, kind + '_std'):.2f}"
+
+
+#: Our detector name -> OpenOOD's row for the same post-hoc method on its cross-entropy ResNet-18. entropy,
+#: weighted_ebo, nnguide and the report's mean activation have no row there. fDBD's row is one run (std 0.00).
+PUBLISHED: dict[str, Published] = {
+    "msp": Published("MSP", 88.03, 0.25, 90.73, 0.43),
+    "energy": Published("EBO", 87.58, 0.46, 91.21, 0.92),
+    "max_logit": Published("MLS", 87.52, 0.47, 91.10, 0.89),
+    "gen": Published("GEN", 88.20, 0.30, 91.35, 0.69),
+    "kl_matching": Published("KLM", 79.19, 0.80, 82.68, 0.21),
+    "mahalanobis": Published("MDS", 84.20, 2.40, 89.72, 1.36),
+    "rmd": Published("RMDS", 89.80, 0.28, 92.20, 0.21),
+    "knn": Published("KNN", 90.64, 0.20, 92.96, 0.14),
+    "vim": Published("VIM", 88.68, 0.28, 93.48, 0.24),
+    "she": Published("SHE", 81.54, 0.51, 85.32, 1.43),
+    "fdbd": Published("fDBD", 90.42, 0.00, 93.16, 0.00),
+    "react": Published("ReAct", 87.11, 0.61, 90.42, 1.41),
+    "ash": Published("ASH", 75.27, 1.04, 78.49, 2.58),
+    "scale": Published("SCALE", 82.55, 0.36, 86.39, 1.86),
+    "dice": Published("DICE", 78.34, 0.79, 84.23, 1.89),
+    "gradnorm": Published("GradNorm", 54.90, 0.98, 57.55, 3.22),
+    "odin": Published("ODIN", 82.87, 1.85, 87.96, 0.61),
+}
+#: Training-time method -> OpenOOD's row (scored with MSP), and that model's test accuracy (%).
+PUBLISHED_TRAINING: dict[str, tuple[Published, float]] = {
+    "logitnorm": (Published("LogitNorm + MSP", 92.33, 0.08, 96.74, 0.06), 94.30),
+}
+#: How our sets differ from OpenOOD's, for the page's note.
+SET_DIFFERENCES = (
+    "The sets differ, so the figures are comparable in kind, not to the decimal. Ours: near-OOD is the CIFAR-100 "
+    "test set (10,000 images, all of it, including classes close to CIFAR-10's); far-OOD is the MNIST and "
+    "Fashion-MNIST test sets (grayscale 28x28, resized to 32x32 with the channel repeated); Gaussian and uniform "
+    "noise are measured too but in no mean. OpenOOD v1.5: near-OOD is CIFAR-100 and TinyImageNet, with the "
+    "images of classes overlapping CIFAR-10 removed; far-OOD is MNIST, SVHN, Textures and Places365. Their "
+    "thresholds and hyperparameters are tuned on separate OOD validation sets; ours use no OOD image before the "
+    "test (fixed hyperparameters from the papers, thresholds on CIFAR-10 validation images), and our models are "
+    "smaller and shorter-trained than OpenOOD's ResNet-18."
+)
+
+
+class OpenOODComparisonError(CifarLightningError):
+    """An evaluation folder is missing, unreadable or has no OOD results."""
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """What the comparison needs of one evaluate.py output folder."""
+
+    folder: Path
+    experiment: str
+    loss: str
+    test_acc: float
+    tta: int
+    checkpoint: str
+    near_far: Mapping[str, Mapping[str, Mapping[str, float] | None]]  # detector -> near/far -> auroc/fpr95
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}, {self.loss}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise OpenOODComparisonError(
+            f"{path} does not exist: pass folders that evaluate.py wrote with OOD detection on (e.g. "
+            f"logs/evaluate/runs/<date>_<time>, from `python evaluate.py ckpt=... data.data_dir=...`; ood=none "
+            f"writes no ood.json)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise OpenOODComparisonError(
+            f"{path} cannot be read ({one_line(exc)}): run evaluate.py again to rewrite it."
+        ) from None
+
+
+def read_evaluation(folder: str | Path) -> EvaluatedModel:
+    """The test accuracy (evaluation.json) and near/far summary (ood.json) of one evaluate.py output folder."""
+    folder = Path(folder)
+    evaluation, ood = _read_json(folder / "evaluation.json"), _read_json(folder / "ood.json")
+    if "near_far" not in ood or "test_acc" not in evaluation:
+        raise OpenOODComparisonError(
+            f"{folder} was written by an older evaluate.py (its ood.json has no near/far summary or its "
+            f"evaluation.json no test accuracy): evaluate the checkpoint again."
+        )
+    return EvaluatedModel(
+        folder=folder,
+        experiment=evaluation.get("experiment") or "model",
+        loss=evaluation.get("loss") or "cross_entropy",
+        test_acc=float(evaluation["test_acc"]),
+        tta=int(evaluation.get("tta", 0)),
+        checkpoint=str(evaluation.get("checkpoint", "")),
+        near_far=ood["near_far"],
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _kind_value(model: EvaluatedModel, detector: str, kind: str, metric: str) -> float | None:
+    means = model.near_far.get(detector, {}).get(kind)
+    return None if means is None else means[metric]
+
+
+def best_near_detector(model: EvaluatedModel) -> str:
+    """The detector with the highest near-OOD mean AUROC: chosen on the OOD test sets themselves, so its figure
+    is an optimistic one (the page says so)."""
+    scored = [name for name in model.near_far if _kind_value(model, name, "near", "auroc") is not None]
+    if not scored:
+        raise OpenOODComparisonError(
+            f"{model.folder}/ood.json has no near-OOD set: evaluate with the default ood.sets (cifar100 is near)."
+        )
+    return max(scored, key=lambda name: _kind_value(model, name, "near", "auroc"))
+
+
+def models_table(models: Sequence[EvaluatedModel]) -> str:
+    """Per model: test accuracy, then MSP's and the best near-OOD detector's near/far AUROC and FPR@95 (%)."""
+    header = ["model (experiment, loss)", "test acc. (%)", "TTA", "detector"]
+    header += [f"{kind} {label}" for label in ("AUROC", "FPR@95") for kind in SUMMARY_KINDS]
+    rows = []
+    for model in models:
+        best = best_near_detector(model)
+        for detector in dict.fromkeys(["msp", best]):  # one row when MSP is the best
+            if detector not in model.near_far:
+                continue
+            label = detector + (" (highest near AUROC)" if detector == best else "")
+            values = [_percent(_kind_value(model, detector, kind, metric))
+                      for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]  # fmt: skip
+            rows.append([model.name, f"{100 * model.test_acc:.2f}", model.tta, label, *values])
+    for method, (published, accuracy) in PUBLISHED_TRAINING.items():
+        rows.append([f"OpenOOD: ResNet-18, {method}", f"{accuracy:.2f}", "-", "msp",
+                     published.cell("near"), published.cell("far"), "-", "-"])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def detectors_table(models: Sequence[EvaluatedModel]) -> str:
+    """Per detector: each model's near and far mean AUROC (%) and OpenOOD's for the same method."""
+    names = list(dict.fromkeys(name for model in models for name in model.near_far))
+    header = ["detector"]
+    for model in models:
+        header += [f"{model.name}: near", f"{model.name}: far"]
+    header += ["OpenOOD method", "OpenOOD near", "OpenOOD far"]
+    rows = []
+    for name in names:
+        row = [name]
+        for model in models:
+            row += [_percent(_kind_value(model, name, kind, "auroc")) for kind in SUMMARY_KINDS]
+        published = PUBLISHED.get(name)
+        row += [published.method, published.cell("near"), published.cell("far")] if published else ["-"] * 3
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def render(models: Sequence[EvaluatedModel]) -> str:
+    """The whole page: a note on what is compared, then the two tables."""
+    sources = "; ".join(f"{model.name}: `{model.folder}` (checkpoint `{model.checkpoint}`)" for model in models)
+    return (
+        "# OOD detection beside OpenOOD v1.5 (CIFAR-10)\n\n"
+        f"Published figures: {SOURCE}; their post-hoc rows score one model: {OPENOOD_MODEL}. Ours: near and far "
+        "are the mean AUROC (and FPR@95%TPR) over our sets of that kind, as OpenOOD averages over its own. "
+        f"{SET_DIFFERENCES}\n\n"
+        f"Evaluations read: {sources}.\n\n"
+        "## Models\n\n"
+        "MSP is OpenOOD's detector for training-time methods such as LogitNorm. The highest-near-AUROC detector is "
+        "picked on the OOD test sets themselves, so its row is optimistic; MSP's is not.\n\n"
+        f"{models_table(models)}\n"
+        "## Detectors: near and far mean AUROC (%) beside OpenOOD's\n\n"
+        "OpenOOD's figures are mean ± std over its three training runs; '-' where a method has no published row.\n\n"
+        f"{detectors_table(models)}"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar_lightning.ood.openood",
+        description="Put evaluate.py's OOD results beside OpenOOD v1.5's published CIFAR-10 figures.",
+    )
+    parser.add_argument("folders", nargs="+", metavar="EVAL_DIR",
+                        help="an evaluate.py output folder (evaluation.json and ood.json)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="write the page here as well (e.g. "
+                        "docs/results/ood_openood.md); it is always printed")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        page = render([read_evaluation(folder) for folder in args.folders])
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(page)
+    except OSError as exc:
+        print(f"error: cannot write {args.out} ({one_line(exc)}): choose a writable --out path.", file=sys.stderr)
+        return 2
+    except CifarLightningError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    print(page, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
