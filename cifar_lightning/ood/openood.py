@@ -1,6 +1,7 @@
 """Our OOD figures beside OpenOOD v1.5's published CIFAR-10 benchmark (docs/results/ood_openood.md):
 
     python -m cifar_lightning.ood.openood EVAL_DIR [EVAL_DIR ...] --out docs/results/ood_openood.md
+    python -m cifar_lightning.ood.openood CE_DIR LN_DIR --labels "CE" "LogitNorm" --out ...
 
 Each EVAL_DIR is an evaluate.py output folder (evaluation.json and ood.json). The page has two tables: the models
 (test accuracy, and the near/far mean AUROC and FPR@95 of MSP, OpenOOD's detector for training-time methods such
@@ -96,10 +97,11 @@ class EvaluatedModel:
     tta: int
     checkpoint: str
     near_far: Mapping[str, Mapping[str, Mapping[str, float] | None]]  # detector -> near/far -> auroc/fpr95
+    label: str | None = None  # the user's name for it (--labels), e.g. when two runs share experiment and loss
 
     @property
     def name(self) -> str:
-        return f"{self.experiment}, {self.loss}"
+        return self.label or f"{self.experiment}, {self.loss}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         ) from None
 
 
-def read_evaluation(folder: str | Path) -> EvaluatedModel:
+def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedModel:
     """The test accuracy (evaluation.json) and near/far summary (ood.json) of one evaluate.py output folder."""
     folder = Path(folder)
     evaluation, ood = _read_json(folder / "evaluation.json"), _read_json(folder / "ood.json")
@@ -134,6 +136,7 @@ def read_evaluation(folder: str | Path) -> EvaluatedModel:
         tta=int(evaluation.get("tta", 0)),
         checkpoint=str(evaluation.get("checkpoint", "")),
         near_far=ood["near_far"],
+        label=label,
     )
 
 
@@ -159,7 +162,7 @@ def best_near_detector(model: EvaluatedModel) -> str:
 
 def models_table(models: Sequence[EvaluatedModel]) -> str:
     """Per model: test accuracy, then MSP's and the best near-OOD detector's near/far AUROC and FPR@95 (%)."""
-    header = ["model (experiment, loss)", "test acc. (%)", "TTA", "detector"]
+    header = ["model", "test acc. (%)", "TTA", "detector"]
     header += [f"{kind} {label}" for label in ("AUROC", "FPR@95") for kind in SUMMARY_KINDS]
     rows = []
     for model in models:
@@ -221,15 +224,22 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folders", nargs="+", metavar="EVAL_DIR",
                         help="an evaluate.py output folder (evaluation.json and ood.json)")  # fmt: skip
+    parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                        help="a name per EVAL_DIR, in order (default: its experiment and loss)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="write the page here as well (e.g. "
                         "docs/results/ood_openood.md); it is always printed")  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    labels = args.labels or [None] * len(args.folders)
+    if len(labels) != len(args.folders):
+        cli.error(f"--labels names {len(labels)} models but {len(args.folders)} EVAL_DIRs are given: "
+                  f"give one label per folder, in the same order, or none")  # fmt: skip
     try:
-        page = render([read_evaluation(folder) for folder in args.folders])
+        page = render([read_evaluation(folder, label) for folder, label in zip(args.folders, labels)])
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(page)

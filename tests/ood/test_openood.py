@@ -95,3 +95,14 @@ def test_a_corrupt_ood_json_is_refused(tmp_path):
     (folder / "ood.json").write_text("{not json")
     with pytest.raises(OpenOODComparisonError, match="cannot be read"):
         read_evaluation(folder)
+
+
+def test_labels_name_the_models_and_must_match_the_folders(two_models, tmp_path, capsys):
+    folders = [str(model.folder) for model in two_models]
+    assert main([*folders, "--labels", "CE, widths 32", "LogitNorm, no smoothing"]) == 0
+    page = capsys.readouterr().out
+    assert "| CE, widths 32 | 90.00 | 2 | msp |" in page and "| LogitNorm, no smoothing: near |" in page
+    assert "fast94_cpu, logitnorm" not in page
+    with pytest.raises(SystemExit) as exit_info:
+        main([*folders, "--labels", "only one"])
+    assert exit_info.value.code == 2 and "give one label per folder" in capsys.readouterr().err
