@@ -97,7 +97,7 @@ def test_a_corrupt_ood_json_is_refused(tmp_path):
         read_evaluation(folder)
 
 
-def test_labels_name_the_models_and_must_match_the_folders(two_models, tmp_path, capsys):
+def test_labels_name_the_models_and_must_match_the_folders(two_models, capsys):
     folders = [str(model.folder) for model in two_models]
     assert main([*folders, "--labels", "CE, widths 32", "LogitNorm, no smoothing"]) == 0
     page = capsys.readouterr().out
