@@ -110,7 +110,7 @@ def test_fast94_is_airbench94s_recipe():
 
 def test_fast94_cpu_is_fast94_smaller():
     cfg, full = compose_train(["experiment=fast94_cpu"]), compose_train(["experiment=fast94"])
-    assert list(cfg.model.widths) == [32, 64, 128] and cfg.trainer.max_epochs == 18
+    assert list(cfg.model.widths) == [48, 96, 192] and cfg.trainer.max_epochs == 10
     assert cfg.experiment_name == "fast94_cpu"
     for key in ("optim", "loss", "param_groups", "scheduler", "averaging", "callbacks"):
         assert cfg[key] == full[key], key
