@@ -101,6 +101,23 @@ def run_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint["hyper_parameters"]["run_config"]
 
 
+def trained_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch (from 1) the checkpoint was written in or after, or None if it does not say.
+
+    Lightning's `epoch` key is the 0-based epoch in progress for a save inside fit (best.ckpt, last.ckpt at an
+    epoch end) but the number of epochs run for one saved after fit (a run without validation split), so
+    `epoch + 1` is one too many there; the fit loop's `started` count is the 1-based epoch in both cases.
+    """
+    try:
+        started = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["started"]
+    except (KeyError, TypeError):
+        started = None
+    if isinstance(started, int) and started >= 1:
+        return started
+    epoch = checkpoint.get("epoch")
+    return epoch + 1 if isinstance(epoch, int) else None
+
+
 def _model_class(target: Any) -> type | None:
     """The nn.Module class `target` names, or None if it names anything else or lies outside the trusted packages."""
     if not isinstance(target, str) or not target.startswith(TRUSTED_MODEL_PACKAGES):

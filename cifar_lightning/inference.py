@@ -28,7 +28,14 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
-from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
+from cifar_lightning.checkpoints import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    normalization,
+    run_config,
+    trained_epoch,
+)
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
@@ -215,7 +222,7 @@ class Classifier:
     device: torch.device
     tta: int = 0
     checkpoint_path: Path | None = None
-    checkpoint_epoch: int | None = None  # 1-based: the epoch the checkpoint was written after
+    checkpoint_epoch: int | None = None  # 1-based: the epoch the checkpoint was written in or after
     config: dict[str, Any] = field(default_factory=dict)  # the run config the checkpoint carries
     _stats: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
@@ -240,10 +247,9 @@ class Classifier:
                 f"the model in {path} predicts {outputs} classes, but CIFAR-10 has {len(CIFAR10_CLASSES)}. "
                 f"Fix: use a checkpoint trained on CIFAR-10 by train.py."
             )
-        epoch = checkpoint.get("epoch")
         return cls(model=model.to(device).eval(), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
                    classes=CIFAR10_CLASSES, device=device, tta=tta, checkpoint_path=path,
-                   checkpoint_epoch=epoch + 1 if isinstance(epoch, int) else None,
+                   checkpoint_epoch=trained_epoch(checkpoint),
                    config=run_config(checkpoint))  # fmt: skip
 
     @property

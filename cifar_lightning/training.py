@@ -417,9 +417,10 @@ def _fit_and_record(
     best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if not datamodule.has_validation:
         # No validation split: the final weights (averaged, with weight averaging) are the run's model.
-        # Saved here, after the timed fit; every rank calls it (a collective under DDP), rank 0 writes.
+        # Saved here, after the timed fit; every rank calls it (a collective under DDP), rank 0 writes. A full
+        # checkpoint (optimizer and loop state too), like the ones ModelCheckpoint writes inside fit.
         best_path = ""
-        trainer.save_checkpoint(run.last_checkpoint)
+        trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
         log.info("no validation split (data.val_fraction=0): testing the final weights, kept in %s",
                  run.last_checkpoint)  # fmt: skip
     elif not best_path:

@@ -7,7 +7,14 @@ import pickle
 import pytest
 import torch
 
-from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
+from cifar_lightning.checkpoints import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    normalization,
+    run_config,
+    trained_epoch,
+)
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.training import train
 from tests.conftest import QUIET, compose_train
@@ -59,6 +66,23 @@ def test_a_real_checkpoint_rebuilds_its_model(trained, data_dir):
     with torch.no_grad():
         predicted = model(dm.normalize(dm.arrays.test_images[:1000])).argmax(dim=1)
     assert metrics["test_acc"] == pytest.approx((predicted == dm.arrays.test_labels[:1000]).float().mean().item())
+
+
+def progress(started: int, completed: int) -> dict:
+    return {"fit_loop": {"epoch_progress": {"current": {"ready": started, "started": started, "completed": completed}}}}
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "epoch"),
+    [
+        ({"epoch": 2, "loops": progress(started=3, completed=2)}, 3),  # written at the end of the 3rd epoch
+        ({"epoch": 18, "loops": progress(started=18, completed=18)}, 18),  # written after an 18-epoch fit
+        ({"epoch": 4}, 5),  # no loop state: Lightning's 0-based epoch in progress
+        ({}, None),
+    ],
+)
+def test_trained_epoch_counts_from_one(checkpoint, epoch):
+    assert trained_epoch(checkpoint) == epoch
 
 
 def test_missing_file(tmp_path):

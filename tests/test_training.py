@@ -12,6 +12,7 @@ from cifar_lightning.augment import tta_logits
 from cifar_lightning.checkpoints import build_model, chosen_checkpoint, load_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError
+from cifar_lightning.inference import Classifier
 from cifar_lightning.models import FastNet, ResNet18
 from cifar_lightning.models.fast_net import PatchWhitening
 from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
@@ -134,6 +135,7 @@ def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_pa
     run = RunDir(tmp_path / "run")
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]
     assert chosen_checkpoint(None, run.root, "evaluate.py") == run.last_checkpoint
+    assert Classifier.load(run.last_checkpoint, device="cpu").checkpoint_epoch == 1  # saved after its one epoch
     assert metrics["best_val_loss"] is None and metrics["test_tta"] == 1
     assert read_metrics(run)["schema_version"] == METRICS_SCHEMA_VERSION
 
