@@ -7,14 +7,8 @@ import pickle
 import pytest
 import torch
 
-from cifar_lightning.checkpoints import (
-    CheckpointError,
-    build_model,
-    load_checkpoint,
-    normalization,
-    run_config,
-    trained_epoch,
-)
+from cifar_lightning.checkpoints import CheckpointError, build_model, load_checkpoint, normalization, run_config
+from cifar_lightning.checkpoints import trained_epoch as epoch_of_checkpoint
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.training import train
 from tests.conftest import QUIET, compose_train
@@ -82,7 +76,7 @@ def progress(started: int, completed: int) -> dict:
     ],
 )
 def test_trained_epoch_counts_from_one(checkpoint, epoch):
-    assert trained_epoch(checkpoint) == epoch
+    assert epoch_of_checkpoint(checkpoint) == epoch
 
 
 def test_missing_file(tmp_path):
