@@ -38,7 +38,7 @@ from cifar_lightning.augment import tta_logits  # noqa: E402
 from cifar_lightning.tables import markdown_table  # noqa: E402
 from cifar_lightning.training import build  # noqa: E402
 
-#: name -> overrides of fast94_cpu (today: widths 48/96/192, 10 epochs of batch 1024, about 13 minutes alone).
+#: name -> overrides of fast94_cpu (today: widths 48/96/192, 10 epochs of batch 1024, about 12 minutes alone).
 CANDIDATES: dict[str, list[str]] = {
     "w32x8": ["model.widths=[32,64,128]", "trainer.max_epochs=8"],
     "w32x16": ["model.widths=[32,64,128]", "trainer.max_epochs=16"],

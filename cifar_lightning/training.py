@@ -30,6 +30,7 @@ from cifar_lightning import __version__
 from cifar_lightning.augment import TTA_LEVELS, is_tta_level
 from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
+from cifar_lightning.checkpoints import trained_epoch
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import (
@@ -349,9 +350,9 @@ def _fit_and_record(
         position = _checked_last_checkpoint(run)
         log.info(
             "requeued job: resuming %s from %s (written in epoch %d, at step %d)",
-            run.root, ckpt_path, position["epoch"] + 1, position["global_step"],
+            run.root, ckpt_path, position["epoch"], position["global_step"],
         )  # fmt: skip
-        requeue = {"epoch": position["epoch"] + 1, "global_step": position["global_step"], "overrides": []}
+        requeue = {"epoch": position["epoch"], "global_step": position["global_step"], "overrides": []}
         resumes = [*(resumes or []), requeue]
     L.seed_everything(checked_seed(cfg), workers=True, verbose=False)  # before the model's weights are drawn
     datamodule, module, trainer, history = build(cfg)
@@ -543,7 +544,8 @@ def _relocated(value: Any, old: str, new: str) -> Any:
 
 
 def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
-    """The last checkpoint's loop position, after checking that it loads and holds a full training state."""
+    """The last checkpoint's loop position (its epoch from 1, its global step), after checking that it loads and
+    holds a full training state."""
     path = run.last_checkpoint
     fix = (
         f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
@@ -564,7 +566,7 @@ def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
             f"cannot resume {run.root}: {path} is not a full training checkpoint of train.py "
             f"(it has no {', '.join(missing)}). {fix}."
         )
-    return {"epoch": int(checkpoint["epoch"]), "global_step": int(checkpoint["global_step"])}
+    return {"epoch": trained_epoch(checkpoint), "global_step": int(checkpoint["global_step"])}
 
 
 def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -635,7 +637,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
         container["hpo"] = {key: None for key in container["hpo"]}
     cfg = OmegaConf.create(container)
     # epoch: the one (from 1) in which, or at whose end, last.ckpt was written.
-    record = {"epoch": position["epoch"] + 1, "global_step": position["global_step"], "overrides": changed}
+    record = {"epoch": position["epoch"], "global_step": position["global_step"], "overrides": changed}
     log.info(
         "resuming %s from %s (written in epoch %d, at step %d)%s", run.root, run.last_checkpoint, record["epoch"],
         record["global_step"], f" with {', '.join(changed)}" if changed else "",
