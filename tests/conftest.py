@@ -10,9 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from cifar_lightning.data import find_cifar10_problems
+from cifar_lightning.inference import Classifier
 from cifar_lightning.training import train
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 DATA_DIR = Path(os.environ.get("CIFAR10_DATA_DIR", ROOT / "data")).resolve()
 
@@ -80,3 +81,9 @@ def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
     """A tiny real train.py run (TINY_RUN), shared by the evaluation and OOD tests: (run directory, metrics)."""
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     return run, train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_run) -> Classifier:
+    """The tiny run's best checkpoint, loaded as evaluate.py, predict.py and serve.py load it."""
+    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")

@@ -22,7 +22,6 @@ import pytest
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning.inference import Classifier
 from cifar_lightning.serving import wait_until_serving
 from tests.conftest import DATA_DIR, ROOT
 
@@ -122,8 +121,3 @@ def server(tiny_run, data_dir, tmp_path_factory) -> Iterator[Server]:
                 f"{log.read_text()[-4000:]}"
             )
             assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
-
-
-@pytest.fixture(scope="session")
-def classifier(tiny_run) -> Classifier:
-    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")

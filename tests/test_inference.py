@@ -69,11 +69,6 @@ def test_no_layers_means_no_hooks():
     assert features.layer_means == {} and features.penultimate.shape == (2, 64)
 
 
-@pytest.fixture(scope="module")
-def classifier(tiny_run):
-    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")
-
-
 def test_a_checkpoint_loads_with_its_normalization(classifier, tiny_run):
     metrics = tiny_run[1]
     assert classifier.normalization == metrics["normalization"]

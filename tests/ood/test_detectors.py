@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cifar_lightning.data import load_cifar10
-from cifar_lightning.inference import Classifier, Features
+from cifar_lightning.inference import Features
 from cifar_lightning.ood.detection import OODSettings, detect_ood
 from cifar_lightning.ood.detectors import (
     DETECTOR_LABELS,
@@ -33,11 +33,6 @@ from cifar_lightning.ood.sets import OODSet, noise_images
 FIT_IMAGES = 2000
 FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
 SETTINGS = DetectorSettings()  # conf/ood/default.yaml's values
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_run):
-    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -52,11 +52,6 @@ def evaluated(tiny_run, data_dir, tmp_path_factory):
     return log_dir, out
 
 
-@pytest.fixture(scope="module")
-def classifier(tiny_run):
-    return Classifier.load(tiny_run[0] / "checkpoints" / "best.ckpt", device="cpu")
-
-
 def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, data_dir):
     _, out = evaluated
     ood = json.loads((out / "ood.json").read_text())
