@@ -1,7 +1,10 @@
 """The serving job behind serve.py: a train.py checkpoint behind an HTTP API, with LitServe.
 
     POST /predict            an image (multipart form field `file`, or the raw file as the body)
-                             -> JSON: top-k classes, the OOD verdict when a detector is loaded
+                             -> JSON: top-k classes, the OOD verdict when a detector is loaded, and `batch_size`:
+                             how many requests the worker ran in the same forward pass as this one (1 up to
+                             max_batch_size), so that one can see dynamic batching at work and tune max_batch_size
+                             and batch_timeout for the traffic it gets
     POST /predict?gradcam=1  the same, plus the Grad-CAM overlay of the top class as a base64 PNG
     GET  /                   a self-contained web page (cifar_lightning/web/index.html) for trying it
     GET  /info, /health      LitServe's: the model and server settings; 200 once the workers are ready
@@ -105,7 +108,6 @@ class OODChoice:
 
 def _invalid(key: str, problem: str, example: str) -> ConfigError:
     return invalid_setting("serve", "nothing was served", key, problem, example)
-
 
 
 def check_settings(cfg: DictConfig) -> ServeSettings:
@@ -370,7 +372,8 @@ class ClassifierAPI(ls.LitAPI):
         return decode_payload(request)
 
     def predict(self, x):
-        """One ImageRequest (max_batch_size=1) or a list of them (dynamic batching): one answer each."""
+        """One ImageRequest (max_batch_size=1) or a list of them (dynamic batching): one answer each, which
+        records the size of the batch it was computed in (`batch_size`)."""
         return self.answer(x) if isinstance(x, list) else self.answer([x])[0]
 
     def answer(self, requests: list[ImageRequest]) -> list[dict[str, Any]]:
@@ -391,7 +394,8 @@ class ClassifierAPI(ls.LitAPI):
         answers = [{"class": self.classifier.classes[int(top[0])], "probability": float(probs[0]),
                     "top_k": [{"class": self.classifier.classes[int(i)], "index": int(i), "probability": float(p)}
                               for p, i in zip(probs, top)],
-                    "ood": verdict} for probs, top, verdict in zip(probabilities, indices, ood)]  # fmt: skip
+                    "ood": verdict, "batch_size": len(requests)}
+                   for probs, top, verdict in zip(probabilities, indices, ood)]  # fmt: skip
         wanted = [i for i, request in enumerate(requests) if request.gradcam]
         if wanted:
             targets = [int(indices[i, 0]) for i in wanted]

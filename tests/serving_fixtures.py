@@ -23,8 +23,11 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from cifar_lightning.serving import wait_until_serving
-from tests.conftest import DATA_DIR, ROOT
+from tests.conftest import DATA_DIR
+from tests.helpers import ROOT
 
+#: The shared server's max_batch_size: the batching test expects batches of 2 up to this many requests.
+MAX_BATCH_SIZE = 8
 STARTUP_TIMEOUT = 600  # seconds: two Python processes import torch on a busy machine, and a detector is fitted
 
 
@@ -95,8 +98,8 @@ def server(tiny_run, data_dir, tmp_path_factory) -> Iterator[Server]:
     port, log = free_port(), tmp / "server.log"
     process = start_server([f"run_dir={run}", f"port={port}", f"paths.log_dir={tmp / 'logs'}",
                             f"data.data_dir={data_dir}", "data.download=false", "ood.fit=true", "ood.fit_images=500",
-                            "max_batch_size=8", "batch_timeout=0.05", "cpu_threads=1", "log_level=warning"],
-                           log)  # fmt: skip
+                            f"max_batch_size={MAX_BATCH_SIZE}", "batch_timeout=0.05", "cpu_threads=1",
+                            "log_level=warning"], log)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, url, log)

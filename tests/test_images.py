@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageFile
 
 from cifar_lightning.images import INPUT_SIZE, ImageError, decode_image, fit_to_input, load_image
+from tests.helpers import png_chunk
 
 RNG = np.random.default_rng(0)
 
@@ -24,15 +25,11 @@ def hwc(image: torch.Tensor) -> np.ndarray:
 def raw_png(width: int, height: int, bit_depth: int, colour_type: int, pixels: np.ndarray | None) -> bytes:
     """A PNG written by hand (Pillow cannot write 16-bit colour): signature, IHDR, IDAT when pixels are given
     (big-endian samples, filter 0 per row), IEND. Without pixels it is a header claiming width x height."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
     if pixels is not None:
-        data += chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row.tobytes() for row in pixels)))
-    return data + chunk(b"IEND", b"")
+        data += png_chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row.tobytes() for row in pixels)))
+    return data + png_chunk(b"IEND", b"")
 
 
 def gradient(width: int, height: int) -> np.ndarray:

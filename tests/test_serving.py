@@ -1,7 +1,8 @@
 """serve.py as a user runs it: a real server in a subprocess on a free port, with dynamic batching and an OOD
 detector fitted at startup (ood.fit=true on a small fit set). A valid image gets the model's own top-k answer,
-its OOD verdict and Grad-CAM overlay; each class of bad upload gets a 4xx JSON error and the server keeps serving,
-even when bad uploads share a batch with good ones; SIGTERM stops every process it started. Bad settings stop
+its OOD verdict and Grad-CAM overlay; requests sent at once are run in batches (as the answers' batch_size
+shows) with the answers they get alone; each class of bad upload gets a 4xx JSON error and the server keeps
+serving, even when bad uploads arrive with good ones; SIGTERM stops every process it started. Bad settings stop
 serve.py before anything is served, with one `error:` line and exit status 2."""
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -30,26 +33,22 @@ from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.gradcam import OVERLAY_SIZE, gradcam_pngs
 from cifar_lightning.images import load_image
-from cifar_lightning.ood.saved import fit_detector
+from cifar_lightning.ood.saved import OODDetector
 from cifar_lightning.serving import ClassifierAPI, decode_payload, encode_payload, serve
-from tests.conftest import CONF_DIR, ROOT
-from tests.serving_fixtures import PNG, Server, cifar_test_pngs, free_port
-from tests.test_evaluate_cli import assert_refused
+from tests.conftest import CONF_DIR
+from tests.helpers import ROOT, assert_refused, png_chunk
+from tests.serving_fixtures import MAX_BATCH_SIZE, PNG, Server, cifar_test_pngs, free_port
 
-pytest_plugins = ("tests.serving_fixtures",)  # the shared `server` and `classifier` fixtures
+pytest_plugins = ("tests.serving_fixtures",)  # the shared `server` fixture
 
 
 def blank_png(width: int, height: int) -> bytes:
     """A valid black 1-bit PNG of any size, written row by row: a file of kilobytes whose pixels take gigabytes
     (the shape of a decompression bomb), made without ever holding those pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     compressor, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)  # filter byte 0, then the bits
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def predict(server: Server, body: bytes, gradcam: bool = False, as_form: bool = True) -> dict:
@@ -86,6 +85,7 @@ def test_a_valid_image_gets_the_models_answer(server, classifier):
         assert ood["is_ood"] == (ood["score"] > ood["threshold"])
         assert ood["verdict"] == ("out-of-distribution" if ood["is_ood"] else "in-distribution")
         assert "gradcam" not in answer
+        assert answer["batch_size"] == 1  # alone on the server: a batch of one
 
 
 def test_gradcam_overlay_of_the_top_class(server, classifier):
@@ -138,26 +138,55 @@ def test_a_bad_upload_gets_a_json_error_and_the_server_keeps_serving(server, cas
     assert server.alive()
 
 
+def send_at_once(server: Server, bodies: list[bytes]) -> list[httpx.Response]:
+    """POST every body to /predict concurrently (one connection each), in order."""
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", content=body) for body in bodies))
+
+    return asyncio.run(send_all())
+
+
+def assert_same_answer(answer: dict, alone: dict) -> None:
+    """The answer a request got in a batch is the one it gets alone."""
+    assert [e["class"] for e in answer["top_k"]] == [e["class"] for e in alone["top_k"]]
+    np.testing.assert_allclose([e["probability"] for e in answer["top_k"]],
+                               [e["probability"] for e in alone["top_k"]], rtol=1e-4)  # fmt: skip
+    assert answer["ood"]["is_ood"] == alone["ood"]["is_ood"]
+    assert answer["ood"]["score"] == pytest.approx(alone["ood"]["score"], rel=1e-4, abs=1e-6)
+
+
+def test_concurrent_requests_are_batched(server):
+    """Dynamic batching, seen from the server: 16 images sent at once are run in batches of more than one and at
+    most max_batch_size requests (each answer's batch_size), and each gets the answer it gets alone. A round that
+    a loaded machine delivers too slowly to batch (batch_timeout is 50 ms) is sent again, twice at most."""
+    assert httpx.get(f"{server.url}/info", timeout=30).json()["model"]["max_batch_size"] == MAX_BATCH_SIZE
+    bodies = [body for body, _ in cifar_test_pngs(16)]
+    for _ in range(3):
+        responses = send_at_once(server, bodies)
+        assert all(response.status_code == 200 for response in responses), [r.text for r in responses]
+        answers = [response.json() for response in responses]
+        sizes = Counter(answer["batch_size"] for answer in answers)
+        if max(sizes) > 1:
+            break
+    assert 1 < max(sizes) <= MAX_BATCH_SIZE, sizes
+    # A batch of k requests gives k answers that each say k (only this test's requests are in flight).
+    assert all(count % size == 0 for size, count in sizes.items()), sizes
+    for body, answer in zip(bodies[:4], answers):
+        assert_same_answer(answer, predict(server, body))
+
+
 def test_bad_uploads_in_a_batch_fail_alone(server):
     """Good and bad uploads sent at once (so that the server batches them): each good one gets the answer it gets
     alone, each bad one its own 4xx."""
     goods = cifar_test_pngs(6)
     alone = [predict(server, body) for body, _ in goods]
     bads = [b"", b"not an image", PNG[:100], blank_png(7_000, 7_000)]
-
-    async def send_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            bodies = [body for pair in zip([b for b, _ in goods], bads + bads) for body in pair]
-            return await asyncio.gather(*(client.post("/predict", content=body) for body in bodies))
-
-    responses = asyncio.run(send_all())
+    responses = send_at_once(server, [body for pair in zip([b for b, _ in goods], bads + bads) for body in pair])
     for good, response in zip(alone, responses[0::2]):
         assert response.status_code == 200, response.text
-        answer = response.json()
-        assert [e["class"] for e in answer["top_k"]] == [e["class"] for e in good["top_k"]]
-        np.testing.assert_allclose([e["probability"] for e in answer["top_k"]],
-                                   [e["probability"] for e in good["top_k"]], rtol=1e-4)  # fmt: skip
-        assert answer["ood"]["is_ood"] == good["ood"]["is_ood"]
+        assert_same_answer(response.json(), good)
     assert all(response.status_code == 400 and response.json()["error"] for response in responses[1::2])
     assert server.alive()
 
@@ -248,17 +277,23 @@ def test_payload_keeps_the_pixels():
     assert torch.equal(request.pixels, pixels) and request.gradcam is True
 
 
-def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classifier, data_dir):
+def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classifier):
     """LitServe spawns its workers and pickles the ClassifierAPI into them (standard pickle); the detector's scorer
-    is a closure (here the mean-activation one, a lambda), which must arrive and score as it did."""
-    detector = fit_detector(classifier, data_dir, "mean_activation")
+    is a closure (here the mean-activation one, a lambda, already built by a first score() as fitting builds it),
+    which must arrive and score as it did."""
+    images = torch.stack([load_image(body) for body, _ in cifar_test_pngs(4)])
+    detector = OODDetector("mean_activation", 0.0, ("relu4",), "fitted now", {"layer": "relu4", "direction": "below"})
+    features = classifier.features(images, layers=list(detector.layers))
+    scores = detector.score(features)  # the lambda is built and cached now, before the pickle
+    detector = replace(detector, threshold=float(scores.median()))  # some images on each side
+    detector.score(features)
     api = ClassifierAPI(classifier.checkpoint_path, 0, 3, "conv3", detector, max_batch_size=4, batch_timeout=0.01)
     copy = pickle.loads(pickle.dumps(api))
-    images = torch.stack([load_image(body) for body, _ in cifar_test_pngs(4)])
-    features = classifier.features(images, layers=list(detector.layers))
-    assert torch.equal(copy.detector.score(features), detector.score(features))
+    assert torch.equal(copy.detector.score(features), scores)
     assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == ("mean_activation",
                                                                                  detector.threshold, 4)  # fmt: skip
     copy.setup("cpu")
     answers = copy.predict([decode_payload(json.loads(encode_payload(image, False))) for image in images])
-    assert [answer["ood"]["score"] for answer in answers] == pytest.approx(detector.score(features).tolist())
+    assert [answer["ood"]["score"] for answer in answers] == pytest.approx(scores.tolist())
+    assert [answer["ood"]["is_ood"] for answer in answers] == (scores > detector.threshold).tolist()
+    assert [answer["batch_size"] for answer in answers] == [4] * 4
