@@ -2,10 +2,10 @@
 and exit status 2; a real checkpoint gives a run directory under logs/evaluate/runs/; every
 `python evaluate.py ...` command in README.md runs as written."""
 
+import csv
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +14,15 @@ import torch
 from PIL import Image
 
 from cifar_lightning.models import SeedCNN
-from cifar_lightning.training import train
-from tests.conftest import DATA_DIR, QUIET, ROOT, compose_train
+from tests.conftest import DATA_DIR
+# assert_refused lives in tests/helpers.py; other test files still import it from here.
+from tests.helpers import ROOT, assert_refused, only_run_dir, run_entry_point
+from tests.test_report import assert_report_shows
 
 
 def run_evaluate(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "evaluate.py", f"paths.log_dir={log_dir}", "progress=false", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def assert_refused(result: subprocess.CompletedProcess, *expected: str, status: int = 2) -> str:
-    """Exit status `status` (2: bad input) and exactly one `error:` line holding each expected text, no traceback."""
-    assert result.returncode == status, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for text in expected:
-        assert text in errors[0], errors[0]
-    return errors[0]
+    """evaluate.py writing under log_dir, without progress bars."""
+    return run_entry_point("evaluate.py", f"paths.log_dir={log_dir}", "progress=false", *overrides)
 
 
 def test_missing_checkpoint(tmp_path):
@@ -60,17 +49,25 @@ def test_unknown_key_is_refused_by_hydra(tmp_path):
     assert result.returncode == 1 and "Key 'layr' is not in struct" in result.stderr, result.stderr
 
 
-def test_a_real_checkpoint_is_evaluated(tmp_path, data_dir):
-    run = tmp_path / "run"
-    train(compose_train([f"data.data_dir={data_dir}", *QUIET, "experiment=seed_base", "trainer.max_epochs=1",
-                         "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
-                         "trainer.limit_test_batches=1"], run))  # fmt: skip
+def test_a_real_checkpoint_is_evaluated(tmp_path, tiny_run, data_dir):
+    """The shared tiny run through the CLI: the figures it writes are the training run's own test figures (the
+    run tested on all 10,000 images), the CSV is the JSON's confusion matrix, and report.html shows them."""
+    run, metrics = tiny_run
     result = run_evaluate(f"run_dir={run}", f"data.data_dir={data_dir}", "gradcam.count=2", "ood=none",
                           log_dir=tmp_path / "logs")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    (out,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
-    for name in ("evaluation.json", "confusion_matrix.csv", "report.html", "evaluate.log"):
-        assert (out / name).is_file(), name
+    out = only_run_dir(tmp_path / "logs", job="evaluate")
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and summary["num_images"] == 10_000
+    assert summary["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert summary["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert summary["confusion"] == metrics["test_confusion"]
+    rows = list(csv.reader((out / "confusion_matrix.csv").open()))
+    assert [[int(n) for n in row[1:]] for row in rows[1:]] == summary["confusion"]
+    assert f"test_acc={summary['test_acc']:.4f}" in (out / "evaluate.log").read_text()
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == 4 + 4  # confusion matrix, two galleries, curves; 2 Grad-CAM overlays of each gallery
+    assert_report_shows((out / "report.html").read_text(encoding="utf-8"), summary["test_acc"], pngs)
 
 
 def test_a_bad_ood_setting_is_refused(tmp_path):
@@ -95,7 +92,7 @@ def test_offline_without_the_ood_sets_nothing_is_written(tmp_path, tiny_run, dat
     (data / "cifar-10-batches-py").symlink_to(data_dir / "cifar-10-batches-py", target_is_directory=True)
     result = run_evaluate(f"run_dir={tiny_run[0]}", f"data.data_dir={data}", "data.download=false",
                           log_dir=tmp_path / "logs")  # fmt: skip
-    (out,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
+    out = only_run_dir(tmp_path / "logs", job="evaluate")
     assert sorted(path.name for path in out.iterdir()) == [".hydra", "evaluate.log"]
     assert_refused(result, f"{data / 'ood' / 'cifar100_test.npz'} does not exist", "fashion_mnist_test.npz", "ood=none",
                    "data.download=true")  # fmt: skip
@@ -154,8 +151,7 @@ def readme_run(command: list[str], run: Path, ood_dir: Path, my_images: Path, ou
         dropped = {arg.removeprefix("~ood.sets.") for arg in args if arg.startswith("~ood.sets.")}
         noise = [f"ood.sets.{name}.n=200" for name in ("gaussian_noise", "uniform_noise") if name not in dropped]
         environment += [f"ood.data_dir={ood_dir}", "ood.fit_images=500", *noise]
-    result = subprocess.run([sys.executable, "evaluate.py", *args, *environment], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)  # fmt: skip
+    result = run_entry_point("evaluate.py", *args, *environment, timeout=900)
     failure = "" if result.returncode == 0 else f"exit status {result.returncode}\n{result.stderr[-3000:]}"
     return args, failure
 

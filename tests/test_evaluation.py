@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
@@ -19,6 +20,7 @@ from cifar_lightning.evaluation import (
 )
 from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
+from tests.test_report import assert_report_shows
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +154,9 @@ def test_the_last_conv_layer_is_explained_by_default(evaluation):
 
 
 def test_evaluate_writes_figures_gradcam_and_report(trained, data_dir, tmp_path):
-    run, _ = trained
+    """Every figure decodes, the Grad-CAM overlays are the 3 most confident of each gallery, and report.html
+    shows evaluation.json's accuracy (the training run's own test figure) and each PNG written, once."""
+    run, metrics = trained
     out = tmp_path / "out"
     cfg = compose_evaluate(
         [
@@ -164,10 +168,15 @@ def test_evaluate_writes_figures_gradcam_and_report(trained, data_dir, tmp_path)
         out,
     )
     summary = evaluate(cfg)
-    for name in ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png", "correct.png", "wrong.png",
-                 "curves.png", "report.html"):  # fmt: skip
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    cams = sorted(p.name for p in (out / "gradcam").glob("*.png"))
-    assert len(cams) == 6 and sum(name.startswith("correct") for name in cams) == 3, cams
-    assert "data:image/png;base64," in (out / "report.html").read_text()
-    assert json.loads((out / "evaluation.json").read_text())["test_acc"] == summary["test_acc"]
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["test_acc"] == summary["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    pngs = sorted(out.rglob("*.png"))
+    names = sorted(str(png.relative_to(out)) for png in pngs)
+    cams = [f"gradcam/{kind}_{i}.png" for kind in ("correct", "wrong") for i in range(3)]
+    assert names == sorted(["confusion_matrix.png", "correct.png", "wrong.png", "curves.png", *cams])
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()
+            assert image.format == "PNG" and min(image.size) >= 100, png
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert_report_shows(page, saved["test_acc"], pngs)
