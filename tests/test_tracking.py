@@ -4,9 +4,7 @@ of one command share an experiment, and TensorBoard's HParams tab shows each run
 final figures (read back through the HParams plugin itself)."""
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ from cifar_lightning.errors import ConfigError
 from cifar_lightning.resolvers import run_group, run_name
 from cifar_lightning.runs import RunDir
 from cifar_lightning.training import build, resume, train
-from tests.conftest import QUIET, ROOT, compose_train
+from tests.conftest import QUIET, compose_train
+from tests.helpers import run_entry_point
 
 # Two epochs of two batches: val_loss gets two points, a resume to three epochs a third.
 TWO_EPOCHS = [
@@ -168,14 +167,6 @@ def test_missing_mlflow_is_refused_with_the_install_command(tmp_path, monkeypatc
         build(cfg)
 
 
-def test_only_rank_zero_records_the_outcome(tmp_path):
-    class OtherRank:
-        is_global_zero = False
-        loggers = property(lambda self: pytest.fail("a non-zero rank reached the loggers"))
-
-    tracking.record_outcome(OtherRank(), RunDir(tmp_path), {"status": "completed"})
-
-
 # --- TensorBoard's HParams tab --------------------------------------------------------------------
 
 
@@ -203,42 +194,84 @@ def tensorboard_run(run_dir: Path, config: dict, val_losses: list[float], metric
     tracking.log_outcome_to_tensorboard(logger, metrics, step=len(val_losses))
 
 
-def test_hparams_tab_shows_each_runs_config_against_its_final_figures(tmp_path):
-    completed = {"status": "completed", "test_acc": 0.61, "best_val_loss": 1.1, "best_epoch": 2, "epochs_run": 2}
-    tensorboard_run(tmp_path / "runs" / "a", {"optim": {"lr": 0.1}, "model": {"dropout": 0.2}}, [1.5, 1.1], completed)
+def flat_keys(config: dict, prefix: str = "") -> set[str]:
+    """A nested config's leaves as dotted keys (optim.lr), as the HParams tab names its columns."""
+    keys = set()
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        keys |= flat_keys(value, f"{name}.") if isinstance(value, dict) else {name}
+    return keys
+
+
+def test_hparams_tab_shows_each_runs_config_against_its_final_figures(tiny_run, tmp_path):
+    """Row a is the shared tiny run's own TensorBoard events, as training wrote them: its whole config against its
+    metrics.json figures. Row b, a diverged run written here, has other keys and no test figures."""
+    run, metrics = tiny_run
+    shutil.copytree(run / "tensorboard", tmp_path / "runs" / "a" / "tensorboard")
     diverged = {"status": "diverged", "test_acc": None, "best_val_loss": float("nan"), "epochs_run": 1}
     tensorboard_run(tmp_path / "runs" / "b", {"optim": {"lr": 9.0}, "ema": {"decay": None}}, [3.0], diverged)
 
     experiment, groups = hparams_tab(tmp_path)
+    config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
     # Every run's keys are columns (not one run's), and so are the final figures beside the curves.
-    assert {info.name for info in experiment.hparam_infos} == {"optim.lr", "model.dropout", "ema.decay"}
+    assert "ema.decay" not in flat_keys(config)
+    assert {info.name for info in experiment.hparam_infos} == flat_keys(config) | {"ema.decay"}
+    figures = ("test_acc", "test_loss", "best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "train_seconds")
     metric_columns = {info.name.tag for info in experiment.metric_infos}
-    assert {"hp/test_acc", "hp/best_val_loss", "hp/epochs_run", "val_loss"} <= metric_columns
+    assert {*(f"hp/{key}" for key in figures), "val_loss"} <= metric_columns
     rows = {Path(group.name).parent.name: group for group in groups}
     assert set(rows) == {"a", "b"}
     a, b = rows["a"], rows["b"]
-    assert a.hparams["optim.lr"].number_value == 0.1 and b.hparams["optim.lr"].number_value == 9.0
+    assert set(a.hparams) == flat_keys(config)
+    assert a.hparams["optim.lr"].number_value == 0.05 and a.hparams["model.batch_norm"].string_value == "all"
+    assert a.hparams["trainer.limit_train_batches"].number_value == 10 and b.hparams["optim.lr"].number_value == 9.0
     assert b.hparams["ema.decay"].string_value == "None"
-    assert {value.name.tag: value.value for value in a.metric_values} == pytest.approx(
-        {"hp/test_acc": 0.61, "hp/best_val_loss": 1.1, "hp/best_epoch": 2, "hp/epochs_run": 2, "val_loss": 1.1}
+    shown = {value.name.tag: value.value for value in a.metric_values}
+    assert {tag: value for tag, value in shown.items() if tag.startswith("hp/")} == pytest.approx(
+        {f"hp/{key}": metrics[key] for key in figures}, rel=1e-6
     )
+    assert shown["val_loss"] == pytest.approx(metrics["history"][-1]["val_loss"], rel=1e-6)
     assert {value.name.tag for value in b.metric_values} == {"hp/epochs_run", "val_loss"}  # no test, no nan
     assert [session.status for session in a.sessions] == [api_pb2.STATUS_SUCCESS]
     assert [session.status for session in b.sessions] == [api_pb2.STATUS_FAILURE]
+
+
+class Rank:
+    """The part of a Trainer record_outcome reads, on rank `rank`: only rank 0 may reach the loggers."""
+
+    def __init__(self, rank: int, loggers: list) -> None:
+        self.is_global_zero, self._loggers, self.global_step = rank == 0, loggers, 3
+
+    @property
+    def loggers(self) -> list:
+        if not self.is_global_zero:
+            pytest.fail("a non-zero rank reached the loggers")
+        return self._loggers
+
+
+def test_only_rank_zero_records_the_outcome(tmp_path):
+    """Rank 0 gives its loggers the outcome (a session in TensorBoard's HParams tab); any other rank writes nothing."""
+    run = RunDir(tmp_path / "run")
+    logger = TensorBoardLogger(save_dir=str(run.root), name="tensorboard", version="", default_hp_metric=False)
+    logger.log_hyperparams({"optim": {"lr": 0.1}})
+    outcome = {"status": "completed", "test_acc": 0.5, "epochs_run": 1}
+    tracking.record_outcome(Rank(1, [logger]), run, outcome)
+    assert hparams_tab(tmp_path)[1] == []
+    tracking.record_outcome(Rank(0, [logger]), run, outcome)
+    (group,) = hparams_tab(tmp_path)[1]
+    assert {value.name.tag: value.value for value in group.metric_values} == {"hp/test_acc": 0.5, "hp/epochs_run": 1}
+    assert group.sessions[0].status == api_pb2.STATUS_SUCCESS and group.hparams["optim.lr"].number_value == 0.1
 
 
 # --- train.py -------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_a_sweeps_jobs_land_in_one_experiment_with_tensorboard_beside(tmp_path, data_dir):
+def test_a_sweeps_jobs_land_in_one_experiment_with_tensorboard_beside(tmp_path, data_dir, monkeypatch):
     log_dir = tmp_path / "logs"
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", f"paths.log_dir={log_dir}", f"data.data_dir={data_dir}", *QUIET,
-         *TWO_EPOCHS, "trainer.max_epochs=1", "logger=[tensorboard,mlflow]", "seed=0,1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
-    )  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store, under the log folder
+    overrides = [f"paths.log_dir={log_dir}", f"data.data_dir={data_dir}", *QUIET, *TWO_EPOCHS, "trainer.max_epochs=1"]
+    result = run_entry_point("train.py", "-m", *overrides, "logger=[tensorboard,mlflow]", "seed=0,1")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (log_dir / "train" / "multiruns").iterdir()
     client = MlflowClient(f"sqlite:///{log_dir}/mlflow.db")
