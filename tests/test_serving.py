@@ -174,7 +174,9 @@ def test_concurrent_requests_are_batched(server):
     # A batch of k requests gives k answers that each say k (only this test's requests are in flight).
     assert all(count % size == 0 for size, count in sizes.items()), sizes
     for body, answer in zip(bodies[:4], answers):
-        assert_same_answer(answer, predict(server, body))
+        alone = predict(server, body)
+        assert alone["batch_size"] == 1
+        assert_same_answer(answer, alone)
 
 
 def test_bad_uploads_in_a_batch_fail_alone(server):
