@@ -1,10 +1,8 @@
 """Training in several processes (trainer=ddp): the loaders' shards, the launch checks, and real
-2- and 3-process runs of train.py on the CPU whose figures equal a one-process evaluation."""
+2- and 3-process runs of train.py on the CPU whose figures equal a one-process evaluation and whose
+weights equal a one-process run's over the same global batches (the gradients are all-reduced)."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +13,9 @@ import torch
 from cifar_lightning.data import CIFAR10DataModule, TensorBatchLoader
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.evaluation import run_evaluation
-from cifar_lightning.training import build
-from tests.conftest import QUIET, ROOT, TINY_RUN, compose_evaluate
+from cifar_lightning.training import build, train
+from tests.conftest import QUIET, TINY_RUN, compose_evaluate
+from tests.helpers import only_run_dir, run_entry_point
 
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu"]
 
@@ -109,17 +108,9 @@ def test_one_process_ddp_builds_like_a_plain_run(make_cfg):
     assert trainer.world_size == 1 and trainer.is_global_zero
 
 
-def run(command: list[str], log_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run(
-        [*command, f"paths.log_dir={log_dir}", *QUIET], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-
-
-def only_run(log_dir: Path) -> Path:
-    (run_dir,) = (log_dir / "train" / "runs").iterdir()
-    return run_dir
+def train_py(*args: str, log_dir: Path, timeout: int = 240):
+    """`python train.py <args>`, quiet, logging under log_dir."""
+    return run_entry_point("train.py", *args, f"paths.log_dir={log_dir}", *QUIET, timeout=timeout)
 
 
 def assert_matches_evaluation(run_dir: Path, data_dir: Path, tmp_path: Path) -> dict:
@@ -136,11 +127,19 @@ def assert_matches_evaluation(run_dir: Path, data_dir: Path, tmp_path: Path) -> 
     return metrics
 
 
-def test_two_cpu_processes_train_one_run_scored_like_evaluate(data_dir, tmp_path):
-    result = run([sys.executable, "train.py", *DDP_CPU, "trainer.devices=2", *TINY_RUN, f"data.data_dir={data_dir}"],
-                 tmp_path / "logs")  # fmt: skip
+# The 2-process run is the seed_base recipe, whose steps a one-process run can repeat exactly: no batch norm
+# (each rank would normalize its own half of the global batch), no dropout and no augmentation (their
+# draws differ by rank), a loss that is a mean over equal per-rank batches (DDP averages the ranks'
+# gradients), one initialization (DDP broadcasts rank 0's), and interleaved shards: rank r's k-th batch of b
+# is order[2kb + r : 2(k+1)b : 2], so both ranks' k-th batches are one process's k-th batch of 2b.
+# (Batch norm under DDP is tested by the 3-process run, with -m slow: every rank tests the best checkpoint.)
+SYNC_RUN = [*(o for o in TINY_RUN if not o.startswith("model.batch_norm=")), "model.batch_norm=none"]
+
+
+def test_two_cpu_processes_train_one_run_scored_like_evaluate_with_one_process_weights(data_dir, tmp_path, make_cfg):
+    result = train_py(*DDP_CPU, "trainer.devices=2", *SYNC_RUN, f"data.data_dir={data_dir}", log_dir=tmp_path / "logs")
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = only_run(tmp_path / "logs")  # both processes wrote into one directory
+    run_dir = only_run_dir(tmp_path / "logs")  # both processes wrote into one directory
     metrics = assert_matches_evaluation(run_dir, data_dir, tmp_path)
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 1
     assert (run_dir / "train_ddp_process_1.log").is_file()  # the second process ran here, and logs apart
@@ -149,24 +148,36 @@ def test_two_cpu_processes_train_one_run_scored_like_evaluate(data_dir, tmp_path
     assert len(list(run_dir.rglob("config.yaml"))) == 2  # the run's and Hydra's own (.hydra/), once each
     assert "sync_dist=True" not in result.stderr  # every epoch-level figure is reduced over ranks
 
+    # The same 10 steps in one process at the global batch (2 x 128): the same weights, unless the ranks'
+    # gradients were not averaged (each rank's own would move rank 0's weights elsewhere).
+    batch = make_cfg(*SYNC_RUN).data.batch_size
+    one = tmp_path / "one_process"
+    train(make_cfg(*SYNC_RUN, f"data.batch_size={2 * batch}", "trainer.limit_test_batches=1", output_dir=one))
+    ddp, single = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (run_dir, one))
+    assert ddp["global_step"] == single["global_step"] == 10
+    ddp, single = ddp["state_dict"], single["state_dict"]
+    assert ddp.keys() == single.keys() and ddp
+    for name, weights in single.items():  # float noise here: <= 3e-6; gradients left unsynced: 1e-3 to 2e-2
+        assert torch.allclose(ddp[name], weights, rtol=1e-4, atol=2e-5), (name, (ddp[name] - weights).abs().max())
+
 
 @pytest.mark.slow  # three processes: about 40 s; two run by default
 def test_three_processes_with_uneven_shards_finish(data_dir, tmp_path):
     # 10,000 test images on 3 ranks at 1,111 per batch: rank 0 scores 3,334 in 4 batches, ranks 1 and 2
     # score 3,333 in 3 and an empty one. Unequal counts would hang the collectives (the timeout fails it).
-    result = run([sys.executable, "train.py", *DDP_CPU, "trainer.devices=3", *TINY_RUN, "data.eval_batch_size=1111",
-                  "trainer.limit_train_batches=4", f"data.data_dir={data_dir}"], tmp_path / "logs")  # fmt: skip
+    overrides = [*TINY_RUN, "data.eval_batch_size=1111", "trainer.limit_train_batches=4", f"data.data_dir={data_dir}"]
+    result = train_py(*DDP_CPU, "trainer.devices=3", *overrides, log_dir=tmp_path / "logs")
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = assert_matches_evaluation(only_run(tmp_path / "logs"), data_dir, tmp_path)
+    metrics = assert_matches_evaluation(only_run_dir(tmp_path / "logs"), data_dir, tmp_path)
     assert metrics["world_size"] == 3
 
 
 @pytest.mark.slow  # a local sweep of DDP jobs: process starts (about 15 s here); runs with -m slow
 def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
-    result = run([sys.executable, "train.py", "-m", *DDP_CPU, "trainer.devices=2", "seed=0",
-                  f"data.data_dir={data_dir}"], tmp_path / "logs", timeout=120)  # fmt: skip
+    result = train_py("-m", *DDP_CPU, "trainer.devices=2", "seed=0", f"data.data_dir={data_dir}",
+                      log_dir=tmp_path / "logs", timeout=120)  # fmt: skip
     # A sweep goes on past a failed job (train.py); this one fails before Lightning re-runs the command.
-    (job,) = (tmp_path / "logs" / "train" / "multiruns").glob("*/0")
+    job = only_run_dir(tmp_path / "logs", kind="multiruns") / "0"
     assert "cannot run inside a Hydra multirun" in (job / "train.log").read_text()
     assert not (job / "metrics.json").exists() and not (job / "checkpoints").exists()
     assert "Initializing distributed" not in result.stdout + result.stderr
@@ -174,9 +185,10 @@ def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
 
 @pytest.mark.slow  # torchrun and its processes start (about 15 s here); runs with -m slow
 def test_torchrun_without_a_shared_run_directory_is_refused(data_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    result = run([*torchrun, "train.py", *DDP_CPU, "trainer.devices=2", f"data.data_dir={data_dir}"],
-                 tmp_path / "logs", timeout=120)  # fmt: skip
+    # python -m torch.distributed.run (torchrun) --standalone --nproc-per-node=2 train.py ...
+    torchrun = ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py"]
+    result = run_entry_point("-m", *torchrun, *DDP_CPU, "trainer.devices=2", f"data.data_dir={data_dir}",
+                             f"paths.log_dir={tmp_path / 'logs'}", *QUIET, timeout=120)  # fmt: skip
     assert result.returncode != 0
     assert "hydra.run.dir=logs/train/runs/<name>" in result.stderr
     assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))
