@@ -7,7 +7,6 @@ import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,20 @@ import torch
 from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.exporting import export
-from tests.conftest import ROOT
-from tests.test_evaluate_cli import assert_refused
+from tests.helpers import ROOT, assert_refused, only_run_dir, run_entry_point
 from tests.test_exporting import compose_export
 
 
 def run_export(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "export.py", f"paths.log_dir={log_dir}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def only_run_dir(log_dir: Path) -> Path:
-    (out,) = (log_dir / "export" / "runs").iterdir()
-    return out
+    """export.py writing under log_dir."""
+    return run_entry_point("export.py", f"paths.log_dir={log_dir}", *overrides)
 
 
 def test_a_run_directory_is_exported_and_verified(tiny_run, data_dir, tmp_path):
     run, _ = tiny_run
     result = run_export(f"run_dir={run}", "format=pt2", f"data.data_dir={data_dir}", log_dir=tmp_path / "logs")
     assert result.returncode == 0, result.stderr
-    out = only_run_dir(tmp_path / "logs")
+    out = only_run_dir(tmp_path / "logs", job="export")
     assert sorted(p.name for p in out.iterdir() if p.name != ".hydra") == ["export.json", "export.log", "model.pt2"]
     summary = json.loads((out / "export.json").read_text())
     assert summary["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and summary["format"] == "pt2"
@@ -58,7 +49,7 @@ def test_a_failed_parity_check_exits_1(tiny_run, data_dir, tmp_path):
     ckpt = tiny_run[0] / "checkpoints" / "best.ckpt"
     overrides = [f"ckpt={ckpt}", f"data.data_dir={data_dir}", "check.images=200", "check.max_abs_diff=0"]
     result = run_export(*overrides, log_dir=tmp_path / "logs")
-    out = only_run_dir(tmp_path / "logs")
+    out = only_run_dir(tmp_path / "logs", job="export")
     expected = f"the exported {out / 'model.onnx'} does not reproduce the PyTorch model on 200 CIFAR-10 test images"
     assert_refused(result, f"{expected}: max |logit difference|", "> check.max_abs_diff 0.", status=1)
     summary = json.loads((out / "export.json").read_text())

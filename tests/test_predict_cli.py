@@ -5,29 +5,20 @@ or a bad checkpoint stop with one `error:` line, exit status 2, and nothing writ
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
-from tests.test_evaluate_cli import assert_refused
+from tests.helpers import assert_refused, only_run_dir, run_entry_point
 from tests.test_images import write_every_format
 
 HYDRA_FILES = {".hydra", "predict.log"}
 
 
 def run_predict(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "predict.py", f"paths.log_dir={log_dir}", "progress=false", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def run_directory(log_dir: Path) -> Path:
-    (out,) = (log_dir / "predict" / "runs").iterdir()
-    return out
+    """predict.py writing under log_dir, without progress bars."""
+    return run_entry_point("predict.py", f"paths.log_dir={log_dir}", "progress=false", *overrides)
 
 
 def test_every_format_in_a_folder(tiny_run, tmp_path):
@@ -40,7 +31,7 @@ def test_every_format_in_a_folder(tiny_run, tmp_path):
     logs = tmp_path / "logs"
     result = run_predict(f"run_dir={tiny_run[0]}", f"inputs={folder}", "top_k=2", log_dir=logs)
     assert result.returncode == 0, result.stderr
-    out = run_directory(logs)
+    out = only_run_dir(logs, job="predict")
 
     with (out / "predictions.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
@@ -71,7 +62,7 @@ def test_no_input_files_is_refused(tmp_path):
     logs = tmp_path / "logs"
     result = run_predict("ckpt=any.ckpt", f"inputs={tmp_path / 'empty'}", log_dir=logs)
     assert_refused(result, "no files to predict", "holds no file", "inputs")
-    assert {p.name for p in run_directory(logs).iterdir()} <= HYDRA_FILES
+    assert {p.name for p in only_run_dir(logs, job="predict").iterdir()} <= HYDRA_FILES
 
 
 @pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
@@ -82,4 +73,4 @@ def test_a_bad_checkpoint_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     logs = tmp_path / "logs"
     assert_refused(run_predict(f"ckpt={bad}", f"inputs={image}", log_dir=logs), str(bad), "Fix:")
-    assert {p.name for p in run_directory(logs).iterdir()} <= HYDRA_FILES
+    assert {p.name for p in only_run_dir(logs, job="predict").iterdir()} <= HYDRA_FILES

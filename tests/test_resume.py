@@ -1,7 +1,6 @@
 """Resume: a run killed part-way and continued with `resume=<run dir>` ends with the numbers of an
 uninterrupted run (CPU); a resume that cannot work stops with one error line and leaves the run as it was."""
 
-import hashlib
 import os
 import shutil
 import signal
@@ -19,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cifar_lightning.errors import ResumeError
 from cifar_lightning.runs import RunDir, read_metrics
 from cifar_lightning.training import _apply_overrides, _parse_overrides, resume, train
-from tests.conftest import QUIET, ROOT, compose_train
+from tests.conftest import QUIET, compose_train
+from tests.helpers import ROOT, assert_refused, run_entry_point, snapshot
 
 SAME = ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion")
 
@@ -30,6 +30,7 @@ def same_result(resumed: dict, uninterrupted: dict) -> None:
 
 
 def train_cli(*overrides: str, log_dir: Path) -> subprocess.Popen:
+    """train.py started in the background (to be killed part-way); tests.helpers.run_entry_point waits for its end."""
     return subprocess.Popen(
         [sys.executable, "train.py", f"paths.log_dir={log_dir}", *QUIET, *overrides],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -50,11 +51,6 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     events = EventAccumulator(str(folder))
     events.Reload()
     return sorted({(event.step, event.value) for event in events.Scalars(tag)})
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    files = (p for p in folder.rglob("*") if p.is_file())
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
 
 
 class CrashAfterStep(L.Callback):
@@ -99,10 +95,7 @@ def test_run_killed_in_epoch_2_and_resumed_equals_the_uninterrupted_run(data_dir
     assert (epoch, step) == (0, 80), "the kill came after epoch 2 had ended: the machine is too slow for 1 s"
     assert not run.metrics.exists()
 
-    result = subprocess.run(
-        [sys.executable, "train.py", f"resume={run.root}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET, data],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_entry_point("train.py", f"resume={run.root}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET, data)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(runs.iterdir()) == [run.root]  # no new run directory
     resumed = read_metrics(run)
@@ -217,17 +210,12 @@ def test_missing_directory_or_checkpoint_is_refused(tmp_path, short_run):
 
 def test_a_corrupt_last_checkpoint_stops_the_cli_with_one_line_and_exit_2(short_run, tmp_path):
     copy = RunDir(tmp_path / "copy")
-    subprocess.run(["cp", "-r", str(short_run.root), str(copy.root)], check=True)
+    shutil.copytree(short_run.root, copy.root, symlinks=True)
     content = copy.last_checkpoint.read_bytes()
     copy.last_checkpoint.write_bytes(content[: len(content) // 2])
     before = snapshot(copy.root)
-    result = subprocess.run(
-        [sys.executable, "train.py", f"resume={copy.root}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "truncated or corrupt" in errors[0] and "Traceback" not in result.stderr
+    result = run_entry_point("train.py", f"resume={copy.root}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET)
+    assert_refused(result, "truncated or corrupt")
     after = snapshot(copy.root)
     # The run's own files are as they were; only Hydra's record of the attempt and the log were added.
     assert {k: after[k] for k in before if k != "train.log"} == {k: v for k, v in before.items() if k != "train.log"}
