@@ -1,8 +1,10 @@
 """The OOD gallery draws its images through figures.draw_tile: green frames for ID, red for OOD; a detector's
-score histogram is drawn even when some scores are infinite."""
+score histogram draws both sets, left and right as their scores lie, even when some scores are infinite."""
 
+import numpy as np
 import torch
 from matplotlib.image import imread
+from PIL import Image
 
 from cifar_lightning.ood.figures import plot_ood_gallery, plot_score_histogram
 
@@ -17,7 +19,18 @@ def test_the_gallery_frames_id_green_and_ood_red(tmp_path):
 
 
 def test_a_score_histogram_takes_infinite_scores(tmp_path):
-    """WeightedEBO with a zero weight, say, can give -inf: the finite scores set the bins, the figure is drawn."""
-    scores = torch.tensor([0.1, 0.2, float("-inf"), 0.3], dtype=torch.float64)
-    path = plot_score_histogram("weighted energy", scores, {"noise": scores + 1}, 0.25, tmp_path / "s.png")
-    assert path.is_file() and path.stat().st_size > 0
+    """WeightedEBO with a zero weight, say, can give -inf: the finite scores set the bins and both sets are drawn,
+    the ID scores as a filled histogram (light C0 blue) left of the OOD set's outline (C1 orange), whose scores are
+    higher."""
+    generator = torch.Generator().manual_seed(0)
+    inside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64), torch.tensor([-torch.inf])])
+    outside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64) + 4, torch.tensor([-torch.inf])])
+    path = plot_score_histogram("weighted energy", inside, {"noise": outside}, 1.6, tmp_path / "s.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (750, 420)
+        rgb = np.asarray(image.convert("RGB")).astype(float) / 255
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    filled = (abs(red - 0.69) < 0.08) & (abs(green - 0.81) < 0.08) & (abs(blue - 0.90) < 0.08)  # C0 at alpha 0.35
+    outline = (red > 0.85) & (green > 0.35) & (green < 0.65) & (blue < 0.25)  # C1
+    assert filled.sum() > 2000 and outline.sum() > 300
+    assert np.nonzero(outline)[1].mean() > np.nonzero(filled)[1].mean() + 100

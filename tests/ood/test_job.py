@@ -1,8 +1,9 @@
-"""OOD detection inside evaluate.py: every output for all five default sets and a user folder (every feature
-detector: ODIN's passes over the 47,000 images would take minutes here, so tests/ood/test_detectors.py runs it
-through detect_ood on fewer), the report's OOD sections, and bad `ood` settings refused before anything is
-written."""
+"""OOD detection inside evaluate.py: every output for all five default sets (made small) and a user folder, checked
+by content (ood.json, every figure a drawn PNG shown once in the report, every table number equal to ood.json's),
+every feature detector (ODIN's passes through the network are left to tests/ood/test_detectors.py), and bad `ood`
+settings refused before anything is written. The evaluation is conftest.py's, shared with test_saved.py."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -13,44 +14,61 @@ from PIL import Image
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
 from cifar_lightning.ood.detection import fit_subset
-from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
+from cifar_lightning.ood.detectors import DETECTOR_LABELS
 from cifar_lightning.ood.job import ood_settings
-from cifar_lightning.ood.tables import DETECTOR_METRICS
+from cifar_lightning.ood.tables import DETECTOR_METRICS, LAYER_METRICS, METRICS
 from tests.conftest import compose_evaluate
+from tests.ood.conftest import DEFAULT_SETS, FEATURE_DETECTORS, FIT_IMAGES, SET_SIZE
 
-DEFAULT_SETS = ["cifar100", "mnist", "fashion_mnist", "gaussian_noise", "uniform_noise"]
-FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
+SETS = [*DEFAULT_SETS, "mine"]
+LAYERS = [f"relu{i}" for i in range(1, 5)]
+#: The figures: a histogram per layer; the featured detectors' (the report's rule and KNN) scores and galleries.
+FIGURES = [*(f"ood_hist_{layer}.png" for layer in LAYERS), "ood_gallery.png", "ood_scores_knn.png",
+           "ood_gallery_knn.png"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_run, data_dir, tmp_path_factory):
-    """evaluate() with OOD on: the default sets (noise made smaller) plus a folder of images with a broken file."""
-    folder = tmp_path_factory.mktemp("my_set")
-    for index in range(3):
-        Image.fromarray(np.full((20, 30, 3), 60 * index, dtype=np.uint8)).save(folder / f"{index}.png")
-    (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    out = tmp_path_factory.mktemp("ood") / "out"
-    cfg = compose_evaluate([
-        f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.fit_images=5000", "ood.gallery_size=4",
-        "ood.sets.gaussian_noise.n=1000", "ood.sets.uniform_noise.n=1000", f"+ood.sets.mine.path={folder}",
-        "gallery.size=4", "gradcam.count=1", f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
-    ], out, ood=True)  # fmt: skip
-    evaluate(cfg)
-    return out
+def evaluated(ood_evaluated) -> Path:
+    return ood_evaluated[1]
 
 
-def test_every_output_is_written(evaluated):
-    names = ["ood.md", "ood.json", "ood_layers.md", *(f"ood_hist_relu{i}.png" for i in range(1, 5))]
-    names += ["ood_gallery.png", "ood_scores_knn.png", "ood_gallery_knn.png"]  # featured: the report's rule and KNN
-    for name in names:
-        assert (evaluated / name).is_file() and (evaluated / name).stat().st_size > 0, name
+@pytest.fixture(scope="module")
+def saved(evaluated) -> dict:
+    return json.loads((evaluated / "ood.json").read_text())
 
 
-def test_ood_json_covers_every_detector_and_set(evaluated):
-    saved = json.loads((evaluated / "ood.json").read_text())
-    sets = [*DEFAULT_SETS, "mine"]
-    assert list(saved["sets"]) == sets
-    assert saved["sets"]["mnist"]["n"] == 10_000 and saved["sets"]["cifar100"]["kind"] == "near"
+def markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """Each `## title` table of a markdown file by its title: header and rows as lists of cells (no separator)."""
+    tables = {}
+    for block in text.split("\n## ")[1:]:
+        title, _, body = block.partition("\n")
+        lines = [line.strip() for line in body.splitlines() if line.startswith("|")]
+        tables[title] = [[cell.strip() for cell in line[1:-1].split(" | ")] for line in lines
+                         if set(line) - set("|-: ")]  # fmt: skip
+    return tables
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def test_every_figure_is_a_drawn_png_shown_once_in_the_report(evaluated):
+    """The OOD figures written are exactly these; each decodes as a PNG of a figure's size with more than a few
+    colours (something was drawn), and report.html embeds each one's very bytes once."""
+    assert sorted(path.name for path in evaluated.glob("ood*.png")) == sorted(FIGURES)
+    page = (evaluated / "report.html").read_text()
+    for name in FIGURES:
+        with Image.open(evaluated / name) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 250, (name, image.size)
+            pixels = np.asarray(image.convert("RGB")).astype(np.int64)
+        assert len(np.unique(pixels[..., 0] << 16 | pixels[..., 1] << 8 | pixels[..., 2])) > 50, name
+        assert page.count(base64.b64encode((evaluated / name).read_bytes()).decode("ascii")) == 1, name
+
+
+def test_ood_json_covers_every_detector_and_set(saved):
+    assert list(saved["sets"]) == SETS
+    assert all(saved["sets"][name]["n"] == SET_SIZE for name in DEFAULT_SETS)
+    assert [saved["sets"][name]["kind"] for name in SETS] == ["near", "far", "far", "synthetic", "synthetic", "custom"]
     assert saved["sets"]["mine"]["n"] == 3 and "broken.jpg" in saved["sets"]["mine"]["skipped"][0]
     assert set(saved["left_out"]) <= {"she"}  # the tiny model predicts no horse: SHE cannot be fitted
     measured = [name for name in FEATURE_DETECTORS if name not in saved["left_out"]]
@@ -62,34 +80,58 @@ def test_ood_json_covers_every_detector_and_set(evaluated):
         near, far = saved["near_far"][name]["near"], saved["near_far"][name]["far"]
         assert near == {"auroc": per_set["cifar100"]["auroc"], "fpr95": per_set["cifar100"]["fpr95"]}
         assert far["auroc"] == pytest.approx((per_set["mnist"]["auroc"] + per_set["fashion_mnist"]["auroc"]) / 2)
-    assert list(saved["layers"]) == ["relu1", "relu2", "relu3", "relu4"]
+    assert list(saved["layers"]) == LAYERS
     for group in ("detectors", "layers"):
         for per_set in saved[group].values():
-            assert list(per_set) == sets
+            assert list(per_set) == SETS
             for metrics in per_set.values():
                 assert set(metrics) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_acc", "threshold"}
                 assert all(0.0 <= metrics[key] <= 1.0 for key in DETECTOR_METRICS)
-    assert saved["counts"] == {"fit": 5000, "val": 5000, "id_test": 10_000}
+    assert saved["counts"] == {"fit": FIT_IMAGES, "val": 5000, "id_test": 10_000}
 
 
-def test_tables_have_a_row_per_detector_and_layer(evaluated):
+def test_every_table_number_is_ood_jsons(evaluated, saved):
+    """ood.md and ood_layers.md: a row per detector (per layer), in ood.json's order, whose every number is
+    ood.json's, in %; the mean column is the mean over the sets; the summary has the near/far means and seconds."""
     detectors, layers = (evaluated / "ood.md").read_text(), (evaluated / "ood_layers.md").read_text()
-    # One row per table: the summary, then one per metric.
-    assert detectors.count("| knn |") == 6 and detectors.count("| mean activation (relu4) |") == 6
-    assert ("| detector | near AUROC | far AUROC | near FPR@95%TPR | far FPR@95%TPR | fit (s) | scoring (s) |"
-            in detectors)  # fmt: skip
+    tables = markdown_tables(detectors)
+    header = ["detector", *(f"{name} ({saved['sets'][name]['kind']})" for name in SETS), "mean"]
+    for metric in DETECTOR_METRICS:
+        rows = tables[f"{METRICS[metric][0]} (%, {'higher' if METRICS[metric][1] else 'lower'} is better)"]
+        assert rows[0] == header
+        assert [row[0] for row in rows[1:]] == list(saved["detectors"])
+        for name, *cells in rows[1:]:
+            values = [saved["detectors"][name][set_name][metric] for set_name in SETS]
+            assert cells == [*map(percent, values), percent(sum(values) / len(values))], (metric, name)
+    summary = tables["Summary: mean over the near and the far OOD sets (%), and seconds per detector"]
+    assert summary[0] == ["detector", "near AUROC", "far AUROC", "near FPR@95%TPR", "far FPR@95%TPR", "fit (s)",
+                          "scoring (s)"]  # fmt: skip
+    assert [row[0] for row in summary[1:]] == list(saved["detectors"])
+    for name, *cells in summary[1:]:
+        near_far, seconds = saved["near_far"][name], saved["detector_seconds"][name]
+        numbers = [percent(near_far[kind][metric]) for metric in ("auroc", "fpr95") for kind in ("near", "far")]
+        assert cells == [*numbers, f"{seconds['fit']:.2f}", f"{seconds['score']:.2f}"], name
     assert "synthetic and custom sets are in the per-set tables only" in detectors
-    assert "| detector | cifar100 (near) | mnist (far) |" in detectors
-    assert layers.count("| relu1 |") == 3 and "threshold (mean activation)" in layers
     assert "validation split alone (5,000 images)" in detectors
+    tables = markdown_tables(layers)
+    for metric in LAYER_METRICS:
+        rows = tables[f"{METRICS[metric][0]} (%, {'higher' if METRICS[metric][1] else 'lower'} is better)"]
+        assert (
+            rows[0] == ["layer", *header[1:], "threshold (mean activation)"] and [row[0] for row in rows[1:]] == LAYERS
+        )
+        for name, *cells in rows[1:]:
+            per_set = saved["layers"][name]
+            values = [per_set[set_name][metric] for set_name in SETS]
+            # The outlier score is the negated mean activation (direction below): the table shows the activation.
+            threshold = f"{-per_set['mine']['threshold']:.4g}"
+            assert cells == [*map(percent, values), percent(sum(values) / len(values)), threshold], (metric, name)
 
 
 def test_the_report_shows_the_ood_results(evaluated):
     page = (evaluated / "report.html").read_text()
     assert "Out-of-distribution detection: detectors x OOD sets" in page
     assert page.count("<table>") == 1 + 6 + 3  # per class, then the summary, 5 detector and 3 layer tables
-    assert "ood_hist_relu1.png" in page and "ood_gallery.png" in page
-    assert "ood_scores_knn.png" in page and "ood_gallery_knn.png" in page
+    assert all(f'alt="{name}"' in page for name in FIGURES)
     assert "Missing image" not in page
 
 

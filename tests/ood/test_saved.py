@@ -1,8 +1,8 @@
 """ood_detectors.pt: evaluate.py saves every detector it measured; loaded back, each one flags the test and OOD
 images exactly as evaluate.py's tables say; files of another checkpoint, tampered files and unknown names are
 refused; fit_detector fits the same detector evaluate.py fits; ODIN, which scores images, is handed out only to a
-caller that scores images. (evaluate() runs every feature detector here; ODIN's cost on 15,000 validation and
-test images is left to the one test that needs it, with a file of its own.)"""
+caller that scores images. (The evaluation, every feature detector on small sets, is conftest.py's, shared with
+test_job.py; ODIN's cost on 15,000 validation and test images is left to the one test that needs it.)"""
 
 import json
 import shutil
@@ -11,15 +11,8 @@ import pytest
 import torch
 
 from cifar_lightning.data import load_cifar10
-from cifar_lightning.evaluation import evaluate
 from cifar_lightning.inference import Classifier
-from cifar_lightning.ood.detectors import (
-    DETECTOR_LABELS,
-    IMAGE_DETECTORS,
-    DetectorSettings,
-    image_state,
-    score_images,
-)
+from cifar_lightning.ood.detectors import DetectorSettings, image_state, score_images
 from cifar_lightning.ood.saved import (
     DEFAULT_DETECTOR,
     DETECTORS_FILE,
@@ -31,25 +24,13 @@ from cifar_lightning.ood.saved import (
     read_detectors,
 )
 from cifar_lightning.ood.sets import noise_images
-from tests.conftest import compose_evaluate
-
-FIT_IMAGES = 3000
-FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
+from tests.ood.conftest import FEATURE_DETECTORS, FIT_IMAGES
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_run, data_dir, tmp_path_factory):
-    """evaluate() with OOD on one small noise set; logs/evaluate/runs/<run>/ as evaluate.py lays it out."""
-    log_dir = tmp_path_factory.mktemp("logs")
-    out = log_dir / "evaluate" / "runs" / "first"
-    cfg = compose_evaluate([
-        f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"ood.fit_images={FIT_IMAGES}", "ood.gallery_size=0",
-        "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "~ood.sets.gaussian_noise",
-        "ood.sets.uniform_noise.n=500", "gallery.size=0", "gradcam.count=0",
-        f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
-    ], out, ood=True)  # fmt: skip
-    evaluate(cfg)
-    return log_dir, out
+def evaluated(ood_evaluated):
+    """(log folder, output folder) of conftest.py's evaluate() run, laid out as logs/evaluate/runs/<run>/."""
+    return ood_evaluated
 
 
 def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, data_dir):
@@ -57,7 +38,7 @@ def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, 
     ood = json.loads((out / "ood.json").read_text())
     test_images = load_cifar10(str(data_dir)).test_images
     seed = int(ood["sets"]["uniform_noise"]["source"].rsplit("seed=", 1)[1])
-    noise = noise_images("uniform", 500, seed)
+    noise = noise_images("uniform", ood["sets"]["uniform_noise"]["n"], seed)
     saved = list(read_detectors(out / DETECTORS_FILE)["detectors"])
     assert saved == [name for name in [*FEATURE_DETECTORS, MEAN_ACTIVATION] if name not in ood["left_out"]]
     assert set(ood["left_out"]) <= {"she"}  # the tiny model predicts no horse: SHE cannot be fitted
