@@ -20,6 +20,22 @@ REAL_SETS = {"cifar100": "near", "mnist": "far", "fashion_mnist": "far"}
 DEFAULT_SETS = [*REAL_SETS, "gaussian_noise", "uniform_noise"]
 #: ODIN's passes through the whole network are left to tests/ood/test_detectors.py.
 FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
+#: Colours the OOD figures draw with (RGB in [0, 1]): the in-distribution histogram (matplotlib's C0 filled at alpha
+#: 0.35, over white), the first OOD set's outline (C1), and the gallery's frames (tab:green: ID, tab:red: OOD).
+ID_FILL, FIRST_OOD = (0.69, 0.81, 0.90), (1.0, 0.5, 0.05)
+FRAME_ID, FRAME_OOD = (0.17, 0.63, 0.17), (0.84, 0.15, 0.16)
+
+
+def png_rgb(path: Path) -> np.ndarray:
+    """A PNG file's pixels, RGB in [0, 1] (H x W x 3); fails if it is not a PNG."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", (path, image.format)
+        return np.asarray(image.convert("RGB")).astype(float) / 255
+
+
+def colour_pixels(rgb: np.ndarray, colour: tuple[float, float, float], tolerance: float = 0.1) -> np.ndarray:
+    """Where the image is `colour`, give or take `tolerance` in each channel: a boolean H x W mask."""
+    return (np.abs(rgb - np.array(colour)) < tolerance).all(axis=-1)
 
 
 @pytest.fixture(scope="session")

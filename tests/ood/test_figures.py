@@ -4,9 +4,9 @@ score histogram draws both sets, left and right as their scores lie, even when s
 import numpy as np
 import torch
 from matplotlib.image import imread
-from PIL import Image
 
 from cifar_lightning.ood.figures import plot_ood_gallery, plot_score_histogram
+from tests.ood.conftest import FIRST_OOD, ID_FILL, colour_pixels, png_rgb
 
 
 def test_the_gallery_frames_id_green_and_ood_red(tmp_path):
@@ -26,11 +26,8 @@ def test_a_score_histogram_takes_infinite_scores(tmp_path):
     inside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64), torch.tensor([-torch.inf])])
     outside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64) + 4, torch.tensor([-torch.inf])])
     path = plot_score_histogram("weighted energy", inside, {"noise": outside}, 1.6, tmp_path / "s.png")
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (750, 420)
-        rgb = np.asarray(image.convert("RGB")).astype(float) / 255
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    filled = (abs(red - 0.69) < 0.08) & (abs(green - 0.81) < 0.08) & (abs(blue - 0.90) < 0.08)  # C0 at alpha 0.35
-    outline = (red > 0.85) & (green > 0.35) & (green < 0.65) & (blue < 0.25)  # C1
+    rgb = png_rgb(path)
+    assert rgb.shape == (420, 750, 3)
+    filled, outline = colour_pixels(rgb, ID_FILL), colour_pixels(rgb, FIRST_OOD)
     assert filled.sum() > 2000 and outline.sum() > 300
     assert np.nonzero(outline)[1].mean() > np.nonzero(filled)[1].mean() + 100

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
@@ -18,7 +17,18 @@ from cifar_lightning.ood.detectors import DETECTOR_LABELS
 from cifar_lightning.ood.job import ood_settings
 from cifar_lightning.ood.tables import DETECTOR_METRICS, LAYER_METRICS, METRICS
 from tests.conftest import compose_evaluate
-from tests.ood.conftest import DEFAULT_SETS, FEATURE_DETECTORS, FIT_IMAGES, SET_SIZE
+from tests.ood.conftest import (
+    DEFAULT_SETS,
+    FEATURE_DETECTORS,
+    FIRST_OOD,
+    FIT_IMAGES,
+    FRAME_ID,
+    FRAME_OOD,
+    ID_FILL,
+    SET_SIZE,
+    colour_pixels,
+    png_rgb,
+)
 
 SETS = [*DEFAULT_SETS, "mine"]
 LAYERS = [f"relu{i}" for i in range(1, 5)]
@@ -53,15 +63,18 @@ def percent(value: float) -> str:
 
 
 def test_every_figure_is_a_drawn_png_shown_once_in_the_report(evaluated):
-    """The OOD figures written are exactly these; each decodes as a PNG of a figure's size with more than a few
-    colours (something was drawn), and report.html embeds each one's very bytes once."""
+    """The OOD figures written are exactly these; each is a PNG of a figure's size that shows what it is for (a
+    histogram: the test set filled and the first OOD set's outline; a gallery: images in green ID frames and red OOD
+    frames, which the test set's row has both of), and report.html embeds each one's very bytes once."""
     assert sorted(path.name for path in evaluated.glob("ood*.png")) == sorted(FIGURES)
     page = (evaluated / "report.html").read_text()
     for name in FIGURES:
-        with Image.open(evaluated / name) as image:
-            assert image.format == "PNG" and image.width >= 400 and image.height >= 250, (name, image.size)
-            pixels = np.asarray(image.convert("RGB")).astype(np.int64)
-        assert len(np.unique(pixels[..., 0] << 16 | pixels[..., 1] << 8 | pixels[..., 2])) > 50, name
+        rgb = png_rgb(evaluated / name)
+        assert rgb.shape[1] >= 400 and rgb.shape[0] >= 250, (name, rgb.shape)
+        if "gallery" in name:
+            assert colour_pixels(rgb, FRAME_ID).sum() > 100 and colour_pixels(rgb, FRAME_OOD).sum() > 100, name
+        else:
+            assert colour_pixels(rgb, ID_FILL).sum() > 500 and colour_pixels(rgb, FIRST_OOD).sum() > 50, name
         assert page.count(base64.b64encode((evaluated / name).read_bytes()).decode("ascii")) == 1, name
 
 
