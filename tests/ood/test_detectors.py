@@ -111,12 +111,13 @@ def test_two_halves_of_the_test_set_look_alike_and_a_shifted_half_does_not(probe
 
 
 def test_odin_through_the_whole_network(classifier, arrays, halves):
-    """ODIN on all 10,000 test images, in two halves; then test images against uniform noise."""
+    """ODIN on 2,500 images of each half of the test set (ODIN's gradient pass is the costly one; its scores are
+    checked against pytorch-ood's and for their direction below); then test images against uniform noise."""
     state = image_state("odin", SETTINGS)
-    first, second = (score_images("odin", state, classifier, arrays.test_images[half]) for half in halves)
+    first, second = (score_images("odin", state, classifier, arrays.test_images[half[:2500]]) for half in halves)
     assert abs(auroc(first, second) - 0.5) <= 0.03
-    noise = score_images("odin", state, classifier, noise_images("uniform", 1000, 0))
-    assert abs(auroc(first[:1000], noise) - 0.5) >= 0.15
+    noise = score_images("odin", state, classifier, noise_images("uniform", 500, 0))
+    assert abs(auroc(first[:500], noise) - 0.5) >= 0.15
 
 
 @pytest.mark.parametrize("name", FEATURE_DETECTORS)
