@@ -18,8 +18,8 @@ from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from cifar_lightning.hpo.study import STATUS, build_sampler, counted, default_storage, open_storage, open_study
-from tests.conftest import QUIET, ROOT, compose_train
-from tests.test_evaluate_cli import assert_refused
+from tests.conftest import QUIET, compose_train
+from tests.helpers import ROOT, assert_refused, run_entry_point
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +29,21 @@ TINY = [
 ]  # fmt: skip
 
 
-def search_command(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
+def search_args(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
+    """train.py's arguments for a tiny search."""
     return [
-        sys.executable, "train.py", "-m", "hparams_search=seed_cnn", f"data.data_dir={data_dir}",
-        f"paths.log_dir={log_dir}", *QUIET, *TINY, *overrides,
+        "-m", "hparams_search=seed_cnn", f"data.data_dir={data_dir}", f"paths.log_dir={log_dir}", *QUIET, *TINY,
+        *overrides,
     ]  # fmt: skip
 
 
+def search_command(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
+    """The whole command, for workers started in the background (subprocess.Popen)."""
+    return [sys.executable, "train.py", *search_args(log_dir, data_dir, *overrides)]
+
+
 def run_search(log_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = search_command(log_dir, data_dir, *overrides)
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return run_entry_point("train.py", *search_args(log_dir, data_dir, *overrides), timeout=900)
 
 
 def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -140,10 +145,8 @@ def test_bad_input_stops_before_any_trial(tmp_path, data_dir, overrides, expecte
 
 
 def test_hpo_trial_outside_a_search_is_refused(tmp_path, data_dir):
-    result = subprocess.run(
-        [sys.executable, "train.py", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", "hpo.trial=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_entry_point("train.py", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", "hpo.trial=3",
+                             timeout=300)  # fmt: skip
     assert_refused(result, "hpo.trial is set, but this is no sweep")
 
 
