@@ -268,12 +268,19 @@ class DivergenceGuard(L.Callback):
     `check_every_n_steps` steps, at each epoch end and before every checkpoint: the run stops at
     most that many steps late, still reports the exact first bad step, and never checkpoints
     non-finite weights.
+
+    deferred: None (auto): the deferred check for a loss on a GPU (any device but the CPU), the
+        per-step one on the CPU; True: the deferred check on every device, so that the GPU's path
+        runs (and is tested) on a CPU; False: the per-step check on every device (each step then
+        waits for the GPU).
     """
 
-    def __init__(self, check_every_n_steps: int = 25) -> None:
+    def __init__(self, check_every_n_steps: int = 25, deferred: bool | None = None) -> None:
         if not is_int(check_every_n_steps, 1):
             raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps!r}")
-        self.check_every_n_steps = check_every_n_steps
+        if deferred is not None and not isinstance(deferred, bool):
+            raise ValueError(f"deferred must be true, false or null (auto: deferred on a GPU), got {deferred!r}")
+        self.check_every_n_steps, self.deferred = check_every_n_steps, deferred
         self._first: dict[str, Tensor] | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
@@ -282,7 +289,8 @@ class DivergenceGuard(L.Callback):
             return
         loss = loss.detach()
         step, epoch = trainer.global_step, trainer.current_epoch + 1
-        if loss.device.type == "cpu":
+        deferred = self.deferred if self.deferred is not None else loss.device.type != "cpu"
+        if not deferred:  # read on the host now
             value = float(loss)
             if not math.isfinite(value):
                 self._raise(trainer, step, epoch, value)

@@ -1,37 +1,29 @@
 """A non-finite training loss stops the run at that step with a clear error, exit status 3, and a
 metrics.json that says `diverged`; in a sweep the other jobs go on and the summary lists it apart."""
 
-import subprocess
-import sys
-from pathlib import Path
-
+import lightning as L
 import pytest
 import torch
 
+from cifar_lightning import training
 from cifar_lightning.ablation import aggregate
 from cifar_lightning.callbacks import DivergenceGuard
 from cifar_lightning.errors import TrainingDiverged
 from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
-from tests.conftest import QUIET, ROOT
+from tests.conftest import QUIET
+from tests.helpers import only_run_dir, run_entry_point
 
 DIVERGING = ["experiment=seed_base", "optim.lr=50", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
 
 
-def train_cli(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", f"paths.log_dir={log_dir}", *QUIET, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
 def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path):
-    result = train_cli(*DIVERGING, f"data.data_dir={data_dir}", log_dir=tmp_path)
+    result = run_entry_point("train.py", f"paths.log_dir={tmp_path}", *QUIET, *DIVERGING, f"data.data_dir={data_dir}")
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "training diverged" in error and "optim.lr=" in error and "at a learning rate of 50" in error
-    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    run_dir = only_run_dir(tmp_path)
     metrics = read_metrics(RunDir(run_dir))
     assert metrics["status"] == "diverged" and metrics["schema_version"] == METRICS_SCHEMA_VERSION
     step = metrics["divergence"]["step"]
@@ -43,14 +35,13 @@ def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path
 
 @pytest.mark.slow  # a whole sweep; test_ablation_sweep checks that a failed job does not stop one
 def test_a_diverged_job_does_not_stop_the_sweep_and_is_listed_apart(data_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", f"paths.log_dir={tmp_path}", *QUIET, "+ablation=base", "ablation.seeds=1",
-         "optim.lr=50,0.001", "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", f"data.data_dir={data_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    result = run_entry_point(
+        "train.py", "-m", f"paths.log_dir={tmp_path}", *QUIET, "+ablation=base", "ablation.seeds=1",
+        "optim.lr=50,0.001", "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", f"data.data_dir={data_dir}", timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
+    sweep = only_run_dir(tmp_path, kind="multiruns")
     assert read_metrics(RunDir(sweep / "0"))["status"] == "diverged"
     assert read_metrics(RunDir(sweep / "1"))["status"] == "completed"
     table = aggregate(sweep)
@@ -61,16 +52,66 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_is_listed_apart(data_dir, tm
     assert "seed 0 (job 0/, loss nan at step" in markdown or "seed 0 (job 0/, loss inf at step" in markdown
 
 
-class _Trainer:
-    """The two things DivergenceGuard reads from a trainer."""
+class PoisonedBatch(L.Callback):
+    """Test helper: a NaN pixel in the batch of optimizer step `step` (counted from 1), as bad data or an
+    overflow would give: that step's loss is NaN, and its update leaves NaN weights behind."""
 
     def __init__(self, step: int) -> None:
-        self.global_step, self.current_epoch = step, 0
-        self.optimizers = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)]
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step + 1 == self.step:
+            batch[0][0, 0, 0, 0] = float("nan")  # the batch is a copy, normalized: the data set stays as it is
 
 
-def test_the_guard_names_the_first_bad_step():
-    guard = DivergenceGuard()
-    guard.on_train_batch_end(_Trainer(1), None, {"loss": torch.tensor(2.3)}, None, 0)
-    with pytest.raises(TrainingDiverged, match=r"was inf at optimizer step 2 \(epoch 1\) at a learning rate of 0.5"):
-        guard.on_train_batch_end(_Trainer(2), None, {"loss": torch.tensor(float("inf"))}, None, 1)
+class SeenGuard(DivergenceGuard):
+    """DivergenceGuard with its GPU path (deferred check) forced on, noting each step it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__(deferred=True)
+        self.steps: list[int] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.steps.append(trainer.global_step)
+        super().on_train_batch_end(trainer, *args)
+
+
+@pytest.mark.parametrize(
+    "every_n_train_steps, stopped_at, kept_step",
+    [
+        (13, 25, 13),  # last.ckpt at step 13; the next would be 26: the check every 25 steps stops the run
+        (10, 20, 10),  # last.ckpt at steps 10 and 20: the check before saving step 20's refuses it
+    ],
+)
+def test_the_deferred_check_names_the_first_bad_step_and_keeps_no_nan_checkpoint(
+    make_cfg, tmp_path, monkeypatch, every_n_train_steps, stopped_at, kept_step
+):
+    """The GPU's deferred check, forced on the CPU through a real fit: NaN at step 17, stopped by step 25."""
+    guards: list[SeenGuard] = []
+
+    def guard() -> SeenGuard:  # train() builds its guard with DivergenceGuard()
+        guards.append(SeenGuard())
+        return guards[-1]
+
+    monkeypatch.setattr(training, "DivergenceGuard", guard)
+    cfg = make_cfg("experiment=seed_base", "data.batch_size=32", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=30", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                   f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps}",
+                   f"+callbacks.poison._target_={__name__}.PoisonedBatch", "+callbacks.poison.step=17")  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"training loss was nan at optimizer step 17 \(epoch 1\)") as info:
+        training.train(cfg)
+
+    # Every checkpoint left is finite: the one before the NaN, none after it.
+    files = sorted(p for p in (tmp_path / "run" / "checkpoints").rglob("*") if p.is_file())
+    assert files, "the run saved no checkpoint before step 17"
+    for path in files:
+        checkpoint = torch.load(path, weights_only=True)
+        for name, value in checkpoint["state_dict"].items():
+            assert torch.isfinite(value).all(), f"{path.name} (step {checkpoint['global_step']}): {name} is not finite"
+    assert [(p.name, torch.load(p, weights_only=True)["global_step"]) for p in files] == [("last.ckpt", kept_step)]
+
+    (guard,) = guards
+    assert guard.steps == list(range(1, stopped_at + 1))  # steps 18.. ran on, unchecked, up to the check
+    assert (info.value.step, info.value.epoch) == (17, 1)
+    metrics = read_metrics(RunDir(tmp_path / "run"))
+    assert metrics["status"] == "diverged" and metrics["divergence"]["step"] == 17
