@@ -3,12 +3,18 @@ train.py downloads it); CI points that at ../shared/data.
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader, TensorDataset
 
+from cifar_lightning import training
 from cifar_lightning.data import find_cifar10_problems
 from cifar_lightning.inference import Classifier
 from cifar_lightning.training import train
@@ -76,11 +82,67 @@ def make_cfg(tmp_path, data_dir):
     return make
 
 
+class StepLosses(L.Callback):
+    """Each optimizer step's training loss, as training_step returned it (a host read per step: tests only)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+
+def fit_on_one_batch(module: L.LightningModule, images: torch.Tensor, labels: torch.Tensor, steps: int) -> list[float]:
+    """Fit `module` for `steps` optimizer steps on one fixed batch with a real Trainer, so that its own
+    training_step and configure_optimizers (and scheduler) are used: each step's training loss."""
+    recorder = StepLosses()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, callbacks=[recorder], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    repeated = TensorDataset(images.repeat(steps, 1, 1, 1), labels.repeat(steps))  # the batch, `steps` times
+    trainer.fit(module, train_dataloaders=DataLoader(repeated, batch_size=len(labels)))
+    assert len(recorder.losses) == steps
+    return recorder.losses
+
+
+@dataclass
+class TinyRun:
+    """The tiny run's directory and metrics, and what train() does not keep: the weights it started
+    from (the model as train() built it, before any step) and each step's training loss."""
+
+    run: Path
+    metrics: dict
+    initial_weights: dict[str, torch.Tensor]
+    step_losses: list[float]
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
-    """A tiny real train.py run (TINY_RUN), shared by the evaluation and OOD tests: (run directory, metrics)."""
+def tiny_run_record(tmp_path_factory, data_dir) -> TinyRun:
+    """The tiny real train.py run (TINY_RUN) behind `tiny_run`, watched from inside train(): its build()
+    is wrapped, while this run lasts, to copy the freshly built weights and to add a StepLosses callback
+    (no state: the run's checkpoints and metrics are those of an unwatched run)."""
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    return run, train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))
+    initial: dict[str, torch.Tensor] = {}
+    recorder = StepLosses()
+
+    def watched_build(cfg: DictConfig):
+        datamodule, module, trainer, history = build(cfg)
+        initial.update({name: p.detach().clone() for name, p in module.model.named_parameters()})
+        trainer.callbacks.append(recorder)
+        return datamodule, module, trainer, history
+
+    build = training.build
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "build", watched_build)
+        metrics = train(compose_train([f"data.data_dir={data_dir}", *QUIET, *TINY_RUN], run))
+    return TinyRun(run, metrics, initial, recorder.losses)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_record) -> tuple[Path, dict]:
+    """A tiny real train.py run (TINY_RUN), shared by the evaluation and OOD tests: (run directory, metrics)."""
+    return tiny_run_record.run, tiny_run_record.metrics
 
 
 @pytest.fixture(scope="session")

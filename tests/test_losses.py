@@ -9,6 +9,7 @@ import torch
 from cifar_lightning.losses import LOSSES, build_loss
 from cifar_lightning.models import SeedCNN
 from cifar_lightning.module import ClassifierModule
+from tests.conftest import fit_on_one_batch
 
 LOGITS = [[2.0, -1.0, 0.5], [0.1, 0.2, -3.0]]
 TARGETS = [0, 2]
@@ -47,7 +48,14 @@ def test_logitnorm_ignores_the_logits_scale_and_cross_entropy_does_not():
 
 
 def test_the_module_trains_with_the_named_loss():
-    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, loss="logitnorm")
-    logits, labels = torch.randn(4, 10), torch.randint(0, 10, (4,))
-    assert torch.allclose(module.criterion(logits, labels), build_loss("logitnorm")(logits, labels))
+    """training_step, run by Lightning, takes the named loss (LogitNorm, not cross-entropy) and lowers it."""
+    torch.manual_seed(0)
+    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.05, momentum=0.9), None, loss="logitnorm")
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    with torch.no_grad():
+        logits = module(images)  # no dropout or batch norm: the first step's logits
+    losses = fit_on_one_batch(module, images, labels, steps=8)
+    logitnorm, cross_entropy = build_loss("logitnorm")(logits, labels).item(), build_loss()(logits, labels).item()
+    assert losses[0] == pytest.approx(logitnorm, rel=1e-5) and losses[0] != pytest.approx(cross_entropy, rel=1e-2)
+    assert losses[-1] < losses[0]
     assert module.hparams.loss == "logitnorm" and set(LOSSES) == {"cross_entropy", "logitnorm"}

@@ -6,6 +6,7 @@ import torch
 from cifar_lightning.models import FastNet, ResNet18, SeedCNN
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.schedules import WarmupSchedule
+from tests.conftest import fit_on_one_batch
 
 
 def make_module(**kwargs):
@@ -57,18 +58,15 @@ def test_channels_last_gives_the_same_logits():
 
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch():
+    """Through Lightning's loop, the module's own training_step and configure_optimizers: it fits one batch."""
     torch.manual_seed(0)
     module = make_module()
-    optimizer = module.build_optimizer()
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    losses = []
-    for _ in range(30):
-        loss = module.criterion(module(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    losses = fit_on_one_batch(module, x, y, steps=12)
     assert losses[-1] < 0.5 * losses[0]
+    moved = [name for name, p in module.model.named_parameters() if not torch.equal(p, before[name])]
+    assert {f"{layer}.weight" for layer in ("conv1", "conv2", "conv3", "fc1", "fc2")} <= set(moved)
 
 
 def test_label_smoothing_reaches_the_loss():

@@ -19,7 +19,7 @@ from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
 from cifar_lightning.training import build, train
 from tests.conftest import TINY_RUN, compose_train
 
-SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=25", "trainer.limit_val_batches=2",
+SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
          "trainer.limit_test_batches=3"]  # fmt: skip
 METRIC_KEYS = {
     "test_acc", "test_loss", "best_val_loss", "best_epoch", "epochs_run", "train_seconds", "seed", "versions",
@@ -49,8 +49,8 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
 
     checkpoint = torch.load(best, weights_only=True)
     assert metrics["best_epoch"] == checkpoint["epoch"] + 1
-    assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][next(
-        k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"]))
+    state_key = next(k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))
+    assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][state_key]["best_model_score"]))
 
     confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
     assert confusion.shape == (10, 10) and int(confusion.sum()) == 3000
@@ -71,14 +71,40 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     assert torch.equal(confusion.sum(dim=1), torch.bincount(labels, minlength=10))  # rows = true class
 
 
+def test_the_tiny_run_learns(tiny_run_record):
+    """The shared tiny run (10 steps through training_step and configure_optimizers) lowers its training
+    loss, moves every weight, and predicts the 10,000 test images far better than chance (0.1)."""
+    losses = tiny_run_record.step_losses
+    assert len(losses) == 10 and losses[0] == pytest.approx(math.log(10), abs=0.15)  # the untrained guess
+    assert sum(losses[-3:]) / 3 < 0.9 * losses[0]  # seeds 0, 1, 2: 14%, 18%, 20% lower
+    assert tiny_run_record.metrics["history"][0]["train_loss"] < losses[0]
+
+    final = load_checkpoint(tiny_run_record.run / "checkpoints" / "last.ckpt")["state_dict"]
+    weights = {name: w for name, w in tiny_run_record.initial_weights.items() if w.ndim > 1}  # conv and fc
+    assert len(weights) == 5
+    for name, start in weights.items():  # each moved by 9-24% of its norm (seeds 0-2)
+        assert (final[f"model.{name}"] - start).norm() > 0.02 * start.norm(), name
+
+    metrics = tiny_run_record.metrics
+    assert sum(map(sum, metrics["test_confusion"])) == 10_000
+    assert metrics["test_acc"] >= 0.2  # seeds 0, 1, 2: 0.253, 0.224, 0.288
+
+
 def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
-    overrides = [*SHORT, "trainer.max_epochs=1", "data.crop_padding=4", "data.flip=true", "seed=3"]
+    # Augmentation on: its draws must repeat too. A few small batches suffice to show equality and difference.
+    overrides = ["experiment=seed_base", "trainer.max_epochs=1", "data.batch_size=32", "data.eval_batch_size=250",
+                 "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+                 "data.crop_padding=4", "data.flip=true", "seed=3"]  # fmt: skip
     first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
     second = train(make_cfg(*overrides, output_dir=tmp_path / "b"))
     other = train(make_cfg(*overrides[:-1], "seed=4", output_dir=tmp_path / "c"))
     assert first["test_acc"] == second["test_acc"] and first["test_loss"] == second["test_loss"]
     assert first["history"] == second["history"]
+    weights = {run: load_checkpoint(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"] for run in "abc"}
+    assert all(torch.equal(weights["a"][key], weights["b"][key]) for key in weights["a"])
     assert other["test_loss"] != first["test_loss"]
+    assert other["history"][0]["train_loss"] != first["history"][0]["train_loss"]
+    assert not torch.equal(weights["a"]["model.conv1.weight"], weights["c"]["model.conv1.weight"])
 
 
 @pytest.mark.slow  # a 476-step-shaped fast94 run (~47 s alone); CI runs it after the default run
