@@ -15,7 +15,6 @@ from PIL import Image
 
 from cifar_lightning.models import SeedCNN
 from tests.conftest import DATA_DIR
-# assert_refused lives in tests/helpers.py; other test files still import it from here.
 from tests.helpers import ROOT, assert_refused, only_run_dir, run_entry_point
 from tests.test_report import assert_report_shows
 
