@@ -155,8 +155,9 @@ class RunCheckpoint(ModelCheckpoint):
         which epoch was best."""
         old, new = state_dict.get("dirpath"), self.dirpath
         if isinstance(old, str) and new is not None and old != str(new):
+
             def moved(path: Any) -> Any:
-                return str(new) + path[len(old):] if isinstance(path, str) and path.startswith(old) else path
+                return str(new) + path[len(old) :] if isinstance(path, str) and path.startswith(old) else path
 
             state_dict = {key: moved(value) for key, value in state_dict.items()}
             state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
