@@ -115,3 +115,9 @@ def test_the_deferred_check_names_the_first_bad_step_and_keeps_no_nan_checkpoint
     assert (info.value.step, info.value.epoch) == (17, 1)
     metrics = read_metrics(RunDir(tmp_path / "run"))
     assert metrics["status"] == "diverged" and metrics["divergence"]["step"] == 17
+
+
+@pytest.mark.parametrize("deferred", ["yes", 1, 0.0])
+def test_deferred_is_true_false_or_auto(deferred):
+    with pytest.raises(ValueError, match="deferred must be true, false or null"):
+        DivergenceGuard(deferred=deferred)
