@@ -3,6 +3,7 @@ with the training run's own test, and its files have the right shapes."""
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,7 @@ from PIL import Image
 
 from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.evaluation import (
-    evaluate,
-    gradcam_layer,
-    ranked,
-    run_evaluation,
-    training_history,
-)
+from cifar_lightning.evaluation import gradcam_layer, ranked, run_evaluation, training_history, write_outputs
 from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
 from tests.test_report import assert_report_shows
@@ -153,23 +148,17 @@ def test_the_last_conv_layer_is_explained_by_default(evaluation):
     assert gradcam_layer(evaluation.model, "conv2") == "conv2"
 
 
-def test_evaluate_writes_figures_gradcam_and_report(trained, data_dir, tmp_path):
-    """Every figure decodes, the Grad-CAM overlays are the 3 most confident of each gallery, and report.html
-    shows evaluation.json's accuracy (the training run's own test figure) and each PNG written, once."""
-    run, metrics = trained
+def test_evaluate_writes_figures_gradcam_and_report(evaluation, trained, tmp_path):
+    """evaluate()'s second half (write_outputs) on the shared evaluation: every figure decodes, the Grad-CAM
+    overlays are the 3 most confident of each gallery, and report.html shows evaluation.json's accuracy (the
+    training run's own test figure) and each PNG written, once. (evaluate.py end to end: test_evaluate_cli.)"""
     out = tmp_path / "out"
-    cfg = compose_evaluate(
-        [
-            f"ckpt={run / 'checkpoints' / 'best.ckpt'}",
-            f"data.data_dir={data_dir}",
-            "gallery.size=12",
-            "gradcam.count=3",
-        ],
-        out,
+    report = write_outputs(
+        replace(evaluation, output_dir=out), compose_evaluate(["gallery.size=12", "gradcam.count=3"], out)
     )
-    summary = evaluate(cfg)
-    saved = json.loads((out / "evaluation.json").read_text())
-    assert saved["test_acc"] == summary["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert report == out / "report.html"
+    test_acc = json.loads((evaluation.output_dir / "evaluation.json").read_text())["test_acc"]
+    assert test_acc == pytest.approx(trained[1]["test_acc"], abs=1e-6)
     pngs = sorted(out.rglob("*.png"))
     names = sorted(str(png.relative_to(out)) for png in pngs)
     cams = [f"gradcam/{kind}_{i}.png" for kind in ("correct", "wrong") for i in range(3)]
@@ -178,5 +167,4 @@ def test_evaluate_writes_figures_gradcam_and_report(trained, data_dir, tmp_path)
         with Image.open(png) as image:
             image.load()
             assert image.format == "PNG" and min(image.size) >= 100, png
-    page = (out / "report.html").read_text(encoding="utf-8")
-    assert_report_shows(page, saved["test_acc"], pngs)
+    assert_report_shows(report.read_text(encoding="utf-8"), test_acc, pngs)
