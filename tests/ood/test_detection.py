@@ -1,6 +1,7 @@
-"""detect_ood on a real (tiny) checkpoint: no leakage (two halves of the CIFAR-10 test set are
-indistinguishable to every detector and layer), and thresholds that depend on the validation split alone.
-ODIN, which runs on images through the whole network, is left to tests/ood/test_detectors.py."""
+"""OOD scoring on a real (tiny) checkpoint's features, extracted once: no leakage (two halves of the CIFAR-10 test
+set are indistinguishable to every detector and layer), and thresholds that depend on the validation split alone.
+detect_ood (extraction, then this scoring) runs in tests/ood/test_detectors.py and through evaluate.py in
+test_job.py; ODIN, which runs on images through the whole network, is left to tests/ood/test_detectors.py."""
 
 import pytest
 import torch
@@ -8,11 +9,11 @@ from pytorch_ood.detector import MaxSoftmax
 
 from cifar_lightning.checkpoints import build_model, load_checkpoint, normalization
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.inference import Classifier, classifier_head, extract_features
-from cifar_lightning.ood.detection import OODSettings, ThresholdSettings, detect_ood, mean_activation_name, score_ood
+from cifar_lightning.inference import classifier_head, extract_features
+from cifar_lightning.ood.detection import OODSettings, ThresholdSettings, mean_activation_name, score_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
 from cifar_lightning.ood.metrics import percentile_threshold
-from cifar_lightning.ood.sets import OODSet, noise_images
+from cifar_lightning.ood.sets import noise_images
 
 FIT_IMAGES = 5000  # of the training split: enough for 10 class means, KNN and ViM, and quick
 FEATURE_DETECTORS = tuple(name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS)
@@ -26,33 +27,6 @@ def model_and_data(tiny_run, data_dir):
     datamodule.load_state_dict(normalization(checkpoint, path))
     datamodule.setup()
     return build_model(checkpoint, path), datamodule
-
-
-def run(model_and_data, id_images, ood_sets, settings=OODSettings()):
-    model, datamodule = model_and_data
-    arrays, fit_idx = datamodule.arrays, datamodule.train_idx[:FIT_IMAGES]
-    mean, std = tuple(datamodule.mean), tuple(datamodule.std)
-    classifier = Classifier(model, mean, std, datamodule.classes, torch.device("cpu"))
-    return detect_ood(
-        classifier, fit_images=arrays.train_images[fit_idx], fit_labels=arrays.train_labels[fit_idx],
-        val_images=arrays.train_images[datamodule.val_idx], id_images=id_images, ood_sets=ood_sets, settings=settings,
-    )  # fmt: skip
-
-
-def test_two_halves_of_the_test_set_are_indistinguishable(model_and_data):
-    test_images = model_and_data[1].arrays.test_images
-    order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(0))
-    half = OODSet("other half", test_images[order[5000:]], "custom", "CIFAR-10 test")
-    result = run(model_and_data, test_images[order[:5000]], [half], OODSettings(detectors=FEATURE_DETECTORS))
-    # The tiny model predicts no horse: SHE (a mean feature per correctly classified class) cannot be fitted.
-    assert set(result.left_out) <= {"she"}
-    assert set(result.detectors) == {*FEATURE_DETECTORS, mean_activation_name("relu4")} - set(result.left_out)
-    assert set(result.layers) == {"relu1", "relu2", "relu3", "relu4"}
-    for group in (result.detectors, result.layers):
-        for name, per_set in group.items():
-            assert abs(per_set["other half"]["auroc"] - 0.5) <= 0.03, (name, per_set["other half"])
-            # A validation-chosen threshold keeps about 95% of either half.
-            assert per_set["other half"]["id_kept"] == pytest.approx(0.95, abs=0.02), name
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +52,22 @@ def score(model_and_data, extracted, id_test, ood, settings=OODSettings(detector
     return score_ood(classifier_head(model_and_data[0]), fit=extracted["fit"], fit_labels=extracted["fit_labels"],
                      val=extracted["val"], id_test=id_test, ood=ood, sets={name: {} for name in ood},
                      settings=settings)  # fmt: skip
+
+
+def test_two_halves_of_the_test_set_are_indistinguishable(model_and_data, extracted):
+    test = extracted["test"]
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+    half = {"other half": test.subset(order[5000:])}
+    result = score(model_and_data, extracted, test.subset(order[:5000]), half, OODSettings(detectors=FEATURE_DETECTORS))
+    # The tiny model predicts no horse: SHE (a mean feature per correctly classified class) cannot be fitted.
+    assert set(result.left_out) <= {"she"}
+    assert set(result.detectors) == {*FEATURE_DETECTORS, mean_activation_name("relu4")} - set(result.left_out)
+    assert set(result.layers) == {"relu1", "relu2", "relu3", "relu4"}
+    for group in (result.detectors, result.layers):
+        for name, per_set in group.items():
+            assert abs(per_set["other half"]["auroc"] - 0.5) <= 0.03, (name, per_set["other half"])
+            # A validation-chosen threshold keeps about 95% of either half.
+            assert per_set["other half"]["id_kept"] == pytest.approx(0.95, abs=0.02), name
 
 
 @pytest.mark.parametrize("method", ["percentile", "histogram"])

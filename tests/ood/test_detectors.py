@@ -16,6 +16,7 @@ Two checks that a detector is the one it is named after, not a stub or one scori
   a network's gradient, so it is checked on images of a tiny linear model instead, whose classes are image patterns.
 """
 
+import inspect
 import pickle
 
 import pytest
@@ -281,9 +282,19 @@ def reference(name: str, classifier: Classifier, fit_images: torch.Tensor, fit_l
 
 
 def test_the_reference_settings_are_nobodys_defaults():
-    """Every hyperparameter of ODD differs from the project's default, so that one dropped on the way is seen."""
+    """Every hyperparameter of ODD differs from the project's default and from the default of pytorch-ood's class,
+    so that one dropped on the way is seen."""
     defaults = DetectorSettings()
     assert all(getattr(ODD, key) != getattr(defaults, key) for key in defaults.__dataclass_fields__)
+    pytorch_ood_defaults = {
+        "knn_k": (pod.KNN, "k"), "gen_gamma": (pod.GEN, "gamma"), "gen_m": (pod.GEN, "M"),
+        "react_percentile": (pod.ReAct, "percentile"), "ash_variant": (pod.ASH, "variant"),
+        "ash_percentile": (pod.ASH, "percentile"), "scale_percentile": (pod.SCALE, "percentile"),
+        "nnguide_k": (pod.NNGuide, "k"), "gradnorm_temperature": (pod.GradNorm, "temperature"),
+        "odin_temperature": (pod.ODIN, "temperature"), "odin_eps": (pod.ODIN, "eps"),
+    }  # fmt: skip
+    for key, (detector, parameter) in pytorch_ood_defaults.items():
+        assert getattr(ODD, key) != inspect.signature(detector).parameters[parameter].default, key
 
 
 @pytest.mark.parametrize("name", list(DETECTOR_LABELS))

@@ -229,21 +229,26 @@ def test_fit_subset_is_seeded():
 
 
 def test_a_fast_net_checkpoint_is_evaluated_with_tta_and_ood(make_cfg, data_dir, tmp_path):
-    """The airbench-style net through evaluate.py: TTA on the test set, OOD on its GELU layers and head."""
+    """The airbench-style net through evaluate.py: TTA on the test set (tta=1: predict's tta=2 is checked in
+    test_evaluation.py), OOD on its GELU layers and its head, which has no bias: every feature detector is measured
+    (SHE aside, which needs a correct training image of every class)."""
     from cifar_lightning.training import train
 
     train(make_cfg("experiment=fast94", "model.widths=[8,16,16]", "data.batch_size=128", "trainer.max_epochs=1",
                    "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                   output_dir=tmp_path / "run"))  # fmt: skip
+                   "test.tta=0", output_dir=tmp_path / "run"))  # fmt: skip
     out = tmp_path / "out"
     summary = evaluate(compose_evaluate([
-        f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_dir}", "tta=2", "ood.fit_images=500",
+        f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_dir}", "tta=1", "ood.fit_images=500",
         "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "ood.sets.gaussian_noise.n=200",
-        "ood.sets.uniform_noise.n=200", "gallery.size=4", "gradcam.count=1",
+        "ood.sets.uniform_noise.n=200", "gallery.size=4", "gradcam.count=1", "ood.gallery_size=0",
         f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
     ], out, ood=True))  # fmt: skip
-    assert summary["tta"] == 2 and summary["model"]["_target_"] == "cifar_lightning.models.FastNet"
+    assert summary["tta"] == 1 and summary["model"]["_target_"] == "cifar_lightning.models.FastNet"
     saved = json.loads((out / "ood.json").read_text())
+    assert set(saved["left_out"]) <= {"she"}
+    measured = [name for name in saved["detectors"] if not name.startswith("mean activation")]
+    assert measured == [name for name in FEATURE_DETECTORS if name not in saved["left_out"]]
     assert saved["layers"] and all(name.startswith(("act0", "block")) for name in saved["layers"])
     # fast94 holds out no validation split: the thresholds are set on 2% of its training images, and ood.md says so.
     assert saved["counts"]["val"] == 1000 and saved["settings"]["val_trained_on"] is True
