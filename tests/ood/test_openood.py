@@ -19,8 +19,9 @@ from cifar_lightning.ood.openood import (
 
 def write_evaluation(folder, loss, near_far, test_acc=0.9, tta=2):
     folder.mkdir(parents=True)
-    (folder / "evaluation.json").write_text(json.dumps(
-        {"test_acc": test_acc, "experiment": "fast94_cpu", "loss": loss, "tta": tta, "checkpoint": "x.ckpt"}))
+    (folder / "evaluation.json").write_text(
+        json.dumps({"test_acc": test_acc, "experiment": "fast94_cpu", "loss": loss, "tta": tta, "checkpoint": "x.ckpt"})
+    )
     (folder / "ood.json").write_text(json.dumps({"near_far": near_far}))
     return folder
 
@@ -31,9 +32,16 @@ def summary(near_auroc, far_auroc, near_fpr=0.5, far_fpr=0.2):
 
 @pytest.fixture
 def two_models(tmp_path):
-    ce = write_evaluation(tmp_path / "ce", "cross_entropy", {
-        "msp": summary(0.85, 0.90), "knn": summary(0.88, 0.95, 0.40), "entropy": summary(0.84, 0.89),
-        "mean activation (relu4)": {"near": summary(0.6, 0.7)["near"], "far": None}})
+    ce = write_evaluation(
+        tmp_path / "ce",
+        "cross_entropy",
+        {
+            "msp": summary(0.85, 0.90),
+            "knn": summary(0.88, 0.95, 0.40),
+            "entropy": summary(0.84, 0.89),
+            "mean activation (relu4)": {"near": summary(0.6, 0.7)["near"], "far": None},
+        },
+    )
     logitnorm = write_evaluation(tmp_path / "ln", "logitnorm", {"msp": summary(0.91, 0.97), "knn": summary(0.9, 0.96)},
                                  test_acc=0.895)  # fmt: skip
     return read_evaluation(ce), read_evaluation(logitnorm)
