@@ -1,17 +1,23 @@
-"""Helpers the tests share: entry points run as a user runs them, their refusals, run folders, PNG chunks.
+"""Helpers the tests share: entry points run as a user runs them, their refusals, run folders, PNG chunks,
+and what evaluate.py's report.html must show.
 
 One home for each: a test file imports what it needs from here instead of keeping its own copy.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import os
+import re
 import struct
 import subprocess
 import sys
 import zlib
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,3 +61,32 @@ def snapshot(folder: Path) -> dict[str, str]:
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk: length, type, data, CRC (for PNG files written by hand)."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+HEADLINE_ACCURACY = re.compile(r'<div class="value">([^<]*)</div><div class="label">test accuracy</div>')
+
+
+def shown_images(page: str) -> list[bytes]:
+    """The bytes of every <img> on the page, each checked to be a base64 PNG data URI that PIL decodes."""
+    images = []
+    for source in re.findall(r"<img [^>]*src=\"([^\"]*)\"", page):
+        mime, _, data = source.partition(";base64,")
+        assert mime == "data:image/png", source[:40]
+        content = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()  # a truncated or corrupt PNG fails here
+            assert image.format == "PNG" and min(image.size) > 0
+        images.append(content)
+    assert len(images) == page.count("<img "), "an <img> without a src"
+    return images
+
+
+def assert_report_shows(page: str, test_acc: float, pngs: list[Path]) -> None:
+    """The page's headline accuracy is `test_acc` as report.py formats it (a percentage to 2 decimals), every <img>
+    decodes, and each PNG in `pngs` is shown exactly once, with no other image: what report.py promises of
+    evaluate.py's report.html."""
+    assert HEADLINE_ACCURACY.findall(page) == [f"{100 * test_acc:.2f}%"]
+    names = {hashlib.md5(png.read_bytes()).hexdigest(): str(png) for png in pngs}
+    assert len(names) == len(pngs), "two of the PNGs are the same image"
+    shown = [names.get(hashlib.md5(image).hexdigest(), "<an image no PNG holds>") for image in shown_images(page)]
+    assert sorted(shown) == sorted(map(str, pngs))

@@ -15,8 +15,7 @@ from PIL import Image
 
 from cifar_lightning.models import SeedCNN
 from tests.conftest import DATA_DIR
-from tests.helpers import ROOT, assert_refused, only_run_dir, run_entry_point
-from tests.test_report import assert_report_shows
+from tests.helpers import ROOT, assert_refused, assert_report_shows, only_run_dir, run_entry_point
 
 
 def run_evaluate(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:

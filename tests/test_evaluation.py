@@ -15,7 +15,7 @@ from cifar_lightning.errors import ConfigError
 from cifar_lightning.evaluation import gradcam_layer, ranked, run_evaluation, training_history, write_outputs
 from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
-from tests.test_report import assert_report_shows
+from tests.helpers import assert_report_shows
 
 
 @pytest.fixture(scope="module")

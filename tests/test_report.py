@@ -9,20 +9,17 @@ is also what benchmarks/report_screenshot.py was checked on:
 """
 
 import base64
-import hashlib
-import io
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cifar_lightning.data import CIFAR10_CLASSES, normalize
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import gradcam_overlays
 from cifar_lightning.models import SeedCNN
 from cifar_lightning.report import write_report
+from tests.helpers import assert_report_shows
 
 CLASSES = ["<b>plane</b>", *CIFAR10_CLASSES[1:]]  # a name that must be escaped
 
@@ -79,35 +76,6 @@ def sample_report(out_dir: Path) -> Path:
 
 def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-HEADLINE_ACCURACY = re.compile(r'<div class="value">([^<]*)</div><div class="label">test accuracy</div>')
-
-
-def shown_images(page: str) -> list[bytes]:
-    """The bytes of every <img> on the page, each checked to be a base64 PNG data URI that PIL decodes."""
-    images = []
-    for source in re.findall(r"<img [^>]*src=\"([^\"]*)\"", page):
-        mime, _, data = source.partition(";base64,")
-        assert mime == "data:image/png", source[:40]
-        content = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(content)) as image:
-            image.load()  # a truncated or corrupt PNG fails here
-            assert image.format == "PNG" and min(image.size) > 0
-        images.append(content)
-    assert len(images) == page.count("<img "), "an <img> without a src"
-    return images
-
-
-def assert_report_shows(page: str, test_acc: float, pngs: list[Path]) -> None:
-    """The page's headline accuracy is `test_acc` as report.py formats it (a percentage to 2 decimals), every <img>
-    decodes, and each PNG in `pngs` is shown exactly once, with no other image: what report.py promises of
-    evaluate.py's report.html."""
-    assert HEADLINE_ACCURACY.findall(page) == [f"{100 * test_acc:.2f}%"]
-    names = {hashlib.md5(png.read_bytes()).hexdigest(): str(png) for png in pngs}
-    assert len(names) == len(pngs), "two of the PNGs are the same image"
-    shown = [names.get(hashlib.md5(image).hexdigest(), "<an image no PNG holds>") for image in shown_images(page)]
-    assert sorted(shown) == sorted(map(str, pngs))
 
 
 def test_report_is_one_self_contained_page(tmp_path):
