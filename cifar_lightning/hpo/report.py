@@ -64,7 +64,9 @@ def draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str | None]:
     outcome: dict[str, str | None] = {}
     for name, plot in PLOTS.items():
         try:
-            with warnings.catch_warnings():
+            # Optuna's plots switch matplotlib's global style to ggplot: rc_context gives it back, so that
+            # figures drawn later in this process keep their own colours.
+            with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every matplotlib plot
                 axes = plot(study)
             figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure

@@ -1,5 +1,6 @@
 """hpo.md and its plots, from a study's storage, and `python -m cifar_lightning.hpo`."""
 
+import matplotlib
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -54,6 +55,18 @@ def test_hpo_md_names_the_best_trial_and_the_commands_that_retrain_it(sweep_dir,
     assert "5 (4 complete, 1 pruned)" in report and "| 4 | pruned |  | 1 |" in report
     for plot in ("optimization_history.png", "intermediate_values.png", "param_importances.png", "slice.png"):
         assert f"![{plot}]({plot})" in report and (sweep_dir / plot).stat().st_size > 1000
+
+
+def test_the_plots_leave_matplotlibs_style_as_they_found_it(sweep_dir):
+    """Optuna's plots switch matplotlib to its ggplot style; figures drawn after hpo.md (the OOD and evaluation
+    figures, in a test run or a notebook) must keep the default colours."""
+    with matplotlib.rc_context():  # whatever ran before, from matplotlib's defaults; restored after the test
+        matplotlib.rcdefaults()
+        before = dict(matplotlib.rcParams)
+        assert main([str(sweep_dir)]) == 0
+        assert (sweep_dir / "slice.png").is_file()  # the plots that switch the style were drawn
+        changed = {key for key, value in matplotlib.rcParams.items() if str(before[key]) != str(value)}
+    assert not changed, sorted(changed)
 
 
 def test_a_folder_without_a_study_is_refused(tmp_path, capsys):
