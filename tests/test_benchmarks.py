@@ -91,3 +91,13 @@ def test_cpu_recipe_search_refuses_unknown_candidates_and_no_validation_split():
         result = subprocess.run([sys.executable, "benchmarks/cpu_recipe_search.py", *args], cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)  # fmt: skip
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_gpu_divergence_check_passes_its_cpu_control():
+    """benchmarks/gpu_divergence_check.py (run on a lent GPU) imports and runs here too: its CPU control cases must
+    stop at the poisoned step itself, with only finite checkpoints left."""
+    result = subprocess.run([sys.executable, "benchmarks/gpu_divergence_check.py"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("cpu ")]
+    assert len(lines) == 2 and all(line.endswith(": ok") and "stopped at step 17" in line for line in lines), lines
