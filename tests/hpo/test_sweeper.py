@@ -20,10 +20,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from omegaconf import OmegaConf
-from optuna.distributions import FloatDistribution
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
+from cifar_lightning.hpo.space import build_space
 from cifar_lightning.hpo.study import (
     FAILED,
     INTERRUPTED,
@@ -47,12 +47,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
 ]
 
-#: conf/hparams_search/seed_cnn.yaml's space, as Optuna distributions.
-SPACE = {
-    "optim.lr": FloatDistribution(1e-4, 0.1, log=True),
-    "optim.weight_decay": FloatDistribution(1e-5, 1e-2, log=True),
-    "model.dropout": FloatDistribution(0.0, 0.5),
-}
+#: conf/hparams_search/seed_cnn.yaml's space, as the sweeper reads it (Optuna distributions).
+SPACE = build_space(OmegaConf.load(CONF_DIR / "hparams_search" / "seed_cnn.yaml").hydra.sweeper.params, [])[0]
 
 
 def objective(params: dict[str, float]) -> float:
