@@ -16,8 +16,6 @@ from tests.helpers import ROOT
 
 #: experiment -> (the ablation's configuration, epochs it runs: no early stop in the documented runs)
 RECIPES = {"seed_base": ("base", 10), "seed_improved": ("improved", 20)}
-#: Overrides of both runs (none: the recipes as documented).
-OVERRIDES: list[str] = []
 
 
 def documented_range(configuration: str) -> tuple[float, float]:
@@ -35,9 +33,7 @@ def reproductions(tmp_path_factory, data_dir) -> dict[str, dict]:
     runs = tmp_path_factory.mktemp("reproductions")
     return {
         experiment: train(
-            compose_train(
-                [f"data.data_dir={data_dir}", *QUIET, f"experiment={experiment}", *OVERRIDES], runs / experiment
-            )
+            compose_train([f"data.data_dir={data_dir}", *QUIET, f"experiment={experiment}"], runs / experiment)
         )
         for experiment in RECIPES
     }
