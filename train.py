@@ -1,7 +1,7 @@
 """Train a CIFAR-10 classifier.
 
-    python train.py                                  # the report's improved CNN (experiment=seed_improved)
-    python train.py experiment=seed_base             # the report's base run
+    python train.py                                  # the report's improved CNN (experiment=report_improved)
+    python train.py experiment=report_base             # the report's base run
     python train.py model.dropout=0.0 seed=1         # change any value
     python train.py -m seed=0,1,2                    # Hydra multirun sweep
     python train.py -m +ablation=all                 # the report's Table 1 over 3 seeds, aggregated

@@ -1,6 +1,6 @@
-"""Training throughput of the seed CNN in 1 vs 2 CPU processes (trainer=ddp), and their ratio.
+"""Training throughput of the report CNN in 1 vs 2 CPU processes (trainer=ddp), and their ratio.
 
-Each measurement is train.py's own build (experiment=seed_improved, batch data.batch_size per
+Each measurement is train.py's own build (experiment=report_improved, batch data.batch_size per
 process, validation and checkpoints off) fitted for --warmup + --steps steps; the images/s count
 every process's images (steps x batch_size x processes / seconds, timed on rank 0 after the
 warmup). Every process gets cores / processes torch threads, so both settings use the same cores.
@@ -41,7 +41,7 @@ def measure(args: argparse.Namespace) -> None:
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=[
-            "experiment=seed_improved", f"data.data_dir={args.data_dir}", "data.download=false",
+            "experiment=report_improved", f"data.data_dir={args.data_dir}", "data.download=false",
             "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={args.devices}", "trainer.max_epochs=1",
             f"trainer.limit_train_batches={args.warmup + args.steps}", "trainer.limit_val_batches=0",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",

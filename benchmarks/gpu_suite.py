@@ -1,5 +1,5 @@
 """The GPU figures in one command: fast94 over seeds, its bare-PyTorch copy, fast94 compiled, a short
-resnet18 run and the seed CNN's 20-epoch improved recipe; writes docs/results/gpu.md.
+resnet18 run and the report CNN's 20-epoch improved recipe; writes docs/results/gpu.md.
 
     python benchmarks/gpu_suite.py --data-dir ~/data                 # one GPU, about 5 minutes on an H100/H200
     python benchmarks/gpu_suite.py --data-dir ~/data --seeds 10 --out /tmp/gpu.md
@@ -18,7 +18,7 @@ short keeps what it measured):
    graphs are cached by then).
 4. resnet18 (experiment=resnet18): images/s over a short run through the framework, and the full
    run's training time projected from it (its epochs x steps, training steps only).
-5. The seed CNN, experiment=seed_improved, 20 epochs as on the CPU: test accuracy and train time.
+5. The report CNN, experiment=report_improved, 20 epochs as on the CPU: test accuracy and train time.
 
 Every side runs one untimed warm-up first (CUDA start-up, cudnn autotuning). On a machine without a
 CUDA GPU the suite stops with an error (exit status 2): its figures are GPU figures. --smoke runs
@@ -209,11 +209,11 @@ class Suite:
             "training steps (validation, checkpoints and test not counted).",
         ]
 
-    def part_seed_cnn(self) -> list[str]:
+    def part_report_cnn(self) -> list[str]:
         # --smoke: whole (tiny) epochs, so that validation runs and early stopping finds its val_loss.
         smoke = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
                  "trainer.limit_test_batches=1"] if self.args.smoke else None  # fmt: skip
-        metrics = train(self.config("seed_improved", ["experiment=seed_improved", "seed=0"], smoke))
+        metrics = train(self.config("report_improved", ["experiment=report_improved", "seed=0"], smoke))
         return [
             f"Test accuracy {percent(metrics['test_acc'])}% (best epoch {metrics['best_epoch']} of "
             f"{metrics['epochs_run']}), train time {metrics['train_seconds']:.1f} s, seed 0.",
@@ -275,7 +275,7 @@ def main() -> None:
         ("2. The bare-PyTorch copy of the recipe (benchmarks/fast94.py)", suite.part_bare),
         ("3. fast94 with compile=true", suite.part_compiled),
         ("4. resnet18 (experiment=resnet18), short run", suite.part_resnet18),
-        ("5. The seed CNN, experiment=seed_improved (20 epochs)", suite.part_seed_cnn),
+        ("5. The report CNN, experiment=report_improved (20 epochs)", suite.part_report_cnn),
     ]
     failed = []
     for title, part in parts:

@@ -15,7 +15,7 @@ models).
 
 On a machine shared with other work, compare with --threads 1 too: with 2 or more threads, PyTorch synchronizes
 its threads at every operator, so a small batch waits on the scheduler (measured on this project's 2-core machine
-under load: the same batch-1 pass of the seed CNN took 1 to 100 ms with 2 threads, about 1 ms with 1).
+under load: the same batch-1 pass of the report CNN took 1 to 100 ms with 2 threads, about 1 ms with 1).
 
 A checkpoint (--ckpt) is benchmarked as trained. Without one, --model names a freshly initialised model of its
 conf/model/<name>.yaml (random weights; FastNet's whitening filters random rather than computed from data;
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ckpt", help="a train.py checkpoint (default: a fresh --model)")
-    source.add_argument("--model", default="seed_cnn", choices=sorted(MODELS), help="fresh model of conf/model/")
+    source.add_argument("--model", default="report_cnn", choices=sorted(MODELS), help="fresh model of conf/model/")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256], help="images per forward pass")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per batch size and side")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per batch size and side (median)")

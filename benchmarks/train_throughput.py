@@ -1,6 +1,6 @@
-"""Training throughput of the seed CNN through the framework vs a bare PyTorch loop.
+"""Training throughput of the report CNN through the framework vs a bare PyTorch loop.
 
-Both sides train the same model (conf/experiment/seed_improved: batch norm, dropout, L2, SGD
+Both sides train the same model (conf/experiment/report_improved: batch norm, dropout, L2, SGD
 momentum), on the same in-memory CIFAR-10 batches, at the same batch size, on the same device,
 in this one process. The framework side is train.py's own Trainer, module, data module and
 callbacks (built from the Hydra config), with validation and checkpointing off. Runs alternate
@@ -59,7 +59,7 @@ def compose_config(data_dir: str, steps: int, warmup: int, output_dir: str, acce
         cfg = compose(
             "train",
             overrides=[
-                "experiment=seed_improved",
+                "experiment=report_improved",
                 f"data.data_dir={data_dir}",
                 "data.download=false",
                 f"trainer.accelerator={accelerator}",

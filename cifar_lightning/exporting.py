@@ -17,7 +17,7 @@ Exporter: torch.export captures the graph for both formats, from the same exampl
 batch dimension: the .pt2 file is its program (`torch.export.export`), the ONNX file its translation by
 `torch.onnx.export(dynamo=True)` (given the module, which it captures the same way, so that the batch dimension
 keeps its name, `batch`, in the ONNX graph). Not the TorchScript exporter (`dynamo=False`): it is deprecated since
-torch 2.9, where the dynamo exporter became the default. Both exported seed_cnn, fast_net (its GELUs become ONNX
+torch 2.9, where the dynamo exporter became the default. Both exported report_cnn, fast_net (its GELUs become ONNX
 `Gelu`, opset 20) and resnet18 correctly on torch 2.14, with logits within ~1e-6 of PyTorch's, so the maintained
 one is used. Parameters are exported from a contiguous (NCHW) copy of the model: torch.export's saver warns on
 channels-last weights, and the memory layout does not change the function.

@@ -27,7 +27,7 @@ DATA_DIR = Path(os.environ.get("CIFAR10_DATA_DIR", ROOT / "data")).resolve()
 # Ten training batches at a high rate: enough to predict several classes. The run tests on all 10,000
 # test images, so its test_acc can be compared with evaluate()'s.
 TINY_RUN = [
-    "experiment=seed_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
+    "experiment=report_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
     "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1.0",
 ]  # fmt: skip
 

@@ -146,7 +146,7 @@ def edited_targets(marker) -> dict[str, dict]:
     return {
         "os.system": {"_target_": "os.system", "_args_": [command]},
         "nested": {
-            "_target_": "cifar_lightning.models.SeedCNN",
+            "_target_": "cifar_lightning.models.ReportCNN",
             "dropout": {"_target_": "os.system", "_args_": [command]},
         },
         "not-a-module": {"_target_": "cifar_lightning.data.normalize"},

@@ -17,7 +17,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_default_run_is_the_improved_recipe():
-    assert compose_train([]).experiment_name == "seed_improved"
+    assert compose_train([]).experiment_name == "report_improved"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -135,8 +135,8 @@ def test_resnet18_is_the_accuracy_recipe():
     assert (cfg.scheduler.shape, cfg.averaging.mode, cfg.loss.label_smoothing) == ("cosine", "ema", 0.1)
 
 
-def test_seed_base_is_the_reports_base_run():
-    cfg = compose_train(["experiment=seed_base"])
+def test_report_base_is_the_reports_base_run():
+    cfg = compose_train(["experiment=report_base"])
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.001, 0.9, 0.0)
     assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (128, 10)
     assert (cfg.model.batch_norm, cfg.model.dropout) == ("none", 0.0)
@@ -144,8 +144,8 @@ def test_seed_base_is_the_reports_base_run():
     assert (cfg.data.crop_padding, cfg.data.flip) == (0, False)
 
 
-def test_seed_improved_is_the_reports_improved_run():
-    cfg = compose_train(["experiment=seed_improved"])
+def test_report_improved_is_the_reports_improved_run():
+    cfg = compose_train(["experiment=report_improved"])
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.0002, 0.9, 0.004)
     assert (cfg.data.batch_size, cfg.trainer.max_epochs) == (128, 20)
     assert (cfg.model.batch_norm, cfg.model.dropout) == ("all", 0.2)
@@ -239,10 +239,10 @@ def test_ablation_all_sweeps_the_seven_configurations_over_seeds():
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("base", {"experiment_name": "seed_base", "model.batch_norm": "none", "optim.lr": 0.001}),
-        ("improved", {"experiment_name": "seed_improved", "model.batch_norm": "all", "model.dropout": 0.2}),
-        ("literal_improved", {"experiment_name": "seed_improved", "model.batch_norm": "first", "model.dropout": 0.2}),
-        ("no_scheduler", {"experiment_name": "seed_improved", "scheduler": {}, "optim.weight_decay": 0.004}),
+        ("base", {"experiment_name": "report_base", "model.batch_norm": "none", "optim.lr": 0.001}),
+        ("improved", {"experiment_name": "report_improved", "model.batch_norm": "all", "model.dropout": 0.2}),
+        ("literal_improved", {"experiment_name": "report_improved", "model.batch_norm": "first", "model.dropout": 0.2}),
+        ("no_scheduler", {"experiment_name": "report_improved", "scheduler": {}, "optim.weight_decay": 0.004}),
         ("no_l2", {"optim.weight_decay": 0.0, "model.dropout": 0.2, "scheduler.step_size": 16}),
         ("no_batchnorm", {"model.batch_norm": "none", "model.dropout": 0.2, "optim.weight_decay": 0.004}),
         ("no_dropout", {"model.dropout": 0.0, "model.batch_norm": "all", "optim.lr": 0.0002}),

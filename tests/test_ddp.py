@@ -127,7 +127,7 @@ def assert_matches_evaluation(run_dir: Path, data_dir: Path, tmp_path: Path) -> 
     return metrics
 
 
-# The 2-process run is the seed_base recipe, whose steps a one-process run can repeat exactly: no batch norm
+# The 2-process run is the report_base recipe, whose steps a one-process run can repeat exactly: no batch norm
 # (each rank would normalize its own half of the global batch), no dropout and no augmentation (their
 # draws differ by rank), a loss that is a mean over equal per-rank batches (DDP averages the ranks'
 # gradients), one initialization (DDP broadcasts rank 0's), and interleaved shards: rank r's k-th batch of b

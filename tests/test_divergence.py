@@ -13,7 +13,7 @@ from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
 from tests.conftest import QUIET
 from tests.helpers import only_run_dir, run_entry_point
 
-DIVERGING = ["experiment=seed_base", "optim.lr=50", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
+DIVERGING = ["experiment=report_base", "optim.lr=50", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
              "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
 
 
@@ -94,7 +94,7 @@ def test_the_deferred_check_names_the_first_bad_step_and_keeps_no_nan_checkpoint
         return guards[-1]
 
     monkeypatch.setattr(training, "DivergenceGuard", guard)
-    cfg = make_cfg("experiment=seed_base", "data.batch_size=32", "trainer.max_epochs=1",
+    cfg = make_cfg("experiment=report_base", "data.batch_size=32", "trainer.max_epochs=1",
                    "trainer.limit_train_batches=30", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
                    f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps}",
                    f"+callbacks.poison._target_={__name__}.PoisonedBatch", "+callbacks.poison.step=17")  # fmt: skip

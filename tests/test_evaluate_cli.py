@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import ReportCNN
 from tests.conftest import DATA_DIR
 from tests.helpers import ROOT, assert_refused, assert_report_shows, only_run_dir, run_entry_point
 
@@ -31,7 +31,7 @@ def test_missing_checkpoint(tmp_path):
 @pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite
 def test_truncated_checkpoint(tmp_path):
     whole, short = tmp_path / "whole.ckpt", tmp_path / "short.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in SeedCNN().state_dict().items()}}, whole)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in ReportCNN().state_dict().items()}}, whole)
     short.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     assert_refused(run_evaluate(f"ckpt={short}", log_dir=tmp_path / "logs"), str(short), "truncated or corrupt")
 

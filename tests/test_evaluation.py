@@ -63,7 +63,7 @@ def test_files_written(evaluation, trained):
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     assert saved["classes"][3] == "cat" and saved["checkpoint"] == str(trained[0] / "checkpoints" / "best.ckpt")
-    assert saved["model"]["_target_"] == "cifar_lightning.models.SeedCNN" and saved["gradcam"]["layer"] == "conv3"
+    assert saved["model"]["_target_"] == "cifar_lightning.models.ReportCNN" and saved["gradcam"]["layer"] == "conv3"
     assert saved["normalization"] == trained[1]["normalization"] and saved["seconds"] > 0
     for key in ("per_class_acc", "precision", "recall", "f1"):
         assert len(saved[key]) == 10

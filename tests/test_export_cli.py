@@ -81,9 +81,9 @@ def test_the_inference_benchmark_prints_both_sides(capsys):
     spec = importlib.util.spec_from_file_location("inference_throughput", ROOT / "benchmarks/inference_throughput.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    benchmark.main(["--model", "seed_cnn", "--batch-sizes", "1", "3", "--warmup", "1", "--repeats", "2"])
+    benchmark.main(["--model", "report_cnn", "--batch-sizes", "1", "3", "--warmup", "1", "--repeats", "2"])
     out = capsys.readouterr().out
-    assert "model: seed_cnn (fresh, conf/model/seed_cnn.yaml), 0.12 M parameters" in out
+    assert "model: report_cnn (fresh, conf/model/report_cnn.yaml), 0.12 M parameters" in out
     figure = r"(\d+\.\d+) ms/batch +(\d+) images/s"
     rows = re.findall(rf"batch +(\d+) \| PyTorch eager: +{figure} \| onnxruntime: +{figure} \| onnxruntime/eager speed "
                       r"(\d+\.\d+)", out)  # fmt: skip

@@ -48,9 +48,9 @@ def compose_export(overrides: list[str], output_dir: Path | None = None) -> Dict
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_run, tmp_path_factory, data_dir):
-    """model name -> the checkpoint a real train.py run of it keeps, trained on demand (seed_cnn: the shared tiny
+    """model name -> the checkpoint a real train.py run of it keeps, trained on demand (report_cnn: the shared tiny
     run)."""
-    made = {"seed_cnn": tiny_run[0] / "checkpoints" / "best.ckpt"}
+    made = {"report_cnn": tiny_run[0] / "checkpoints" / "best.ckpt"}
 
     def get(name: str) -> Path:
         if name not in made:
@@ -63,14 +63,14 @@ def checkpoints(tiny_run, tmp_path_factory, data_dir):
 
 
 def test_the_normalization_inside_is_the_classifiers(checkpoints):
-    classifier = Classifier.load(checkpoints("seed_cnn"), device="cpu")
+    classifier = Classifier.load(checkpoints("report_cnn"), device="cpu")
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(NormalizedClassifier(nn.Identity(), classifier.mean, classifier.std)(images),
                        classifier.normalize(images))  # fmt: skip
 
 
 MODEL_FORMATS = [
-    *[pytest.param(model, fmt, id=f"{model}-{fmt}") for model in ("seed_cnn", "fast_net") for fmt in ("onnx", "pt2")],
+    *[pytest.param(model, fmt, id=f"{model}-{fmt}") for model in ("report_cnn", "fast_net") for fmt in ("onnx", "pt2")],
     *[pytest.param("resnet18", fmt, id=f"resnet18-{fmt}", marks=pytest.mark.slow) for fmt in ("onnx", "pt2")],
 ]
 
@@ -124,7 +124,7 @@ def assert_uint8_contract(path: Path, fmt: str) -> None:
 
 
 def test_a_tampered_graph_fails_the_parity_check(checkpoints, data_dir, tmp_path):
-    classifier = Classifier.load(checkpoints("seed_cnn"), device="cpu")
+    classifier = Classifier.load(checkpoints("report_cnn"), device="cpu")
     path = tmp_path / "model.onnx"
     export_model(classifier, path, "onnx", 20, metadata={})
     graph = onnx.load(str(path))

@@ -1,4 +1,4 @@
-"""Grad-CAM on a small random SeedCNN: maps in [0, 1] that depend on the image, overlays written,
+"""Grad-CAM on a small random ReportCNN: maps in [0, 1] that depend on the image, overlays written,
 the model left as it was found (modes, hooks, gradients), and bad layers or targets refused."""
 
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 from cifar_lightning.data import normalize
 from cifar_lightning.gradcam import CamResult, gradcam_overlays, last_conv_layer
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import ReportCNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEAN, STD = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
@@ -17,9 +17,9 @@ def cifar_normalize(images: torch.Tensor) -> torch.Tensor:
     return normalize(images, MEAN.to(images.device), STD.to(images.device))
 
 
-def seeded_model() -> SeedCNN:
+def seeded_model() -> ReportCNN:
     torch.manual_seed(0)
-    return SeedCNN(batch_norm="all", dropout=0.2)
+    return ReportCNN(batch_norm="all", dropout=0.2)
 
 
 def patch_images() -> torch.Tensor:
@@ -103,8 +103,8 @@ def test_no_images_no_overlays(tmp_path):
 
 
 def test_last_conv_layer():
-    assert last_conv_layer(SeedCNN()) == "conv3"
-    assert last_conv_layer(SeedCNN(batch_norm="all")) == "conv3"
+    assert last_conv_layer(ReportCNN()) == "conv3"
+    assert last_conv_layer(ReportCNN(batch_norm="all")) == "conv3"
     with pytest.raises(ValueError, match="no Conv2d"):
         last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 

@@ -10,7 +10,7 @@ from cifar_lightning.data import normalize
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
 from cifar_lightning.inference import Classifier, activation_layers, classifier_head, extract_features, predict
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import ReportCNN
 
 MEAN, STD = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
 
@@ -19,15 +19,15 @@ def normalized(images: torch.Tensor) -> torch.Tensor:
     return normalize(images, MEAN, STD)
 
 
-def test_seed_cnn_layers_and_head():
-    model = SeedCNN(batch_norm="all", dropout=0.2)
+def test_report_cnn_layers_and_head():
+    model = ReportCNN(batch_norm="all", dropout=0.2)
     assert activation_layers(model) == ["relu1", "relu2", "relu3", "relu4"]
     assert classifier_head(model) is model.fc2
 
 
 def test_features_match_a_plain_forward_pass():
     torch.manual_seed(0)
-    model = SeedCNN(batch_norm="all", dropout=0.5).eval()
+    model = ReportCNN(batch_norm="all", dropout=0.5).eval()
     images = torch.randint(0, 256, (37, 3, 32, 32), dtype=torch.uint8)
     features = extract_features(model, images, normalized, batch_size=16)  # 3 batches, the last one short
     x = normalized(images)
@@ -65,7 +65,7 @@ def test_a_module_used_twice_is_reported_per_use():
 
 
 def test_no_layers_means_no_hooks():
-    features = extract_features(SeedCNN(), torch.zeros(2, 3, 32, 32, dtype=torch.uint8), normalized, layers=[])
+    features = extract_features(ReportCNN(), torch.zeros(2, 3, 32, 32, dtype=torch.uint8), normalized, layers=[])
     assert features.layer_means == {} and features.penultimate.shape == (2, 64)
 
 
@@ -73,7 +73,7 @@ def test_a_checkpoint_loads_with_its_normalization(classifier, tiny_run):
     metrics = tiny_run[1]
     assert classifier.normalization == metrics["normalization"]
     assert classifier.classes[0] == "airplane" and len(classifier.classes) == 10
-    assert classifier.checkpoint_epoch == 1 and classifier.config["model"]["_target_"].endswith("SeedCNN")
+    assert classifier.checkpoint_epoch == 1 and classifier.config["model"]["_target_"].endswith("ReportCNN")
     assert not classifier.model.training and classifier.head is classifier.model.fc2
 
 
@@ -113,7 +113,7 @@ def test_tta_is_the_classifiers(tiny_run, classifier):
 def test_a_model_with_another_number_of_classes_is_refused(tiny_run, tmp_path):
     checkpoint = torch.load(tiny_run[0] / "checkpoints" / "best.ckpt", weights_only=True)
     checkpoint["hyper_parameters"]["run_config"]["model"]["num_classes"] = 5
-    five = SeedCNN(num_classes=5, batch_norm="all")
+    five = ReportCNN(num_classes=5, batch_norm="all")
     checkpoint["state_dict"] = {f"model.{k}": v for k, v in five.state_dict().items()}
     torch.save(checkpoint, tmp_path / "five.ckpt")
     with pytest.raises(CheckpointError, match="predicts 5 classes, but CIFAR-10 has 10"):

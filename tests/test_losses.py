@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cifar_lightning.losses import LOSSES, build_loss
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import ReportCNN
 from cifar_lightning.module import ClassifierModule
 from tests.conftest import fit_on_one_batch
 
@@ -50,7 +50,7 @@ def test_logitnorm_ignores_the_logits_scale_and_cross_entropy_does_not():
 def test_the_module_trains_with_the_named_loss():
     """training_step, run by Lightning, takes the named loss (LogitNorm, not cross-entropy) and lowers it."""
     torch.manual_seed(0)
-    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.05, momentum=0.9), None, loss="logitnorm")
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.05, momentum=0.9), None, loss="logitnorm")
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     with torch.no_grad():
         logits = module(images)  # no dropout or batch norm: the first step's logits

@@ -3,7 +3,7 @@ from functools import partial
 import pytest
 import torch
 
-from cifar_lightning.models import FastNet, ResNet18, SeedCNN
+from cifar_lightning.models import FastNet, ResNet18, ReportCNN
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.schedules import WarmupSchedule
 from tests.conftest import fit_on_one_batch
@@ -11,7 +11,7 @@ from tests.conftest import fit_on_one_batch
 
 def make_module(**kwargs):
     return ClassifierModule(
-        SeedCNN(batch_norm="all", dropout=0.2),
+        ReportCNN(batch_norm="all", dropout=0.2),
         partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=0.004),
         partial(torch.optim.lr_scheduler.StepLR, step_size=16, gamma=0.1),
         **kwargs,
@@ -44,7 +44,7 @@ def test_step_schedule_drops_the_rate():
 
 
 def test_no_scheduler_means_plain_optimizer():
-    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None)
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.01), None)
     assert isinstance(module.configure_optimizers(), torch.optim.SGD)
 
 
@@ -70,7 +70,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def test_label_smoothing_reaches_the_loss():
-    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, label_smoothing=0.2)
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.01), None, label_smoothing=0.2)
     logits, labels = torch.randn(5, 10), torch.randint(0, 10, (5,))
     assert module.criterion.label_smoothing == 0.2
     expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
@@ -104,7 +104,7 @@ def test_scaled_norm_rate_without_decay_on_norms_and_biases():
 
 
 def test_per_step_schedule_is_stepped_every_step():
-    module = ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=1.0), WarmupSchedule("linear", 0.5, 0.5, 0.0))
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=1.0), WarmupSchedule("linear", 0.5, 0.5, 0.0))
     optimizer = module.build_optimizer()
     scheduler = module.build_scheduler(optimizer, total_steps=4)
     assert module.scheduler_interval == "step"
@@ -129,4 +129,4 @@ def test_per_step_schedule_is_stepped_every_step():
 )
 def test_invalid_module_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ClassifierModule(SeedCNN(), partial(torch.optim.SGD, lr=0.01), None, **kwargs)
+        ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.01), None, **kwargs)

@@ -1,7 +1,7 @@
 """report.html from real figures: one self-contained file, headline numbers, every image embedded,
 all text escaped, and missing images or summary keys noted rather than fatal.
 
-`sample_report` builds a report like evaluate.py's, from a random SeedCNN and random images; it
+`sample_report` builds a report like evaluate.py's, from a random ReportCNN and random images; it
 is also what benchmarks/report_screenshot.py was checked on:
 
     python -c "from pathlib import Path; from tests.test_report import sample_report as s; s(Path('/tmp/r'))"
@@ -17,7 +17,7 @@ import torch
 from cifar_lightning.data import CIFAR10_CLASSES, normalize
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
 from cifar_lightning.gradcam import gradcam_overlays
-from cifar_lightning.models import SeedCNN
+from cifar_lightning.models import ReportCNN
 from cifar_lightning.report import write_report
 from tests.helpers import assert_report_shows
 
@@ -39,8 +39,8 @@ def summary() -> dict:
         "classes": CLASSES,
         "checkpoint": "logs/train/runs/2026-11-27_10-00-00/checkpoints/best.ckpt",
         "checkpoint_epoch": 20,
-        "experiment": "seed_improved",
-        "model": {"_target_": "cifar_lightning.models.SeedCNN", "batch_norm": "all", "dropout": 0.2},
+        "experiment": "report_improved",
+        "model": {"_target_": "cifar_lightning.models.ReportCNN", "batch_norm": "all", "dropout": 0.2},
         "normalization": {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]},
         "device": "cpu",
         "gradcam": {"layer": "conv3", "explain": "predicted"},
@@ -59,7 +59,7 @@ def sample_report(out_dir: Path) -> Path:
     gallery = plot_gallery(images, true, predicted, rng.random(12).tolist(), CIFAR10_CLASSES, "Predictions",
                            figures / "gallery.png")  # fmt: skip
     mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
-    cams = gradcam_overlays(SeedCNN(batch_norm="all"), "conv3", torch.from_numpy(images[:3]),
+    cams = gradcam_overlays(ReportCNN(batch_norm="all"), "conv3", torch.from_numpy(images[:3]),
                             lambda x: normalize(x, mean, std), predicted[:3], [f"image {i}" for i in range(3)],
                             figures / "gradcam", "sample")  # fmt: skip
     history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_acc": 0.03 * e, "val_acc": 0.028 * e,

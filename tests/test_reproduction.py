@@ -15,7 +15,7 @@ from tests.conftest import QUIET, compose_train
 from tests.helpers import ROOT
 
 #: experiment -> (the ablation's configuration, epochs it runs: no early stop in the documented runs)
-RECIPES = {"seed_base": ("base", 10), "seed_improved": ("improved", 20)}
+RECIPES = {"report_base": ("base", 10), "report_improved": ("improved", 20)}
 
 
 def documented_range(configuration: str) -> tuple[float, float]:
@@ -57,5 +57,5 @@ def test_recipe_reproduces_the_documented_accuracy(reproductions, experiment):
 
 @pytest.mark.slow
 def test_improved_beats_base_by_five_points(reproductions):
-    base, improved = reproductions["seed_base"]["test_acc"], reproductions["seed_improved"]["test_acc"]
+    base, improved = reproductions["report_base"]["test_acc"], reproductions["report_improved"]["test_acc"]
     assert improved - base >= 0.05, (base, improved)

@@ -66,7 +66,7 @@ class CrashAfterStep(L.Callback):
 
 # --- the issue's check: a real process, SIGKILLed during epoch 2, resumed from the command line ----------
 
-BASE_RUN = ["experiment=seed_base", "trainer.max_epochs=3", "trainer.limit_train_batches=80",
+BASE_RUN = ["experiment=report_base", "trainer.max_epochs=3", "trainer.limit_train_batches=80",
             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def test_resume_from_a_mid_epoch_step_checkpoint_equals_the_uninterrupted_run(se
 def short_run(tmp_path_factory, data_dir) -> RunDir:
     """A run of 2 planned epochs that crashed in epoch 2: resumable from the end of epoch 1."""
     root = tmp_path_factory.mktemp("short") / "run"
-    overrides = [f"data.data_dir={data_dir}", *QUIET, "experiment=seed_base", "trainer.max_epochs=2",
+    overrides = [f"data.data_dir={data_dir}", *QUIET, "experiment=report_base", "trainer.max_epochs=2",
                  "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
                  "+callbacks.crash._target_=tests.test_resume.CrashAfterStep", "+callbacks.crash.step=4"]  # fmt: skip
     with pytest.raises(RuntimeError):
@@ -181,7 +181,7 @@ def refused(run: RunDir, *overrides: str) -> str:
 def test_overrides_that_could_change_the_result_are_refused(short_run):
     message = refused(short_run, "optim.lr=0.1", "trainer.enable_progress_bar=false")
     assert f"{short_run.root} with optim.lr=0.1:" in message and "enable_progress_bar=false" not in message
-    assert "experiment=seed_improved" in refused(short_run, "experiment=seed_improved")
+    assert "experiment=report_improved" in refused(short_run, "experiment=report_improved")
     assert "seed=1,2" in refused(short_run, "seed=1,2")
     assert "can only extend it" in refused(short_run, "trainer.max_epochs=1")
 

@@ -27,7 +27,7 @@ from tests.conftest import QUIET, compose_train
 
 # One epoch of two batches: a real run directory in about 3 s.
 TINY = [
-    "experiment=seed_base", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    "experiment=report_base", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1",
 ]  # fmt: skip
 # The trained runs' only differences: (name, optim.lr, model.dropout).

@@ -92,7 +92,7 @@ def test_gradcam_overlay_of_the_top_class(server, classifier):
     body, _ = cifar_test_pngs(1)[0]
     answer = predict(server, body, gradcam=True)
     cam = answer["gradcam"]
-    assert (cam["class"], cam["layer"]) == (answer["class"], "conv3")  # the last Conv2d of the seed CNN
+    assert (cam["class"], cam["layer"]) == (answer["class"], "conv3")  # the last Conv2d of the report CNN
     with Image.open(io.BytesIO(base64.b64decode(cam["png_base64"]))) as image:
         served = np.asarray(image.convert("RGB"))
     assert served.shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)

@@ -65,7 +65,7 @@ def test_only_a_submitit_job_continues_from_its_last_checkpoint(tmp_path, monkey
 def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_directory(data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "hydra/launcher=local", "seed=0,1", "experiment=seed_base",
+        [sys.executable, "train.py", "-m", "hydra/launcher=local", "seed=0,1", "experiment=report_base",
          "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
          "trainer.limit_val_batches=1", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *QUIET],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -101,7 +101,7 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-REQUEUE_RUN = ["seed=0", "experiment=seed_base", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
+REQUEUE_RUN = ["seed=0", "experiment=report_base", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
                "trainer.limit_val_batches=2", *QUIET]  # fmt: skip
 
 

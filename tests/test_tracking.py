@@ -26,7 +26,7 @@ from tests.helpers import run_entry_point
 
 # Two epochs of two batches: val_loss gets two points, a resume to three epochs a third.
 TWO_EPOCHS = [
-    "experiment=seed_base", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+    "experiment=report_base", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
 ]  # fmt: skip
 RUN_STAMP = "2026-01-01_00-00-00_000000"
@@ -124,7 +124,7 @@ def test_logger_mlflow_records_the_final_figures_and_checkpoints(mlflow_run):
         assert run.data.metrics[key] == pytest.approx(saved[key]), key
     assert run.data.metrics["test_acc"] == saved["test_acc"] == metrics["test_acc"]
     tags = run.data.tags
-    assert tags["status"] == "completed" and tags["recipe"] == "seed_base"
+    assert tags["status"] == "completed" and tags["recipe"] == "report_base"
     assert tags["run_dir"] == str(run_dir.resolve())
     assert tags["best_checkpoint"] == saved["best_checkpoint"] and Path(tags["best_checkpoint"]).is_file()
     assert tags["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")

@@ -34,11 +34,11 @@ def test_fast_dev_run_writes_the_run_record(make_cfg, tmp_path):
     assert 0.0 <= saved["test_acc"] <= 1.0 and saved["epochs_run"] == 1
     assert {"torch", "lightning", "hydra-core", "torchvision"} <= set(saved["versions"])
     config = (run / "config.yaml").read_text()
-    assert "${" not in config and "seed_improved" in config  # resolved
+    assert "${" not in config and "report_improved" in config  # resolved
 
 
 def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_path):
-    cfg = make_cfg(*SHORT, "experiment=seed_base", "optim.lr=0.01")
+    cfg = make_cfg(*SHORT, "experiment=report_base", "optim.lr=0.01")
     metrics = train(cfg)
     run = tmp_path / "run"
     best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
@@ -92,7 +92,7 @@ def test_the_tiny_run_learns(tiny_run_record):
 
 def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
     # Augmentation on: its draws must repeat too. A few small batches suffice to show equality and difference.
-    overrides = ["experiment=seed_base", "trainer.max_epochs=1", "data.batch_size=32", "data.eval_batch_size=250",
+    overrides = ["experiment=report_base", "trainer.max_epochs=1", "data.batch_size=32", "data.eval_batch_size=250",
                  "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
                  "data.crop_padding=4", "data.flip=true", "seed=3"]  # fmt: skip
     first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
@@ -188,7 +188,7 @@ def test_resnet18_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path
 
 def test_best_epoch_when_validation_skips_epochs(make_cfg):
     # Validation runs in epoch 2 only: the best epoch is 2, with its own loss (it was 1 and null).
-    metrics = train(make_cfg(*SHORT, "experiment=seed_base", "trainer.check_val_every_n_epoch=2"))
+    metrics = train(make_cfg(*SHORT, "experiment=report_base", "trainer.check_val_every_n_epoch=2"))
     assert [("val_loss" in row) for row in metrics["history"]] == [False, True]
     assert metrics["best_epoch"] == 2
     assert metrics["best_val_loss"] == metrics["history"][1]["val_loss"]

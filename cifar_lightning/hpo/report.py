@@ -2,7 +2,7 @@
 
 Written into the sweep directory at the end of every worker's sweep, and on demand:
 
-    python -m cifar_lightning.hpo logs/train/hpo/seed_cnn            # a sweep directory (its optuna.db)
+    python -m cifar_lightning.hpo logs/train/hpo/report_cnn            # a sweep directory (its optuna.db)
     python -m cifar_lightning.hpo sqlite:///logs/hpo.db --study name  # or any storage URL
 """
 

@@ -10,12 +10,12 @@ from torch import nn
 
 from cifar_lightning.models.fast_net import FastNet
 from cifar_lightning.models.resnet import ResNet18
-from cifar_lightning.models.seed_cnn import SeedCNN
+from cifar_lightning.models.report_cnn import ReportCNN
 
 MODELS: dict[str, type[nn.Module]] = {
-    "seed_cnn": SeedCNN,
+    "report_cnn": ReportCNN,
     "resnet18": ResNet18,
     "fast_net": FastNet,
 }
 
-__all__ = ["MODELS", "FastNet", "ResNet18", "SeedCNN"]
+__all__ = ["MODELS", "FastNet", "ResNet18", "ReportCNN"]

@@ -22,13 +22,13 @@ def test_a_sweep_without_the_ablation_group_is_named_by_its_experiment(tmp_path)
     """train.yaml gives every run ablation.name null and ablation.seeds 3: that is no plan."""
     job_dir = write_job(tmp_path, 0, "improved", 0, 0.66)
     metrics = json.loads((job_dir / "metrics.json").read_text())
-    metrics.update(ablation=None, experiment="seed_improved")
+    metrics.update(ablation=None, experiment="report_improved")
     (job_dir / "metrics.json").write_text(json.dumps(metrics))
-    plain_run = "seed: 0\nexperiment_name: seed_improved\nablation:\n  name: null\n  seeds: 3\n"
+    plain_run = "seed: 0\nexperiment_name: report_improved\nablation:\n  name: null\n  seeds: 3\n"
     (job_dir / "config.yaml").write_text(plain_run)
     (job_dir / ".hydra" / "config.yaml").write_text(plain_run)
     (run,) = collect_runs(tmp_path).finished
-    assert (run.name, run.seed, run.planned_seeds) == ("seed_improved", 0, None)
+    assert (run.name, run.seed, run.planned_seeds) == ("report_improved", 0, None)
 
 
 def test_several_sweeps_are_read_as_one(tmp_path):

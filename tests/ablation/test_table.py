@@ -80,13 +80,13 @@ def test_a_sweep_without_the_ablation_group_has_no_plan(tmp_path):
     for seed in range(2):
         job_dir = write_job(tmp_path, seed, "improved", seed, 0.66)
         metrics = json.loads((job_dir / "metrics.json").read_text())
-        metrics.update(ablation=None, experiment="seed_improved")
+        metrics.update(ablation=None, experiment="report_improved")
         (job_dir / "metrics.json").write_text(json.dumps(metrics))
-        plain_run = f"seed: {seed}\nexperiment_name: seed_improved\nablation:\n  name: null\n  seeds: 3\n"
+        plain_run = f"seed: {seed}\nexperiment_name: report_improved\nablation:\n  name: null\n  seeds: 3\n"
         (job_dir / "config.yaml").write_text(plain_run)
         (job_dir / ".hydra" / "config.yaml").write_text(plain_run)
     table = build_table(collect_runs(tmp_path))
-    assert [(row.name, row.n, row.planned, row.n_missing) for row in table.rows] == [("seed_improved", 2, None, 0)]
+    assert [(row.name, row.n, row.planned, row.n_missing) for row in table.rows] == [("report_improved", 2, None, 0)]
 
 
 def test_unknown_configurations_come_after_the_report_ones_alphabetically(tmp_path):

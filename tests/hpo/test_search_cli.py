@@ -32,7 +32,7 @@ TINY = [
 def search_args(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
     """train.py's arguments for a tiny search."""
     return [
-        "-m", "hparams_search=seed_cnn", f"data.data_dir={data_dir}", f"paths.log_dir={log_dir}", *QUIET, *TINY,
+        "-m", "hparams_search=report_cnn", f"data.data_dir={data_dir}", f"paths.log_dir={log_dir}", *QUIET, *TINY,
         *overrides,
     ]  # fmt: skip
 
@@ -47,7 +47,7 @@ def run_search(log_dir: Path, data_dir: Path, *overrides: str) -> subprocess.Com
 
 
 def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="seed_cnn", storage=default_storage(sweep_dir)).get_trials()
+    return optuna.load_study(study_name="report_cnn", storage=default_storage(sweep_dir)).get_trials()
 
 
 def assert_no_duplicates(trials: list[optuna.trial.FrozenTrial], sweep_dir: Path) -> None:
@@ -60,7 +60,7 @@ def assert_no_duplicates(trials: list[optuna.trial.FrozenTrial], sweep_dir: Path
 
 
 def test_a_killed_study_resumes_where_it_stopped(tmp_path, data_dir):
-    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     worker = subprocess.Popen(
         search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=4"), cwd=ROOT, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -95,10 +95,10 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path, data_dir):
 
 
 def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_dir):
-    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     # The study exists before the workers start, as when a first worker created it: two workers creating one
     # SQLite file at the same instant can both try to create Optuna's tables.
-    open_study(open_storage(default_storage(sweep_dir)), "seed_cnn", "val_loss", "minimize", build_sampler(None), None)
+    open_study(open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None)
     command = search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=6")
     workers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]  # fmt: skip
@@ -113,7 +113,7 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_di
 
     # hpo.md's command trains the best trial's configuration alone: the same config, less the search's keys.
     report = (sweep_dir / "hpo.md").read_text()
-    best = optuna.load_study(study_name="seed_cnn", storage=default_storage(sweep_dir)).best_trial
+    best = optuna.load_study(study_name="report_cnn", storage=default_storage(sweep_dir)).best_trial
     command_line = re.search(r"Retrain it alone, exactly as the trial ran:\n\n    (.+)\n", report).group(1)
     overrides = command_line.split()[2:]
     assert not any(o.startswith(("hpo.", "hparams_search", "-m")) for o in overrides)
@@ -138,8 +138,8 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_di
     ],
 )
 def test_bad_input_stops_before_any_trial(tmp_path, data_dir, overrides, expected):
-    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
-    open_study(open_storage(default_storage(sweep_dir)), "seed_cnn", "val_loss", "minimize", build_sampler(None), None)
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
+    open_study(open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None)
     assert_refused(run_search(tmp_path / "logs", data_dir, *overrides), expected)
     assert trials_of(sweep_dir) == [] and not list(sweep_dir.glob("trial_*"))
 
@@ -153,7 +153,7 @@ def test_hpo_trial_outside_a_search_is_refused(tmp_path, data_dir):
 @pytest.mark.parametrize("launcher", ["joblib", "local"])
 def test_trials_run_through_other_launchers(tmp_path, data_dir, launcher):
     """Two trials at a time in their own processes: joblib's, or submitit's (the Slurm launcher's code path)."""
-    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     result = run_search(
         tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", f"hydra/launcher={launcher}"
     )

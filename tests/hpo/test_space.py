@@ -19,7 +19,7 @@ def test_each_syntax_gives_its_distribution_and_command_line_sweeps_join_in():
             "trainer.max_epochs": "tag(int, interval(2, 8))",
             "data.eval_batch_size": "tag(int, log, interval(100, 1000))",
         },
-        ["hparams_search=seed_cnn", "trainer.max_epochs=4", "optim.momentum=interval(0.8,0.95)"],
+        ["hparams_search=report_cnn", "trainer.max_epochs=4", "optim.momentum=interval(0.8,0.95)"],
     )
     assert space["optim.lr"] == FloatDistribution(0.0001, 0.1, log=True)
     assert space["model.dropout"] == FloatDistribution(0.0, 0.5)
@@ -29,7 +29,7 @@ def test_each_syntax_gives_its_distribution_and_command_line_sweeps_join_in():
     assert space["trainer.max_epochs"] == IntDistribution(2, 8)
     assert space["data.eval_batch_size"] == IntDistribution(100, 1000, log=True)
     assert space["optim.momentum"] == FloatDistribution(0.8, 0.95)  # a command-line sweep is searched too
-    assert fixed == ["hparams_search=seed_cnn", "trainer.max_epochs=4"]  # plain overrides hold for every trial
+    assert fixed == ["hparams_search=report_cnn", "trainer.max_epochs=4"]  # plain overrides hold for every trial
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The Optuna sweeper in-process, in seconds: Hydra composes `train.py -m hparams_search=seed_cnn` and runs the
+"""The Optuna sweeper in-process, in seconds: Hydra composes `train.py -m hparams_search=report_cnn` and runs the
 real sweeper, study and launcher (Hydra's basic one), but each trial's job is a stub instead of train.py: it
 reports to the study as a training run does (cifar_lightning.hpo.trial), may be pruned by the study's pruner,
 and writes the metrics.json the sweeper reads. Covered: ask/tell, a crashed trial (failed, counted, the sweep
@@ -47,8 +47,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
 ]
 
-#: conf/hparams_search/seed_cnn.yaml's space, as the sweeper reads it (Optuna distributions).
-SPACE = build_space(OmegaConf.load(CONF_DIR / "hparams_search" / "seed_cnn.yaml").hydra.sweeper.params, [])[0]
+#: conf/hparams_search/report_cnn.yaml's space, as the sweeper reads it (Optuna distributions).
+SPACE = build_space(OmegaConf.load(CONF_DIR / "hparams_search" / "report_cnn.yaml").hydra.sweeper.params, [])[0]
 
 
 def objective(params: dict[str, float]) -> float:
@@ -91,7 +91,7 @@ class StubTrain:
 
 
 def sweep(log_dir: Path, stub: StubTrain, *overrides: str) -> None:
-    """`python train.py -m hparams_search=seed_cnn <overrides>` in this process, each job run by `stub`; Hydra's
+    """`python train.py -m hparams_search=report_cnn <overrides>` in this process, each job run by `stub`; Hydra's
     global state (the job's HydraConfig, ...) is put back afterwards."""
     state = copy.deepcopy(Singleton.get_state())
     GlobalHydra.instance().clear()
@@ -99,7 +99,7 @@ def sweep(log_dir: Path, stub: StubTrain, *overrides: str) -> None:
     try:
         hydra.multirun(
             "train", stub,
-            ["hparams_search=seed_cnn", f"paths.log_dir={log_dir}", "hydra/job_logging=none",
+            ["hparams_search=report_cnn", f"paths.log_dir={log_dir}", "hydra/job_logging=none",
              "hydra/hydra_logging=none", "hydra.sweeper.pruner.n_startup_trials=2",
              "hydra.sweeper.pruner.n_warmup_steps=0", *overrides],
             with_log_configuration=False,
@@ -110,7 +110,7 @@ def sweep(log_dir: Path, stub: StubTrain, *overrides: str) -> None:
 
 
 def trials_in(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="seed_cnn", storage=default_storage(sweep_dir)).get_trials()
+    return optuna.load_study(study_name="report_cnn", storage=default_storage(sweep_dir)).get_trials()
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,9 @@ def finished(tmp_path_factory) -> tuple[Path, StubTrain, list[optuna.trial.Froze
     """A 4-trial study, started after a worker was killed mid-trial: trial 0 (killed, its heartbeat stale), its
     retry 1, 2, 3 crashed, 4 pruned. Returns the sweep directory, the stub and the trials."""
     log_dir = tmp_path_factory.mktemp("sweep") / "logs"
-    sweep_dir = log_dir / "train" / "hpo" / "seed_cnn"
+    sweep_dir = log_dir / "train" / "hpo" / "report_cnn"
     storage = open_storage(default_storage(sweep_dir), heartbeat_interval=1)
-    study = open_study(storage, "seed_cnn", "val_loss", "minimize", build_sampler(None), None)
+    study = open_study(storage, "report_cnn", "val_loss", "minimize", build_sampler(None), None)
     killed = study.ask(SPACE)  # a trial whose worker died: running, and its heartbeat stops
     storage.record_heartbeat(killed._trial_id)
     time.sleep(2.2)  # stale after 2 x heartbeat_interval
@@ -173,7 +173,7 @@ def test_a_crashed_trial_fails_counts_and_the_sweep_goes_on(finished):
 
 def test_ctrl_c_keeps_told_trials_and_the_rerun_finishes_the_interrupted_ones(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr("cifar_lightning.hpo.report.PLOTS", {})
-    log_dir, sweep_dir = tmp_path / "logs", tmp_path / "logs" / "train" / "hpo" / "seed_cnn"
+    log_dir, sweep_dir = tmp_path / "logs", tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     settings = ["hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]  # batches of 2: trials 0 and 1, 2 and 3
     first = StubTrain(interrupt=3)  # Ctrl-C in the batch's second job: trial 2 ran, but was not told yet
     with caplog.at_level(logging.WARNING, logger="cifar_lightning.hpo.sweeper"), pytest.raises(KeyboardInterrupt):

@@ -15,7 +15,7 @@ from cifar_lightning.errors import is_fraction
 BATCH_NORM_CHOICES = ("none", "first", "all")
 
 
-class SeedCNN(nn.Sequential):
+class ReportCNN(nn.Sequential):
     """The report's CNN, with optional batch norm and dropout.
 
     batch_norm: "none"; "first" (after conv1 only: the report's text read literally);

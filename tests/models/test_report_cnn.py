@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cifar_lightning.models import MODELS, SeedCNN
+from cifar_lightning.models import MODELS, ReportCNN
 
 # conv1 3*32*25+32, conv2 32*32*25+32, conv3 32*64*25+64, fc1 576*64+64, fc2 64*10+10
 BASE_PARAMS = 2432 + 25632 + 51264 + 36928 + 650
@@ -11,17 +11,17 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_holds_the_seed_cnn():
-    assert MODELS["seed_cnn"] is SeedCNN
+def test_registry_holds_the_report_cnn():
+    assert MODELS["report_cnn"] is ReportCNN
 
 
 @pytest.mark.parametrize("batch_norm, extra", [("none", 0), ("first", 2 * 32), ("all", 2 * (32 + 32 + 64))])
 def test_parameter_count(batch_norm, extra):
-    assert count(SeedCNN(batch_norm=batch_norm)) == BASE_PARAMS + extra == 116906 + extra
+    assert count(ReportCNN(batch_norm=batch_norm)) == BASE_PARAMS + extra == 116906 + extra
 
 
 def test_shapes_follow_unpadded_pooling():
-    model = SeedCNN(batch_norm="all", dropout=0.2).eval()
+    model = ReportCNN(batch_norm="all", dropout=0.2).eval()
     sizes = {}
     for name in ("pool1", "pool2", "pool3", "relu4"):
         model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape))
@@ -35,17 +35,17 @@ def test_shapes_follow_unpadded_pooling():
 
 
 def test_layer_names_are_stable():
-    names = [name for name, _ in SeedCNN(batch_norm="all").named_children()]
+    names = [name for name, _ in ReportCNN(batch_norm="all").named_children()]
     assert names == [
         "conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2",
         "conv3", "bn3", "relu3", "pool3", "flatten", "fc1", "relu4", "dropout", "fc2",
     ]  # fmt: skip
-    first = [name for name, _ in SeedCNN(batch_norm="first").named_children()]
+    first = [name for name, _ in ReportCNN(batch_norm="first").named_children()]
     assert "bn1" in first and "bn2" not in first and "bn3" not in first
 
 
 def test_dropout_sits_before_the_last_layer():
-    model = SeedCNN(dropout=0.3)
+    model = ReportCNN(dropout=0.3)
     children = list(model.named_children())
     assert children[-2][0] == "dropout" and children[-2][1].p == 0.3 and children[-1][0] == "fc2"
 
@@ -62,4 +62,4 @@ def test_dropout_sits_before_the_last_layer():
 )
 def test_invalid_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SeedCNN(**kwargs)
+        ReportCNN(**kwargs)
