@@ -1,0 +1,7 @@
+"""The settings of every job, declared once (cifar_lightning/config/schema.py says how). Importing this
+package stores every schema in Hydra's ConfigStore, so conf/'s presets can extend them."""
+
+from cifar_lightning.config import model  # noqa: F401  (registers the schemas)
+from cifar_lightning.config.schema import Settings, check, must_be, preset
+
+__all__ = ["Settings", "check", "must_be", "preset"]
