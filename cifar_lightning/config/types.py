@@ -1,0 +1,15 @@
+"""Setting types that several schemas share, declared once."""
+
+from typing import Annotated
+
+from pydantic import Field
+
+TTALevel = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=2,
+        description="test-time augmentation: logits averaged over views of each image",
+        json_schema_extra={"must": "one of 0, 1, 2 (0: none, 1: with mirror images, 2: also shifted by one pixel)"},
+    ),
+]
