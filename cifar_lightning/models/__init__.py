@@ -9,8 +9,8 @@ rely on this.
 from torch import nn
 
 from cifar_lightning.models.fast_net import FastNet
-from cifar_lightning.models.resnet import ResNet18
 from cifar_lightning.models.report_cnn import ReportCNN
+from cifar_lightning.models.resnet import ResNet18
 
 MODELS: dict[str, type[nn.Module]] = {
     "report_cnn": ReportCNN,

@@ -27,8 +27,6 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from cifar_lightning.errors import is_fraction, is_int
-
 
 class PatchWhitening(nn.Conv2d):
     """A frozen conv whose filters whiten the image's patches: its outputs are uncorrelated with unit variance.
@@ -138,15 +136,7 @@ def identity_init(conv: nn.Conv2d) -> None:
 
 
 class FastNet(nn.Sequential):
-    """airbench94-style network (see the module docstring).
-
-    widths: output channels of the three conv groups (airbench94: 64, 256, 256).
-    whiten_patch: side of the whitening patches (2: 24 whitening channels).
-    whiten_eps: added to the patch eigenvalues before whitening.
-    bn_momentum: share of old batch-norm running statistics kept per step (airbench: 0.6).
-    head_scale: multiplier of the logits (airbench: 1/9).
-    init_images: training images the whitening is computed from (first of the training split).
-    """
+    """airbench94-style network (see the module docstring); settings: cifar_lightning/config/model.py."""
 
     def __init__(
         self,
@@ -158,21 +148,6 @@ class FastNet(nn.Sequential):
         head_scale: float = 1 / 9,
         init_images: int = 5000,
     ) -> None:
-        widths = tuple(widths)
-        if len(widths) != 3 or not all(is_int(w, 1) for w in widths):
-            raise ValueError(
-                f"widths must be three positive integers, got {list(widths)!r}; e.g. model.widths=[64,256,256]"
-            )
-        if not isinstance(whiten_patch, int) or not 1 <= whiten_patch <= 4:
-            raise ValueError(f"whiten_patch must be an integer from 1 to 4, got {whiten_patch!r}")
-        if not is_fraction(bn_momentum, zero=True, one=False):
-            raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
-        if not isinstance(head_scale, (int, float)) or head_scale <= 0:
-            raise ValueError(f"head_scale must be positive, got {head_scale!r}")
-        if not isinstance(init_images, int) or init_images < 1:
-            raise ValueError(f"init_images must be a positive integer, got {init_images!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         whiten = PatchWhitening(whiten_patch, whiten_eps)
         super().__init__(
             OrderedDict(

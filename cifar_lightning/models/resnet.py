@@ -15,8 +15,6 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from cifar_lightning.errors import is_int
-
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the input (through a 1x1 conv + BN when the shape changes), then ReLU."""
@@ -48,12 +46,6 @@ class ResNet18(nn.Sequential):
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] | list[int] = (64, 128, 256, 512)) -> None:
         widths = tuple(widths)
-        if len(widths) != 4 or not all(is_int(w, 1) for w in widths):
-            raise ValueError(
-                f"widths must be four positive integers, got {list(widths)!r}; e.g. model.widths=[64,128,256,512]"
-            )
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         layers: list[tuple[str, nn.Module]] = [
             ("conv1", nn.Conv2d(3, widths[0], 3, padding=1, bias=False)),
             ("bn1", nn.BatchNorm2d(widths[0])),

@@ -1,6 +1,12 @@
+import re
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from cifar_lightning.config import check
+from cifar_lightning.config.model import ReportCNNSettings
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.models import MODELS, ReportCNN
 
 # conv1 3*32*25+32, conv2 32*32*25+32, conv3 32*64*25+64, fc1 576*64+64, fc2 64*10+10
@@ -53,13 +59,15 @@ def test_dropout_sits_before_the_last_layer():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"dropout": 1.5}, "dropout must be a probability in \\[0, 1\\)"),
-        ({"dropout": -0.1}, "dropout"),
-        ({"dropout": "high"}, "dropout"),
+        ({"dropout": 1.5}, "dropout must be in [0, 1), got 1.5"),
+        ({"dropout": -0.1}, "dropout must be in [0, 1)"),
+        ({"dropout": "high"}, "dropout must be in [0, 1), got 'high'"),
         ({"batch_norm": "some"}, "batch_norm must be one of none, first, all"),
-        ({"num_classes": 1}, "num_classes"),
+        ({"num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({"width": 8}, "has no setting `width`"),
     ],
 )
 def test_invalid_options_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        ReportCNN(**kwargs)
+    node = OmegaConf.create({"model": {"_target_": ReportCNNSettings.target, **kwargs}})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check(node, "train", "nothing was trained")

@@ -1,7 +1,11 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from cifar_lightning.config import check
+from cifar_lightning.config.model import ResNet18Settings
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.models import MODELS, ResNet18
 
 
@@ -56,5 +60,6 @@ def test_blocks_add_the_shortcut():
 
 @pytest.mark.parametrize("kwargs", [{"widths": [64, 128]}, {"widths": [64, 0, 256, 512]}, {"num_classes": 1}])
 def test_invalid_options_are_refused(kwargs):
-    with pytest.raises(ValueError):
-        ResNet18(**kwargs)
+    node = OmegaConf.create({"model": {"_target_": ResNet18Settings.target, **kwargs}})
+    with pytest.raises(ConfigError, match=f"model.{next(iter(kwargs))} must be"):
+        check(node, "train", "nothing was trained")
