@@ -45,8 +45,10 @@ def commands(recipe: str, out: Path, data: str) -> list[tuple[str, list[str]]]:
                       f"hydra.run.dir={out / 'evaluate'}"]),  # fmt: skip
         ("predict", [py, "predict.py", f"run_dir={run}", f"inputs={out / 'inputs'}", "progress=false",
                      f"hydra.run.dir={out / 'predict'}"]),  # fmt: skip
-        ("export_onnx", [py, "export.py", f"run_dir={run}", "format=onnx", f"hydra.run.dir={out / 'onnx'}"]),
-        ("export_pt2", [py, "export.py", f"run_dir={run}", "format=pt2", f"hydra.run.dir={out / 'pt2'}"]),
+        ("export_onnx", [py, "export.py", f"run_dir={run}", "format=onnx", f"data.data_dir={data}",
+                         f"hydra.run.dir={out / 'onnx'}"]),  # fmt: skip
+        ("export_pt2", [py, "export.py", f"run_dir={run}", "format=pt2", f"data.data_dir={data}",
+                        f"hydra.run.dir={out / 'pt2'}"]),  # fmt: skip
         ("search", [py, "train.py", "-m", f"hparams_search={recipe}_cnn", "hydra.sweeper.n_trials=2",
                     "trainer.max_epochs=1", f"hydra.sweep.dir={out / 'search'}", *common]),  # fmt: skip
     ]
