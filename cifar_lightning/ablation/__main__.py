@@ -25,13 +25,19 @@ def parser() -> argparse.ArgumentParser:
         "table of all their runs.",
     )
     parser.add_argument(
-        "sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR",
+        "sweep_dirs",
+        type=Path,
+        nargs="+",
+        metavar="SWEEP_DIR",
         help="a multirun directory, e.g. logs/train/multiruns/<date>_<time>; give several to combine them",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="where to write the files (default: the sweep directory; required with several)",
-    )  # fmt: skip
+    )
     return parser
 
 

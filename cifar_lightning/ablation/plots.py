@@ -51,8 +51,9 @@ def plot_curves(rows: Sequence[AblationRow], path: Path) -> Path:
         f"{row.label} (n={row.n})": {metric: seed_curves(row.runs, metric) for metric, _, _ in CURVE_METRICS}
         for row in rows
     }
-    title = ("Train and validation curves: mean over seeds, band = min-max\n"
-             "(each epoch averages the seeds that reached it)")  # fmt: skip
+    title = (
+        "Train and validation curves: mean over seeds, band = min-max\n(each epoch averages the seeds that reached it)"
+    )
     return plot_curve_grid(columns, title, path)
 
 

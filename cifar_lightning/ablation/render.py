@@ -14,9 +14,16 @@ from cifar_lightning.tables import markdown_table, write_csv
 
 CSV_FILE, MARKDOWN_FILE, CURVES_FILE, CONFUSION_FILE = "ablation.csv", "ablation.md", "curves.png", "confusion.png"
 MARKDOWN_COLUMNS = (
-    "configuration", "test acc. (%)", "report (%)", "Δ vs Improved (pp)", "p (Welch)", "95% CI of Δ (pp)",
-    "best epoch", "train time", "n",
-)  # fmt: skip
+    "configuration",
+    "test acc. (%)",
+    "report (%)",
+    "Δ vs Improved (pp)",
+    "p (Welch)",
+    "95% CI of Δ (pp)",
+    "best epoch",
+    "train time",
+    "n",
+)
 CSV_COLUMNS = (
     "configuration",
     "label",
@@ -129,8 +136,9 @@ def render_markdown(table: AblationTable) -> str:
     diverged = [f"{row.label}: {describe_diverged(row, table)}" for row in table.rows if row.diverged]
     lines.append(
         f"Diverged runs (non-finite training loss; not in the means, not missing): {'; '.join(diverged)}."
-        if diverged else "Diverged runs: none."
-    )  # fmt: skip
+        if diverged
+        else "Diverged runs: none."
+    )
     lines.append("")
     if any(row.n for row in table.rows):
         lines.append(

@@ -88,6 +88,10 @@ class AggregateAblation(Callback):
             else:
                 log.exception("ablation summary failed; the jobs' results are untouched (retry: %s)", retry)
             return
-        log.info("ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
-                 len(table.rows), table.n_missing, table.n_diverged,
-                 ", ".join(str(path) for path in table.files.values()))  # fmt: skip
+        log.info(
+            "ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
+            len(table.rows),
+            table.n_missing,
+            table.n_diverged,
+            ", ".join(str(path) for path in table.files.values()),
+        )

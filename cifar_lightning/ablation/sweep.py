@@ -135,9 +135,13 @@ def read_run(job_dir: Path) -> Run:
     ablation_configs = [c for c in configs if is_name(plain(c, "ablation.name"))]
     planned = first([plain(c, "ablation.seeds") for c in ablation_configs], lambda v: is_int(v, 1))
     return Run(
-        name=name or "unknown", seed=seed, directory=job_dir, planned_seeds=planned,
-        metrics=metrics, status=status,
-    )  # fmt: skip
+        name=name or "unknown",
+        seed=seed,
+        directory=job_dir,
+        planned_seeds=planned,
+        metrics=metrics,
+        status=status,
+    )
 
 
 def sweep_job_dirs(sweep_dir: Path) -> list[Path]:

@@ -32,7 +32,7 @@ from cifar_lightning.hpo.study import (  # noqa: E402
     STATUS,
     STORAGE,
     TASK_OVERRIDES,
-)  # fmt: skip
+)
 from cifar_lightning.tables import markdown_table  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,16 @@ def trial_rows(study: optuna.Study, names: Sequence[str]) -> list[list[str]]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = trial.duration.total_seconds() if trial.duration is not None else None
-        rows.append([
-            str(trial.number), trial.user_attrs.get(STATUS) or trial.state.name.lower(),
-            format_value(trial.value) if trial.state == TrialState.COMPLETE else "",
-            str(len(trial.intermediate_values)), *(format_value(trial.params.get(name)) for name in names),
-            "" if seconds is None else f"{seconds:.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(trial.number),
+                trial.user_attrs.get(STATUS) or trial.state.name.lower(),
+                format_value(trial.value) if trial.state == TrialState.COMPLETE else "",
+                str(len(trial.intermediate_values)),
+                *(format_value(trial.params.get(name)) for name in names),
+                "" if seconds is None else f"{seconds:.0f}",
+            ]
+        )
     return rows
 
 

@@ -109,14 +109,22 @@ def _instantiated(config: Mapping[str, Any], kind: str, base: type, example: str
 
 
 def open_study(
-    storage: RDBStorage, name: str, objective: str, direction: str, sampler: optuna.samplers.BaseSampler,
+    storage: RDBStorage,
+    name: str,
+    objective: str,
+    direction: str,
+    sampler: optuna.samplers.BaseSampler,
     pruner_config: Mapping[str, Any] | None,
-) -> optuna.Study:  # fmt: skip
+) -> optuna.Study:
     """Create the study, or load it to continue; an existing study must optimize the same thing the same way."""
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, sampler=sampler,
-        pruner=build_pruner(pruner_config), load_if_exists=True,
-    )  # fmt: skip
+        storage=storage,
+        study_name=name,
+        direction=direction,
+        sampler=sampler,
+        pruner=build_pruner(pruner_config),
+        load_if_exists=True,
+    )
     saved_objective = study.user_attrs.get(OBJECTIVE)
     if study.direction != StudyDirection[direction.upper()] or saved_objective not in (None, objective):
         raise SearchError(

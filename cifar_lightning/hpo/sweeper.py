@@ -57,7 +57,7 @@ from cifar_lightning.hpo.study import (
     open_storage,
     open_study,
     shown_url,
-)  # fmt: skip
+)
 from cifar_lightning.runs import COMPLETED, PRUNED, RunDir, RunDirError, read_metrics
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,20 @@ class OptunaSearch:
     """The sweeper's work; hydra_plugins.cifar_lightning_optuna.OptunaSweeper hands it Hydra's calls."""
 
     def __init__(
-        self, *, objective: str = "val_loss", direction: str = "minimize", study_name: str | None = None,
-        storage: str | None = None, n_trials: int = 20, n_jobs: int = 1, sampler: Any = None, pruner: Any = None,
-        params: Any = None, heartbeat_interval: int | None = 60, max_retry: int = 1,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        objective: str = "val_loss",
+        direction: str = "minimize",
+        study_name: str | None = None,
+        storage: str | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        sampler: Any = None,
+        pruner: Any = None,
+        params: Any = None,
+        heartbeat_interval: int | None = 60,
+        max_retry: int = 1,
+    ) -> None:
         def plain(value: Any) -> Any:
             return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
@@ -202,9 +212,14 @@ class OptunaSearch:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         log.info(
-            "study %r in %s: %d of %d trials done; %s %s", study.study_name, shown_url(plan.storage_url),
-            counted(study.get_trials(deepcopy=False)), self.n_trials, self.direction, self.objective,
-        )  # fmt: skip
+            "study %r in %s: %d of %d trials done; %s %s",
+            study.study_name,
+            shown_url(plan.storage_url),
+            counted(study.get_trials(deepcopy=False)),
+            self.n_trials,
+            self.direction,
+            self.objective,
+        )
         returns: list[Sequence[JobReturn]] = []
         job_idx, first = 0, True
         with Heartbeat(plan.storage, self.heartbeat_interval) as heartbeat:
