@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cifar_lightning.errors import ConfigError, one_line
 
-__all__ = ["Settings", "preset", "check", "schema_of", "must_be", "SCHEMAS"]
+__all__ = ["Settings", "preset", "check", "node_problems", "schema_of", "must_be", "SCHEMAS"]
 
 #: conf/: a top-level key with a folder there is a config group.
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -119,6 +119,12 @@ def must_be(schema: type[Settings], name: str) -> str:
 def _problem(schema: type[Settings], node: dict[str, Any], error: dict[str, Any], where: str) -> tuple[str, str]:
     """(the key, the problem in words) of one pydantic error."""
     location = [str(part) for part in error["loc"]]
+    while len(location) > 1 and isinstance(node.get(location[0]), dict):  # inside a nested schema: name its key
+        nested = schema.model_fields[location[0]].annotation
+        if not (isinstance(nested, type) and issubclass(nested, Settings)):
+            break
+        schema, node, where = nested, node[location[0]], f"{where}.{location[0]}" if where else location[0]
+        location = location[1:]
     if not location:  # a check across fields (a model validator): its own message says it all
         return where, str(error["msg"]).removeprefix("Value error, ")
     name = location[0]
@@ -133,7 +139,7 @@ def _problem(schema: type[Settings], node: dict[str, Any], error: dict[str, Any]
     return key, f"{key}: {str(error['msg']).removeprefix('Value error, ')}, got {node.get(name)!r}"
 
 
-def _node_errors(schema: type[Settings], node: dict[str, Any], where: str) -> list[tuple[str, str]]:
+def node_problems(schema: type[Settings], node: dict[str, Any], where: str) -> list[tuple[str, str]]:
     own = {k: v for k, v in node.items() if k != "_target_" and not k.startswith("_")}
     try:
         schema.model_validate(own)
@@ -147,7 +153,7 @@ def problems(node: Any, key: str = "") -> list[tuple[str, str]]:
     the others are searched for nodes that have one."""
     schema = schema_of(node, key)
     if schema is not None and isinstance(node, dict):
-        found = _node_errors(schema, node, key)
+        found = node_problems(schema, node, key)
         # Fields the schema types loosely (Any, dict) may hold nodes with schemas of their own.
         for name, value in node.items():
             if name not in schema.model_fields or schema.model_fields[name].annotation in (Any, dict):
@@ -164,16 +170,18 @@ def check(cfg: DictConfig, entry: str, outcome: str, root: type[Settings] | None
     what did not happen (e.g. "nothing was trained"), `root` the schema of the entry's own top-level keys."""
     container = _resolved({k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"}, cfg, entry, outcome)
     found: list[tuple[str, str]] = []
+    own: dict[str, Any] = {}
     if root is not None:
         own = {k: v for k, v in container.items() if k in root.model_fields or k in root.model_computed_fields}
-        found += _node_errors(root, own, "")
+        found += node_problems(root, own, "")
         container = {k: v for k, v in container.items() if k not in root.model_fields}
     found += problems(container)
     if found:
         key, problem = found[0]
         group = key.split(".")[0] or entry
         where = f"conf/{group}/" if (CONF_DIR / group).is_dir() else f"conf/{entry}.yaml"
-        example = f"{key}=<value>" if key != group or "." in key else f"{group}.<key>=<value>"
+        whole_group = key == group and (key not in own or isinstance(own[key], dict))  # not one top-level value
+        example = f"{group}.<key>=<value>" if whole_group else f"{key}=<value>"
         raise ConfigError(
             f"invalid `{group}` config: {problem}. Fix the value on the command line (python {entry}.py "
             f"{example}) or in {where}; {outcome}."
