@@ -120,11 +120,13 @@ def _problem(schema: type[Settings], node: dict[str, Any], error: dict[str, Any]
     """(the key, the problem in words) of one pydantic error."""
     location = [str(part) for part in error["loc"]]
     while len(location) > 1 and isinstance(node.get(location[0]), dict):  # inside a nested schema: name its key
-        nested = schema.model_fields[location[0]].annotation
+        nested, inner, step = schema.model_fields[location[0]].annotation, node[location[0]], 1
+        if typing.get_origin(nested) is dict and isinstance(inner.get(location[1]), dict):  # a mapping of them
+            nested, inner, step = typing.get_args(nested)[1], inner[location[1]], 2
         if not (isinstance(nested, type) and issubclass(nested, Settings)):
             break
-        schema, node, where = nested, node[location[0]], f"{where}.{location[0]}" if where else location[0]
-        location = location[1:]
+        schema, node, where = nested, inner, ".".join([*([where] if where else []), *location[:step]])
+        location = location[step:]
     if not location:  # a check across fields (a model validator): its own message says it all
         return where, str(error["msg"]).removeprefix("Value error, ")
     name = location[0]
