@@ -1,7 +1,8 @@
 """The settings of every job, declared once (cifar_lightning/config/schema.py says how). Importing this
 package stores every schema in Hydra's ConfigStore, so conf/'s presets can extend them."""
 
-from cifar_lightning.config import model  # noqa: F401  (registers the schemas)
+from cifar_lightning.config import model, search  # noqa: F401  (registers the schemas)
+from cifar_lightning.config import ood  # noqa: F401  (registers the `ood` group)
 from cifar_lightning.config.schema import Settings, check, must_be, preset
 
 __all__ = ["Settings", "check", "must_be", "preset"]

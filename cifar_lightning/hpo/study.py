@@ -21,13 +21,6 @@ from sqlalchemy.engine import make_url
 
 from cifar_lightning.errors import SearchError, one_line
 
-#: Validation metrics a study may optimize: the per-epoch metric the pruner watches, the metrics.json figure
-#: of the checkpoint the run keeps (lowest validation loss), and the direction that improves it. Never a
-#: test metric: the test set is for reporting the chosen configuration, not for choosing it.
-OBJECTIVES = {
-    "val_loss": ("best_val_loss", "minimize"),
-    "val_acc": ("best_val_acc", "maximize"),
-}
 STORAGE_FILE = "optuna.db"
 
 # Study user attributes (set by the sweeper).

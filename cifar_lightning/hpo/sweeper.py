@@ -40,7 +40,9 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from cifar_lightning.errors import CifarLightningError, SearchError, is_int, one_line
+from cifar_lightning.config.schema import node_problems
+from cifar_lightning.config.search import SearchSettings
+from cifar_lightning.errors import CifarLightningError, SearchError, one_line
 from cifar_lightning.hpo.report import write_report
 from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
 from cifar_lightning.hpo.study import (
@@ -109,28 +111,15 @@ class Heartbeat:
 class OptunaSearch:
     """The sweeper's work; hydra_plugins.cifar_lightning_optuna.OptunaSweeper hands it Hydra's calls."""
 
-    def __init__(
-        self,
-        *,
-        objective: str = "val_loss",
-        direction: str = "minimize",
-        study_name: str | None = None,
-        storage: str | None = None,
-        n_trials: int = 20,
-        n_jobs: int = 1,
-        sampler: Any = None,
-        pruner: Any = None,
-        params: Any = None,
-        heartbeat_interval: int | None = 60,
-        max_retry: int = 1,
-    ) -> None:
-        def plain(value: Any) -> Any:
-            return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-        self.objective, self.direction, self.study_name, self.storage = objective, direction, study_name, storage
-        self.n_trials, self.n_jobs = n_trials, n_jobs
-        self.heartbeat_interval, self.max_retry = heartbeat_interval, max_retry
-        self.sampler, self.pruner, self.params = plain(sampler), plain(pruner), plain(params)
+    def __init__(self, **settings: Any) -> None:
+        """settings: hydra.sweeper's keys (cifar_lightning/config/search.py declares them), checked in plan()."""
+        plain = {
+            k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in settings.items()
+        }
+        self.settings = {key: value for key, value in plain.items() if not key.startswith("_")}
+        defaults = SearchSettings.model_construct()
+        for key in SearchSettings.model_fields:
+            setattr(self, key, plain.get(key, getattr(defaults, key)))
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -151,30 +140,12 @@ class OptunaSearch:
     # --- checks, all before any trial ---------------------------------------------------------------
 
     def check_settings(self) -> None:
-        fix = "Fix it in conf/hparams_search/<name>.yaml or on the command line (hydra.sweeper.<key>=<value>)"
-        if self.objective not in OBJECTIVES:
+        found = node_problems(SearchSettings, self.settings, "hydra.sweeper")
+        if found:
             raise SearchError(
-                f"hydra.sweeper.objective={self.objective!r} is not a validation metric this search can optimize "
-                f"(one of {', '.join(OBJECTIVES)}; a test metric never is: the test set reports the chosen "
-                f"configuration, it does not choose it). {fix}."
+                f"{found[0][1]}. Fix it in conf/hparams_search/<name>.yaml or on the command line "
+                f"(hydra.sweeper.<key>=<value>); no trial was run."
             )
-        natural = OBJECTIVES[self.objective][1]
-        if self.direction != natural:
-            raise SearchError(
-                f"hydra.sweeper.direction={self.direction!r} with objective {self.objective}: {self.objective} "
-                f"improves when you {natural} it, so the study would look for the worst trials. {fix}."
-            )
-        counts = {"n_trials": (self.n_trials, 1), "n_jobs": (self.n_jobs, 1), "max_retry": (self.max_retry, 0)}
-        for key, (value, minimum) in counts.items():
-            if not is_int(value, minimum):
-                raise SearchError(f"hydra.sweeper.{key} must be an integer >= {minimum}, got {value!r}. {fix}.")
-        if self.heartbeat_interval is not None and not is_int(self.heartbeat_interval, 1):
-            raise SearchError(
-                f"hydra.sweeper.heartbeat_interval must be a number of seconds >= 1 or null, "
-                f"got {self.heartbeat_interval!r}. {fix}."
-            )
-        if not isinstance(self.study_name, str) or not self.study_name.strip():
-            raise SearchError(f"hydra.sweeper.study_name must be a name, got {self.study_name!r}. {fix}.")
 
     def check_composes(self, space: Mapping[str, BaseDistribution], fixed: Sequence[str]) -> None:
         """Every parameter, at each end of its range and at each of its choices, must compose into a train.py

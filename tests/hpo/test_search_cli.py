@@ -132,7 +132,7 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_di
         (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], "unknown or invalid sampler"),
         (["hydra.sweeper.pruner._target_=optuna.pruners.NoSuchPruner"], "unknown or invalid pruner"),
         (["hydra.sweeper.storage='sqlite:////proc/no/optuna.db'"], "cannot be opened"),
-        (["hydra.sweeper.objective=test_acc"], "is not a validation metric"),
+        (["hydra.sweeper.objective=test_acc"], "objective must be one of val_loss, val_acc, got 'test_acc'"),
         (["hydra.sweeper.direction=maximize"], "val_loss improves when you minimize it"),
         (["hydra.sweeper.objective=val_acc", "hydra.sweeper.direction=maximize"], "minimizes val_loss, but the config"),
     ],
