@@ -30,6 +30,8 @@ __all__ = ["Settings", "preset", "check", "node_problems", "schema_of", "must_be
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Schemas of nodes that build an object, by the object's import path (the node's `_target_`).
 SCHEMAS: dict[str, type[Settings]] = {}
+#: Where each schema sits in conf/ (group/option, or the entry config's name): the settings reference's headings.
+LOCATIONS: dict[type[Settings], str] = {}
 #: Schemas of target-less nodes, by their key in the composed config (e.g. "ood").
 NODE_SCHEMAS: dict[str, type[Settings]] = {}
 
@@ -60,6 +62,7 @@ def preset(group: str | None, name: str, key: str | None = None):
 
     def register(schema: type[Settings]) -> type[Settings]:
         ConfigStore.instance().store(group=group, name=name, node=defaults(schema))
+        LOCATIONS[schema] = f"{group}/{name}" if group else name
         if schema.target:
             SCHEMAS[schema.target] = schema
         if key:
