@@ -1,17 +1,20 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from cifar_lightning.augment import (
     alternating_flip,
     alternating_flip_choice,
     cutout,
-    is_tta_level,
     random_crop,
     random_flip,
     random_translate,
     tta_logits,
 )
+from cifar_lightning.config import Settings, check
+from cifar_lightning.config.types import TTALevel
+from cifar_lightning.errors import ConfigError
 
 
 def images(n=16):
@@ -128,10 +131,16 @@ def test_tta_logits_average_the_mirrored_and_shifted_views():
         assert torch.allclose(tta_logits(model, x, level=1), mirror(x), atol=1e-6)
         expected = mirror(x) / 2 + (mirror(up_left) + mirror(down_right)) / 4
         assert torch.allclose(tta_logits(model, x, level=2), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="tta level"):
-        tta_logits(model, x, level=3)
+
+
+class WithTTA(Settings):
+    tta: TTALevel = 0
 
 
 def test_tta_levels_are_the_integers_0_1_2_only():
-    assert [is_tta_level(value) for value in (0, 1, 2)] == [True] * 3
-    assert not any(is_tta_level(value) for value in (3, -1, True, 2.0, "2", None))
+    """The one declaration of the level (config.types.TTALevel) that every schema with a `tta` uses."""
+    for value in (0, 1, 2):
+        check(OmegaConf.create({"tta": value}), "evaluate", "nothing was evaluated", root=WithTTA)
+    for value in (3, -1, True, 2.0, "2"):
+        with pytest.raises(ConfigError, match=r"tta must be one of 0, 1, 2 \(0: none, 1: with mirror images, 2: al"):
+            check(OmegaConf.create({"tta": value}), "evaluate", "nothing was evaluated", root=WithTTA)

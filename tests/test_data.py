@@ -4,22 +4,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from cifar_lightning import data as data_mod
-from cifar_lightning.data import (
-    CIFAR10_FILES,
-    FALLBACK_VAL_FRACTION,
-    CIFAR10Arrays,
-    CIFAR10DataModule,
-    TensorBatchLoader,
-    channel_stats,
-    ensure_cifar10,
-    find_cifar10_problems,
-    held_out_split,
-    load_cifar10,
-    stratified_split,
-)
-from cifar_lightning.errors import DataError
+from cifar_lightning.config import check
+from cifar_lightning.config.data import CIFAR10Settings
+from cifar_lightning.config.schema import defaults
+from cifar_lightning.data import module as module_mod
+from cifar_lightning.data.files import CIFAR10_FILES, CIFAR10Arrays, ensure_cifar10, find_cifar10_problems, load_cifar10
+from cifar_lightning.data.loader import TensorBatchLoader
+from cifar_lightning.data.module import CIFAR10DataModule, channel_stats, stratified_split
+from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.held_out import FALLBACK_VAL_FRACTION, held_out_split
 
 
 def test_real_files_pass_the_md5_check(data_dir):
@@ -73,13 +68,13 @@ def test_normalization_uses_the_training_split_only(data_dir, monkeypatch):
     # Same data, but every validation and test image white: the statistics must not move.
     train_images = real.train_images.clone()
     train_images[val_idx] = 255
-    tampered = CIFAR10Arrays(train_images, real.train_labels, torch.full_like(real.test_images, 255),
-                             real.test_labels, real.classes)
-    monkeypatch.setattr(data_mod, "load_cifar10", lambda *a, **k: tampered)
+    white_test = torch.full_like(real.test_images, 255)
+    tampered = CIFAR10Arrays(train_images, real.train_labels, white_test, real.test_labels, real.classes)
+    monkeypatch.setattr(module_mod, "load_cifar10", lambda *a, **k: tampered)
     dm = CIFAR10DataModule(data_dir=str(data_dir), download=False)
     dm.setup()
     clean = CIFAR10DataModule(data_dir=str(data_dir), download=False)
-    monkeypatch.setattr(data_mod, "load_cifar10", lambda *a, **k: real)
+    monkeypatch.setattr(module_mod, "load_cifar10", lambda *a, **k: real)
     clean.setup()
     assert dm.mean == clean.mean and dm.std == clean.std
     assert torch.equal(dm.train_idx, clean.train_idx)
@@ -113,10 +108,10 @@ def test_no_validation_split_trains_on_all_images_and_drop_last_keeps_full_batch
 
 
 def test_evaluation_keeps_the_runs_split_or_holds_out_training_images_for_a_run_without_one():
-    assert held_out_split({"val_fraction": 0.1, "split_seed": 3, "batch_size": 8}) == (
-        {"val_fraction": 0.1, "split_seed": 3}, False)  # fmt: skip
-    assert held_out_split({"val_fraction": 0, "split_seed": 3}) == (
-        {"val_fraction": FALLBACK_VAL_FRACTION, "split_seed": 3}, True)  # fmt: skip
+    kept = {"val_fraction": 0.1, "split_seed": 3}
+    assert held_out_split({**kept, "batch_size": 8}) == (kept, False)
+    fallback = {"val_fraction": FALLBACK_VAL_FRACTION, "split_seed": 3}
+    assert held_out_split({"val_fraction": 0, "split_seed": 3}) == (fallback, True)
     assert held_out_split(None) == ({}, False)  # a checkpoint without its data config: the defaults
 
 
@@ -156,16 +151,35 @@ def test_augmentation_only_while_training(data_dir):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "key, value, allowed",
     [
-        {"val_fraction": -0.1}, {"val_fraction": 1.2}, {"val_fraction": True}, {"drop_last": "yes"}, {"batch_size": 0},
-        {"crop_padding": -1}, {"translate": -1},
-        {"translate": 17}, {"cutout": 33}, {"cutout": -2}, {"flip": "sometimes"}, {"flip": 1}, {"on_device": "yes"},
+        ("val_fraction", -0.1, "in [0, 1)"),
+        ("val_fraction", 1.2, "in [0, 1)"),
+        ("val_fraction", True, "in [0, 1)"),
+        ("drop_last", "yes", "true or false"),
+        ("batch_size", 0, "an integer >= 1"),
+        ("crop_padding", -1, "an integer >= 0"),
+        ("translate", -1, "in [0, 16]"),
+        ("translate", 17, "in [0, 16]"),
+        ("cutout", 33, "in [0, 32]"),
+        ("cutout", -2, "in [0, 32]"),
+        ("flip", "sometimes", "false, true or alternating"),
+        ("flip", 1, "false, true or alternating"),
+        ("on_device", "yes", "true or false"),
     ],
-)  # fmt: skip
-def test_invalid_datamodule_options(kwargs):
-    with pytest.raises(ValueError):
-        CIFAR10DataModule(**kwargs)
+)
+def test_invalid_data_settings_are_refused_by_the_schema(key, value, allowed):
+    node = {**defaults(CIFAR10Settings), key: value}
+    with pytest.raises(ConfigError) as err:
+        check(OmegaConf.create({"data": node}), "train", "nothing was trained")
+    message = str(err.value)
+    assert f"invalid `data` config: data.{key} must be {allowed}, got {value!r}" in message
+    assert f"python train.py data.{key}=<value>" in message and "conf/data/" in message
+
+
+def test_the_data_presets_defaults_are_the_datamodules():
+    preset = CIFAR10DataModule()
+    assert {key: getattr(preset, key) for key in CIFAR10Settings.model_fields} == CIFAR10Settings().model_dump()
 
 
 def copy_of_data(data_dir: Path, tmp_path: Path) -> Path:
@@ -221,9 +235,8 @@ def test_failed_download_says_why_and_how_to_fix(tmp_path, monkeypatch):
 
 
 def test_file_list_is_torchvisions():
-    assert [name for name, _ in CIFAR10_FILES] == [
-        "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta",
-    ]  # fmt: skip
+    batches = [f"data_batch_{i}" for i in range(1, 6)]
+    assert [name for name, _ in CIFAR10_FILES] == [*batches, "test_batch", "batches.meta"]
 
 
 def test_loader_applies_the_epoch_transform_to_the_whole_split_in_order():
@@ -308,12 +321,17 @@ class RecordBatches(L.LightningModule):
 
 
 def test_only_training_batches_are_augmented_with_a_trainer(data_dir, tmp_path):
-    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, crop_padding=4, translate=2, flip=True, cutout=8,
-                           batch_size=64, eval_batch_size=64)  # fmt: skip
+    augment = {"crop_padding": 4, "translate": 2, "flip": True, "cutout": 8}
+    dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, batch_size=64, eval_batch_size=64, **augment)
     module = RecordBatches()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, limit_test_batches=1,
-                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)  # fmt: skip
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    limits = {"limit_train_batches": 1, "limit_val_batches": 1, "limit_test_batches": 1, "num_sanity_val_steps": 0}
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, **limits, **quiet)
     trainer.fit(module, datamodule=dm)
     trainer.test(module, datamodule=dm, verbose=False)
     arrays = dm.arrays

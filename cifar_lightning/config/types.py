@@ -1,6 +1,6 @@
 """Setting types that several schemas share, declared once."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -12,4 +12,8 @@ TTALevel = Annotated[
         description="test-time augmentation: logits averaged over views of each image",
         json_schema_extra={"must": "one of 0, 1, 2 (0: none, 1: with mirror images, 2: also shifted by one pixel)"},
     ),
+]
+Device = Annotated[
+    Literal["auto", "cpu", "gpu"],
+    Field(description="where the model runs: auto picks a CUDA GPU when there is one, else the CPU"),
 ]
