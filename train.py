@@ -20,7 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cifar_lightning.errors import CifarLightningError, TrialPruned
-from cifar_lightning.training import is_trial, resume, train
+from cifar_lightning.resume import resume
+from cifar_lightning.training import is_trial, train
 
 log = logging.getLogger("train")
 

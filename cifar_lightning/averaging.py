@@ -24,10 +24,6 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from cifar_lightning.errors import is_int, is_number
-
-MODES = ("ema", "lookahead")
-
 
 def float_state(model: nn.Module) -> dict[str, Tensor]:
     """The model's floating-point state entries (parameters and float buffers), by name, as live references."""
@@ -48,23 +44,10 @@ def copy_into(target: dict[str, Tensor], source: dict[str, Tensor]) -> None:
 
 
 class AveragedWeights(L.Callback):
-    """EMA or lookahead weights (see the module docstring).
-
-    mode: ema | lookahead.
-    decay: in (0, 1): the average's share kept at each update.
-    every_n_steps: optimizer steps between updates (>= 1).
-    ramp_power: >= 0; the decay at step t of T is decay * (t / T) ** ramp_power (0: constant decay).
-    """
+    """EMA or lookahead weights (see the module docstring); settings and their ranges:
+    cifar_lightning/config/train.py (AveragingSettings)."""
 
     def __init__(self, mode: str = "ema", decay: float = 0.999, every_n_steps: int = 1, ramp_power: float = 0.0):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}; e.g. averaging=ema")
-        if not is_number(decay) or not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay!r}; e.g. averaging.decay=0.999")
-        if not is_int(every_n_steps, 1):
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
-        if not is_number(ramp_power) or ramp_power < 0:
-            raise ValueError(f"ramp_power must be >= 0, got {ramp_power!r}")
         self.mode, self.decay, self.every_n_steps, self.ramp_power = mode, float(decay), every_n_steps, ramp_power
         self.average: dict[str, Tensor] | None = None
         self._live_backup: dict[str, Tensor] | None = None

@@ -18,7 +18,7 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import DeviceStatsMonitor, ModelCheckpoint
 from torch import Tensor
 
-from cifar_lightning.errors import TrainingDiverged, is_int
+from cifar_lightning.errors import TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class GPUStatsMonitor(DeviceStatsMonitor):
         if self.enabled:
             super().setup(trainer, pl_module, stage)
 
+    # Private, and kept: every one of DeviceStatsMonitor's six batch hooks calls it, and it has no public switch.
     def _get_and_log_device_stats(self, trainer: L.Trainer, key: str) -> None:
         if self.enabled:
             super()._get_and_log_device_stats(trainer, key)
@@ -94,10 +95,6 @@ class FreezeParameters(L.Callback):
     """
 
     def __init__(self, names: list[str], after_epochs: int) -> None:
-        if not is_int(after_epochs, 0):
-            raise ValueError(f"after_epochs must be a non-negative integer, got {after_epochs!r}")
-        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-            raise ValueError(f"names must be a list of parameter names, got {names!r}")
         self.names, self.after_epochs = list(names), after_epochs
 
     def missing(self, model) -> list[str]:
@@ -123,31 +120,20 @@ class RunCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 writes last.ckpt only together with a top-k checkpoint, i.e. when the monitored
     value improves, so a run killed after epochs without improvement would resume from long ago.
-    Here best.ckpt works as in ModelCheckpoint (monitored value, each epoch end), and last.ckpt is
-    written at the end of every training epoch (after the epoch's validation, history row and
-    learning-rate step) and, with every_n_train_steps=n, also after every n-th optimizer step
-    inside an epoch. Before writing last.ckpt the loggers are flushed, so TensorBoard holds
-    everything up to the checkpoint.
+    Here best.ckpt works as in ModelCheckpoint (monitored value, each epoch end), and last.ckpt
+    (save_last) is written by this class itself at the end of every training epoch (after the
+    epoch's validation, history row and learning-rate step) and, with every_n_train_steps=n, also
+    after every n-th optimizer step inside an epoch. Before writing last.ckpt the loggers are
+    flushed, so TensorBoard holds everything up to the checkpoint.
 
     every_n_train_steps: 0 (off) or n >= 1; it only schedules last.ckpt, not best.ckpt, so it can
         change on resume.
     """
 
-    def __init__(self, *args: Any, every_n_train_steps: int = 0, **kwargs: Any) -> None:
-        if not is_int(every_n_train_steps, 0):
-            raise ValueError(
-                f"every_n_train_steps must be 0 (off) or a positive number of optimizer steps, got "
-                f"{every_n_train_steps!r}; e.g. callbacks.model_checkpoint.every_n_train_steps=500"
-            )
-        super().__init__(*args, **kwargs)
-        self.last_every_n_train_steps = every_n_train_steps
+    def __init__(self, *args: Any, save_last: bool = True, every_n_train_steps: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, save_last=False, **kwargs)  # Lightning's own last.ckpt: never
+        self.keep_last, self.last_every_n_train_steps = save_last, every_n_train_steps
         self._latest_step: int | None = None
-
-    @property
-    def state_key(self) -> str:
-        # ModelCheckpoint's own key: checkpoints written before this class resume with their
-        # best-checkpoint state, and code that looks the state up by that name finds it.
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As ModelCheckpoint, also when the run directory was moved (a copied run resumed elsewhere):
@@ -163,9 +149,6 @@ class RunCheckpoint(ModelCheckpoint):
             state_dict["best_k_models"] = {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}
         super().load_state_dict(state_dict)
 
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
-        """ModelCheckpoint calls this after each top-k save; last.ckpt is written by save_latest instead."""
-
     @staticmethod
     def flush_loggers(trainer: L.Trainer) -> None:
         for logger in trainer.loggers:
@@ -180,10 +163,15 @@ class RunCheckpoint(ModelCheckpoint):
 
     def save_latest(self, trainer: L.Trainer) -> None:
         """Write last.ckpt now (skipped outside fitting, in sanity checks and in fast_dev_run)."""
-        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
+        if not self.keep_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self.flush_loggers(trainer)
-        ModelCheckpoint._save_last_checkpoint(self, trainer, self._monitor_candidates(trainer))
+        # Set before saving: the path is part of the callback's state inside the checkpoint.
+        self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
         self._latest_step = trainer.global_step
 
     def on_train_batch_end(
@@ -277,10 +265,6 @@ class DivergenceGuard(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 25, deferred: bool | None = None) -> None:
-        if not is_int(check_every_n_steps, 1):
-            raise ValueError(f"check_every_n_steps must be a positive integer, got {check_every_n_steps!r}")
-        if deferred is not None and not isinstance(deferred, bool):
-            raise ValueError(f"deferred must be true, false or null (auto: deferred on a GPU), got {deferred!r}")
         self.check_every_n_steps, self.deferred = check_every_n_steps, deferred
         self._first: dict[str, Tensor] | None = None
 

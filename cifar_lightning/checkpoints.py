@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from cifar_lightning.errors import CifarLightningError, ConfigError, is_number
+from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.runs import RunDir
 
 #: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
@@ -192,7 +192,7 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
             f"The checkpoint comes from another architecture or its config was edited. {_FIX_WRITTEN_BY_TRAIN}."
         )
     model.load_state_dict(weights, strict=True)
-    if config.get("channels_last", False):
+    if (config.get("module") or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
@@ -207,7 +207,7 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
     fine = isinstance(stats, dict) and all(
         isinstance(stats.get(key), (list, tuple))
         and len(stats[key]) == 3
-        and all(is_number(v) for v in stats[key])
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stats[key])
         for key in ("mean", "std")
     )
     if not fine or not all(v > 0 for v in stats["std"]):

@@ -1,4 +1,4 @@
-"""The training losses a config can name (conf/loss/): cross-entropy, and LogitNorm for OOD detection.
+"""The training losses beyond torch's cross-entropy (conf/loss/): LogitNorm, for OOD detection.
 
 LogitNorm (Wei et al., ICML 2022) is cross-entropy of the logits scaled to L2 norm 1/temperature: the
 network can no longer lower the loss by growing its logits, so it stays less confident on images unlike
@@ -7,15 +7,15 @@ its training set, and confidence-based OOD scores separate better. The loss is p
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pytorch_ood.loss import LogitNorm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cifar_lightning.errors import is_fraction, is_number
-
-#: loss.name values.
-LOSSES = ("cross_entropy", "logitnorm")
+#: The name evaluation.json gives each loss node's `_target_`.
+LOSS_NAMES = {"torch.nn.CrossEntropyLoss": "cross_entropy", "cifar_lightning.losses.logitnorm": "logitnorm"}
 
 
 class SmoothedLogitNorm(nn.Module):
@@ -32,25 +32,14 @@ class SmoothedLogitNorm(nn.Module):
         return F.cross_entropy(logits / (self.t * norm), target, label_smoothing=self.label_smoothing)
 
 
-def build_loss(name: str = "cross_entropy", label_smoothing: float = 0.0, temperature: float = 0.04) -> nn.Module:
-    """The named loss; a ValueError naming the value and an example otherwise.
-
-    label_smoothing: in [0, 1): that share of each target is spread evenly over all classes.
-    temperature: LogitNorm's tau (> 0; the paper's 0.04 for CIFAR-10); cross-entropy ignores it.
-    """
-    if name not in LOSSES:
-        raise ValueError(f"loss name must be one of {', '.join(LOSSES)}, got {name!r}, e.g. loss=logitnorm")
-    if not is_fraction(label_smoothing, zero=True, one=False):
-        raise ValueError(
-            f"label_smoothing must be in [0, 1) (the share of each target spread over all classes), "
-            f"got {label_smoothing!r}, e.g. loss.label_smoothing=0.1"
-        )
-    if name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if not is_number(temperature, finite=True) or temperature <= 0:
-        raise ValueError(
-            f"LogitNorm's temperature must be a positive number, got {temperature!r}, e.g. loss.temperature=0.04"
-        )
+def logitnorm(temperature: float = 0.04, label_smoothing: float = 0.0) -> nn.Module:
+    """LogitNorm at temperature tau (the paper's 0.04 for CIFAR-10): pytorch-ood's loss, smoothed if asked."""
     if label_smoothing == 0:
         return LogitNorm(t=float(temperature))
     return SmoothedLogitNorm(float(temperature), float(label_smoothing))
+
+
+def loss_name(loss_config: Any) -> str:
+    """The name of the loss a run config's `loss` node builds (cross_entropy, logitnorm, or its target)."""
+    target = (loss_config or {}).get("_target_", "torch.nn.CrossEntropyLoss")
+    return LOSS_NAMES.get(target, target)

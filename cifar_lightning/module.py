@@ -1,4 +1,4 @@
-"""LightningModule that trains any image classifier with cross-entropy or LogitNorm (cifar_lightning/losses.py).
+"""LightningModule that trains any image classifier with the configured loss (conf/loss/).
 
 The optimizer and learning-rate scheduler arrive as partials (Hydra `_partial_: true`), so
 configs choose them; by default L2 weight decay applies to conv and linear weights only (tensors
@@ -28,14 +28,11 @@ from torch.nn.modules.batchnorm import _NormBase
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
-from cifar_lightning.errors import is_number
-from cifar_lightning.losses import build_loss
+from cifar_lightning.augment import tta_logits
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
-WEIGHT_DECAY_SCOPES = ("weights", "all")
 #: Layers whose parameters norm_lr_scale applies to.
 NORM_LAYERS = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 #: Checkpoint entry holding the training metrics' running sums when it is saved inside an epoch.
@@ -69,26 +66,20 @@ class ImageMean(Metric):
 
 
 class ClassifierModule(L.LightningModule):
-    """Cross-entropy training of `model`, with per-epoch loss and accuracy for train/val/test.
+    """Training of `model` with `loss`, with per-epoch loss and accuracy for train/val/test
+    (conf/module/classifier.yaml; its settings are declared in cifar_lightning/config/train.py).
 
     model: any nn.Module mapping normalized (N, 3, 32, 32) images to logits. If it has a method
         `init_from_data(images)`, it is called at the start of fit with the first
         `model.init_images` training images, normalized (e.g. FastNet's patch whitening).
     optimizer: called with parameter groups, e.g. functools.partial(torch.optim.SGD, lr=0.001).
-    scheduler: called with the optimizer and stepped once per epoch; None for a constant rate.
-        One with `interval = "step"` (schedules.WarmupSchedule) is called with the optimizer and
-        the run's number of optimizer steps, and stepped after every step.
-    channels_last: run the model in channels-last memory format (about 1.6x faster on CPU).
+    scheduler: called with the optimizer and the fit's optimizer steps (schedules.py); None for a constant rate.
+    loss: the criterion (conf/loss/); cross-entropy when None.
     run_config: the run's resolved config, stored in checkpoints so they describe themselves.
-    label_smoothing: in [0, 1): share of each target spread evenly over all classes.
-    loss: "cross_entropy" or "logitnorm" (losses.LOSSES); loss_temperature: LogitNorm's tau.
-    norm_lr_scale: learning-rate multiplier of batch-norm (and other norm layer) parameters.
-    weight_decay_scope: "weights" (conv and linear weights only) or "all" (every parameter; a
-        group with a scaled rate gets its decay divided by the scale, so that every parameter
-        shrinks by the same factor per step, as in airbench).
-    compile: compile the model with torch.compile (first steps are slow while it compiles).
-    test_tta: test-time augmentation of the test loop (augment.tta_logits: 0 none, 1 mirror, 2 mirror
-        and shifts): test_acc, test_loss and the confusion matrix use it; test_acc_plain never does.
+    weight_decay_scope: "all" gives a group with a scaled rate its decay divided by the scale, so that
+        every parameter shrinks by the same factor per step, as in airbench.
+    test_tta: test-time augmentation of the test loop (augment.tta_logits): test_acc, test_loss and the
+        confusion matrix use it; test_acc_plain never does.
     """
 
     def __init__(
@@ -96,28 +87,17 @@ class ClassifierModule(L.LightningModule):
         model: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        loss: nn.Module | None = None,
         num_classes: int = 10,
         channels_last: bool = True,
-        run_config: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
-        norm_lr_scale: float = 1.0,
-        weight_decay_scope: str = "weights",
         compile: bool = False,
         test_tta: int = 0,
-        loss: str = "cross_entropy",
-        loss_temperature: float = 0.04,
+        norm_lr_scale: float = 1.0,
+        weight_decay_scope: str = "weights",
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        criterion = build_loss(loss, label_smoothing, loss_temperature)
-        if not is_number(norm_lr_scale) or norm_lr_scale <= 0:
-            raise ValueError(f"norm_lr_scale must be a positive number, got {norm_lr_scale!r}")
-        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-            raise ValueError(
-                f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, got {weight_decay_scope!r}"
-            )
-        if not is_tta_level(test_tta):
-            raise ValueError(f"test_tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {test_tta!r}")
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "loss"], logger=False)
         self.test_tta = test_tta
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         if compile:
@@ -125,7 +105,7 @@ class ClassifierModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.channels_last = channels_last
         self.norm_lr_scale, self.weight_decay_scope = float(norm_lr_scale), weight_decay_scope
-        self.criterion = criterion
+        self.criterion = loss if loss is not None else nn.CrossEntropyLoss()
         # validate_args=False: the checks read tensors back to the host, a device sync every step.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -204,11 +184,8 @@ class ClassifierModule(L.LightningModule):
         """A fit resumed inside an epoch continues that epoch's loss and accuracy sums."""
         if self._unfinished_epoch is None:
             return
-        for name, state in self._unfinished_epoch.items():
-            metric = getattr(self, name)
-            for key, value in state.items():
-                setattr(metric, key, value.to(self.device))
-            metric._update_count = max(metric._update_count, 1)  # torchmetrics: it has seen data
+        for name, state in self._unfinished_epoch.items():  # added to the fresh (zero) sums
+            getattr(self, name).merge_state({key: value.to(self.device) for key, value in state.items()})
         self._unfinished_epoch = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -279,30 +256,22 @@ class ClassifierModule(L.LightningModule):
             group["weight_decay"] = weight_decay / group["lr_scale"] if self.weight_decay_scope == "all" else 0.0
         return optimizer
 
-    def total_steps(self) -> int:
-        """Optimizer steps this fit will take (for per-step schedules)."""
+    def total_steps(self) -> int | None:
+        """Optimizer steps this fit will take (None: no limit), for per-step schedules."""
         steps = self.trainer.estimated_stepping_batches
-        if steps == float("inf"):
-            raise ValueError("a per-step schedule needs trainer.max_epochs or trainer.max_steps to be finite")
-        return int(steps)
+        return None if steps == float("inf") else int(steps)
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, total_steps: int | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The scheduler; per-step ones need `total_steps` (default: the attached trainer's estimate)."""
+        """The scheduler, built with the fit's step count (default: the attached trainer's estimate)."""
         if self.scheduler_factory is None:
             return None
-        if self.scheduler_interval == "step":
-            return self.scheduler_factory(optimizer, total_steps if total_steps is not None else self.total_steps())
-        return self.scheduler_factory(optimizer)
-
-    @property
-    def scheduler_interval(self) -> str:
-        return getattr(self.scheduler_factory, "interval", "epoch")
+        return self.scheduler_factory(optimizer, total_steps=total_steps or self.total_steps())
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
         scheduler = self.build_scheduler(optimizer)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": scheduler.interval}}

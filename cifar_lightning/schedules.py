@@ -1,9 +1,10 @@
-"""Learning-rate schedules that step once per optimizer step: a warmup, then a decay.
+"""Learning-rate schedules, all built one way: `schedule(optimizer, total_steps=<the fit's optimizer steps>)`
+(conf/scheduler/ nodes are partials of these classes), each saying how often Lightning steps it (`interval`).
 
-The torch schedulers in conf/scheduler/ (step, multistep) step once per epoch, which is too
-coarse for runs of ten epochs; these give the rate of every step. Each is a multiplier of the
-optimizer's rate (so per-group rates, e.g. a higher rate for batch-norm parameters, keep their
-ratio), from `start_factor` up to 1 over the warmup, then from 1 down to `end_factor`:
+StepLR and MultiStepLR are torch's, stepped once per epoch. WarmupSchedule gives the rate of every step,
+which ten-epoch runs need: a multiplier of the optimizer's rate (so per-group rates, e.g. a higher rate for
+batch-norm parameters, keep their ratio), from `start_factor` up to 1 over the warmup, then from 1 down to
+`end_factor`:
 
 - linear: straight lines up and down (airbench's triangle: 0.2 -> 1 at 23% -> 0.07);
 - cosine: a straight line up, a half cosine down;
@@ -15,10 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from cifar_lightning.errors import is_fraction, is_number
-
-SHAPES = ("linear", "cosine", "one_cycle")
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def _linear(start: float, end: float, progress: float) -> float:
@@ -44,39 +42,44 @@ def lr_factor(step: int, total_steps: int, shape: str, warmup: float, start_fact
     return fall(1.0, end_factor, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
 
 
-class WarmupSchedule:
-    """A per-step schedule (see the module docstring), built by the training module once it knows
-    how many optimizer steps the run takes.
+class StepLR(torch.optim.lr_scheduler.StepLR):
+    """torch's StepLR (x gamma every step_size epochs); the step count is not needed."""
 
-    shape: linear | cosine | one_cycle.
-    warmup: share of all steps spent warming up, in [0, 1).
-    start_factor: multiplier of the rate at the first step, in [0, 1].
-    end_factor: multiplier the rate decays to at the end, >= 0.
-    """
+    interval = "epoch"
 
-    #: Tells the training module to step this schedule after every optimizer step.
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int | None, step_size: int, gamma: float = 0.1):
+        super().__init__(optimizer, step_size, gamma)
+
+
+class MultiStepLR(torch.optim.lr_scheduler.MultiStepLR):
+    """torch's MultiStepLR (x gamma at each milestone epoch); the step count is not needed."""
+
+    interval = "epoch"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int | None, milestones: list[int], gamma=0.1):
+        super().__init__(optimizer, list(milestones), gamma)
+
+
+class WarmupSchedule(LambdaLR):
+    """A per-step warmup and decay over the fit's `total_steps` (see the module docstring); settings and
+    their ranges: cifar_lightning/config/train.py (WarmupSettings)."""
+
     interval = "step"
 
-    def __init__(self, shape: str = "linear", warmup: float = 0.0, start_factor: float = 1.0, end_factor: float = 0.0):
-        if shape not in SHAPES:
-            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}; e.g. scheduler.shape=cosine")
-        if not is_fraction(warmup, zero=True, one=False):
-            raise ValueError(f"warmup is the share of steps spent warming up, in [0, 1), got {warmup!r}")
-        if not is_number(start_factor) or not 0.0 <= start_factor <= 1.0:
-            raise ValueError(f"start_factor must be in [0, 1], got {start_factor!r}")
-        if not is_number(end_factor) or end_factor < 0.0:
-            raise ValueError(f"end_factor must be >= 0, got {end_factor!r}")
-        self.shape, self.warmup = shape, float(warmup)
-        self.start_factor, self.end_factor = float(start_factor), float(end_factor)
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int | None,
+        shape: str = "linear",
+        warmup: float = 0.0,
+        start_factor: float = 1.0,
+        end_factor: float = 0.0,
+    ) -> None:
+        if total_steps is None:
+            raise ValueError("a per-step schedule needs trainer.max_epochs or trainer.max_steps to be finite")
+        self.shape, self.warmup, self.start_factor, self.end_factor = shape, warmup, start_factor, end_factor
+        self.total_steps = total_steps
+        super().__init__(optimizer, self.factor)
 
-    def factor(self, step: int, total_steps: int) -> float:
-        return lr_factor(step, total_steps, self.shape, self.warmup, self.start_factor, self.end_factor)
-
-    def __call__(self, optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(
-                f"a per-step schedule needs a finite number of steps, got {total_steps!r}; "
-                f"set trainer.max_epochs or trainer.max_steps"
-            )
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.factor(step, total_steps))
-
+    def factor(self, step: int) -> float:
+        return lr_factor(step, self.total_steps, self.shape, self.warmup, self.start_factor, self.end_factor)

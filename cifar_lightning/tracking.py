@@ -32,8 +32,9 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
-from cifar_lightning.errors import ConfigError, is_number, one_line
+from cifar_lightning.errors import ConfigError, one_line
 from cifar_lightning.runs import COMPLETED, RunDir
+from cifar_lightning.runs.compare import finite
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -138,11 +139,7 @@ class MLflowRunLogger(MLFlowLogger):
 def final_figures(metrics: dict[str, Any]) -> dict[str, float]:
     """The FINAL_FIGURES metrics.json has as finite numbers (a diverged run has no test figures)."""
     figures = {key: metrics.get(key) for key in FINAL_FIGURES}
-    return {
-        key: float(value)
-        for key, value in figures.items()
-        if is_number(value, finite=True)
-    }
+    return {key: float(value) for key, value in figures.items() if finite(value)}
 
 
 def log_outcome_to_mlflow(logger: MLFlowLogger, run: RunDir, metrics: dict[str, Any], step: int) -> None:

@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from cifar_lightning.losses import LOSSES, build_loss
+from cifar_lightning.losses import loss_name, logitnorm
 from cifar_lightning.models import ReportCNN
 from cifar_lightning.module import ClassifierModule
 from tests.conftest import fit_on_one_batch
@@ -30,32 +30,38 @@ def logitnorm_by_hand(logits, targets, tau, smoothing=0.0):
 
 @pytest.mark.parametrize("tau", [0.04, 1.0])
 def test_logitnorm_matches_the_hand_computation(tau):
-    loss = build_loss("logitnorm", temperature=tau)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
+    loss = logitnorm(temperature=tau)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
     assert loss.item() == pytest.approx(logitnorm_by_hand(LOGITS, TARGETS, tau), rel=1e-9)
 
 
 def test_logitnorm_with_a_recipes_label_smoothing_matches_the_hand_computation():
-    loss = build_loss("logitnorm", 0.2, 0.04)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
+    loss = logitnorm(0.04, label_smoothing=0.2)(torch.tensor(LOGITS, dtype=torch.float64), torch.tensor(TARGETS))
     assert loss.item() == pytest.approx(logitnorm_by_hand(LOGITS, TARGETS, 0.04, smoothing=0.2), rel=1e-9)
 
 
 def test_logitnorm_ignores_the_logits_scale_and_cross_entropy_does_not():
     """The point of LogitNorm: growing the logits of right predictions cannot lower the loss."""
     logits, targets = torch.tensor(LOGITS), torch.tensor([0, 1])  # each row's largest logit
-    logitnorm, cross_entropy = build_loss("logitnorm"), build_loss("cross_entropy")
-    assert logitnorm(10 * logits, targets).item() == pytest.approx(logitnorm(logits, targets).item(), rel=1e-5)
+    normalized, cross_entropy = logitnorm(), torch.nn.CrossEntropyLoss()
+    assert normalized(10 * logits, targets).item() == pytest.approx(normalized(logits, targets).item(), rel=1e-5)
     assert cross_entropy(10 * logits, targets).item() < cross_entropy(logits, targets).item()
 
 
-def test_the_module_trains_with_the_named_loss():
-    """training_step, run by Lightning, takes the named loss (LogitNorm, not cross-entropy) and lowers it."""
+def test_the_module_trains_with_the_given_loss():
+    """training_step, run by Lightning, takes the given loss (LogitNorm, not cross-entropy) and lowers it."""
     torch.manual_seed(0)
-    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.05, momentum=0.9), None, loss="logitnorm")
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.05, momentum=0.9), None, loss=logitnorm())
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     with torch.no_grad():
         logits = module(images)  # no dropout or batch norm: the first step's logits
     losses = fit_on_one_batch(module, images, labels, steps=8)
-    logitnorm, cross_entropy = build_loss("logitnorm")(logits, labels).item(), build_loss()(logits, labels).item()
-    assert losses[0] == pytest.approx(logitnorm, rel=1e-5) and losses[0] != pytest.approx(cross_entropy, rel=1e-2)
+    normalized = logitnorm()(logits, labels).item()
+    cross_entropy = torch.nn.CrossEntropyLoss()(logits, labels).item()
+    assert losses[0] == pytest.approx(normalized, rel=1e-5) and losses[0] != pytest.approx(cross_entropy, rel=1e-2)
     assert losses[-1] < losses[0]
-    assert module.hparams.loss == "logitnorm" and set(LOSSES) == {"cross_entropy", "logitnorm"}
+
+
+def test_a_loss_node_is_named_by_its_target():
+    """evaluation.json's `loss` names the run's loss from its config's `_target_`."""
+    assert loss_name({"_target_": "cifar_lightning.losses.logitnorm", "temperature": 0.04}) == "logitnorm"
+    assert loss_name({"_target_": "torch.nn.CrossEntropyLoss"}) == loss_name(None) == "cross_entropy"

@@ -14,7 +14,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna_integration import PyTorchLightningPruningCallback
 
-from cifar_lightning.errors import ConfigError, TrialPruned
+from cifar_lightning.errors import TrialPruned
 from cifar_lightning.hpo.study import OBJECTIVE, load_study, shown_url, trial_id
 
 
@@ -48,13 +48,7 @@ class PruneUnpromisingTrial(PyTorchLightningPruningCallback):
 
 def pruning_callback(cfg: DictConfig) -> PruneUnpromisingTrial:
     """The callback that reports this trial's validation metric to its study every epoch and prunes it."""
-    hpo = cfg.hpo
-    if hpo.get("study") is None or hpo.get("storage") is None:
-        raise ConfigError(
-            f"hpo.trial={hpo.trial} needs hpo.study and hpo.storage: the hyperparameter-search sweeper sets all "
-            f"three for its trials. Fix: run the search (python train.py -m hparams_search=<name>), or drop hpo.* "
-            f"to train a configuration alone."
-        )
+    hpo = cfg.hpo  # all three set: checked by cifar_lightning/config/train.py (HpoSettings)
     study = load_study(hpo.storage, hpo.study)
     trial = optuna.trial.Trial(study, trial_id(study, int(hpo.trial)))
     return PruneUnpromisingTrial(trial, monitor=study.user_attrs[OBJECTIVE])

@@ -1,6 +1,6 @@
 """The run directory: what train.py writes where, and the one place that reads and writes it.
 
-    <run>/config.yaml              the run's resolved config (rewritten by a resume, see training.resume)
+    <run>/config.yaml              the run's resolved config (rewritten by a resume, see cifar_lightning/resume.py)
     <run>/checkpoints/best.ckpt    lowest validation loss
     <run>/checkpoints/last.ckpt    the latest state: every epoch end, and every n steps if asked; without a
                                    validation split (data.val_fraction=0) the final weights, the run's model
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_lightning.errors import CifarLightningError, is_number
+from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.runs.record import COMPLETED, DIVERGED, PRUNED, RunRecord
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -37,15 +38,10 @@ LOG_FILE = "train.log"  # Hydra names it after the job: train.py -> train.log
 HYDRA_DIR = ".hydra"
 RESUME_HYDRA_PREFIX = "resume-"
 
-#: Version of metrics.json's layout. 1: the files written before `schema_version` existed (no
-#: `status`: a file with a test accuracy is a completed run). 2: adds `schema_version`, `status`,
-#: `divergence` (diverged runs) and `resumes`. 3: adds status `pruned` and `hpo` (the Optuna trial a run was).
-#: 4: adds `test_tta` (the test-time augmentation level test_acc is measured with) and `test_acc_plain`
-#: (without it); best_checkpoint is null for a run without a validation split.
+#: Version of metrics.json's layout (its fields: runs/record.py's RunRecord); files of any other version are refused.
 METRICS_SCHEMA_VERSION = 4
 #: metrics.json `status`: the run trained to its end and was tested, stopped on a non-finite loss, or was
 #: stopped by an Optuna pruner as a hyperparameter-search trial (cifar_lightning.hpo).
-COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
 STATUSES = (COMPLETED, DIVERGED, PRUNED)
 
 
@@ -130,17 +126,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def metrics_record(metrics: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's content for these metrics: `schema_version` first, values made JSON-safe.
-
-    `status` must be one of STATUSES.
-    """
-    if metrics.get("status") not in STATUSES:
-        raise ValueError(f"metrics need a status in {STATUSES}, got {metrics.get('status')!r}")
-    return _json_safe({"schema_version": METRICS_SCHEMA_VERSION, **metrics})
+def metrics_record(metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's content: `schema_version` first, then the record's fields, values made JSON-safe."""
+    fields = metrics.fields() if isinstance(metrics, RunRecord) else dict(metrics)
+    if fields.get("status") not in STATUSES:
+        raise ValueError(f"metrics need a status in {STATUSES}, got {fields.get('status')!r}")
+    return _json_safe({"schema_version": METRICS_SCHEMA_VERSION, **fields})
 
 
-def write_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
+def write_metrics(run: RunDir, metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
     """Write metrics.json (see metrics_record); returns what was written.
 
     The file is replaced atomically (written beside, then
@@ -160,10 +154,8 @@ def write_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_metrics(run: RunDir) -> dict[str, Any]:
-    """metrics.json as a dict, with `schema_version` and `status` filled in for files from before version 2.
-
-    Raises RunDirError if the file is missing, not JSON, not an object, or from a newer version.
-    """
+    """metrics.json as a dict. Raises RunDirError if the file is missing, not JSON, not an object, or of
+    another schema_version than METRICS_SCHEMA_VERSION."""
     path = run.metrics
     try:
         metrics = json.loads(path.read_text())
@@ -173,16 +165,12 @@ def read_metrics(run: RunDir) -> dict[str, Any]:
         raise RunDirError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
     if not isinstance(metrics, dict):
         raise RunDirError(f"{path} holds a JSON {type(metrics).__name__}, not an object")
-    version = metrics.setdefault("schema_version", 1)
-    if not isinstance(version, int) or version > METRICS_SCHEMA_VERSION:
+    version = metrics.get("schema_version")
+    if version != METRICS_SCHEMA_VERSION:
         raise RunDirError(
-            f"{path} has schema_version {version!r}, newer than this code reads ({METRICS_SCHEMA_VERSION}): "
-            f"update cifar-lightning"
+            f"{path} has schema_version {version!r}, but this code reads version {METRICS_SCHEMA_VERSION} only: "
+            f"read it with the cifar-lightning release that wrote it, or train the run again"
         )
-    if version < 2:
-        test_acc = metrics.get("test_acc")
-        finished = is_number(test_acc)
-        metrics.setdefault("status", COMPLETED if finished else None)
     return metrics
 
 
@@ -207,7 +195,7 @@ def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
     """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one.
 
     A `resume` that is not resumable gets a new directory: the resume then stops with its error
-    (training.resume) without touching the folder it named.
+    (cifar_lightning.resume) without touching the folder it named.
     """
     if resume is None or not RunDir(str(resume)).looks_resumable():
         return new_run_dir

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from cifar_lightning.errors import CifarLightningError, is_number, one_line
+from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.runs import CONFIG_FILE, HYDRA_DIR, METRICS_FILE, RunDir, RunDirError, read_metrics
 from cifar_lightning.tables import markdown_table, write_csv
 
@@ -36,9 +36,8 @@ ACCURACIES = ("best_val_acc", "test_acc")
 DEFAULT_SORT = "best_val_acc"
 #: Config keys that differ between runs by construction, not by choice.
 IGNORED_KEYS = ("resume", "hpo.trial")
-#: Statuses of runs whose metrics.json is missing, or present but unreadable; `unknown`: a metrics.json
-#: from before `status` existed that holds no test accuracy.
-UNFINISHED, UNREADABLE, UNKNOWN = "unfinished", "unreadable", "unknown"
+#: Statuses of runs whose metrics.json is missing, or present but unreadable.
+UNFINISHED, UNREADABLE = "unfinished", "unreadable"
 DEFAULT_OUT = Path("logs/compare")
 MARKDOWN_FILE, CSV_FILE = "compare.md", "compare.csv"
 TEST_NOTE = (
@@ -157,9 +156,13 @@ def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
     return flatten(config), None
 
 
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def metric_value(value: Any) -> float | int | None:
     """A figure from metrics.json: a number, the "nan"/"inf" strings it stores non-finite numbers as, or None."""
-    if is_number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
         return float(value)
@@ -177,7 +180,7 @@ def read_run(run: RunDir) -> RunRow:
         return RunRow(run, config, UNREADABLE, {}, [*notes, one_line(exc)])
     status = metrics.get("status")
     figures = {name: metric_value(metrics.get(name)) for name in METRIC_COLUMNS}
-    return RunRow(run, config, status if isinstance(status, str) and status else UNKNOWN, figures, notes)
+    return RunRow(run, config, status, figures, notes)
 
 
 # --- the differing keys ---------------------------------------------------------------------------
@@ -221,8 +224,8 @@ def differing_keys(rows: Sequence[RunRow]) -> list[str]:
 def sort_rows(rows: Sequence[RunRow], metric: str, descending: bool) -> list[RunRow]:
     """By the metric, missing and non-finite values last; ties keep path order."""
     by_name = sorted(rows, key=lambda row: row.name)
-    present = [row for row in by_name if is_number(row.metrics.get(metric), finite=True)]
-    absent = [row for row in by_name if not is_number(row.metrics.get(metric), finite=True)]
+    present = [row for row in by_name if finite(row.metrics.get(metric))]
+    absent = [row for row in by_name if not finite(row.metrics.get(metric))]
     return sorted(present, key=lambda row: row.metrics[metric], reverse=descending) + absent
 
 
