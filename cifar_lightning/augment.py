@@ -1,11 +1,6 @@
-"""Batch-wise data augmentation on the training device, and test-time augmentation.
-
-Each random function takes a whole batch (N, C, H, W) and a `torch.Generator` on the batch's
-device, so augmentation costs a few tensor ops per batch and is reproducible under a seed.
-They are written here rather than taken from torchvision because torchvision's transforms draw
-one random crop/flip per call, i.e. one for the whole batch when given a batch; these draw one
-per image. All of them keep labels valid: they move, mirror or blank pixels, never mix images.
-"""
+"""Batch-wise data augmentation on the training device, and test-time augmentation. Each random function takes a
+whole batch (N, C, H, W) and a seeded `torch.Generator` on its device and draws once per image (torchvision's
+transforms draw once per call, i.e. per batch); they move, mirror or blank pixels, so labels stay valid."""
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +30,8 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Ten
 
 
 def random_translate(images: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
-    """Shift every image by its own random offset of up to `pixels` in each direction.
-
-    The border is filled by reflecting the image (not with zeros as in random_crop), so no
-    black frame appears: the trick airbench uses with 2 pixels.
-    """
+    """Shift every image by its own random offset of up to `pixels` in each direction, filling the border by
+    reflection (not with zeros as random_crop does), so no black frame appears: airbench's trick, with 2 pixels."""
     if pixels <= 0:
         return images
     padded = F.pad(images, (pixels, pixels, pixels, pixels), mode="reflect")
@@ -58,22 +50,15 @@ def alternating_flip_choice(n: int, generator: torch.Generator) -> Tensor:
 
 
 def alternating_flip(images: Tensor, flipped_in_even_epochs: Tensor, epoch: int) -> Tensor:
-    """Mirror image i in epoch e iff flipped_in_even_epochs[i] xor (e is odd).
-
-    `images` is a whole split in a fixed order (not shuffled batches), so index i is always the
-    same image. Each image is seen mirrored in every other epoch, instead of in a random half of
-    epochs: over two epochs every image is seen both ways (airbench's "alternating flip").
-    """
+    """Mirror image i of a whole split (in its fixed order) in epoch e iff flipped_in_even_epochs[i] xor (e is odd):
+    over two epochs every image is seen both ways, not in a random half of epochs (airbench's alternating flip)."""
     flip = flipped_in_even_epochs ^ bool(epoch % 2)
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor | float = 0) -> Tensor:
-    """Blank one random size x size square per image (DeVries & Taylor's cutout).
-
-    The square lies wholly inside the image. `fill` is a value or a per-channel (C,) tensor:
-    the data module fills with the training mean, which normalizes to zero.
-    """
+    """Blank one random size x size square, wholly inside, per image (DeVries & Taylor's cutout) with `fill`, a value
+    or a per-channel (C,) tensor (the data module's: the training mean, which normalizes to zero)."""
     if size <= 0:
         return images
     n, c, h, w = images.shape
@@ -87,24 +72,12 @@ def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor |
     return torch.where(inside[:, None], fill, images)
 
 
-#: Test-time augmentation levels; cifar_lightning.config.types.TTALevel declares the setting. (Until training.py
-#: and serving.py use it.)
-TTA_LEVELS = (0, 1, 2)
-
-
-def is_tta_level(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value in TTA_LEVELS
-
-
 @torch.no_grad()
 def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
-    """The model's logits averaged over test-time views of normalized images (N, C, H, W).
-
-    level 0: the images as they are; 1: averaged with their mirror images; 2: additionally
-    averaged with the images shifted one pixel up-left and one pixel down-right (reflect
-    padding), each with its mirror (airbench's test-time augmentation: the unshifted pair
-    weighs 1/2, the four shifted views 1/8 each). Labels are unchanged by every view.
-    """
+    """The model's logits averaged over test-time views of normalized images (N, C, H, W), by level (a TTALevel):
+    0 the images as they are; 1 averaged with their mirror images; 2 also with the images shifted one pixel up-left
+    and down-right (reflect padding), each with its mirror (airbench's: the unshifted pair weighs 1/2, the four
+    shifted views 1/8 each)."""
 
     def with_mirror(x: Tensor) -> Tensor:
         return 0.5 * model(x) + 0.5 * model(x.flip(3)) if level >= 1 else model(x)

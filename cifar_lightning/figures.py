@@ -1,10 +1,6 @@
-"""Figures as PNG files: confusion matrices, galleries of predictions and training curves, of one
-evaluated model or of several side by side (an ablation sweep's configurations). Each kind of panel
-has one drawing function onto a matplotlib Axes (draw_matrix, draw_curves) that every figure uses.
-
-Drawn on matplotlib's `Figure` with the Agg canvas, never pyplot, so nothing depends on a
-display or on global pyplot state, and figures are freed as soon as they are saved.
-"""
+"""Figures as PNG files: confusion matrices, galleries of predictions and training curves, of one model or of
+several side by side (an ablation's configurations), each kind of panel drawn by one function (draw_matrix,
+draw_curves). Drawn on matplotlib's Figure with the Agg canvas, never pyplot: no display or global state."""
 
 from __future__ import annotations
 
@@ -17,8 +13,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
-from cifar_lightning.errors import is_number
 
 GALLERY_COLUMNS = 8
 GRID_COLUMNS = 3  # confusion matrices per row of a grid
@@ -60,10 +54,8 @@ def draw_matrix(ax, values: np.ndarray, labels: np.ndarray, classes: Sequence[st
 
 
 def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Counts (left) and row-normalized % of each true class (right); rows = true, columns = predicted.
-
-    Counts show where the test images went; percentages compare classes of different sizes.
-    """
+    """Counts (where the test images went, left) and % of each true class (to compare classes of different
+    sizes, right); rows = true class, columns = predicted class."""
     counts = np.asarray(confusion)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.size == 0:
         raise ValueError(f"the confusion matrix must be square (classes x classes), got shape {counts.shape}")
@@ -73,8 +65,8 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: P
     shares = row_percent(counts)
     figure = new_figure(11, 5.4)
     left, right = figure.subplots(1, 2)
-    draw_matrix(left, counts, counts.astype(np.int64).astype(str), classes, max(counts.max(), 1),
-                f"counts ({int(counts.sum()):,} images)")  # fmt: skip
+    title = f"counts ({int(counts.sum()):,} images)"
+    draw_matrix(left, counts, counts.astype(np.int64).astype(str), classes, max(counts.max(), 1), title)
     draw_matrix(right, shares, percent_labels(shares), classes, 100, "% of each true class (rows sum to 100)")
     figure.suptitle("Confusion matrix: rows = true class, columns = predicted class")
     return save(figure, path)
@@ -115,14 +107,9 @@ def plot_confusion_grid(panels: Sequence[ConfusionPanel], title: str, path: Path
     return save(figure, path)
 
 
-def tile_image(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) -> (H, W, 3), the layout imshow draws."""
-    return np.transpose(image, (1, 2, 0))
-
-
 def draw_tile(ax, image: np.ndarray, frame: str | None = None, width: float = 3) -> None:
     """One (3, H, W) uint8 image of a gallery; `frame` colors its border (None: no border)."""
-    ax.imshow(tile_image(image), interpolation="nearest")
+    ax.imshow(np.transpose(image, (1, 2, 0)), interpolation="nearest")
     for spine in ax.spines.values():
         spine.set_visible(frame is not None)
         if frame is not None:
@@ -139,12 +126,8 @@ def plot_gallery(
     title: str,
     path: Path,
 ) -> Path:
-    """A grid of uint8 images (N, 3, H, W), each captioned "true -> predicted confidence".
-
-    Mistakes get a red caption and a red frame, so they stand out in a mixed gallery. With N = 0
-    the figure is drawn anyway, with a note that there is nothing to show: a report section can
-    then say so instead of missing a file.
-    """
+    """A grid of uint8 images (N, 3, H, W), each captioned "true -> predicted confidence", mistakes in red with a
+    red frame; with N = 0 a figure that says there is nothing to show, so a report section never lacks its file."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got shape {images.shape}")
@@ -158,9 +141,7 @@ def plot_gallery(
     figure = new_figure(max(1.5 * columns + 0.4, 5.0), 1.75 * rows + 0.7)  # wide enough for the title
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_visible(False)
+        ax.set(xticks=[], yticks=[], visible=False)
     for ax, image, label, guess, score in zip(axes.flat, images, true, predicted, confidence):
         wrong = int(label) != int(guess)
         color = WRONG_COLOR if wrong else RIGHT_COLOR
@@ -187,6 +168,11 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
     return epochs, values
 
 
+def is_number(value: object, finite: bool = False) -> bool:
+    """An int or float, not a bool (which Python counts as an int); with finite, also not inf or nan."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
 @dataclass(frozen=True)
 class Curve:
     """One line of a metric over epochs; `band` (low, high) shades a range around it, e.g. min-max over seeds."""
@@ -198,8 +184,7 @@ class Curve:
     color: str | None = None  # default: C0, C1, ... by position, so train and val match across panels
 
 
-def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: str | None = None,
-                legend: bool = True) -> None:  # fmt: skip
+def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: str | None = None, legend=True) -> None:
     """The curves of one metric on one panel, values times `scale`, integer epochs on x; a panel without
     any point says `no <what> recorded` instead of staying blank."""
     for index, curve in enumerate(curves):
@@ -219,11 +204,8 @@ def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: st
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, train vs val, plus the learning rate when the history has it.
-
-    Rows like {"epoch": 1, "train_loss": ..., "train_acc": ..., "val_loss": ..., "val_acc": ..., "lr": ...};
-    a missing key leaves its line out rather than failing, so partial histories still plot.
-    """
+    """Loss and accuracy per epoch, train vs val, plus the learning rate when the history has it; rows like
+    {"epoch": 1, "train_loss": ..., "val_acc": ..., "lr": ...}, a missing key leaving its line out."""
     lr_epochs, lr_values = series(history, "lr")
     has_lr = bool(lr_epochs)
     figure = new_figure(4.2 * (len(CURVE_METRICS) + has_lr), 3.6)

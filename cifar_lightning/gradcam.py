@@ -1,9 +1,6 @@
-"""Grad-CAM maps of a classifier on uint8 images, saved as captioned overlays.
-
-Grad-CAM weighs a conv layer's feature maps by the gradient of one class score, so the map shows
-which parts of the image raised that class. It runs on the device of the model's parameters and
-leaves the model as it found it: same train/eval modes, no hooks, no gradients on the weights.
-"""
+"""Grad-CAM maps of a classifier on uint8 images, as captioned overlay figures or PNG bytes. Grad-CAM weighs a
+conv layer's feature maps by the gradient of one class score, showing which parts of the image raised that class;
+it runs where the model's parameters are and leaves the model as it found it (modes, hooks, gradients)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
+from torch import Tensor, nn
 
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.figures import new_figure, save
@@ -26,6 +23,7 @@ EXPLAINED = ("predicted", "label")
 # How each choice reads on an overlay: "label" is not "true", which YAML and Hydra would read as a boolean.
 EXPLAINED_TEXT = {"predicted": "predicted class", "label": "true label"}
 OVERLAY_SIZE = 128  # pixels: a 32x32 image is too small to read a heat map on
+Normalize = Callable[[Tensor], Tensor]  # a uint8 batch on the model's device -> the model's input
 
 
 @dataclass
@@ -36,29 +34,21 @@ class CamResult:
     explained: str  # "predicted" or "label": which class `target` is
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    return [name for name, _ in model.named_modules() if name]
+def gradcam_layer(model: nn.Module, name: str | None = None) -> str:
+    """The layer Grad-CAM weighs, for every caller (evaluate, serve): the one named, or with None the model's
+    last Conv2d, whose maps are the most semantic that still have a spatial layout. A ValueError lists the
+    model's layers when there is no such layer."""
+    layers = [layer for layer, _ in model.named_modules() if layer]
+    convs = [layer for layer, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if name is None and convs:
+        return convs[-1]
+    if name is None or name not in layers:
+        missing = "no Conv2d layer" if name is None else f"no layer {name!r}"
+        raise ValueError(f"the model has {missing}; its layers are: {', '.join(layers)}")
+    return name
 
 
-def find_layer(model: nn.Module, layer_name: str) -> nn.Module:
-    """The layer called `layer_name`; a ValueError lists the model's layers if there is none."""
-    if layer_name not in layer_names(model):
-        raise ValueError(f"the model has no layer {layer_name!r}; its layers are: {', '.join(layer_names(model))}")
-    return model.get_submodule(layer_name)
-
-
-def last_conv_layer(model: nn.Module) -> str:
-    """The name of the model's last Conv2d: the usual Grad-CAM layer, with the most semantic maps that still have
-    a spatial layout."""
-    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"the model has no Conv2d layer; its layers are: {', '.join(layer_names(model))}")
-    return convs[-1]
-
-
-def compute_cams(
-    model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: Sequence[int]
-) -> tuple[np.ndarray, int]:
+def compute_cams(model: nn.Module, layer: nn.Module, inputs: Tensor, targets: Sequence[int]) -> tuple[np.ndarray, int]:
     """Grad-CAM maps (N, H, W) in [0, 1] and the number of classes the model scores, with the model restored."""
     modes = {module: module.training for module in model.modules()}  # GradCAM switches the model to eval
     try:
@@ -105,11 +95,7 @@ def save_overlay(image: np.ndarray, cam: np.ndarray, caption: str, path: Path) -
 
 
 def _explain(
-    model: nn.Module,
-    layer_name: str,
-    images: torch.Tensor,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    targets: Sequence[int],
+    model: nn.Module, layer_name: str | None, images: Tensor, normalize: Normalize, targets: Sequence[int]
 ) -> tuple[np.ndarray, list[np.ndarray], int]:
     """Checked inputs -> the images as (N, H, W, 3) floats in [0, 1], their Grad-CAM maps and the class count."""
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
@@ -118,7 +104,7 @@ def _explain(
         raise ValueError(f"one target per image: {len(images)} images, {len(targets)} targets")
     if any(int(target) < 0 for target in targets):
         raise ValueError(f"target classes must be >= 0, got {list(targets)}")
-    layer = find_layer(model, layer_name)
+    layer = model.get_submodule(gradcam_layer(model, layer_name))
     pictures = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) / 255.0
     if len(images) == 0:
         return pictures, [], 0
@@ -129,22 +115,17 @@ def _explain(
 
 def gradcam_overlays(
     model: nn.Module,
-    layer_name: str,
-    images: torch.Tensor,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
+    layer_name: str | None,
+    images: Tensor,
+    normalize: Normalize,
     targets: Sequence[int],
     captions: Sequence[str],
     out_dir: Path,
     prefix: str,
     explained: str = "predicted",
 ) -> list[CamResult]:
-    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`; saves
-    <out_dir>/<prefix>_<i>.png with `captions[i]` and the class explained written on it.
-
-    normalize: maps a uint8 batch (on the model's device) to the model's input, e.g.
-        CIFAR10DataModule.normalize.
-    explained: "predicted" or "label" (the true class), which class the targets are, written on each overlay.
-    """
+    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name` (see gradcam_layer); saves
+    <out_dir>/<prefix>_<i>.png with `captions[i]` and the class explained ("predicted" or "label") written on it."""
     if explained not in EXPLAINED:
         raise ValueError(f"explained must be one of {', '.join(EXPLAINED)}, got {explained!r}")
     if len(captions) != len(images):
@@ -170,11 +151,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
 
 
 def gradcam_pngs(
-    model: nn.Module,
-    layer_name: str,
-    images: torch.Tensor,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    targets: Sequence[int],
+    model: nn.Module, layer_name: str | None, images: Tensor, normalize: Normalize, targets: Sequence[int]
 ) -> list[bytes]:
     """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`: one overlay PNG per
     image, in memory (no caption, nothing written). Refuses what gradcam_overlays refuses."""

@@ -1,10 +1,6 @@
-"""One self-contained HTML page for an evaluation: headline numbers, a per-class table, the model
-config and the figures.
-
-Every image is embedded as a base64 data: URI and the CSS is inline, with no scripts and no
-external URLs, so the single file can be mailed, archived or opened offline and still shows
-everything. All text from the summary is HTML-escaped.
-"""
+"""One self-contained HTML page for an evaluation: headline numbers, a per-class table, the model config and the
+figures. Images are embedded as data: URIs and the CSS is inline (no scripts, no external URLs), so the file can
+be mailed, archived or opened offline; all text from the summary is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -16,23 +12,18 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from cifar_lightning.errors import is_number
+from cifar_lightning.figures import is_number
 
 REPORT_FILE = "report.html"
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".webp": "image/webp"}  # fmt: skip
-# Per-class metrics: (column heading, key in summary["per_class"], top-level key evaluation.py writes).
-PER_CLASS_COLUMNS = (
-    ("accuracy", "accuracy", "per_class_acc"),
-    ("precision", "precision", "precision"),
-    ("recall", "recall", "recall"),
-    ("F1", "f1", "f1"),
-)
-PROVENANCE = {"checkpoint": "checkpoint", "checkpoint_epoch": "checkpoint epoch", "experiment": "experiment",
-              "device": "device", "tta": "test-time augmentation level"}  # fmt: skip
-# Summary keys with a place of their own on the page; "Other fields" shows the rest.
-SHOWN_ELSEWHERE = {"test_acc", "test_loss", "num_images", *PROVENANCE, "classes", "confusion", "per_class", "model",
-                   *(column[2] for column in PER_CLASS_COLUMNS)}  # fmt: skip
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+IMAGE_TYPES[".webp"] = "image/webp"
+#: Per-class metrics: column heading -> the summary's key.
+PER_CLASS_COLUMNS = {"accuracy": "per_class_acc", "precision": "precision", "recall": "recall", "F1": "f1"}
+PROVENANCE = {"checkpoint": "checkpoint", "checkpoint_epoch": "checkpoint epoch", "experiment": "experiment"}
+PROVENANCE |= {"device": "device", "tta": "test-time augmentation level"}
+#: Summary keys with a place of their own on the page; "Other fields" shows the rest.
+SHOWN_ELSEWHERE = {"test_acc", "test_loss", "num_images", *PROVENANCE, "classes", "confusion", "model"}
+SHOWN_ELSEWHERE |= set(PER_CLASS_COLUMNS.values())
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -102,17 +93,10 @@ def provenance(summary: dict) -> str:
 
 
 def per_class_columns(summary: dict) -> dict[str, list]:
-    """Each per-class metric present as a list in class order, from summary["per_class"] (a dict of lists, or a
-    list of dicts) or from evaluation.py's top-level lists."""
-    per_class = summary.get("per_class")
-    columns = {}
-    for heading, key, top_level in PER_CLASS_COLUMNS:
-        if isinstance(per_class, dict) and isinstance(per_class.get(key), list):
-            columns[heading] = per_class[key]
-        elif isinstance(per_class, list) and per_class and all(isinstance(row, dict) for row in per_class):
-            columns[heading] = [row.get(key) for row in per_class]
-        elif isinstance(summary.get(top_level), list):
-            columns[heading] = summary[top_level]
+    """Each per-class metric the summary holds as a list in class order, and the test images per class."""
+    columns = {
+        heading: summary[key] for heading, key in PER_CLASS_COLUMNS.items() if isinstance(summary.get(key), list)
+    }
     confusion = summary.get("confusion")
     if isinstance(confusion, list) and all(isinstance(row, list) for row in confusion):
         counted = [all(is_number(n, finite=True) for n in row) for row in confusion]
@@ -192,21 +176,12 @@ def section(title: str, items: Sequence[SectionItem]) -> str:
 
 def render(summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]]) -> str:
     experiment = summary.get("experiment")
-    title = f"Evaluation report: {experiment}" if experiment else "Evaluation report"
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(str(title))}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>{escape(str(title))}</h1>",
-        headline(summary),
-        provenance(summary),
-        "<h2>Per class</h2>",
-        per_class_table(summary),
-        details(summary),
-        *(section(heading, paths) for heading, paths in sections),
-        "</body></html>",
-    ])  # fmt: skip
+    title = escape(str(f"Evaluation report: {experiment}" if experiment else "Evaluation report"))
+    page = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{title}</title>"]
+    page += [f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>", headline(summary), provenance(summary)]
+    page += ["<h2>Per class</h2>", per_class_table(summary), details(summary)]
+    page += [section(heading, items) for heading, items in sections]
+    return "\n".join([*page, "</body></html>"])
 
 
 def write_report(out_dir: Path, summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]]) -> Path:

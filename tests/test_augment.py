@@ -69,8 +69,10 @@ def test_translate_shifts_content_with_reflected_borders():
         shifts.append((dy, dx))
         # The content itself moved: the part still inside the frame equals the original, shifted.
         r, c = dy - 2, dx - 2
-        assert torch.equal(out[i, :, max(0, -r) : 32 - max(0, r), max(0, -c) : 32 - max(0, c)],
-                           x[i, :, max(0, r) : 32 - max(0, -r), max(0, c) : 32 - max(0, -c)])  # fmt: skip
+        assert torch.equal(
+            out[i, :, max(0, -r) : 32 - max(0, r), max(0, -c) : 32 - max(0, c)],
+            x[i, :, max(0, r) : 32 - max(0, -r), max(0, c) : 32 - max(0, -c)],
+        )
     assert len(set(shifts)) > 1  # one shift per image, not one per batch
     assert torch.equal(random_translate(x, 0, torch.Generator()), x)
 

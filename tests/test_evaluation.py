@@ -12,7 +12,8 @@ from PIL import Image
 
 from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.evaluation import gradcam_layer, ranked, run_evaluation, training_history, write_outputs
+from cifar_lightning.evaluation import ranked, run_evaluation, training_history, write_outputs
+from cifar_lightning.gradcam import gradcam_layer
 from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
 from tests.helpers import assert_report_shows
@@ -75,13 +76,13 @@ def test_files_written(evaluation, trained):
 
 def test_predict_works_on_any_uint8_images(evaluation):
     images = evaluation.images[:300]
-    again = predict(evaluation.model, images, evaluation.normalize, "cpu", batch_size=128)
+    again = predict(evaluation.classifier.model, images, evaluation.classifier.normalize, "cpu", batch_size=128)
     assert again.logits.shape == (300, 10) and again.probabilities.sum(dim=1).allclose(torch.ones(300))
     torch.testing.assert_close(again.logits, evaluation.predictions.logits[:300], rtol=1e-4, atol=1e-5)
 
 
 def test_test_time_augmentation_averages_the_views(evaluation):
-    images, model, normalize = evaluation.images[:64], evaluation.model, evaluation.normalize
+    images, model, normalize = evaluation.images[:64], evaluation.classifier.model, evaluation.classifier.normalize
     with torch.no_grad():
         x = normalize(images)
         plain, mirrored = model(x), model(x.flip(3))
@@ -126,14 +127,15 @@ def test_exactly_one_of_ckpt_and_run_dir(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("device=tpu", "device must be one of auto, cpu, gpu"),
-        ("batch_size=0", "invalid `batch_size` config"),
-        ("tta=3", "invalid `tta` config: must be one of 0, 1, 2"),
-        ("gallery.size=-1", "invalid `gallery.size` config"),
-        ("gradcam.explain=both", "must be one of predicted, label"),
-        ("gradcam.explain=true", "true was read as the boolean True.*must be one of predicted, label"),
-        ("gradcam.explain=False", "false was read as the boolean False.*must be one of predicted, label"),
-        ("gradcam.layer=conv9", "the model has no layer 'conv9'"),
+        ("device=tpu", "invalid `device` config: device must be one of auto, cpu, gpu, got 'tpu'"),
+        ("batch_size=0", "invalid `batch_size` config: batch_size must be an integer >= 1"),
+        ("tta=3", r"invalid `tta` config: tta must be one of 0, 1, 2 \(0: none"),
+        ("gallery.size=-1", "invalid `gallery` config: gallery.size must be an integer >= 0"),
+        ("gradcam.explain=both", "gradcam.explain must be one of predicted, label, got 'both'"),
+        ("gradcam.explain=true", "gradcam.explain must be one of predicted, label, got True.*reads as booleans"),
+        ("gradcam.explain=False", "gradcam.explain must be one of predicted, label, got False.*reads as booleans"),
+        ("gradcam.layer=conv9", "invalid `gradcam` config: the model has no layer 'conv9'; its layers are: conv1"),
+        ("data.val_fraction=1", r"invalid `data` config: data.val_fraction must be in \[0, 1\)"),
     ],
 )
 def test_bad_settings_stop_before_anything_is_written(trained, data_dir, tmp_path, override, expected):
@@ -144,8 +146,8 @@ def test_bad_settings_stop_before_anything_is_written(trained, data_dir, tmp_pat
 
 
 def test_the_last_conv_layer_is_explained_by_default(evaluation):
-    assert gradcam_layer(evaluation.model, None) == "conv3"
-    assert gradcam_layer(evaluation.model, "conv2") == "conv2"
+    assert gradcam_layer(evaluation.classifier.model, None) == "conv3"
+    assert gradcam_layer(evaluation.classifier.model, "conv2") == "conv2"
 
 
 def test_evaluate_writes_figures_gradcam_and_report(evaluation, trained, tmp_path):

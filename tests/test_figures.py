@@ -45,8 +45,14 @@ def test_confusion_matrix_with_an_empty_class(tmp_path, monkeypatch):
     counts[1] = 0  # no test image of class 1: its row percentages are 0, not NaN
     drawn = []  # the values and cell labels of both panels, as plot_confusion_matrix draws them
     real_draw = figures.draw_matrix
-    monkeypatch.setattr(figures, "draw_matrix", lambda ax, values, labels, *rest: (
-        drawn.append((np.array(values, dtype=float), labels)), real_draw(ax, values, labels, *rest))[1])
+    monkeypatch.setattr(
+        figures,
+        "draw_matrix",
+        lambda ax, values, labels, *rest: (
+            drawn.append((np.array(values, dtype=float), labels)),
+            real_draw(ax, values, labels, *rest),
+        )[1],
+    )
     assert png_size(plot_confusion_matrix(counts, ["a", "b", "c"], tmp_path / "c.png"))[0] > 0
     (count_values, count_labels), (share_values, share_labels) = drawn
     assert np.isfinite(share_values).all() and share_values[1].tolist() == [0.0, 0.0, 0.0]
@@ -75,8 +81,14 @@ def test_gallery_of_any_size(tmp_path, n):
     width, height = png_size(path)
     assert width >= 150 * min(n, 8) and height >= 200
     if n == 20:  # three rows of eight
-        assert height > png_size(plot_gallery(images[:8], true[:8], predicted[:8], [0.5] * 8, CIFAR10_CLASSES,
-                                              "t", tmp_path / "one_row.png"))[1]  # fmt: skip
+        assert (
+            height
+            > png_size(
+                plot_gallery(
+                    images[:8], true[:8], predicted[:8], [0.5] * 8, CIFAR10_CLASSES, "t", tmp_path / "one_row.png"
+                )
+            )[1]
+        )
 
 
 def test_empty_gallery_is_a_note_not_an_error(tmp_path):
@@ -85,10 +97,12 @@ def test_empty_gallery_is_a_note_not_an_error(tmp_path):
 
 
 def test_mistakes_are_marked_red(tmp_path):
-    all_right = plot_gallery(gray_images(4), [0, 1, 2, 3], [0, 1, 2, 3], [0.9] * 4, CIFAR10_CLASSES, "right",
-                             tmp_path / "right.png")  # fmt: skip
-    one_wrong = plot_gallery(gray_images(4), [0, 1, 2, 3], [0, 1, 2, 5], [0.9] * 4, CIFAR10_CLASSES, "wrong",
-                             tmp_path / "wrong.png")  # fmt: skip
+    all_right = plot_gallery(
+        gray_images(4), [0, 1, 2, 3], [0, 1, 2, 3], [0.9] * 4, CIFAR10_CLASSES, "right", tmp_path / "right.png"
+    )
+    one_wrong = plot_gallery(
+        gray_images(4), [0, 1, 2, 3], [0, 1, 2, 5], [0.9] * 4, CIFAR10_CLASSES, "wrong", tmp_path / "wrong.png"
+    )
     assert red_pixels(all_right) == 0
     assert red_pixels(one_wrong) > 100
 
@@ -97,16 +111,23 @@ def test_gallery_needs_one_label_per_image(tmp_path):
     with pytest.raises(ValueError, match="one label"):
         plot_gallery(gray_images(3), [0, 1], [0, 1, 2], [0.5] * 3, CIFAR10_CLASSES, "t", tmp_path / "g.png")
     with pytest.raises(ValueError, match="shape"):
-        plot_gallery(np.zeros((3, 32, 32), np.uint8), [0] * 3, [0] * 3, [0.5] * 3, CIFAR10_CLASSES, "t",
-                     tmp_path / "g.png")  # fmt: skip
+        plot_gallery(
+            np.zeros((3, 32, 32), np.uint8), [0] * 3, [0] * 3, [0.5] * 3, CIFAR10_CLASSES, "t", tmp_path / "g.png"
+        )
 
 
 def history(epochs: int) -> list[dict]:
     return [
-        {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 + 0.03 * e, "val_loss": 2.1 / e,
-         "val_acc": 0.28 + 0.03 * e, "lr": 0.01 * 0.5 ** (e // 5)}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": 0.3 + 0.03 * e,
+            "val_loss": 2.1 / e,
+            "val_acc": 0.28 + 0.03 * e,
+            "lr": 0.01 * 0.5 ** (e // 5),
+        }
         for e in range(1, epochs + 1)
-    ]  # fmt: skip
+    ]
 
 
 def test_curves_png(tmp_path):
@@ -129,8 +150,14 @@ def test_curves_tolerate_missing_keys(tmp_path, rows):
 def test_confusion_grid_row_normalizes_every_panel(tmp_path, monkeypatch):
     drawn = []  # the values and labels each panel is drawn with, through the one matrix drawer
     real_draw = figures.draw_matrix
-    monkeypatch.setattr(figures, "draw_matrix", lambda ax, values, labels, *rest: (
-        drawn.append((np.array(values, dtype=float), labels)), real_draw(ax, values, labels, *rest))[1])  # fmt: skip
+    monkeypatch.setattr(
+        figures,
+        "draw_matrix",
+        lambda ax, values, labels, *rest: (
+            drawn.append((np.array(values, dtype=float), labels)),
+            real_draw(ax, values, labels, *rest),
+        )[1],
+    )
     panels = [
         figures.ConfusionPanel("a", np.array([[3, 1], [0, 0]]), ["x", "y"]),
         figures.ConfusionPanel("no counts", None, []),

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cifar_lightning.data import normalize
-from cifar_lightning.gradcam import CamResult, gradcam_overlays, last_conv_layer
+from cifar_lightning.gradcam import CamResult, gradcam_layer, gradcam_overlays
 from cifar_lightning.models import ReportCNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,11 +102,14 @@ def test_no_images_no_overlays(tmp_path):
     assert explain(seeded_model(), tmp_path, images=torch.zeros(0, 3, 32, 32, dtype=torch.uint8)) == []
 
 
-def test_last_conv_layer():
-    assert last_conv_layer(ReportCNN()) == "conv3"
-    assert last_conv_layer(ReportCNN(batch_norm="all")) == "conv3"
-    with pytest.raises(ValueError, match="no Conv2d"):
-        last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+def test_the_layer_is_the_one_named_or_the_last_conv():
+    assert gradcam_layer(ReportCNN()) == "conv3"
+    assert gradcam_layer(ReportCNN(batch_norm="all"), None) == "conv3"
+    assert gradcam_layer(ReportCNN(), "conv2") == "conv2"
+    with pytest.raises(ValueError, match="no Conv2d layer; its layers are: 0, 1"):
+        gradcam_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="no layer 'conv9'"):
+        gradcam_layer(ReportCNN(), "conv9")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

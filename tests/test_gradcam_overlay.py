@@ -32,8 +32,9 @@ def test_pngs_are_the_overlays_gradcam_overlays_draws(tmp_path):
 
 
 def test_overlay_is_hot_where_the_evidence_is():
-    first, second = (decode(png) for png in gradcam_pngs(seeded_model(), "conv3", patch_images(), cifar_normalize,
-                                                         [3, 3]))  # fmt: skip
+    first, second = (
+        decode(png) for png in gradcam_pngs(seeded_model(), "conv3", patch_images(), cifar_normalize, [3, 3])
+    )
     half = OVERLAY_SIZE // 2
 
     def heat(pixels: np.ndarray) -> np.ndarray:  # the jet colour map: red = hot, blue = cold

@@ -56,14 +56,24 @@ def sample_report(out_dir: Path) -> Path:
     true, predicted = rng.integers(0, 10, 12).tolist(), rng.integers(0, 10, 12).tolist()
     data = summary()
     confusion = plot_confusion_matrix(np.array(data["confusion"]), data["classes"], figures / "confusion_matrix.png")
-    gallery = plot_gallery(images, true, predicted, rng.random(12).tolist(), CIFAR10_CLASSES, "Predictions",
-                           figures / "gallery.png")  # fmt: skip
+    confidence = rng.random(12).tolist()
+    gallery = plot_gallery(images, true, predicted, confidence, CIFAR10_CLASSES, "Predictions", figures / "gallery.png")
     mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
-    cams = gradcam_overlays(ReportCNN(batch_norm="all"), "conv3", torch.from_numpy(images[:3]),
-                            lambda x: normalize(x, mean, std), predicted[:3], [f"image {i}" for i in range(3)],
-                            figures / "gradcam", "sample")  # fmt: skip
-    history = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_acc": 0.03 * e, "val_acc": 0.028 * e,
-                "lr": 0.01} for e in range(1, 11)]  # fmt: skip
+    model, captions = ReportCNN(batch_norm="all"), [f"image {i}" for i in range(3)]
+    cams = gradcam_overlays(
+        model,
+        "conv3",
+        torch.from_numpy(images[:3]),
+        lambda x: normalize(x, mean, std),
+        predicted[:3],
+        captions,
+        figures / "gradcam",
+        "sample",
+    )
+    history = [
+        {"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_acc": 0.03 * e, "val_acc": 0.028 * e, "lr": 0.01}
+        for e in range(1, 11)
+    ]
     curves = plot_curves(history, figures / "curves.png")
     sections = [
         ("Confusion matrix", [confusion]),
@@ -115,8 +125,8 @@ def test_empty_summary_still_writes_a_page(tmp_path):
     assert "no test accuracy" in page and "no per-class metrics" in page and "No model config" in page
 
 
-def test_per_class_as_a_dict_of_lists(tmp_path):
-    data = {"test_acc": 0.25, "classes": ["a", "b"], "per_class": {"accuracy": [0.125, 0.375], "f1": [0.5, None]}}
+def test_per_class_metrics_present_are_shown(tmp_path):
+    data = {"test_acc": 0.25, "classes": ["a", "b"], "per_class_acc": [0.125, 0.375], "f1": [0.5, None]}
     page = write_report(tmp_path, data, []).read_text(encoding="utf-8")
     assert "25.00%" in page and "12.5%" in page and "37.5%" in page and "n/a" in page
     assert "<table><tr><th>class</th><th>accuracy</th><th>F1</th></tr><tr><td>a</td>" in page  # html_table, untitled

@@ -1,5 +1,5 @@
-"""The `data` group: CIFAR-10's files, split, batches and training augmentation (conf/data/cifar10.yaml
-extends it); train.py and evaluate.py both check it."""
+"""The `data` group: CIFAR-10's files, split, batches and training augmentation (conf/data/cifar10.yaml extends
+it); train.py and evaluate.py both check it. The augmentation is drawn per image, in the order of the fields."""
 
 from typing import Literal
 
@@ -11,39 +11,22 @@ from cifar_lightning.config.schema import Settings, preset
 @preset("data", "cifar10_schema")
 class CIFAR10Settings(Settings):
     target = "cifar_lightning.data.CIFAR10DataModule"
-    data_dir: str = Field(
-        "data/", description="folder holding cifar-10-batches-py/; a relative path starts where the job is launched"
-    )
-    download: bool = Field(
-        True, description="download torchvision's md5-checked copy when files are missing or corrupt"
-    )
+    data_dir: str = Field("data/", description="folder holding cifar-10-batches-py/, relative to the launch folder")
+    download: bool = Field(True, description="download torchvision's md5-checked copy when files are missing or bad")
     val_fraction: float = Field(
-        0.1,
-        ge=0,
-        lt=1,
-        description="share of each class held out of the 50,000 training images for validation; 0: train on all "
-        "of them with no validation loop (the final weights are tested and kept as checkpoints/last.ckpt)",
+        0.1, ge=0, lt=1, description="share of each class held out for validation; 0: none, train on all 50,000"
     )
-    split_seed: int = Field(
-        0, description="seed of the split alone, fixed so that every run validates on the same images"
-    )
+    split_seed: int = Field(0, description="seed of the split alone, so that every run validates on the same images")
     batch_size: int = Field(128, ge=1, description="training images per step")
     eval_batch_size: int = Field(1000, ge=1, description="images per validation and test batch")
-    drop_last: bool = Field(False, description="leave each epoch's last, incomplete training batch out (airbench does)")
-    # Training augmentation, drawn per image on the training device in this order (off in the report's recipes).
+    drop_last: bool = Field(False, description="leave each epoch's last, incomplete training batch out (airbench)")
     crop_padding: int = Field(0, ge=0, description="random crop with this much zero padding; 0: off (4 is usual)")
-    translate: int = Field(
-        0, ge=0, le=16, description="random shift by up to this many pixels, reflect padding; 0: off"
-    )
+    translate: int = Field(0, ge=0, le=16, description="random shift by up to this many pixels, reflect padding")
     flip: bool | Literal["alternating"] = Field(
         False,
         description="true: random horizontal flip; alternating: each image mirrored every other epoch",
         json_schema_extra={"must": "false, true or alternating"},
     )
-    cutout: int = Field(
-        0, ge=0, le=32, description="side of a random square set to the training mean; 0: off (16 is usual)"
-    )
-    seed: int = Field(
-        0, description="seed of the shuffling and the augmentation (conf/data/cifar10.yaml: the run's seed)"
-    )
-    on_device: bool = Field(True, description="keep each split on the training device: no host-to-device copy per step")
+    cutout: int = Field(0, ge=0, le=32, description="side of a random square set to the training mean; 0: off")
+    seed: int = Field(0, description="seed of the shuffling and the augmentation (conf/data/: the run's seed)")
+    on_device: bool = Field(True, description="keep each split on the training device: no host copy per step")

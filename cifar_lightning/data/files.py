@@ -13,10 +13,8 @@ from torchvision.datasets.utils import check_integrity
 from cifar_lightning.errors import DataError
 
 #: Every file of the official python version, with the md5 torchvision checks it against.
-CIFAR10_FILES: tuple[tuple[str, str], ...] = (
-    *(tuple(entry) for entry in CIFAR10.train_list),
-    *(tuple(entry) for entry in CIFAR10.test_list),
-    (CIFAR10.meta["filename"], CIFAR10.meta["md5"]),
+CIFAR10_FILES: tuple[tuple[str, str], ...] = tuple(
+    tuple(entry) for entry in (*CIFAR10.train_list, *CIFAR10.test_list, (CIFAR10.meta["filename"], CIFAR10.meta["md5"]))
 )
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -41,9 +39,8 @@ def find_cifar10_problems(data_dir: str | Path) -> list[str]:
     """What is wrong with the CIFAR-10 files under `data_dir`, one sentence each; [] if nothing."""
     folder = cifar10_folder(data_dir)
     if not folder.is_dir():
-        hint = ""
-        if (Path(data_dir).expanduser() / "data_batch_1").is_file():
-            hint = f" ({data_dir} looks like the batches folder itself: point at its parent)"
+        inside = (Path(data_dir).expanduser() / "data_batch_1").is_file()
+        hint = f" ({data_dir} looks like the batches folder itself: point at its parent)" if inside else ""
         return [f"the folder {folder} does not exist{hint}"]
     problems = []
     for name, md5 in CIFAR10_FILES:
@@ -69,9 +66,8 @@ def ensure_cifar10(data_dir: str | Path, download: bool) -> None:
     """Make sure every CIFAR-10 file is present with its official md5, downloading if allowed; else a DataError
     naming each missing or corrupt file and the fix."""
     folder = cifar10_folder(data_dir)
-    if folder.is_dir() and all((folder / name).is_file() for name, _ in CIFAR10_FILES):
-        if _fingerprint(folder) in _verified:
-            return
+    if all((folder / name).is_file() for name, _ in CIFAR10_FILES) and _fingerprint(folder) in _verified:
+        return
     problems = find_cifar10_problems(data_dir)
     if problems and download:
         try:
@@ -112,12 +108,8 @@ def load_cifar10(data_dir: str | Path, download: bool = False) -> CIFAR10Arrays:
                 f"Fix: check the files' permissions, or replace the folder with a fresh copy (data.download=true)."
             ) from exc
         _loaded.clear()
-        _loaded[key] = CIFAR10Arrays(
-            # numpy HWC -> NCHW view with channels-last strides, no copy.
-            train_images=torch.from_numpy(train.data).permute(0, 3, 1, 2),
-            train_labels=torch.tensor(train.targets, dtype=torch.long),
-            test_images=torch.from_numpy(test.data).permute(0, 3, 1, 2),
-            test_labels=torch.tensor(test.targets, dtype=torch.long),
-            classes=tuple(train.classes),
-        )
+        # numpy HWC -> NCHW views with channels-last strides, no copy.
+        images = [torch.from_numpy(split.data).permute(0, 3, 1, 2) for split in (train, test)]
+        labels = [torch.tensor(split.targets, dtype=torch.long) for split in (train, test)]
+        _loaded[key] = CIFAR10Arrays(images[0], labels[0], images[1], labels[1], tuple(train.classes))
     return _loaded[key]

@@ -11,23 +11,14 @@ from torch import Tensor
 
 
 class TensorBatchLoader:
-    """Shuffled loaders draw each epoch's permutation from `seed + epoch` on the CPU, so the order is the same
-    on every device and rank. Under DDP each rank takes every world_size-th index, and every rank must yield
-    the same number of batches, or the collectives hang:
-
-    drop_remainder (training): the permutation's last len % world_size indices are left out (different ones
-        each epoch), so each rank gets len // world_size images, as DistributedSampler(drop_last=True) does;
-    drop_last (training): each epoch ends before its last, incomplete batch;
-    otherwise (evaluation): every image is scored once; a rank whose shard needs one batch fewer ends with an
-        empty batch, which the module skips.
-
-    epoch_source: the epoch being trained (the trainer's), so a resumed fit gets its epoch's permutation; None
-        counts epochs privately. epoch_transform(images, epoch): applied to the whole split in its fixed order
-        at each epoch's start (the alternating flip needs each image's identity). device: where the tensors
-        move on the first epoch and stay.
-    Resume: the state is the epoch and how many of its batches were trained on (`consumed`, counted through
-    batch_taken by whoever takes them, since Lightning reads ahead); the next iteration of that epoch skips them.
-    """
+    """Shuffled loaders draw each epoch's permutation from `seed + epoch` on the CPU (the same on every device and
+    rank). Under DDP each rank takes every world_size-th index and all ranks yield as many batches, or collectives
+    hang: training drops the permutation's last len % world_size indices (drop_remainder, as DistributedSampler
+    does) and, with drop_last, each epoch's incomplete batch; evaluation scores every image once, a shorter shard
+    ending with an empty batch that the module skips. epoch_source: the trainer's epoch (None: counted here);
+    epoch_transform(images, epoch): applied to the whole split in its fixed order (the alternating flip); device:
+    where the tensors move on the first epoch and stay. Resume: the state is the epoch and the batches of it
+    trained on (counted through batch_taken by whoever takes them, as Lightning reads ahead)."""
 
     def __init__(
         self,

@@ -55,14 +55,11 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 with a seeded stratified validation split; settings: cifar_lightning/config/data.py.
-
-    Training augmentation, drawn per image in this order: crop_padding, translate, flip (true: random;
-    "alternating": per epoch, by the loader), cutout (filled with the training mean, zero once normalized).
-    Resume: the augmentation generators' states and the training loader's position travel in state_dict, as
-    Lightning skips loading loader states when the training loader was built before the fit loop was restored
-    (e.g. by a per-step schedule asking for trainer.estimated_stepping_batches).
-    """
+    """CIFAR-10 with a seeded stratified validation split; settings: cifar_lightning/config/data.py. Training
+    augmentation is drawn per image: crop_padding, translate, flip (alternating: per epoch, by the loader), cutout
+    (the training mean, zero once normalized). The generators' states and the training loader's position travel
+    in state_dict, as Lightning skips loading loader states when something built the training loader before the
+    fit loop was restored (e.g. a per-step schedule asking for trainer.estimated_stepping_batches)."""
 
     def __init__(
         self,
@@ -82,16 +79,12 @@ class CIFAR10DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.data_dir, self.download = data_dir, download
-        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.crop_padding, self.flip = crop_padding, flip
-        self.translate, self.cutout, self.on_device = translate, cutout, on_device
-        self.drop_last = drop_last
+        for name, value in self.hparams.items():  # each setting as an attribute: self.batch_size, self.flip, ...
+            setattr(self, name, value)
         self.arrays: CIFAR10Arrays | None = None
         self.train_idx: Tensor | None = None
         self.val_idx: Tensor | None = None
-        self.mean: list[float] | None = None
+        self.mean: list[float] | None = None  # the training split's statistics, from setup or a checkpoint
         self.std: list[float] | None = None
         self._device_stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -132,23 +125,19 @@ class CIFAR10DataModule(L.LightningDataModule):
         drops = {"drop_remainder": shuffle, "drop_last": shuffle and self.drop_last}
         return TensorBatchLoader(images, labels, batch_size, shuffle, self.seed, rank, world, device, **drops, **kwargs)
 
-    def _training_epoch(self) -> int:
-        """trainer.current_epoch, read when the epoch's first batch is drawn (Lightning does not read ahead
-        from a loader with a length), so it is right after a resume too."""
-        return self.trainer.current_epoch
-
     def train_dataloader(self) -> TensorBatchLoader:
         a = self.arrays
         images, labels = a.train_images[self.train_idx], a.train_labels[self.train_idx]
         transform = self._alternating_flip_transform(len(labels)) if self.flip == "alternating" else None
-        source = self._training_epoch if self.trainer is not None else None
-        self._train_loader = self._loader(
-            images, labels, self.batch_size, True, epoch_transform=transform, epoch_source=source
-        )
+        # The trainer's epoch, read when the epoch's first batch is drawn (Lightning does not read ahead from a
+        # loader with a length), so it is right after a resume too.
+        source = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+        loader = self._loader(images, labels, self.batch_size, True, epoch_transform=transform, epoch_source=source)
         if self._train_loader_state is not None:  # resumed: continue at the checkpoint's batch
-            self._train_loader.load_state_dict(self._train_loader_state)
+            loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
-        return self._train_loader
+        self._train_loader = loader
+        return loader
 
     def _alternating_flip_transform(self, n: int) -> Callable[[Tensor, int], Tensor]:
         """Each epoch's images with the alternating flip; the even-epoch half is drawn once from the seed."""
@@ -177,9 +166,6 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.arrays.test_images, self.arrays.test_labels, self.eval_batch_size, False)
-
-    def predict_dataloader(self) -> TensorBatchLoader:
-        return self.test_dataloader()
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 batch -> normalized float batch, with the training split's statistics."""
