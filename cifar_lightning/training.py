@@ -1,6 +1,5 @@
 """The training job behind train.py: check the config, instantiate everything from it, fit, test the kept
-weights, and record the run (config.yaml, metrics.json) in its directory (cifar_lightning/runs/). A resume
-(cifar_lightning/resume.py) goes through the same `fit_and_record` from the run's last checkpoint.
+weights, and record the run in its directory (cifar_lightning/runs/). A resume (resume.py) fits from a checkpoint.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,8 @@ from cifar_lightning.config.train import TrainSettings
 from cifar_lightning.distributed import check_launch
 from cifar_lightning.errors import CifarLightningError, ConfigError, TrainingDiverged, TrialPruned, one_line
 from cifar_lightning.module import ClassifierModule
-from cifar_lightning.runs import COMPLETED, DIVERGED, PRUNED, RunDir, write_metrics
-from cifar_lightning.runs.record import fit_record, library_versions  # noqa: F401  (benchmarks/gpu_suite.py)
+from cifar_lightning.runs import COMPLETED, DIVERGED, PRUNED, RunDir, metrics_record, write_metrics
+from cifar_lightning.runs.record import Fit, fit_record, library_versions  # noqa: F401  (benchmarks/gpu_suite.py)
 from cifar_lightning.tracking import record_outcome
 
 log = logging.getLogger(__name__)
@@ -52,9 +50,8 @@ def config_errors(group: str) -> Iterator[None]:
 
 def built(cfg: DictConfig, key: str, **objects: Any) -> Any:
     """The node at `key` instantiated (None for an empty one, e.g. scheduler=none), its errors as ConfigErrors."""
-    node = OmegaConf.select(cfg, key)
     with config_errors(key):
-        return instantiate(node, **objects) if node else None
+        return instantiate(node, **objects) if (node := OmegaConf.select(cfg, key)) else None
 
 
 def instantiate_entries(cfg: DictConfig, group: str) -> dict[str, Any]:
@@ -62,36 +59,30 @@ def instantiate_entries(cfg: DictConfig, group: str) -> dict[str, Any]:
     return {name: built(cfg, f"{group}.{name}") for name, entry in (cfg.get(group) or {}).items() if entry}
 
 
-def needs_validation(cfg: DictConfig, callbacks: dict[str, Any]) -> list[str]:
-    """What waits for a validation metric (refused when data.val_fraction=0 holds no validation split)."""
-    needs = []
-    for name, callback in callbacks.items():
-        if isinstance(callback, (ModelCheckpoint, EarlyStopping)) and str(callback.monitor or "").startswith("val_"):
-            needs.append(f"callbacks.{name} (monitor: {callback.monitor})")
-        elif isinstance(callback, ModelCheckpoint) and callback.save_top_k != 0:
-            needs.append(f"callbacks.{name} (save_top_k: {callback.save_top_k}, a best.ckpt by validation loss)")
-    return needs + (["the hyperparameter search (its objective is a validation metric)"] if is_trial(cfg) else [])
-
-
 def check_built(cfg: DictConfig, datamodule: Any, module: ClassifierModule, callbacks: dict[str, Any]) -> None:
-    """The checks that need built objects: the validation split, and the parameters FreezeParameters names."""
-    needs = [] if datamodule.has_validation else needs_validation(cfg, callbacks)
+    """The checks that need built objects: what waits for a validation metric, the parameters frozen by name."""
+    needs = []
+    for name, c in callbacks.items():
+        if isinstance(c, (ModelCheckpoint, EarlyStopping)) and str(c.monitor or "").startswith("val_"):
+            needs.append(f"callbacks.{name} (monitor: {c.monitor})")
+        elif isinstance(c, ModelCheckpoint) and c.save_top_k != 0:
+            needs.append(f"callbacks.{name} (save_top_k: {c.save_top_k}, a best.ckpt by validation loss)")
+    needs += ["the hyperparameter search (its objective is a validation metric)"] if is_trial(cfg) else []
     with config_errors("data"):
-        if needs:
+        if needs and not datamodule.has_validation:
             raise ValueError(
                 f"data.val_fraction=0 holds no validation split, but {' and '.join(needs)} need one. Hold some "
                 f"images out (data.val_fraction=0.1), or drop what needs them (callbacks.early_stopping=null "
                 f"callbacks.model_checkpoint.monitor=null callbacks.model_checkpoint.save_top_k=0: the final "
                 f"weights are then tested and kept as last.ckpt)"
             )
-    known = dict(module.model.named_parameters())
     for callback in callbacks.values():
-        missing = [name for name in getattr(callback, "names", []) if name not in known]
         with config_errors("callbacks"):
-            if isinstance(callback, FreezeParameters) and missing:
+            if isinstance(callback, FreezeParameters) and (missing := callback.missing(module.model)):
+                names = list(dict(module.model.named_parameters()))[:4]
                 raise ValueError(
                     f"FreezeParameters names {', '.join(missing)}, which the model ({type(module.model).__name__}) "
-                    f"does not have; its parameters include {', '.join(list(known)[:4])}"
+                    f"does not have; its parameters include {', '.join(names)}"
                 )
 
 
@@ -105,12 +96,11 @@ def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHisto
     check(cfg, "train", "nothing was trained", root=TrainSettings)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before the model's weights are drawn
     datamodule = built(cfg, "data")
-    objects = {group: built(cfg, group) for group in ("model", "optim", "scheduler", "loss")}
+    groups = {"model": "model", "optimizer": "optim", "scheduler": "scheduler", "loss": "loss"}
+    parts = {argument: built(cfg, group) for argument, group in groups.items()}
     with config_errors("module"):  # its model, optimizer, scheduler and loss come from their own groups
-        module: ClassifierModule = built(cfg, "module", _partial_=True)(
-            **{"optimizer" if group == "optim" else group: value for group, value in objects.items()},
-            num_classes=cfg.model.num_classes,
-            run_config=OmegaConf.to_container(cfg, resolve=True),
+        module = built(cfg, "module", _partial_=True)(
+            **parts, num_classes=cfg.model.num_classes, run_config=OmegaConf.to_container(cfg, resolve=True)
         )
     with config_errors("optim"):  # built once now, so that a bad value fails here, not mid-fit
         optimizer = module.build_optimizer()
@@ -126,23 +116,11 @@ def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHisto
         from cifar_lightning.hpo.trial import pruning_callback
 
         callbacks.append(pruning_callback(cfg))
-    loggers = list(instantiate_entries(cfg, "logger").values())
+    loggers = list(instantiate_entries(cfg, "logger").values()) or False
     no_validation = {} if datamodule.has_validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}
-    trainer = built(cfg, "trainer", callbacks=callbacks, logger=loggers or False, **no_validation)
+    trainer = built(cfg, "trainer", callbacks=callbacks, logger=loggers, **no_validation)
     check_launch(trainer)  # DDP: refuse process layouts that would hang or split the run's directory
     return datamodule, module, trainer, history
-
-
-@dataclass
-class Fit:
-    """What one fit is made of, for its record (cifar_lightning/runs/record.py)."""
-
-    cfg: DictConfig
-    run: RunDir
-    datamodule: Any
-    module: ClassifierModule
-    trainer: L.Trainer
-    history: EpochHistory
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -158,65 +136,64 @@ def fit_and_record(
 ) -> dict[str, Any]:
     """Build, fit (from ckpt_path when resuming), test the kept weights, write config.yaml and metrics.json.
     Raises TrainingDiverged or TrialPruned after writing a metrics.json with that status."""
-    datamodule, module, trainer, history = build(cfg)
-    datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
+    fit = Fit(cfg, run, *build(cfg))
+    fit.datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
     run.root.mkdir(parents=True, exist_ok=True)
-    if trainer.is_global_zero:  # DDP: one writer per run (ranks are known once the Trainer is built)
+    if fit.trainer.is_global_zero:  # DDP: one writer per run (ranks are known once the Trainer is built)
         run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    for logger in trainer.loggers:
+    for logger in fit.trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    fit, more = Fit(cfg, run, datamodule, module, trainer, history), {"resumes": resumes or [], "hpo": None}
+    more: dict[str, Any] = {"resumes": resumes or [], "hpo": None}
     if is_trial(cfg):
         from cifar_lightning.hpo.trial import trial_record
 
         more["hpo"] = trial_record(cfg)
-    resume_state = next(c for c in trainer.callbacks if isinstance(c, ResumeState))
+    timer = next(c for c in fit.trainer.callbacks if isinstance(c, ResumeState))
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
-        for callback in trainer.callbacks:
+        fit.trainer.fit(fit.module, datamodule=fit.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        for callback in fit.trainer.callbacks:
             if hasattr(callback, "check_pruned"):  # DDP: the pruning callback stops the fit; raise here
                 callback.check_pruned()
     except (TrainingDiverged, TrialPruned) as exc:  # stopped before its end: recorded as such, then raised
-        seconds = resume_state.previous_seconds + time.perf_counter() - start
+        seconds = timer.previous_seconds + time.perf_counter() - start
         if isinstance(exc, TrainingDiverged):
-            more["divergence"] = {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}
+            stop = {"status": DIVERGED, "divergence": {"step": exc.step, "epoch": exc.epoch, "loss": exc.loss}}
         else:
-            more["pruned"] = {"epoch": exc.epoch, "value": exc.value}
-        status = DIVERGED if isinstance(exc, TrainingDiverged) else PRUNED
-        record(fit, fit_record(status, fit, {}, seconds, False, **more))
+            stop = {"status": PRUNED, "pruned": {"epoch": exc.epoch, "value": exc.value}}
+        record(fit, fit_record(fit, {}, seconds, False, **stop, **more))
         log.log(logging.ERROR if isinstance(exc, TrainingDiverged) else logging.INFO, "%s", exc)
         raise
-    train_seconds = resume_state.previous_seconds + time.perf_counter() - start
+    seconds = timer.previous_seconds + time.perf_counter() - start
     # Read right after fit: testing a checkpoint restores early stopping's state as it was when saved.
-    stopped_early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks)
-    best_path = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if not datamodule.has_validation:
-        # The final (averaged) weights are the run's model: a full checkpoint saved after the timed fit, by
+    stopped_early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in fit.trainer.callbacks)
+    best = getattr(fit.trainer.checkpoint_callback, "best_model_path", "") if fit.datamodule.has_validation else ""
+    if not fit.datamodule.has_validation:
+        # The final (averaged) weights are the run's model: a full checkpoint, saved after the timed fit by
         # every rank (a collective under DDP; rank 0 writes).
-        best_path = ""
-        trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
-        log.info("no validation split (data.val_fraction=0): testing the final weights, kept in %s", run.last_checkpoint)
-    elif not best_path:
+        fit.trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
+        log.info("no validation split (data.val_fraction=0): testing the final weights in %s", run.last_checkpoint)
+    elif not best:
         log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)[0]
+    test = fit.trainer.test(fit.module, datamodule=fit.datamodule, ckpt_path=best or None, verbose=False)[0]
     # DDP: every rank has the same figures (metrics are reduced over ranks); rank 0 writes them.
-    metrics = record(fit, fit_record(COMPLETED, fit, test, train_seconds, stopped_early, **more))
+    metrics = record(fit, fit_record(fit, test, seconds, stopped_early, status=COMPLETED, **more))
     kept = f"best epoch {metrics['best_epoch']}" if metrics["best_epoch"] is not None else "final weights"
+    figures = [metrics[key] for key in ("test_acc", "test_tta", "test_acc_plain", "test_loss")]
     log.info(
         "test_acc=%.4f (test-time augmentation level %d; %.4f without) test_loss=%.4f (%s of %s epochs); run "
-        "directory: %s", metrics["test_acc"], metrics["test_tta"], metrics["test_acc_plain"], metrics["test_loss"],
-        kept, metrics["epochs_run"], run.root,
-    )  # fmt: skip
+        "directory: %s",
+        *figures,
+        kept,
+        metrics["epochs_run"],
+        run.root,
+    )
     return metrics
 
 
 def record(fit: Fit, run_record: Any) -> dict[str, Any]:
     """Write metrics.json (rank 0) and send it to the trackers; returns what was written."""
-    from cifar_lightning.runs import metrics_record
-
-    metrics = metrics_record(run_record)
     if fit.trainer.is_global_zero:
         write_metrics(fit.run, run_record)
-    record_outcome(fit.trainer, fit.run, metrics)
+    record_outcome(fit.trainer, fit.run, metrics := metrics_record(run_record))
     return metrics

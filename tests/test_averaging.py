@@ -124,18 +124,3 @@ def test_checkpoint_holds_the_average_and_a_resumed_fit_continues_from_both(tmp_
     for value in (4.0, 0.0, 2.0):
         expected = d * expected + (1 - d) * value
     assert float(resumed_averaging.average["weight"]) == pytest.approx(expected, abs=1e-6)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"mode": "swa"}, "mode must be one of ema, lookahead"),
-        ({"decay": 1.0}, "decay must be in \\(0, 1\\)"),
-        ({"decay": 0.0}, "decay"),
-        ({"every_n_steps": 0}, "every_n_steps"),
-        ({"ramp_power": -1}, "ramp_power"),
-    ],
-)
-def test_invalid_options_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        AveragedWeights(**kwargs)

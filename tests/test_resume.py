@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifar_lightning.errors import ResumeError
 from cifar_lightning.runs import RunDir, read_metrics
-from cifar_lightning.training import _apply_overrides, _parse_overrides, resume, train
+from cifar_lightning.resume import _apply_overrides, _parse_overrides, resume
+from cifar_lightning.training import train
 from tests.conftest import QUIET, compose_train
 from tests.helpers import ROOT, assert_refused, run_entry_point, snapshot
 

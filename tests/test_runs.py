@@ -57,14 +57,15 @@ def test_metrics_json_has_a_schema_version_and_a_status(tmp_path):
         write_metrics(run, {"test_acc": 0.5})
 
 
-def test_old_new_and_broken_metrics_files(tmp_path):
+def test_metrics_files_of_other_versions_and_broken_ones_are_refused(tmp_path):
     run = RunDir(tmp_path)
-    run.metrics.write_text(json.dumps({"test_acc": 0.6, "history": [{"epoch": 1}]}))  # before schema_version
-    old = read_metrics(run)
-    assert (old["schema_version"], old["status"]) == (1, "completed") and runs.history(run) == [{"epoch": 1}]
-    run.metrics.write_text(json.dumps({"schema_version": 99, "status": "completed"}))
-    with pytest.raises(RunDirError, match="newer than this code"):
-        read_metrics(run)
+    current = {"schema_version": runs.METRICS_SCHEMA_VERSION, "status": "completed", "history": [{"epoch": 1}]}
+    run.metrics.write_text(json.dumps(current))
+    assert read_metrics(run) == current and runs.history(run) == [{"epoch": 1}]
+    for other in ({"test_acc": 0.6}, {"schema_version": 3, "status": "completed"}, {"schema_version": 99}):
+        run.metrics.write_text(json.dumps(other))
+        with pytest.raises(RunDirError, match=f"reads version {runs.METRICS_SCHEMA_VERSION} only"):
+            read_metrics(run)
     run.metrics.write_text('{"test_acc": ')
     with pytest.raises(RunDirError, match="cannot be read"):
         read_metrics(run)

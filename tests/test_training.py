@@ -49,7 +49,7 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
 
     checkpoint = torch.load(best, weights_only=True)
     assert metrics["best_epoch"] == checkpoint["epoch"] + 1
-    state_key = next(k for k in checkpoint["callbacks"] if k.startswith("ModelCheckpoint"))
+    state_key = next(k for k in checkpoint["callbacks"] if k.startswith("RunCheckpoint"))
     assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][state_key]["best_model_score"]))
 
     confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
@@ -156,7 +156,7 @@ def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_pa
     # Any recipe can drop its validation split once nothing waits for a validation metric.
     cfg = make_cfg(*TINY_RUN, "data.val_fraction=0", "callbacks.early_stopping=null",
                    "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0",
-                   "trainer.limit_test_batches=1", "test.tta=1")  # fmt: skip
+                   "trainer.limit_test_batches=1", "module.test_tta=1")  # fmt: skip
     metrics = train(cfg)
     run = RunDir(tmp_path / "run")
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]

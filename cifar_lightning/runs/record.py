@@ -99,12 +99,21 @@ def device_name(trainer: Any) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def fit_record(
-    status: str, fit: Any, test: dict[str, float], train_seconds: float, stopped_early: bool, **more: Any
-) -> RunRecord:
-    """The record of a fit that ended with `status`: `fit` is training.Fit (its config, run directory, data module,
-    module, trainer and history), `test` the test figures (none unless completed), `more` the remaining fields
-    (resumes, hpo, divergence, pruned)."""
+@dataclass
+class Fit:
+    """What one fit is made of (training.py builds it): its config, run directory, and the objects it trained with."""
+
+    cfg: Any
+    run: Any
+    datamodule: Any
+    module: Any
+    trainer: Any
+    history: Any
+
+
+def fit_record(fit: Fit, test: dict[str, float], train_seconds: float, stopped_early: bool, **more: Any) -> RunRecord:
+    """The record of a fit: `test` holds the test figures (none unless completed), `more` the status and the
+    fields only the caller knows (resumes, hpo, divergence, pruned)."""
     cfg, trainer, datamodule = fit.cfg, fit.trainer, fit.datamodule
     # Only epochs that validated can be best (check_val_every_n_epoch > 1 leaves others without val_loss).
     validated = [row for row in fit.history.history if "val_loss" in row]
@@ -113,7 +122,6 @@ def fit_record(
     best_path = getattr(checkpoint, "best_model_path", "") if datamodule.has_validation else ""
     last = fit.run.last_checkpoint
     return RunRecord(
-        status=status,
         test_acc=test.get("test_acc"),
         test_acc_plain=test.get("test_acc_plain"),
         test_tta=fit.module.test_tta,
@@ -124,7 +132,7 @@ def fit_record(
         epochs_run=len(fit.history.history),
         stopped_early=stopped_early,
         train_seconds=round(train_seconds, 3),
-        test_confusion=fit.module.test_confusion_matrix if status == COMPLETED else None,
+        test_confusion=fit.module.test_confusion_matrix if more["status"] == COMPLETED else None,
         classes=list(datamodule.classes),
         seed=cfg.seed,
         experiment=cfg.get("experiment_name"),
@@ -137,5 +145,6 @@ def fit_record(
         versions=library_versions(),
         git_commit=git_commit(),
         command=" ".join(sys.argv),
+        history=fit.history.history,
         **more,
     )

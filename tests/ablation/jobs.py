@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from cifar_lightning.runs import METRICS_SCHEMA_VERSION
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +64,8 @@ def write_job(sweep: Path, job: int, name: str, seed: int, accuracy: float | Non
     resolved = {"seed": seed, "experiment_name": name, "ablation": {"name": name, "seeds": planned}}
     (job_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     metrics = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "status": "completed",
         "test_acc": accuracy,
         "test_loss": 1.0,
         "best_val_loss": 1.1,

@@ -75,7 +75,7 @@ def test_missing_and_diverged_runs_are_written_per_seed(tmp_path):
     write_job(tmp_path, 1, "base", 1, None)  # interrupted
     diverged = write_job(tmp_path, 2, "improved", 2, None)
     (diverged / "metrics.json").write_text(json.dumps({
-        "status": "diverged", "test_acc": None, "seed": 2, "ablation": "improved",
+        "schema_version": 4, "status": "diverged", "test_acc": None, "seed": 2, "ablation": "improved",
         "divergence": {"step": 17, "epoch": 1, "loss": "nan"}, "history": [],
     }))  # fmt: skip
     write_job(tmp_path, 3, "improved", 0, 0.66)

@@ -52,7 +52,7 @@ def test_diverged_runs_are_counted_apart_from_missing_ones(tmp_path):
     write_job(tmp_path, 0, "base", 0, 0.60)
     diverged = write_job(tmp_path, 1, "base", 1, None)
     (diverged / "metrics.json").write_text(json.dumps({
-        "schema_version": 2, "status": "diverged", "test_acc": None, "seed": 1, "ablation": "base",
+        "schema_version": 4, "status": "diverged", "test_acc": None, "seed": 1, "ablation": "base",
         "divergence": {"step": 17, "epoch": 1, "loss": "nan"}, "history": [],
     }))  # fmt: skip
     write_job(tmp_path, 2, "base", 2, None)  # interrupted
