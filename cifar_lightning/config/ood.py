@@ -1,9 +1,8 @@
-"""The `ood` group: evaluate.py's out-of-distribution detection (conf/ood/default.yaml extends it).
+"""The `ood` group: evaluate.py's out-of-distribution detection (conf/ood/default.yaml extends it). OODSettings is
+what detection needs; OODConfig adds evaluate.py's own keys. Hyperparameters: the papers' (or OpenOOD's) values
+for CIFAR-10."""
 
-OODSettings is what detection itself needs (the detectors, their hyperparameters, the threshold rule and the
-report's mean-activation method); OODConfig adds the job's own keys (the OOD sets, the fit subset, figures).
-Hyperparameters are the papers' (or OpenOOD's) values for CIFAR-10."""
-
+import typing
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -33,6 +32,10 @@ DETECTOR_LABELS = {
     "gradnorm": "gradient norm (GradNorm)",
     "odin": "ODIN",
 }
+#: Detectors that score images through the whole network, not features.
+IMAGE_DETECTORS = ("odin",)
+Direction = Literal["below", "above"]
+DIRECTIONS = typing.get_args(Direction)
 #: The report's method by name, beside the detectors (ood_detectors.pt, ood.gallery_detectors).
 MEAN_ACTIVATION = "mean_activation"
 DetectorName = Literal[tuple(DETECTOR_LABELS)]  # type: ignore[valid-type]
@@ -41,7 +44,14 @@ Share = Annotated[float, Field(ge=0, lt=1)]
 PositiveShare = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(gt=0)]
-NUM_CLASSES = 10
+WEIGHTS = "null or 10 numbers >= 0 (one per class, not all 0)"
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Weights = Annotated[list[Weight], Field(min_length=10, max_length=10)]
+NAMES = ", ".join(DETECTOR_LABELS)
+Detectors = Annotated[list[DetectorName], Field(json_schema_extra={"must": f"a list of distinct names among {NAMES}"})]
+Featured = Annotated[
+    list[FeaturedName], Field(json_schema_extra={"must": f"a list of names among {MEAN_ACTIVATION}, {NAMES}"})
+]
 
 
 class DetectorHyperparameters(Settings):
@@ -51,12 +61,8 @@ class DetectorHyperparameters(Settings):
     vim_dim: int | None = Field(None, gt=0, description="ViM: principal subspace dimension; null = half the features")
     gen_gamma: Positive = Field(0.1, description="GEN: exponent of its generalized entropy")
     gen_m: int | None = Field(None, gt=0, description="GEN: top-M classes it reads; null = all")
-    weighted_ebo_weights: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
-        None,
-        min_length=NUM_CLASSES,
-        max_length=NUM_CLASSES,
-        description="WeightedEBO: one weight per class; null = 1 each, which is the energy score",
-        json_schema_extra={"must": f"null or {NUM_CLASSES} numbers >= 0 (one per class, not all 0)"},
+    weighted_ebo_weights: Weights | None = Field(
+        None, json_schema_extra={"must": WEIGHTS}, description="WeightedEBO: a weight per class; null = 1 each (energy)"
     )
     react_percentile: PositiveShare = Field(0.9, description="ReAct: clip at this percentile of training activations")
     ash_variant: Literal["ash-s", "ash-p", "ash-b"] = Field(
@@ -74,7 +80,7 @@ class DetectorHyperparameters(Settings):
     @model_validator(mode="after")
     def _some_weight(self):
         if self.weighted_ebo_weights is not None and not any(self.weighted_ebo_weights):
-            raise ValueError("ood.weighted_ebo_weights must be null or 10 numbers >= 0 (one per class, not all 0)")
+            raise ValueError(f"ood.weighted_ebo_weights must be {WEIGHTS}")
         return self
 
 
@@ -94,24 +100,16 @@ class MeanActivationSettings(Settings):
 
     layers: list[str] | None = Field(None, description="activation layers to measure; null = every one")
     layer: str | None = Field(None, description="the layer in the detectors' table and gallery; null = the last")
-    direction: Literal["below", "above"] = Field("below", description="where OOD lies")
+    direction: Direction = Field("below", description="where OOD lies")
 
 
 class OODSettings(DetectorHyperparameters):
     """What detection needs: the detectors, their hyperparameters, the threshold rule, the report's method."""
 
-    detectors: list[DetectorName] = Field(
-        list(DETECTOR_LABELS),
-        description="pytorch-ood's post-hoc detectors measured",
-        json_schema_extra={"must": f"a list of distinct names among {', '.join(DETECTOR_LABELS)}"},
-    )
+    detectors: Detectors = Field(list(DETECTOR_LABELS), description="pytorch-ood's post-hoc detectors measured")
     threshold: ThresholdSettings = ThresholdSettings()
     mean_activation: MeanActivationSettings = MeanActivationSettings()
-    gallery_detectors: list[FeaturedName] = Field(
-        [MEAN_ACTIVATION, "knn"],
-        description="detectors drawn as score histograms and galleries; unmeasured ones are passed over",
-        json_schema_extra={"must": f"a list of names among {MEAN_ACTIVATION}, {', '.join(DETECTOR_LABELS)}"},
-    )
+    gallery_detectors: Featured = Field([MEAN_ACTIVATION, "knn"], description="detectors drawn in figures, if measured")
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -135,14 +133,9 @@ class OODSetSettings(Settings):
     @model_validator(mode="after")
     def _one_source(self):
         if (self.path is None) == (self.noise is None):
-            raise ValueError(
-                "give exactly one of `path` and `noise` (a file or folder: path=/data/my_set.npz; noise: "
-                "noise=gaussian with n=10000)"
-            )
+            raise ValueError("give exactly one of `path` and `noise` (path=/data/my_set.npz, or noise=gaussian n=100)")
         if self.fetch is not None and not (self.path or "").endswith(".npz"):
-            raise ValueError(
-                f"fetch={self.fetch} needs the .npz path it writes, e.g. path=/data/ood/{self.fetch}_test.npz"
-            )
+            raise ValueError(f"fetch={self.fetch} needs the .npz path it writes, e.g. path=/data/{self.fetch}_test.npz")
         if self.noise is not None and self.n is None:
             raise ValueError("noise needs n, the number of images (e.g. n=10000)")
         return self
@@ -176,8 +169,6 @@ class OODConfig(OODSettings):
             )
         least = max(self.knn_k, self.nnguide_k, 10)
         if self.fit_images is not None and self.fit_images < least:
-            raise ValueError(
-                f"ood.fit_images must be null or an integer >= max(knn_k, nnguide_k, 10) = {least}, "
-                f"got {self.fit_images}"
-            )
+            rule = f"null or an integer >= max(knn_k, nnguide_k, 10) = {least}"
+            raise ValueError(f"ood.fit_images must be {rule}, got {self.fit_images}")
         return self

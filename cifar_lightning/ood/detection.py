@@ -1,43 +1,25 @@
-"""OOD detection for one classifier: extract features once per data set, fit the detectors on the
-training split, choose every threshold on the validation split, and measure each detector and each
-activation layer against each OOD set. The CIFAR-10 test set is the in-distribution side.
+"""OOD detection for one classifier: extract features once per data set, fit the detectors on the training split,
+choose every threshold on the validation split alone (so changing the test or OOD sets leaves them unchanged), and
+measure each detector and each activation layer against each OOD set, the CIFAR-10 test set being in-distribution.
 
-Usable alone from Python:
-
-    classifier = Classifier.load("logs/train/runs/<date>_<time>/checkpoints/best.ckpt")
-    result = detect_ood(classifier, fit_images=..., fit_labels=..., val_images=...,
-                        id_images=test_images, ood_sets=load_sets(specs, seed=0))
-    result.detectors["knn"]["cifar100"]["auroc"], result.kind_means()["knn"]["near"]
-
-Thresholds see the validation images and nothing else, so changing the test or OOD sets leaves
-them unchanged.
+    result = detect_ood(Classifier.load(checkpoint), fit_images=..., fit_labels=..., val_images=..., id_images=...,
+                        ood_sets=load_sets({"noise": {"noise": "uniform", "n": 1000}}, seed=0))
+    result.detectors["knn"]["noise"]["auroc"], result.kind_means()["knn"]["near"]
 """
-
-from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, MeanActivationSettings, OODSettings
 from cifar_lightning.inference import Classifier, Features, activation_layers
-from cifar_lightning.ood.detectors import (
-    DETECTOR_LABELS,
-    DIRECTIONS,
-    IMAGE_DETECTORS,
-    MEAN_ACTIVATION,
-    DetectorSettings,
-    State,
-    build_detectors,
-    image_state,
-    mean_activation_score,
-    score_images,
-)
-from cifar_lightning.ood.metrics import THRESHOLD_METHODS, histogram_threshold, ood_metrics, percentile_threshold
+from cifar_lightning.ood.detectors import build_detectors, image_state, mean_activation_score, score_images
+from cifar_lightning.ood.metrics import choose_threshold, ood_metrics
 from cifar_lightning.ood.sets import OODSet
 
 log = logging.getLogger(__name__)
@@ -47,42 +29,9 @@ SUMMARY_KINDS = ("near", "far")
 SUMMARY_METRICS = ("auroc", "fpr95")
 
 
-@dataclass(frozen=True)
-class ThresholdSettings:
-    """percentile: keep `id_keep` of the validation images as ID; histogram: the edge of their histogram."""
-
-    method: str = "percentile"
-    id_keep: float = 0.95
-    bins: int = 50
-    min_fraction: float = 0.001
-
-    def choose(self, val_scores: Tensor) -> float:
-        if self.method == "percentile":
-            return percentile_threshold(val_scores, self.id_keep)
-        if self.method == "histogram":
-            return histogram_threshold(val_scores, self.bins, self.min_fraction)
-        raise ValueError(f"threshold method must be one of {', '.join(THRESHOLD_METHODS)}, got {self.method!r}")
-
-
-@dataclass(frozen=True)
-class OODSettings:
-    detectors: tuple[str, ...] = tuple(DETECTOR_LABELS)
-    detector: DetectorSettings = field(default_factory=DetectorSettings)
-    threshold: ThresholdSettings = field(default_factory=ThresholdSettings)
-    #: Activation layers measured by the mean-activation method; None = all of them.
-    layers: tuple[str, ...] | None = None
-    #: The layer whose mean-activation row joins the detectors' table and the gallery; None = the last.
-    layer: str | None = None
-    direction: str = "below"
-    #: Detectors drawn as a score histogram and a gallery (mean_activation: the report's rule); those not
-    #: measured are passed over.
-    gallery_detectors: tuple[str, ...] = (MEAN_ACTIVATION, "knn")
-
-
 @dataclass
 class Scores:
-    """One detector's outlier scores on the validation split, the CIFAR-10 test set and each OOD set, and the
-    seconds its fit and its scoring took."""
+    """One detector's outlier scores on the validation split, the test set and each OOD set, and its seconds."""
 
     val: Tensor
     id_test: Tensor
@@ -113,38 +62,28 @@ class OODResult:
 
     def detector_seconds(self) -> dict[str, dict[str, float]]:
         """Per detector row: the seconds of its fit and of its scoring (validation, test and every OOD set)."""
-        return {name: {"fit": round(scores.fit_seconds, 3), "score": round(scores.score_seconds, 3)}
-                for name, scores in self.scores.items()}  # fmt: skip
+        return {
+            name: {"fit": round(scores.fit_seconds, 3), "score": round(scores.score_seconds, 3)}
+            for name, scores in self.scores.items()
+        }
 
     def kind_means(self) -> dict[str, dict[str, dict[str, float] | None]]:
         """Per detector row and summary kind (near, far): the mean AUROC and FPR@95 over the OOD sets of that kind,
         as OpenOOD reports them; None for a kind no set has. Synthetic and custom sets are in no mean."""
-        means: dict[str, dict[str, dict[str, float] | None]] = {}
-        for name, per_set in self.detectors.items():
-            means[name] = {}
-            for kind in SUMMARY_KINDS:
-                chosen = [s for s in per_set if self.sets.get(s, {}).get("kind") == kind]
-                means[name][kind] = {
-                    metric: sum(per_set[s][metric] for s in chosen) / len(chosen) for metric in SUMMARY_METRICS
-                } if chosen else None  # fmt: skip
-        return means
+
+        def mean(per_set: dict[str, dict[str, float]], kind: str) -> dict[str, float] | None:
+            chosen = [s for s in per_set if self.sets.get(s, {}).get("kind") == kind]
+            return {m: sum(per_set[s][m] for s in chosen) / len(chosen) for m in SUMMARY_METRICS} if chosen else None
+
+        return {name: {kind: mean(per_set, kind) for kind in SUMMARY_KINDS} for name, per_set in self.detectors.items()}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "in_distribution": "CIFAR-10 test set",
-            "counts": self.counts,
-            "sets": self.sets,
-            "settings": self.settings,
-            "mean_activation_layer": self.layer,
-            "thresholds": self.thresholds,
-            "detectors": self.detectors,
-            "near_far": self.kind_means(),
-            "detector_seconds": self.detector_seconds(),
-            "left_out": self.left_out,
-            "layers": self.layers,
-            "feature_seconds": round(self.feature_seconds, 3),
-            "seconds": round(self.seconds, 3),
-        }
+        """ood.json."""
+        summary = {"in_distribution": "CIFAR-10 test set", "counts": self.counts, "sets": self.sets}
+        summary.update(settings=self.settings, mean_activation_layer=self.layer, thresholds=self.thresholds)
+        summary.update(detectors=self.detectors, near_far=self.kind_means(), detector_seconds=self.detector_seconds())
+        summary.update(left_out=self.left_out, layers=self.layers, feature_seconds=round(self.feature_seconds, 3))
+        return {**summary, "seconds": round(self.seconds, 3)}
 
 
 def fit_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
@@ -159,7 +98,7 @@ def mean_activation_name(layer: str) -> str:
     return f"mean activation ({layer})"
 
 
-def check_layers(model: nn.Module, settings: OODSettings) -> tuple[list[str], str]:
+def check_layers(model: nn.Module, settings: MeanActivationSettings) -> tuple[list[str], str]:
     """The activation layers to measure and the one for the detectors' table; a clear error for a wrong name."""
     available = activation_layers(model)
     if not available:
@@ -167,8 +106,8 @@ def check_layers(model: nn.Module, settings: OODSettings) -> tuple[list[str], st
     layers = list(settings.layers) if settings.layers is not None else available
     unknown = [name for name in [*layers, settings.layer] if name is not None and name not in available]
     if unknown:
-        raise ValueError(f"the model has no activation layer {', '.join(map(repr, unknown))}; "
-                         f"its activation layers are {', '.join(available)}")  # fmt: skip
+        names = ", ".join(map(repr, unknown))
+        raise ValueError(f"the model has no activation layer {names}; its activation layers are {', '.join(available)}")
     layer = settings.layer or layers[-1]
     if layer not in layers:
         layers.append(layer)
@@ -187,65 +126,45 @@ def detect_ood(
     batch_size: int = 1000,
     progress: bool = False,
 ) -> OODResult:
-    """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set.
-
-    All images are uint8 (N, 3, 32, 32); the classifier normalizes them and runs on its device. Features are
-    extracted once per set and shared by every detector; ODIN alone runs on the images themselves.
-    """
+    """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set. Images
+    are uint8 (N, 3, 32, 32); features are extracted once per set and shared; ODIN alone runs on the images."""
     start = time.perf_counter()
-    layers, _ = check_layers(classifier.model, settings)
+    layers, _ = check_layers(classifier.model, settings.mean_activation)
 
-    def features(images: Tensor, name: str, with_layers: bool = True) -> Features:
-        return classifier.features(images, layers if with_layers else [], batch_size, progress, f"Features: {name}")
+    def each(score: Callable[[Tensor, str], Any]) -> tuple[Any, Any, dict[str, Any]]:
+        """score(images, name) of the validation split, the test set and each OOD set, in that order."""
+        val, id_test = score(val_images, "validation split"), score(id_images, "CIFAR-10 test")
+        return val, id_test, {ood_set.name: score(ood_set.images, ood_set.name) for ood_set in ood_sets}
 
-    fit = features(fit_images, "training split", with_layers=False)
-    val, id_test = features(val_images, "validation split"), features(id_images, "CIFAR-10 test")
-    ood = {ood_set.name: features(ood_set.images, ood_set.name) for ood_set in ood_sets}
-    feature_seconds = time.perf_counter() - start
-    image_scores = {}
-    for name in (name for name in settings.detectors if name in IMAGE_DETECTORS):
-        image_scores[name] = image_detector_scores(
-            name, classifier, settings.detector, val_images, id_images, ood_sets, batch_size, progress
+    fit = classifier.features(fit_images, [], batch_size, progress, "Features: training split")
+    val, id_test, ood = each(
+        lambda images, name: classifier.features(images, layers, batch_size, progress, f"Features: {name}")
+    )
+    feature_seconds, image_scores = time.perf_counter() - start, {}
+    for name in (name for name in settings.detectors if name in IMAGE_DETECTORS):  # ODIN: through the whole network
+        began, state = time.perf_counter(), image_state(name, settings)
+        scores = Scores(
+            *each(
+                lambda images, of: score_images(name, state, classifier, images, batch_size, progress, f"{name}: {of}")
+            )
         )
-    result = score_ood(
-        classifier.head, fit=fit, fit_labels=fit_labels, val=val, id_test=id_test, ood=ood,
-        sets={ood_set.name: ood_set.describe() for ood_set in ood_sets}, settings=settings,
-        image_scores=image_scores, progress=progress,
-    )  # fmt: skip
+        scores.score_seconds = time.perf_counter() - began
+        log.info("OOD detector %s: scored every image through the whole network in %.1f s", name, scores.score_seconds)
+        image_scores[name] = state, scores
+    sets = {ood_set.name: ood_set.describe() for ood_set in ood_sets}
+    result = score_ood(classifier.head, fit, fit_labels, val, id_test, ood, sets, settings, image_scores, progress)
     result.feature_seconds = feature_seconds
     result.seconds = time.perf_counter() - start
     return result
 
 
-def image_detector_scores(
-    name: str,
-    classifier: Classifier,
-    settings: DetectorSettings,
-    val_images: Tensor,
-    id_images: Tensor,
-    ood_sets: Sequence[OODSet],
-    batch_size: int = 1000,
-    progress: bool = False,
-) -> tuple[State, Scores]:
-    """An image detector (ODIN) run on the validation, test and OOD images through the whole network, in batches
-    with a progress bar; its seconds (forward and backward passes included) are logged and kept."""
-    state = image_state(name, settings)
-    start = time.perf_counter()
-
-    def score(images: Tensor, set_name: str) -> Tensor:
-        return score_images(name, state, classifier, images, batch_size, progress, f"{name}: {set_name}")
-
-    scores = Scores(val=score(val_images, "validation split"), id_test=score(id_images, "CIFAR-10 test"),
-                    ood={ood_set.name: score(ood_set.images, ood_set.name) for ood_set in ood_sets})  # fmt: skip
-    scores.score_seconds = time.perf_counter() - start
-    count = len(val_images) + len(id_images) + sum(len(ood_set.images) for ood_set in ood_sets)
-    log.info("OOD detector %s: %d images through the whole network (a gradient step each) in %.1f s", name, count,
-             scores.score_seconds)  # fmt: skip
-    return state, scores
-
-
-def _score_sets(score: Callable[[Features], Tensor], val: Features, id_test: Features, ood: Mapping[str, Features],
-                fit_seconds: float = 0.0) -> Scores:  # fmt: skip
+def _score_sets(
+    score: Callable[[Features], Tensor],
+    val: Features,
+    id_test: Features,
+    ood: Mapping[str, Features],
+    fit_seconds: float = 0.0,
+) -> Scores:
     """A feature detector's scores on every set, with the seconds they took."""
     start = time.perf_counter()
     scores = Scores(score(val), score(id_test), {name: score(features) for name, features in ood.items()})
@@ -255,7 +174,6 @@ def _score_sets(score: Callable[[Features], Tensor], val: Features, id_test: Fea
 
 def score_ood(
     head: nn.Linear,
-    *,
     fit: Features,
     fit_labels: Tensor,
     val: Features,
@@ -263,32 +181,28 @@ def score_ood(
     ood: dict[str, Features],
     sets: dict[str, dict[str, Any]],
     settings: OODSettings = OODSettings(),
-    image_scores: Mapping[str, tuple[State, Scores]] | None = None,
+    image_scores: Mapping[str, tuple[dict[str, Any], Scores]] | None = None,
     progress: bool = False,
 ) -> OODResult:
-    """detect_ood on features already extracted: fit on `fit`, threshold on `val`, measure `id_test` against each
-    `ood` set. val, id_test and the OOD features must hold the mean activations of settings.layers. Image
-    detectors (ODIN) cannot score features: their state and scores come in `image_scores`
-    (image_detector_scores)."""
+    """detect_ood on features already extracted (val, id_test and ood with the measured layers' mean activations).
+    Image detectors (ODIN) cannot score features: their state and scores come in `image_scores`."""
     start = time.perf_counter()
-    if settings.direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {settings.direction!r}")
     image_scores = dict(image_scores or {})
     missing = [name for name in settings.detectors if name in IMAGE_DETECTORS and name not in image_scores]
     if missing:
-        raise ValueError(f"{', '.join(missing)} score images, not features: pass their image_detector_scores in "
-                         f"image_scores, or use detect_ood")  # fmt: skip
+        raise ValueError(f"{', '.join(missing)} score images: pass their image_detector_scores, or use detect_ood")
     available = list(val.layer_means)
 
     def uses(name: str) -> list[str]:  # a module applied several times is measured as name@1, name@2, ...
         return [key for key in available if key == name or key.startswith(f"{name}@")]
 
-    layers = available if settings.layers is None else [key for name in settings.layers for key in uses(name)]
-    layer = uses(settings.layer)[-1] if settings.layer is not None else layers[-1]
+    chosen, direction = settings.mean_activation, settings.mean_activation.direction
+    layers = available if chosen.layers is None else [key for name in chosen.layers for key in uses(name)]
+    layer = uses(chosen.layer)[-1] if chosen.layer is not None else layers[-1]
     if layer not in layers:
         layers.append(layer)
     feature_detectors = [name for name in settings.detectors if name not in IMAGE_DETECTORS]
-    fitted, left_out = build_detectors(feature_detectors, fit, fit_labels.cpu(), head, settings.detector, progress)
+    fitted, left_out = build_detectors(feature_detectors, fit, fit_labels.cpu(), head, settings, progress)
     states, rows = {}, {}
     for name in settings.detectors:
         if name in image_scores:
@@ -296,41 +210,32 @@ def score_ood(
         elif name in fitted:
             states[name] = fitted[name].state
             rows[name] = _score_sets(fitted[name].score, val, id_test, ood, fitted[name].fit_seconds)
-    rows[mean_activation_name(layer)] = _score_sets(lambda f: mean_activation_score(f, layer, settings.direction),
-                                                    val, id_test, ood)  # fmt: skip
-    layer_rows = {name: _score_sets(lambda f, n=name: mean_activation_score(f, n, settings.direction), val, id_test,
-                                    ood) for name in layers}  # fmt: skip
+
+    def by_layer(name: str) -> Scores:
+        return _score_sets(lambda f: mean_activation_score(f, name, direction), val, id_test, ood)
+
+    rows[mean_activation_name(layer)] = by_layer(layer)
+    layer_rows = {name: by_layer(name) for name in layers}
     tables: dict[str, dict[str, dict[str, dict[str, float]]]] = {"detectors": {}, "layers": {}}
     thresholds: dict[str, dict[str, float]] = {"detectors": {}, "layers": {}}
     for group, group_rows in (("detectors", rows), ("layers", layer_rows)):
         for name, scores in group_rows.items():
-            threshold = settings.threshold.choose(scores.val)  # the validation images alone
+            threshold = choose_threshold(scores.val, settings.threshold)  # the validation images alone
             thresholds[group][name] = threshold
-            tables[group][name] = {set_name: ood_metrics(scores.id_test, scores.ood[set_name], threshold)
-                                   for set_name in ood}  # fmt: skip
-    detector_settings = {key: list(value) if isinstance(value, tuple) else value
-                         for key, value in asdict(settings.detector).items()}  # fmt: skip
-    return OODResult(
-        sets=sets,
-        detectors=tables["detectors"],
-        layers=tables["layers"],
-        thresholds=thresholds,
-        layer=layer,
-        settings={
-            "detectors": list(settings.detectors),
-            **detector_settings,
-            "vim_dim": settings.detector.vim_dim or fit.penultimate.shape[1] // 2,
-            "threshold": asdict(settings.threshold),
-            "direction": settings.direction,
-            "layers": layers,
-            "gallery_detectors": list(settings.gallery_detectors),
-        },
-        counts={"fit": len(fit), "val": len(val), "id_test": len(id_test)},
-        val_features=val,
-        id_features=id_test,
-        ood_features=ood,
-        states=states,
-        scores=rows,
-        left_out=left_out,
-        seconds=time.perf_counter() - start,
+            tables[group][name] = {s: ood_metrics(scores.id_test, scores.ood[s], threshold) for s in ood}
+    record = {
+        "detectors": list(settings.detectors),
+        **{name: getattr(settings, name) for name in DetectorHyperparameters.model_fields},
+        "vim_dim": settings.vim_dim or fit.penultimate.shape[1] // 2,
+        "threshold": settings.threshold.model_dump(),
+        "direction": direction,
+        "layers": layers,
+        "gallery_detectors": list(settings.gallery_detectors),
+    }
+    counts = {"fit": len(fit), "val": len(val), "id_test": len(id_test)}
+    result = OODResult(
+        sets, tables["detectors"], tables["layers"], thresholds, layer, record, counts, val, id_test, ood
     )
+    result.states, result.scores, result.left_out = states, rows, left_out
+    result.seconds = time.perf_counter() - start
+    return result

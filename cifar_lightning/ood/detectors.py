@@ -1,21 +1,13 @@
-"""OOD detectors on extracted features. Every detector maps Features to outlier scores, one per image,
-where higher means "more likely out-of-distribution" (pytorch-ood's convention).
+"""OOD detectors on extracted features: each maps Features to outlier scores, one per image, higher meaning "more
+likely out-of-distribution" (pytorch-ood's convention).
 
-Every modern detector is pytorch-ood's own class, fitted with its `fit_features`/`fit_logits` on features of the
-training split, so nothing is extracted twice. Those that act on the penultimate features through the
-classifier head (ReAct, ASH, SCALE, DICE, GradNorm on the last layer as in its paper, SHE, NNGuide, fDBD, ViM)
-get the head as an nn.Linear rebuilt from the weight and bias kept in their state. A fitted detector is kept as
-that state (tensors and numbers), from which `scorer` rebuilds it: evaluate.py saves the states, and predict.py
-and serve.py score with the very detectors evaluate.py measured.
-
-ODIN alone cannot work on features: it perturbs each input image along the gradient of the whole network. It
-is an image detector: `score_images` runs it on the classifier, in batches, with a progress bar.
-
-The report's method, a layer's mean activation with "OOD when below a threshold", is a one-liner and written
-here: its outlier score is the negated mean (or the mean itself with direction=above).
+Each is pytorch-ood's own class, fitted on features of the training split, so nothing is extracted twice; those that
+read the penultimate features through the classifier head get it rebuilt from the weight and bias in their state.
+A fitted detector is kept as that state (tensors and numbers), from which `scorer` rebuilds it: evaluate.py saves
+the states, and predict.py and serve.py score with the very detectors evaluate.py measured. ODIN alone perturbs
+each input image through the whole network: `score_images` runs it. The report's mean-activation method is a
+one-liner: its outlier score is the negated mean (the mean itself with direction=above).
 """
-
-from __future__ import annotations
 
 import logging
 import time
@@ -23,101 +15,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytorch_ood.detector as pod
 import torch
-from pytorch_ood.detector import (
-    ASH,
-    DICE,
-    GEN,
-    KNN,
-    ODIN,
-    RMD,
-    SCALE,
-    SHE,
-    EnergyBased,
-    Entropy,
-    GradNorm,
-    KLMatching,
-    Mahalanobis,
-    MaxLogit,
-    MaxSoftmax,
-    NNGuide,
-    ReAct,
-    ViM,
-    WeightedEBO,
-    fDBD,
-)
 from rich.progress import track
 from torch import Tensor, nn
 
+from cifar_lightning.config.ood import DETECTOR_LABELS, IMAGE_DETECTORS, DetectorHyperparameters
+from cifar_lightning.config.ood import MEAN_ACTIVATION as MEAN_ACTIVATION  # the report's method, by name
 from cifar_lightning.inference import Classifier, Features, batches
 
 log = logging.getLogger(__name__)
 
-#: Detector names as configs spell them, and the pytorch-ood class behind each.
-DETECTOR_LABELS = {
-    "msp": "max softmax probability (MaxSoftmax)",
-    "energy": "energy (EnergyBased)",
-    "max_logit": "max logit (MaxLogit)",
-    "entropy": "entropy (Entropy)",
-    "gen": "generalized entropy (GEN)",
-    "weighted_ebo": "weighted energy (WeightedEBO)",
-    "kl_matching": "KL matching (KLMatching)",
-    "mahalanobis": "Mahalanobis",
-    "rmd": "relative Mahalanobis (RMD)",
-    "knn": "KNN",
-    "vim": "ViM",
-    "she": "simplified Hopfield energy (SHE)",
-    "nnguide": "nearest-neighbour guidance (NNGuide)",
-    "fdbd": "decision boundary distance (fDBD)",
-    "react": "rectified activations (ReAct)",
-    "ash": "activation shaping (ASH)",
-    "scale": "activation scaling (SCALE)",
-    "dice": "sparsified head (DICE)",
-    "gradnorm": "gradient norm (GradNorm)",
-    "odin": "ODIN",
-}
 #: Detectors that learn from the training split (the others only read their hyperparameters).
 FITTED = ("kl_matching", "mahalanobis", "rmd", "knn", "vim", "she", "nnguide", "fdbd", "react", "dice")
-#: Detectors that score images through the whole network (score_images), not features.
-IMAGE_DETECTORS = ("odin",)
-DIRECTIONS = ("below", "above")
-#: The report's method by name, beside the detectors (ood_detectors.pt, ood.gallery_detectors).
-MEAN_ACTIVATION = "mean_activation"
-ASH_VARIANTS = tuple(ASH.variants)  # ash-s, ash-p, ash-b
+#: The class-conditional Gaussians' fitted statistics.
+GAUSSIANS = {"mahalanobis": ("mu", "precision"), "rmd": ("mu", "precision", "background_mu", "background_precision")}
 GRADNORM_BATCH = 1000  # features per GradNorm step: one progress-bar tick, one vmap of per-sample gradients
 
 Scorer = Callable[[Features], Tensor]
 State = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Every detector's hyperparameters; defaults are the papers' (or OpenOOD's) for CIFAR-10, as conf/ood/ says.
-
-    knn_k: the k-th neighbour's distance is the KNN score. vim_dim: ViM's principal subspace; None = half the
-    feature dimension. gen_gamma, gen_m: GEN's exponent and top-M classes (None = all). weighted_ebo_weights: one
-    non-negative weight per class (None = 1 each, which is the energy score). react_percentile: ReAct clips at
-    this percentile of the training activations. ash_variant, ash_percentile: ASH's variant and the share of
-    activations it prunes. scale_percentile: the share SCALE treats as pruned to compute its factor. dice_p: the
-    share of head weights DICE masks. nnguide_k, nnguide_bank: NNGuide's neighbours and the share of the training
-    features in its bank (at least k of them). gradnorm_temperature, odin_temperature, odin_eps: softmax
-    temperatures, and ODIN's step on the [0, 1] pixel scale."""
-
-    knn_k: int = 50
-    vim_dim: int | None = None
-    gen_gamma: float = 0.1
-    gen_m: int | None = None
-    weighted_ebo_weights: tuple[float, ...] | None = None
-    react_percentile: float = 0.9
-    ash_variant: str = "ash-b"
-    ash_percentile: float = 0.9
-    scale_percentile: float = 0.85
-    dice_p: float = 0.9
-    nnguide_k: int = 100
-    nnguide_bank: float = 0.01
-    gradnorm_temperature: float = 1.0
-    odin_temperature: float = 1000.0
-    odin_eps: float = 0.0014
+Hyper = DetectorHyperparameters
 
 
 class DetectorFitError(ValueError):
@@ -138,16 +55,18 @@ def _scores(values: Tensor) -> Tensor:
     return values.detach().double().cpu()
 
 
+def _joined(parts: list[Tensor]) -> Tensor:
+    return _scores(torch.cat(parts)) if parts else torch.empty(0, dtype=torch.float64)
+
+
 def _head_state(head: nn.Linear) -> State:
     bias = head.bias.detach().cpu() if head.bias is not None else torch.zeros(head.out_features)
     return {"w": head.weight.detach().cpu().clone(), "b": bias.clone()}
 
 
 def _linear(state: State) -> nn.Linear:
-    """The classifier head rebuilt from a state's weight and bias. Its parameters need no gradient, so it records
-    no autograd graph: the features it reads come from inference mode (Classifier.features), which autograd may
-    not save (SHE calls it outside no_grad). GradNorm still differentiates its weight: torch.func ignores
-    requires_grad."""
+    """The classifier head rebuilt from a state's weight and bias, recording no autograd graph (its features come from
+    inference mode, which autograd may not save); GradNorm still differentiates it: torch.func ignores that."""
     weight, bias = state["w"], state["b"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
@@ -161,23 +80,13 @@ def _on_maps(head: nn.Linear) -> Callable[[Tensor], Tensor]:
     return lambda maps: head(maps.flatten(1))
 
 
-def _maps(features: Tensor) -> Tensor:
-    return features[:, :, None, None]
-
-
-def _kept(dimension: int, percentile: float) -> int:
-    """Activations ASH and SCALE keep of `dimension` at `percentile` (their own rounding)."""
-    return dimension - round(dimension * percentile)
-
-
 def _unlabelled(count: int) -> Tensor:
     return torch.zeros(count, dtype=torch.long)
 
 
-def fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: DetectorSettings) -> State:
-    """What defines the named detector once fitted on `fit` (training features): tensors and numbers only, so that
-    it can be saved (ood/saved.py) and rebuilt by `scorer` without refitting. DetectorFitError when pytorch-ood
-    refuses to fit it on these features."""
+def fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper) -> State:
+    """The named detector fitted on training features, as tensors and numbers that ood/saved.py saves and `scorer`
+    rebuilds it from; DetectorFitError when pytorch-ood refuses to fit it on these features."""
     if name not in DETECTOR_LABELS:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
     try:
@@ -186,7 +95,7 @@ def fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, set
         raise DetectorFitError(f"{name}: {exc or type(exc).__name__}") from exc
 
 
-def _fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: DetectorSettings) -> State:
+def _fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper) -> State:
     features = fit.penultimate
     if name in ("msp", "energy", "max_logit", "entropy"):
         return {}
@@ -196,42 +105,40 @@ def _fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, se
         weights = settings.weighted_ebo_weights or (1.0,) * head.out_features
         return {"weights": torch.tensor(weights, dtype=torch.float32)}
     if name == "kl_matching":
-        klm = KLMatching(None).fit_logits(fit.logits, fit_labels)
-        return {"classes": torch.tensor([int(k) for k in klm.dists]),
-                "dists": torch.stack([d.detach() for d in klm.dists.values()])}  # fmt: skip
-    if name == "mahalanobis":
-        mahalanobis = Mahalanobis(None).fit_features(features, fit_labels)
-        return {"mu": mahalanobis.mu, "precision": mahalanobis.precision}
-    if name == "rmd":
-        rmd = RMD(None).fit_features(features, fit_labels)
-        return {"mu": rmd.mu, "precision": rmd.precision, "background_mu": rmd.background_mu,
-                "background_precision": rmd.background_precision}  # fmt: skip
+        dists = pod.KLMatching(None).fit_logits(fit.logits, fit_labels).dists
+        return {
+            "classes": torch.tensor([int(k) for k in dists]),
+            "dists": torch.stack([d.detach() for d in dists.values()]),
+        }
+    if name in GAUSSIANS:
+        detector = (pod.Mahalanobis if name == "mahalanobis" else pod.RMD)(None).fit_features(features, fit_labels)
+        return {key: getattr(detector, key) for key in GAUSSIANS[name]}
     if name == "knn":  # a nearest-neighbour index is its data: the training features themselves
         return {"k": settings.knn_k, "features": features.contiguous()}
     if name == "vim":
         dim = settings.vim_dim or features.shape[1] // 2
         weights = _head_state(head)
-        vim = ViM(None, d=dim, w=weights["w"], b=weights["b"]).fit_features(features, fit_labels)
+        vim = pod.ViM(None, d=dim, w=weights["w"], b=weights["b"]).fit_features(features, fit_labels)
         return {"d": vim.d, "w": vim.w, "b": vim.b, "principal_subspace": vim.principal_subspace, "alpha": vim.alpha}
     weights = _head_state(head)
     if name == "she":
-        return {**weights, "patterns": SHE(None, _linear(weights)).fit_features(features, fit_labels).patterns}
+        return {**weights, "patterns": pod.SHE(None, _linear(weights)).fit_features(features, fit_labels).patterns}
     if name == "nnguide":  # its bank: a share of the training features (seeded draw), at least k of them
         count = min(len(features), max(settings.nnguide_k, round(settings.nnguide_bank * len(features))))
         bank = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:count]]
-        NNGuide(None, _linear(weights), k=settings.nnguide_k).fit_features(bank, _unlabelled(len(bank)))  # checks k
+        pod.NNGuide(None, _linear(weights), k=settings.nnguide_k).fit_features(bank, _unlabelled(len(bank)))  # checks k
         return {**weights, "k": settings.nnguide_k, "features": bank.contiguous()}
     if name == "fdbd":
-        return {**weights, "train_mean": fDBD(None, _linear(weights)).fit_features(features).train_mean}
+        return {**weights, "train_mean": pod.fDBD(None, _linear(weights)).fit_features(features).train_mean}
     if name == "react":
-        react = ReAct(None, _linear(weights), percentile=settings.react_percentile)
+        react = pod.ReAct(None, _linear(weights), percentile=settings.react_percentile)
         return {**weights, "threshold": react.fit_feature_maps(features, fit_labels).threshold}
     if name == "dice":
-        dice = DICE(None, weights["w"], weights["b"], p=settings.dice_p).fit_features(features, fit_labels)
+        dice = pod.DICE(None, weights["w"], weights["b"], p=settings.dice_p).fit_features(features, fit_labels)
         return {**weights, "p": float(settings.dice_p), "mean_activation": dice.mean_activation}
     if name in ("ash", "scale"):
         percentile = settings.ash_percentile if name == "ash" else settings.scale_percentile
-        if _kept(features.shape[1], percentile) < 1:
+        if features.shape[1] - round(features.shape[1] * percentile) < 1:  # what ASH and SCALE keep, rounded so
             raise ValueError(f"percentile {percentile} keeps none of the {features.shape[1]} penultimate features")
         variant = {"variant": settings.ash_variant} if name == "ash" else {}
         return {**weights, **variant, "percentile": float(percentile)}
@@ -240,7 +147,7 @@ def _fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, se
     return image_state(name, settings)
 
 
-def image_state(name: str, settings: DetectorSettings) -> State:
+def image_state(name: str, settings: Hyper) -> State:
     """An image detector's state: its hyperparameters alone (ODIN learns nothing from the training split)."""
     if name != "odin":
         raise ValueError(f"{name} is not an image detector; image detectors: {', '.join(IMAGE_DETECTORS)}")
@@ -249,83 +156,82 @@ def image_state(name: str, settings: DetectorSettings) -> State:
 
 def scorer(name: str, state: State, progress: bool = False) -> Scorer:
     """The named detector, rebuilt from its fit_state, as a function of Features (progress: GradNorm's bar).
-
-    Detectors whose fitted statistic is a mean of training features (DICE, fDBD) are rebuilt by fitting them on
-    that mean as a single row, which reproduces it exactly; NNGuide refits on its saved bank."""
+    DICE and fDBD, whose fitted statistic is a mean of training features, are refitted on that mean as a single
+    row, which reproduces it exactly; KNN and NNGuide refit on their saved features."""
     if name in IMAGE_DETECTORS:
         raise ValueError(f"{name} scores images, not features: use score_images")
-    if name in ("msp", "energy", "max_logit", "entropy"):
-        score = {"msp": MaxSoftmax.score, "energy": EnergyBased.score, "max_logit": MaxLogit.score,
-                 "entropy": Entropy.score}[name]  # fmt: skip
-        return lambda f: _scores(score(f.logits))
+    score = _predictor(name, state, progress)
+    return lambda features: _scores(score(features))
+
+
+def _predictor(name: str, state: State, progress: bool) -> Scorer:
+    logit_scores = {"msp": pod.MaxSoftmax, "energy": pod.EnergyBased, "max_logit": pod.MaxLogit, "entropy": pod.Entropy}
+    if name in logit_scores:
+        return lambda f: logit_scores[name].score(f.logits)
     if name == "gen":
-        gen = GEN(None, gamma=float(state["gamma"]), M=None if state["m"] is None else int(state["m"]))
-        return lambda f: _scores(gen.predict_logits(f.logits))
+        gen = pod.GEN(None, gamma=float(state["gamma"]), M=None if state["m"] is None else int(state["m"]))
+        return lambda f: gen.predict_logits(f.logits)
     if name == "weighted_ebo":
-        weighted = WeightedEBO(None, state["weights"])
-        return lambda f: _scores(weighted.predict_logits(f.logits))
+        weighted = pod.WeightedEBO(None, state["weights"])
+        return lambda f: weighted.predict_logits(f.logits)
     if name == "kl_matching":
-        klm = KLMatching(None)
-        klm.dists = nn.ParameterDict({str(int(k)): nn.Parameter(d, requires_grad=False)
-                                      for k, d in zip(state["classes"], state["dists"], strict=True)})  # fmt: skip
-        return lambda f: _scores(klm.predict_logits(f.logits))
-    if name == "mahalanobis":
-        mahalanobis = Mahalanobis(None)
-        mahalanobis.mu, mahalanobis.precision = state["mu"], state["precision"]
-        return lambda f: _scores(mahalanobis.predict_features(f.penultimate))
-    if name == "rmd":
-        rmd = RMD(None)
-        rmd.mu, rmd.precision = state["mu"], state["precision"]
-        rmd.background_mu, rmd.background_precision = state["background_mu"], state["background_precision"]
-        return lambda f: _scores(rmd.predict_features(f.penultimate))
+        klm = pod.KLMatching(None)
+        pairs = zip(state["classes"], state["dists"], strict=True)
+        klm.dists = nn.ParameterDict({str(int(k)): nn.Parameter(d, requires_grad=False) for k, d in pairs})
+        return lambda f: klm.predict_logits(f.logits)
+    if name in GAUSSIANS:
+        detector = pod.Mahalanobis(None) if name == "mahalanobis" else pod.RMD(None)
+        for key in GAUSSIANS[name]:
+            setattr(detector, key, state[key])
+        return lambda f: detector.predict_features(f.penultimate)
     if name == "knn":
-        features = state["features"]
-        knn = KNN(None, k=int(state["k"])).fit_features(features, _unlabelled(len(features)))
-        return lambda f: _scores(knn.predict_features(f.penultimate))
+        knn = pod.KNN(None, k=int(state["k"])).fit_features(state["features"], _unlabelled(len(state["features"])))
+        return lambda f: knn.predict_features(f.penultimate)
     if name == "vim":
-        vim = ViM(None, d=int(state["d"]), w=state["w"], b=state["b"])
+        vim = pod.ViM(None, d=int(state["d"]), w=state["w"], b=state["b"])
         vim.principal_subspace, vim.alpha = state["principal_subspace"], float(state["alpha"])
-        return lambda f: _scores(vim.predict_features(f.penultimate))
+        return lambda f: vim.predict_features(f.penultimate)
+    if name not in DETECTOR_LABELS:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
+    head = _linear(state)  # the others read the penultimate features through the classifier head
     if name == "she":
-        she = SHE(None, _linear(state))
+        she = pod.SHE(None, head)
         she.patterns = state["patterns"]
-        return lambda f: _scores(she.predict_features(f.penultimate))
+        return lambda f: she.predict_features(f.penultimate)
     if name == "nnguide":
         bank = state["features"]
-        nnguide = NNGuide(None, _linear(state), k=int(state["k"])).fit_features(bank, _unlabelled(len(bank)))
-        return lambda f: _scores(nnguide.predict_features(f.penultimate))
+        nnguide = pod.NNGuide(None, head, k=int(state["k"])).fit_features(bank, _unlabelled(len(bank)))
+        return lambda f: nnguide.predict_features(f.penultimate)
     if name == "fdbd":
-        fdbd = fDBD(None, _linear(state)).fit_features(state["train_mean"][None])
-        return lambda f: _scores(fdbd.predict_features(f.penultimate))
+        fdbd = pod.fDBD(None, head).fit_features(state["train_mean"][None])
+        return lambda f: fdbd.predict_features(f.penultimate)
     if name == "react":
-        react = ReAct(None, _linear(state), threshold=float(state["threshold"]))
-        return lambda f: _scores(react.predict_feature_maps(f.penultimate))
+        react = pod.ReAct(None, head, threshold=float(state["threshold"]))
+        return lambda f: react.predict_feature_maps(f.penultimate)
     if name == "dice":
-        dice = DICE(None, state["w"], state["b"], p=float(state["p"]))
+        dice = pod.DICE(None, state["w"], state["b"], p=float(state["p"]))
         dice.fit_features(state["mean_activation"][None], _unlabelled(1))
-        return lambda f: _scores(dice.predict_features(f.penultimate))
+        return lambda f: dice.predict_features(f.penultimate)
     if name == "ash":
-        ash = ASH(None, _on_maps(_linear(state)), variant=str(state["variant"]), percentile=float(state["percentile"]))
-        return lambda f: _scores(ash.predict_feature_maps(_maps(f.penultimate)))
+        ash = pod.ASH(None, _on_maps(head), variant=str(state["variant"]), percentile=float(state["percentile"]))
+        return lambda f: ash.predict_feature_maps(f.penultimate[:, :, None, None])
     if name == "scale":
-        scale = SCALE(None, _on_maps(_linear(state)), percentile=float(state["percentile"]))
-        return lambda f: _scores(scale.predict_feature_maps(_maps(f.penultimate.contiguous())))
-    if name == "gradnorm":
-        gradnorm = GradNorm(_linear(state), param_filter=lambda parameter: parameter == "weight",
-                            micro_batch_size=GRADNORM_BATCH, temperature=float(state["temperature"]))  # fmt: skip
-        return lambda f: _gradnorm_scores(gradnorm, f.penultimate, progress)
-    raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
+        scale = pod.SCALE(None, _on_maps(head), percentile=float(state["percentile"]))
+        return lambda f: scale.predict_feature_maps(f.penultimate.contiguous()[:, :, None, None])
+    temperature = float(state["temperature"])  # GradNorm, on the head's weight as in its paper
+    on_weight = {"param_filter": lambda parameter: parameter == "weight", "micro_batch_size": GRADNORM_BATCH}
+    gradnorm = pod.GradNorm(head, temperature=temperature, **on_weight)
+    return lambda f: _gradnorm_scores(gradnorm, f.penultimate, progress)
 
 
-def _gradnorm_scores(gradnorm: GradNorm, features: Tensor, progress: bool) -> Tensor:
-    """GradNorm on the head's weight, in batches with a progress bar. The features may come from inference mode
-    (Classifier.features): cloned outside it, they can be differentiated through."""
+def _gradnorm_scores(gradnorm: pod.GradNorm, features: Tensor, progress: bool) -> Tensor:
+    """GradNorm in batches with a progress bar, on features cloned out of inference mode to be differentiated."""
     starts = range(0, len(features), GRADNORM_BATCH)
     scores = []
     with torch.inference_mode(False):
         for start in track(starts, description="GradNorm", total=len(starts), disable=not progress):
             scores.append(gradnorm.predict(features[start : start + GRADNORM_BATCH].clone()))
-    return _scores(torch.cat(scores)) if scores else torch.empty(0, dtype=torch.float64)
+    return _joined(scores)
 
 
 def score_images(
@@ -337,25 +243,18 @@ def score_images(
     progress: bool = False,
     description: str = "ODIN",
 ) -> Tensor:
-    """An image detector's (ODIN's) outlier scores of uint8 images (N, 3, H, W), through the classifier's whole
-    network in batches of `batch_size` (inference.batches, with its progress bar). ODIN's step `eps` is on the
-    [0, 1] pixel scale: its gradient sign is divided by the classifier's normalization std, as in the paper."""
+    """ODIN's outlier scores of uint8 images (N, 3, H, W) through the classifier's whole network, in batches; its
+    step `eps` is on the [0, 1] pixel scale (the gradient sign divided by the normalization std, as in the paper)."""
     if name not in IMAGE_DETECTORS:
         raise ValueError(f"{name} scores features, not images: use scorer")
-    odin = ODIN(classifier.model, eps=float(state["eps"]), temperature=float(state["temperature"]),
-                norm_std=list(classifier.std))  # fmt: skip
-    scores = [odin.predict(classifier.normalize(batch))
-              for batch in batches(images, batch_size, classifier.device, progress, description)]  # fmt: skip
-    return _scores(torch.cat(scores)) if scores else torch.empty(0, dtype=torch.float64)
+    eps, temperature, std = float(state["eps"]), float(state["temperature"]), list(classifier.std)
+    odin = pod.ODIN(classifier.model, eps=eps, temperature=temperature, norm_std=std)
+    batched = batches(images, batch_size, classifier.device, progress, description)
+    return _joined([odin.predict(classifier.normalize(batch)) for batch in batched])
 
 
 def build_detectors(
-    names: Sequence[str],
-    fit: Features,
-    fit_labels: Tensor,
-    head: nn.Linear,
-    settings: DetectorSettings,
-    progress: bool = False,
+    names: Sequence[str], fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper, progress: bool = False
 ) -> tuple[dict[str, Fitted], dict[str, str]]:
     """Each named detector fitted on `fit` (training features): its state, scoring function and fit seconds; and
     the detectors pytorch-ood refused to fit on these features, with the reason (logged as a warning)."""

@@ -1,9 +1,7 @@
-"""Figures of OOD detection: the histogram of in-distribution and OOD values with the threshold (the report's
-Figure 8: per layer, its mean activation; the same for any detector's outlier scores), and a gallery of images
-detected as ID and as OOD (its Figure 9), for the report's rule or any detector."""
+"""Figures of OOD detection: in-distribution and OOD values with the threshold (the report's Figure 8, per layer;
+the same for a detector's outlier scores), and a gallery of images detected as ID and as OOD (its Figure 9)."""
 
-from __future__ import annotations
-
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cifar_lightning.config.ood import DETECTOR_LABELS, MEAN_ACTIVATION
 from cifar_lightning.figures import draw_tile, new_figure, save
+from cifar_lightning.ood.detection import OODResult, mean_activation_name
+
+log = logging.getLogger(__name__)
 
 
 def safe_name(layer: str) -> str:
@@ -20,12 +22,15 @@ def safe_name(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)
 
 
+Sets = Mapping[str, Tensor]
+
+
 def plot_value_histogram(
-    id_values: Tensor, ood_values: Mapping[str, Tensor], threshold: float, rule: str, xlabel: str, title: str,
-    path: Path,
-) -> Path:  # fmt: skip
+    id_values: Tensor, ood_values: Sets, threshold: float, texts: tuple[str, str, str], path: Path
+):
     """Density histograms of one value per image: CIFAR-10 test (filled) and each OOD set (lines), on shared bins,
-    with the threshold chosen on the validation split as a vertical line. rule: where OOD lies ("OOD below")."""
+    with the validation split's threshold as a line. texts: where OOD lies ("OOD below"), the x label, the title."""
+    rule, xlabel, title = texts
     values = [id_values.double(), *(v.double() for v in ood_values.values())]
     everything = torch.cat(values)
     everything = everything[torch.isfinite(everything)]  # an infinite score (e.g. a log of 0) would have no bin
@@ -36,8 +41,8 @@ def plot_value_histogram(
     ax = figure.subplots()
     ax.hist(values[0].numpy(), bins=bins, density=True, color="C0", alpha=0.35, label="CIFAR-10 test (ID)")
     for index, (name, set_values) in enumerate(zip(ood_values, values[1:], strict=True), start=1):
-        ax.hist(set_values.numpy(), bins=bins, density=True, histtype="step", linewidth=1.5, color=f"C{index}",
-                label=name)  # fmt: skip
+        style = {"histtype": "step", "linewidth": 1.5, "color": f"C{index}", "label": name}
+        ax.hist(set_values.numpy(), bins=bins, density=True, **style)
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g} ({rule})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
@@ -48,24 +53,6 @@ def plot_value_histogram(
     return save(figure, path)
 
 
-def plot_layer_histogram(
-    layer: str, id_means: Tensor, ood_means: Mapping[str, Tensor], threshold: float, direction: str, path: Path
-) -> Path:
-    """The report's Figure 8 for one layer: per-image mean activations, OOD `direction` (below/above) the
-    threshold."""
-    return plot_value_histogram(id_means, ood_means, threshold, f"OOD {direction}",
-                                f"mean activation of {layer} per image",
-                                f"OOD detection by the mean activation of {layer}", path)  # fmt: skip
-
-
-def plot_score_histogram(
-    detector: str, id_scores: Tensor, ood_scores: Mapping[str, Tensor], threshold: float, path: Path
-) -> Path:
-    """A detector's outlier scores (higher = more likely OOD), CIFAR-10 test against each OOD set."""
-    return plot_value_histogram(id_scores, ood_scores, threshold, "OOD above", f"{detector} outlier score per image",
-                                f"OOD detection by {detector}", path)  # fmt: skip
-
-
 def sample(indices: Tensor, count: int, generator: torch.Generator) -> Tensor:
     """Up to `count` of the indices, drawn at random (seeded), in increasing order."""
     if len(indices) <= count:
@@ -73,9 +60,7 @@ def sample(indices: Tensor, count: int, generator: torch.Generator) -> Tensor:
     return torch.sort(indices[torch.randperm(len(indices), generator=generator)[:count]]).values
 
 
-def plot_ood_gallery(
-    images: Mapping[str, Tensor], is_ood: Mapping[str, Tensor], count: int, seed: int, method: str, path: Path
-) -> Path:
+def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: str, path: Path) -> Path:
     """One row per set: `count` random images detected as ID (left half) and as OOD (right half)."""
     generator = torch.Generator().manual_seed(seed)
     names = list(images)
@@ -97,3 +82,39 @@ def plot_ood_gallery(
             axes[row, half * count].set_title(f"{name}: {label} ({share:.1%})", fontsize=8, loc="left")
     figure.suptitle(f"Detected as ID (green, left) and as OOD (red, right) by {method}", fontsize=10)
     return save(figure, path)
+
+
+def write_figures(
+    result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """(ood_hist_<layer>.png per measured layer; per measured gallery detector, ood_scores_<detector>.png and
+    ood_gallery_<detector>.png, or ood_gallery.png for the report's rule on the table's layer)."""
+    direction = result.settings["direction"]
+    sign = -1.0 if direction == "below" else 1.0  # outlier score -> mean activation
+    histograms = []
+    for layer in result.layers:  # the report's Figure 8 per layer
+        means = result.id_features.layer_means[layer]
+        ood_means = {name: result.ood_features[name].layer_means[layer] for name in result.sets}
+        threshold, path = sign * result.thresholds["layers"][layer], out / f"ood_hist_{safe_name(layer)}.png"
+        what = f"mean activation of {layer}"
+        texts = f"OOD {direction}", f"{what} per image", f"OOD detection by the {what}"
+        histograms.append(plot_value_histogram(means, ood_means, threshold, texts, path))
+    score_histograms, galleries = [], []
+    for name in result.settings["gallery_detectors"]:
+        row = mean_activation_name(result.layer) if name == MEAN_ACTIVATION else name
+        if row not in result.scores:
+            log.info("OOD figures: %s was not measured (not in ood.detectors, or left out), so it has no gallery", name)
+            continue
+        scores, threshold = result.scores[row], result.thresholds["detectors"][row]
+        if name != MEAN_ACTIVATION:
+            label = DETECTOR_LABELS[name]
+            texts = "OOD above", f"{label} outlier score per image", f"OOD detection by {label}"
+            path = out / f"ood_scores_{name}.png"
+            score_histograms.append(plot_value_histogram(scores.id_test, scores.ood, threshold, texts, path))
+        if gallery_size > 0:
+            is_ood = {"CIFAR-10 test": scores.id_test > threshold}
+            is_ood.update({set_name: scores.ood[set_name] > threshold for set_name in result.sets})
+            method = f"the mean activation of {result.layer}" if name == MEAN_ACTIVATION else DETECTOR_LABELS[name]
+            path = out / ("ood_gallery.png" if name == MEAN_ACTIVATION else f"ood_gallery_{name}.png")
+            galleries.append(plot_ood_gallery(images, is_ood, gallery_size, seed, method, path))
+    return histograms, score_histograms, galleries

@@ -1,14 +1,8 @@
-"""OOD metrics from outlier scores (higher = more likely OOD), and thresholds chosen on
-in-distribution validation scores only.
-
-AUROC, AUPR-IN, AUPR-OUT and FPR@95%TPR come from pytorch-ood's functional metrics. FPR@95%TPR
-follows the usual convention of the OOD literature (ODIN, KNN, OpenOOD): in-distribution is the
-positive class, so it is the share of OOD images accepted as in-distribution at the threshold
-that keeps 95% of the in-distribution images. Detection accuracy is measured at the threshold
-taken from the validation split, never from the test or OOD images.
+"""OOD metrics from outlier scores (higher = more likely OOD), and thresholds chosen on in-distribution validation
+scores only. AUROC, AUPR-IN, AUPR-OUT and FPR@95%TPR are pytorch-ood's; FPR@95%TPR takes in-distribution as the
+positive class, as the OOD literature does (ODIN, KNN, OpenOOD): the share of OOD images accepted at the threshold
+that keeps 95% of the in-distribution images.
 """
-
-from __future__ import annotations
 
 import math
 
@@ -16,29 +10,27 @@ import torch
 from pytorch_ood.metrics.functional import aupr, auroc, fpr_at_tpr
 from torch import Tensor
 
-THRESHOLD_METHODS = ("percentile", "histogram")
+from cifar_lightning.config.ood import ThresholdSettings
+
+
+def choose_threshold(val_scores: Tensor, settings: ThresholdSettings) -> float:
+    """The threshold of conf/ood's `threshold` rule, on validation scores alone."""
+    if settings.method == "histogram":
+        return histogram_threshold(val_scores, settings.bins, settings.min_fraction)
+    return percentile_threshold(val_scores, settings.id_keep)
 
 
 def percentile_threshold(val_scores: Tensor, id_keep: float = 0.95) -> float:
     """The smallest threshold that keeps at least `id_keep` of the validation images as in-distribution
     (score <= threshold): the ceil(id_keep * n)-th smallest validation score."""
-    if not 0.0 < id_keep <= 1.0:
-        raise ValueError(f"id_keep must be in (0, 1], got {id_keep}")
     ordered = torch.sort(val_scores.double().flatten()).values
     rank = max(1, math.ceil(id_keep * len(ordered) - 1e-9))
     return ordered[rank - 1].item()
 
 
 def histogram_threshold(val_scores: Tensor, bins: int = 50, min_fraction: float = 0.001) -> float:
-    """The report's approach, on validation scores alone: the edge of the in-distribution histogram.
-
-    The validation scores are binned; walking from the most OOD-like bin inwards, bins holding fewer
-    than `min_fraction` of the images are stragglers, and the threshold is the outer edge of the first
-    bin that is not. For the mean-activation method this is the lower edge of the histogram of
-    in-distribution mean activations, read off as the report does, but without looking at OOD images.
-    """
-    if bins < 1 or not 0.0 <= min_fraction < 1.0:
-        raise ValueError(f"need bins >= 1 and min_fraction in [0, 1), got bins={bins}, min_fraction={min_fraction}")
+    """The report's approach on validation scores alone: walking in from the most OOD-like bin, bins with under
+    `min_fraction` of the images are stragglers; the threshold is the outer edge of the first that is not."""
     scores = val_scores.double().flatten()
     low, high = scores.min().item(), scores.max().item()
     if low == high:

@@ -1,16 +1,11 @@
 """Our OOD figures beside OpenOOD v1.5's published CIFAR-10 benchmark (docs/results/ood_openood.md):
 
-    python -m cifar_lightning.ood.openood EVAL_DIR [EVAL_DIR ...] --out docs/results/ood_openood.md
-    python -m cifar_lightning.ood.openood CE_DIR LN_DIR --labels "CE" "LogitNorm" --out ...
+    python -m cifar_lightning.ood.openood EVAL_DIR [EVAL_DIR ...] [--labels CE LogitNorm] --out docs/results/...
 
-Each EVAL_DIR is an evaluate.py output folder (evaluation.json and ood.json). The page has two tables: the models
-(test accuracy, and the near/far mean AUROC and FPR@95 of MSP, OpenOOD's detector for training-time methods such
-as LogitNorm, and of the detector with the highest near-OOD AUROC), then every detector's near/far AUROC per
-model next to OpenOOD's figure for the same method. The published figures are copied from OpenOOD's own results
-file, with its standard deviations over its three training runs.
+Each EVAL_DIR is an evaluate.py output folder (evaluation.json, ood.json). Two tables: the models (test accuracy,
+and the near/far mean AUROC and FPR@95 of MSP and of the detector with the highest near AUROC), then every
+detector's near/far AUROC per model beside OpenOOD's figure (mean ± std over its three training runs).
 """
-
-from __future__ import annotations
 
 import argparse
 import json
@@ -44,8 +39,8 @@ class Published:
         return f"{getattr(self, kind):.2f} ± {getattr(self, kind + '_std'):.2f}"
 
 
-#: Our detector name -> OpenOOD's row for the same post-hoc method on its cross-entropy ResNet-18. entropy,
-#: weighted_ebo, nnguide and the report's mean activation have no row there. fDBD's row is one run (std 0.00).
+#: Our detector -> OpenOOD's row for the same post-hoc method (none for entropy, weighted_ebo, nnguide, the
+#: report's mean activation); fDBD's row is one run (std 0.00).
 PUBLISHED: dict[str, Published] = {
     "msp": Published("MSP", 88.03, 0.25, 90.73, 0.43),
     "energy": Published("EBO", 87.58, 0.46, 91.21, 0.92),
@@ -88,8 +83,6 @@ class OpenOODComparisonError(CifarLightningError):
 
 @dataclass(frozen=True)
 class EvaluatedModel:
-    """What the comparison needs of one evaluate.py output folder."""
-
     folder: Path
     experiment: str
     loss: str
@@ -108,15 +101,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise OpenOODComparisonError(
-            f"{path} does not exist: pass folders that evaluate.py wrote with OOD detection on (e.g. "
-            f"logs/evaluate/runs/<date>_<time>, from `python evaluate.py ckpt=... data.data_dir=...`; ood=none "
-            f"writes no ood.json)."
-        ) from None
+        what = "pass folders that evaluate.py wrote with OOD detection on (ood=none writes no ood.json)"
+        raise OpenOODComparisonError(f"{path} does not exist: {what}, e.g. logs/evaluate/runs/<date>_<time>.") from None
     except (OSError, ValueError) as exc:
-        raise OpenOODComparisonError(
-            f"{path} cannot be read ({one_line(exc)}): run evaluate.py again to rewrite it."
-        ) from None
+        raise OpenOODComparisonError(f"{path} cannot be read ({one_line(exc)}): run evaluate.py again.") from None
 
 
 def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedModel:
@@ -124,20 +112,11 @@ def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedMo
     folder = Path(folder)
     evaluation, ood = _read_json(folder / "evaluation.json"), _read_json(folder / "ood.json")
     if "near_far" not in ood or "test_acc" not in evaluation:
-        raise OpenOODComparisonError(
-            f"{folder} was written by an older evaluate.py (its ood.json has no near/far summary or its "
-            f"evaluation.json no test accuracy): evaluate the checkpoint again."
-        )
-    return EvaluatedModel(
-        folder=folder,
-        experiment=evaluation.get("experiment") or "model",
-        loss=evaluation.get("loss") or "cross_entropy",
-        test_acc=float(evaluation["test_acc"]),
-        tta=int(evaluation.get("tta", 0)),
-        checkpoint=str(evaluation.get("checkpoint", "")),
-        near_far=ood["near_far"],
-        label=label,
-    )
+        raise OpenOODComparisonError(f"{folder} has no near/far summary or test accuracy: evaluate it again.")
+    experiment, loss = evaluation.get("experiment") or "model", evaluation.get("loss") or "cross_entropy"
+    test_acc, tta = float(evaluation["test_acc"]), int(evaluation.get("tta", 0))
+    checkpoint = str(evaluation.get("checkpoint", ""))
+    return EvaluatedModel(folder, experiment, loss, test_acc, tta, checkpoint, ood["near_far"], label)
 
 
 def _percent(value: float | None) -> str:
@@ -171,12 +150,12 @@ def models_table(models: Sequence[EvaluatedModel]) -> str:
             if detector not in model.near_far:
                 continue
             label = detector + (" (highest near AUROC)" if detector == best else "")
-            values = [_percent(_kind_value(model, detector, kind, metric))
-                      for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]  # fmt: skip
+            metrics = [(metric, kind) for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]
+            values = [_percent(_kind_value(model, detector, kind, metric)) for metric, kind in metrics]
             rows.append([model.name, f"{100 * model.test_acc:.2f}", model.tta, label, *values])
     for method, (published, accuracy) in PUBLISHED_TRAINING.items():
-        rows.append([f"OpenOOD: ResNet-18, {method}", f"{accuracy:.2f}", "-", "msp",
-                     published.cell("near"), published.cell("far"), "-", "-"])  # fmt: skip
+        cells = [published.cell("near"), published.cell("far"), "-", "-"]
+        rows.append([f"OpenOOD: ResNet-18, {method}", f"{accuracy:.2f}", "-", "msp", *cells])
     return markdown_table(header, rows)
 
 
@@ -222,12 +201,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m cifar_lightning.ood.openood",
         description="Put evaluate.py's OOD results beside OpenOOD v1.5's published CIFAR-10 figures.",
     )
-    parser.add_argument("folders", nargs="+", metavar="EVAL_DIR",
-                        help="an evaluate.py output folder (evaluation.json and ood.json)")  # fmt: skip
-    parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
-                        help="a name per EVAL_DIR, in order (default: its experiment and loss)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help="write the page here as well (e.g. "
-                        "docs/results/ood_openood.md); it is always printed")  # fmt: skip
+    parser.add_argument("folders", nargs="+", metavar="EVAL_DIR", help="an evaluate.py output folder")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL", help="a name per EVAL_DIR (default: experiment, loss)")
+    parser.add_argument("--out", type=Path, help="write the page here as well (it is always printed)")
     return parser
 
 
@@ -236,8 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = cli.parse_args(argv)
     labels = args.labels or [None] * len(args.folders)
     if len(labels) != len(args.folders):
-        cli.error(f"--labels names {len(labels)} models but {len(args.folders)} EVAL_DIRs are given: "
-                  f"give one label per folder, in the same order, or none")  # fmt: skip
+        cli.error(f"--labels names {len(labels)} models but {len(args.folders)} EVAL_DIRs: give one label per folder")
     try:
         page = render([read_evaluation(folder, label) for folder, label in zip(args.folders, labels)])
         if args.out is not None:

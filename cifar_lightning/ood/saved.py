@@ -1,31 +1,17 @@
 """Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with the threshold it chose on
 the validation split, into `ood_detectors.pt`; predict.py and serve.py load one and flag inputs without refitting.
-
-The file holds tensors, numbers and strings only (torch.save of plain containers), so it is loaded with
-`weights_only=True` and cannot run code. It names the checkpoint it was fitted for by the SHA-256 of the
-checkpoint file: detectors of another model (or of a checkpoint rewritten since) are refused.
+It holds tensors, numbers and strings only, so it is loaded with `weights_only=True`, and names the checkpoint it
+was fitted for by the file's SHA-256 (detectors of another model are refused):
 
     {"format": "cifar-lightning ood detectors", "version": 1, "checkpoint": str, "checkpoint_sha256": str,
-     "default": "knn", "settings": {...},
-     "detectors": {name: {"threshold": float, "layers": [str, ...], "state": {...}}}}
+     "default": "knn", "settings": {...}, "detectors": {name: {"threshold": float, "layers": [str], "state": {}}}}
 
-`name` is one of detectors.DETECTOR_LABELS or "mean_activation" (the report's method, on the layer evaluate.py
-put in its table); `state` is what detectors.fit_state returned (for mean_activation: its layer and direction).
-A detector pytorch-ood could not fit on the model's training features (evaluate.py's ood.md names it) is absent.
+`name` is a detector or mean_activation; `state` is detectors.fit_state's (mean_activation: layer and direction).
+ODIN scores images, not features: it is handed out only to callers that say so (from_images=True).
 
-ODIN is the one image detector: it perturbs every input through the whole network, so it scores images
-(OODDetector.score_images), not features. load_detector and fit_detector hand it out only to callers that say
-they score images (from_images=True); to the others it is refused with the fix.
-
-The default detector of predict.py and serve.py is KNN (Sun et al., 2022), chosen from evidence a user has
-without any OOD test set: OpenOOD v1.5's published CIFAR-10 benchmark (ResNet-18, cross-entropy training),
-where KNN has the best mean AUROC of the six post-hoc detectors first built here: near-OOD 90.64 / far-OOD
-92.96, against ViM 88.68 / 93.48, MSP 88.03 / 90.73, energy 87.58 / 91.21, max logit 87.52 / 91.10 and
-Mahalanobis 84.20 / 89.72 (the detectors added since were not part of that choice, which stays fixed rather than
-follow any run's OOD results). Any saved detector can be chosen by name (ood.detector=...).
+The default detector, KNN, was chosen in advance from OpenOOD v1.5's published CIFAR-10 benchmark (the best mean
+AUROC of the six post-hoc detectors first built here: near 90.64 / far 92.96), not from any run's OOD results.
 """
-
-from __future__ import annotations
 
 import os
 import pickle
@@ -38,15 +24,19 @@ import torch
 from torch import Tensor
 
 from cifar_lightning.checkpoints import file_sha256
-from cifar_lightning.data import CIFAR10DataModule, held_out_split
-from cifar_lightning.errors import CifarLightningError
-from cifar_lightning.inference import Classifier, Features
-from cifar_lightning.ood.detection import OODResult, OODSettings, check_layers, fit_subset, mean_activation_name
-from cifar_lightning.ood.detectors import (
+from cifar_lightning.config.ood import (
     DETECTOR_LABELS,
     DIRECTIONS,
     IMAGE_DETECTORS,
     MEAN_ACTIVATION,
+    MeanActivationSettings,
+    OODSettings,
+)
+from cifar_lightning.data import CIFAR10DataModule, held_out_split
+from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.inference import Classifier, Features
+from cifar_lightning.ood.detection import OODResult, check_layers, fit_subset, mean_activation_name
+from cifar_lightning.ood.detectors import (
     DetectorFitError,
     Scorer,
     fit_state,
@@ -55,6 +45,7 @@ from cifar_lightning.ood.detectors import (
     score_images,
     scorer,
 )
+from cifar_lightning.ood.metrics import choose_threshold
 
 DETECTORS_FILE = "ood_detectors.pt"
 DEFAULT_DETECTOR = "knn"
@@ -69,9 +60,8 @@ class DetectorsError(CifarLightningError):
 @dataclass(frozen=True)
 class OODDetector:
     """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD) of features,
-    score_images() of images (every detector; the only way for ODIN, see needs_images), and is_ood() says which
-    lie above the threshold chosen on the run's validation split. It pickles as its state (serve.py's worker
-    processes get it that way) and rebuilds its scoring function where it is used."""
+    score_images() of images (the only way for ODIN), is_ood() which lie above the threshold. It pickles as its
+    state (serve.py's workers get it that way) and rebuilds its scoring function where it is used."""
 
     name: str
     threshold: float
@@ -86,7 +76,7 @@ class OODDetector:
             return lambda f: mean_activation_score(f, layer, direction)
         if self.needs_images:  # it scores images; a damaged state fails here all the same
             _ = float(self.state["eps"]) + float(self.state["temperature"])
-            return _images_only(self.name)
+            return lambda features: scorer(self.name, self.state)(features)  # refused, with the fix
         return scorer(self.name, self.state)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -101,23 +91,15 @@ class OODDetector:
         """(N,) float64 outlier scores of features (Classifier.features with list(layers)); not for ODIN."""
         return self._score(features)
 
-    def score_images(self, classifier: Classifier, images: Tensor, batch_size: int = 1000,
-                     progress: bool = False) -> Tensor:  # fmt: skip
-        """(N,) float64 outlier scores of uint8 images (N, 3, H, W), for every detector: ODIN through the whole
-        network (a gradient step per image), the others from the classifier's features."""
+    def score_images(self, classifier: Classifier, images: Tensor, batch_size: int = 1000, progress: bool = False):
+        """(N,) float64 outlier scores of uint8 images (N, 3, H, W): ODIN's through the whole network, the others'
+        from the classifier's features."""
         if self.needs_images:
             return score_images(self.name, self.state, classifier, images, batch_size, progress)
         return self.score(classifier.features(images, list(self.layers), batch_size, progress))
 
     def is_ood(self, scores: Tensor) -> Tensor:
         return scores > self.threshold
-
-
-def _images_only(name: str) -> Scorer:
-    def refuse(features: Features) -> Tensor:
-        raise ValueError(f"the {name} detector scores images, not features: call score_images(classifier, images)")
-
-    return refuse
 
 
 def _refuse_images(name: str, path: str) -> DetectorsError:
@@ -131,21 +113,18 @@ def _refuse_images(name: str, path: str) -> DetectorsError:
 
 def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) -> Path:
     """Write every detector of an evaluate.py OOD result (and its mean-activation row) to `path`, atomically."""
+    thresholds = result.thresholds["detectors"]
     detectors = {
-        name: {"threshold": float(result.thresholds["detectors"][name]), "layers": [], "state": result.states[name]}
-        for name in result.states
+        name: {"threshold": float(thresholds[name]), "layers": [], "state": state}
+        for name, state in result.states.items()
     }
-    direction = result.settings["direction"]
     detectors[MEAN_ACTIVATION] = {
-        "threshold": float(result.thresholds["detectors"][mean_activation_name(result.layer)]),
+        "threshold": float(thresholds[mean_activation_name(result.layer)]),
         "layers": [result.layer.split("@")[0]],
-        "state": {"layer": result.layer, "direction": direction},
+        "state": {"layer": result.layer, "direction": result.settings["direction"]},
     }
-    record = {
-        "format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint), "default": DEFAULT_DETECTOR,
-        "settings": result.settings, "detectors": detectors,
-    }  # fmt: skip
+    record = dict(format=FORMAT, version=VERSION, checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+    record.update(default=DEFAULT_DETECTOR, settings=result.settings, detectors=detectors)
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     torch.save(record, partial)
@@ -153,31 +132,28 @@ def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) 
     return path
 
 
-def _fix(path: Path) -> str:
-    return (
-        f"Fix: run python evaluate.py ckpt=<this checkpoint> again to write a new {DETECTORS_FILE}, pass the right "
-        f"file with ood.file=<path>, fit one now with ood.fit=true, or turn OOD flagging off with ood.enabled=false"
-    )
+FIX = (
+    f"Fix: run python evaluate.py ckpt=<this checkpoint> again to write a new {DETECTORS_FILE}, pass the right "
+    f"file with ood.file=<path>, fit one now with ood.fit=true, or turn OOD flagging off with ood.enabled=false"
+)
 
 
 def read_detectors(path: str | Path) -> dict[str, Any]:
     """The checked contents of a detectors file (weights-only load); DetectorsError otherwise."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DetectorsError(f"the OOD detectors file {path} does not exist. {_fix(path)}.")
+        raise DetectorsError(f"the OOD detectors file {path} does not exist. {FIX}.")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DetectorsError(
             f"{path} is not a safe OOD detectors file: it holds Python objects beyond tensors and plain values, "
-            f"so it was not loaded. {_fix(path)}."
+            f"so it was not loaded. {FIX}."
         ) from exc
     except Exception as exc:  # truncated or damaged: torch raises RuntimeError, EOFError, ...
-        raise DetectorsError(f"the OOD detectors file {path} is truncated or corrupt ({type(exc).__name__}). "
-                             f"{_fix(path)}.") from exc  # fmt: skip
-    problems = _problems(record)
-    if problems:
-        raise DetectorsError(f"{path} is not a usable OOD detectors file ({problems}). {_fix(path)}.")
+        raise DetectorsError(f"the OOD detectors file {path} is truncated or corrupt ({type(exc).__name__}). {FIX}.")
+    if problems := _problems(record):
+        raise DetectorsError(f"{path} is not a usable OOD detectors file ({problems}). {FIX}.")
     return record
 
 
@@ -205,31 +181,27 @@ def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
     state = entry["state"]
     valid_layer = isinstance(state.get("layer"), str) and state.get("direction") in DIRECTIONS
     if name == MEAN_ACTIVATION and not valid_layer:
-        raise DetectorsError(f"{source}: the mean_activation detector has no valid layer and direction. "
-                             f"{_fix(Path(source))}.")  # fmt: skip
+        raise DetectorsError(f"{source}: the mean_activation detector has no valid layer and direction. {FIX}.")
     detector = OODDetector(name, entry["threshold"], tuple(entry["layers"]), source, state)
     try:
         detector._score  # noqa: B018 - built now, so that a damaged state fails here, with its file named
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DetectorsError(f"{source}: the {name} detector's state is damaged ({type(exc).__name__}: {exc}). "
-                             f"{_fix(Path(source))}.") from exc  # fmt: skip
+        raise DetectorsError(f"{source}: the {name} detector's state is damaged ({type(exc).__name__}: {exc}). {FIX}.")
     return detector
 
 
-def load_detector(path: str | Path, classifier: Classifier, name: str | None = None,
-                  from_images: bool = False) -> OODDetector:  # fmt: skip
+def load_detector(
+    path: str | Path, classifier: Classifier, name: str | None = None, from_images: bool = False
+) -> OODDetector:
     """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint.
     from_images: the caller scores images with OODDetector.score_images, so ODIN may be handed out too."""
     record = read_detectors(path)
-    path = Path(path).expanduser()
-    if classifier.checkpoint_path is not None:
-        digest = file_sha256(classifier.checkpoint_path)
-        if digest != record["checkpoint_sha256"]:
-            raise DetectorsError(
-                f"the OOD detectors in {path} were fitted for another checkpoint ({record.get('checkpoint')}), not "
-                f"for {classifier.checkpoint_path} (their SHA-256 differ), so their scores would mean nothing for "
-                f"this model. {_fix(path)}."
-            )
+    path, checkpoint = Path(path).expanduser(), classifier.checkpoint_path
+    if checkpoint is not None and file_sha256(checkpoint) != record["checkpoint_sha256"]:
+        raise DetectorsError(
+            f"the OOD detectors in {path} were fitted for another checkpoint ({record.get('checkpoint')}), not "
+            f"for {checkpoint} (their SHA-256 differ), so their scores would mean nothing for this model. {FIX}."
+        )
     name = name or DEFAULT_DETECTOR
     if name not in record["detectors"]:
         raise DetectorsError(
@@ -241,9 +213,9 @@ def load_detector(path: str | Path, classifier: Classifier, name: str | None = N
     detector = _detector(name, record["detectors"][name], str(path))
     try:
         if detector.layers:
-            check_layers(classifier.model, OODSettings(layers=detector.layers))
+            check_layers(classifier.model, MeanActivationSettings(layers=list(detector.layers)))
     except ValueError as exc:
-        raise DetectorsError(f"{path}: {exc}. {_fix(path)}.") from exc
+        raise DetectorsError(f"{path}: {exc}. {FIX}.") from exc
     return detector
 
 
@@ -251,11 +223,9 @@ def find_detectors(classifier: Classifier, log_dir: str | Path) -> Path | None:
     """The newest <log_dir>/evaluate/runs/*/ood_detectors.pt fitted for the classifier's very checkpoint, or None."""
     if classifier.checkpoint_path is None:
         return None
-    candidates = sorted(Path(log_dir).expanduser().glob(f"evaluate/runs/*/{DETECTORS_FILE}"),
-                        key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
-    if not candidates:
-        return None
-    digest = file_sha256(classifier.checkpoint_path)
+    candidates = Path(log_dir).expanduser().glob(f"evaluate/runs/*/{DETECTORS_FILE}")
+    candidates = sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)
+    digest = file_sha256(classifier.checkpoint_path) if candidates else None
     for candidate in candidates:
         try:
             # mmap: only the small header fields are read, not every candidate's fitted tensors
@@ -282,8 +252,7 @@ def fit_detector(
     from_images: as for load_detector (ODIN only then)."""
     name = name or DEFAULT_DETECTOR
     if name not in NAMES:
-        raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)} "
-                             f"(ood.detector=knn).")  # fmt: skip
+        raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)}.")
     if name in IMAGE_DETECTORS and not from_images:
         raise _refuse_images(name, "fitted now")
     split, _ = held_out_split(classifier.config.get("data"))
@@ -291,23 +260,23 @@ def fit_detector(
     datamodule.prepare_data()  # a missing or corrupt data folder fails here, naming the fix
     datamodule.load_state_dict(classifier.normalization)
     datamodule.setup("fit")
-    arrays = datamodule.arrays
-    layers = [check_layers(classifier.model, settings)[1]] if name == MEAN_ACTIVATION else []
-    val_images = arrays.train_images[datamodule.val_idx]
+    arrays, layers = datamodule.arrays, []
     if name == MEAN_ACTIVATION:
-        state: dict[str, Any] = {"layer": layers[0], "direction": settings.direction}
+        layers = [check_layers(classifier.model, settings.mean_activation)[1]]
+        state: dict[str, Any] = {"layer": layers[0], "direction": settings.mean_activation.direction}
     elif name in IMAGE_DETECTORS:
-        state = image_state(name, settings.detector)
+        state = image_state(name, settings)
     else:
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")
         try:
-            state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings.detector)
+            state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings)
         except DetectorFitError as exc:
-            raise DetectorsError(f"pytorch-ood could not fit the {name} detector on this model's training split "
-                                 f"({exc}). Fix: choose another detector (ood.detector=knn), or fit it on more "
-                                 f"images (ood.fit_images=null: all of them).") from exc  # fmt: skip
+            raise DetectorsError(
+                f"pytorch-ood could not fit the {name} detector on this model's training split ({exc}). Fix: choose "
+                f"another detector (ood.detector=knn), or fit it on more images (ood.fit_images=null: all of them)."
+            ) from exc
     unthresholded = OODDetector(name, 0.0, tuple(layers), "fitted now", state)
-    val_scores = unthresholded.score_images(classifier, val_images)  # features of the validation split, or ODIN's
-    threshold = settings.threshold.choose(val_scores)
+    val_scores = unthresholded.score_images(classifier, arrays.train_images[datamodule.val_idx])
+    threshold = choose_threshold(val_scores, settings.threshold)
     return OODDetector(name, float(threshold), tuple(layers), "fitted now", state)

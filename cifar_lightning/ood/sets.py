@@ -1,15 +1,15 @@
-"""Out-of-distribution test sets as uint8 (N, 3, 32, 32) tensors, like the CIFAR-10 test set.
+"""Out-of-distribution test sets as uint8 (N, 3, 32, 32) tensors, like the CIFAR-10 test set: an .npz file with a
+uint8 `images` array (N x H x W x 3 RGB, or N x H x W grayscale such as MNIST), a folder of image files (one that
+cannot be read is reported and skipped), or seeded noise. Grayscale is repeated to RGB and everything is resized to
+32x32 as predict.py sizes its inputs.
 
-Three sources: an .npz file with a uint8 `images` array (N x H x W x 3 RGB or N x H x W grayscale,
-e.g. the official 28x28 MNIST), a folder of image files, and seeded noise generated on the fly.
-A missing .npz of a standard set (an entry with `fetch`) is built from torchvision first (fetch.py).
-Everything is resized to 32x32 (antialiased bilinear) and grayscale is repeated to three channels.
-In a folder, a file that cannot be read as an image is reported and skipped, not fatal.
+The standard sets (CIFAR-100, MNIST, Fashion-MNIST test splits) are built, when their .npz is missing, from
+torchvision's md5-checked datasets, whose files it keeps (and downloads, when allowed) in `<the .npz's
+folder>/torchvision/`; the .npz holds uint8 `images` as torchvision stores them and int64 `labels`.
 """
 
-from __future__ import annotations
-
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,18 +17,32 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.datasets
 from torch import Tensor
 
-from cifar_lightning.errors import ConfigError, DataError, is_int
+from cifar_lightning.config.ood import OODSetSettings
+from cifar_lightning.errors import DataError, one_line
 from cifar_lightning.images import ImageError, fit_to_input, load_image
-from cifar_lightning.ood.fetch import SOURCES, fetch_set, raw_root
 
 log = logging.getLogger(__name__)
 
 SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-NOISE_KINDS = ("gaussian", "uniform")
-SET_KEYS = ("path", "fetch", "noise", "n", "kind", "seed")
+#: A standard set by its `fetch` name: its name in messages, its torchvision.datasets class and its folder.
+SOURCES = {
+    "cifar100": ("CIFAR-100", "CIFAR100", "cifar-100-python/"),
+    "mnist": ("MNIST", "MNIST", "MNIST/raw/"),
+    "fashion_mnist": ("Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw/"),
+}
+RAW_FOLDER = "torchvision"
+Spec = Mapping[str, Any] | OODSetSettings  # a set's config entry, as conf/ood/ writes it or validated
+
+
+def _fix(name: str) -> str:
+    return (
+        f"Fix the path in ood.sets.{name}.path, drop the set with ~ood.sets.{name}, or turn OOD detection off with "
+        "ood=none"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,7 @@ def to_rgb32(images: np.ndarray | Tensor) -> Tensor:
 
 def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
     """An .npz file holding a uint8 `images` array (N x H x W x 3, or N x H x W grayscale)."""
-    path = Path(path).expanduser()
-    fix = (f"Fix the path in ood.sets.{name}.path, drop the set with ~ood.sets.{name}, or turn OOD detection off "
-           f"with ood=none")  # fmt: skip
+    path, fix = Path(path).expanduser(), _fix(name)
     if not path.is_file():
         raise DataError(f"the OOD set {name!r} was not found: {path} does not exist. {fix}.")
     try:
@@ -90,25 +102,16 @@ def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
         raise DataError(f"the OOD set {name!r} in {path} is not usable: {exc}. {fix}.") from exc
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file as uint8 (32, 32, 3) RGB, by images.py's policy (as predict.py reads it); raises ImageError
-    with the reason if it is not a readable image."""
-    return load_image(path).permute(1, 2, 0).numpy()
-
-
 def load_folder(path: str | Path, name: str, kind: str = "custom") -> OODSet:
     """Every image file under a folder (recursively, sorted by path); unreadable files are skipped and listed."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise DataError(
-            f"the OOD set {name!r} was not found: {folder} is not a folder. Fix the path in ood.sets.{name}.path, "
-            f"drop the set with ~ood.sets.{name}, or turn OOD detection off with ood=none."
-        )
+        raise DataError(f"the OOD set {name!r} was not found: {folder} is not a folder. {_fix(name)}.")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     images, skipped = [], []
     for file in files:
         try:
-            images.append(read_image(file))
+            images.append(load_image(file).permute(1, 2, 0).numpy())  # as predict.py reads it
         except ImageError as exc:
             skipped.append(f"{file}: {exc}")
             log.warning("OOD set %r: skipped %s, it cannot be read as an image (%s)", name, file, exc)
@@ -128,89 +131,98 @@ def noise_images(noise: str, n: int, seed: int) -> Tensor:
     shape = (n, 3, SIZE, SIZE)
     if noise == "uniform":
         return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
-    if noise == "gaussian":
-        values = torch.randn(shape, generator=generator).mul_(0.25).add_(0.5)
-        return values.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
-    raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
+    values = torch.randn(shape, generator=generator).mul_(0.25).add_(0.5)
+    return values.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def check_set_spec(name: str, spec: Mapping[str, Any]) -> None:
-    """Refuse an OOD set entry that is not exactly one of {path: ...} or {noise: ..., n: ...}."""
-
-    def invalid(problem: str) -> ConfigError:
-        return ConfigError(
-            f"invalid OOD set ood.sets.{name}: {problem}. Each set is either a file or folder, "
-            f"+ood.sets.{name}.path=/data/my_set.npz (or a folder of images), or noise, "
-            f"ood.sets.{name}.noise=gaussian with ood.sets.{name}.n=10000. Or drop it with ~ood.sets.{name}, or turn "
-            f"OOD detection off with ood=none; nothing was evaluated."
-        )
-
-    if not isinstance(spec, Mapping):
-        raise invalid(f"expected a mapping, got {spec!r}")
-    unknown = sorted(set(spec) - set(SET_KEYS))
-    if unknown:
-        raise invalid(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(SET_KEYS)})")
-    has_path, noise = spec.get("path") is not None, spec.get("noise")
-    if has_path == (noise is not None):
-        raise invalid("give exactly one of `path` and `noise`")
-    fetch = spec.get("fetch")
-    if fetch is not None:
-        if fetch not in SOURCES:
-            raise invalid(f"fetch must be one of {', '.join(SOURCES)} (torchvision's test splits), got {fetch!r}")
-        if not has_path or not str(spec["path"]).endswith(".npz"):
-            example = f"ood.sets.{name}.path=/data/ood/{fetch}_test.npz"
-            raise invalid(f"fetch={fetch} needs the .npz path it writes, e.g. {example}")
-    if noise is not None:
-        if noise not in NOISE_KINDS:
-            raise invalid(f"noise must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
-        n = spec.get("n")
-        if not is_int(n, 1):
-            raise invalid(f"n must be a positive integer, got {n!r}")
+def _validated(spec: Spec) -> OODSetSettings:
+    return OODSetSettings.model_validate(spec) if isinstance(spec, Mapping) else spec
 
 
-def load_set(name: str, spec: Mapping[str, Any], seed: int) -> OODSet:
-    """One set from its config entry (see conf/ood/default.yaml); noise is seeded by `seed` (or the entry's own)."""
-    check_set_spec(name, spec)
-    kind = str(spec.get("kind") or ("synthetic" if spec.get("noise") else "custom"))
-    if spec.get("noise") is not None:
-        set_seed = spec.get("seed") if spec.get("seed") is not None else seed
-        source = f"{spec['noise']} noise, n={spec['n']}, seed={set_seed}"
-        return OODSet(name, noise_images(spec["noise"], spec["n"], set_seed), kind, source)
-    path = Path(str(spec["path"])).expanduser()
+def load_set(name: str, spec: Spec, seed: int) -> OODSet:
+    """One set from its config entry (conf/ood/); noise is seeded by `seed` (or the entry's own)."""
+    spec = _validated(spec)
+    kind = spec.kind or ("synthetic" if spec.noise else "custom")
+    if spec.noise is not None:
+        set_seed = spec.seed if spec.seed is not None else seed
+        source = f"{spec.noise} noise, n={spec.n}, seed={set_seed}"
+        return OODSet(name, noise_images(spec.noise, spec.n, set_seed), kind, source)
+    path = Path(spec.path).expanduser()
     return load_folder(path, name, kind) if path.is_dir() else load_npz(path, name, kind)
 
 
-def check_sets(specs: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse an empty set list or any bad entry (all entries), so that a typo fails before any loading."""
-    if not specs:
-        raise ConfigError(
-            "no OOD sets are configured (ood.sets is empty). Fix: keep the defaults of conf/ood/default.yaml, add one "
-            "with +ood.sets.mine.path=/data/my_set.npz, or turn OOD detection off with ood=none."
-        )
-    for name, spec in specs.items():
-        check_set_spec(name, spec)
-
-
-def load_sets(specs: Mapping[str, Mapping[str, Any]], seed: int) -> list[OODSet]:
-    """Every configured set, checked first (all entries) so that a typo fails before any loading."""
-    check_sets(specs)
+def load_sets(specs: Mapping[str, Spec], seed: int) -> list[OODSet]:
+    """Every configured set (entries as conf/ood/ writes them, or OODSetSettings)."""
     return [load_set(name, spec, seed) for name, spec in specs.items()]
 
 
-def prepare_sets(specs: Mapping[str, Mapping[str, Any]], seed: int, download: bool) -> list[OODSet]:
-    """Every configured set, loaded; a standard set whose .npz is missing (an entry with `fetch`) is first built
-    from torchvision's test split, downloaded when `download`. evaluate.py calls this before it writes anything,
-    so a missing set stops it with one error (every missing file and the fixes) and no half-finished output."""
-    check_sets(specs)
-    paths = {name: Path(str(spec["path"])).expanduser() for name, spec in specs.items() if spec.get("path") is not None}
+def raw_root(npz_path: str | Path) -> Path:
+    """Where torchvision keeps (and downloads) the files a set's .npz is built from: beside the .npz."""
+    return Path(npz_path).expanduser().parent / RAW_FOLDER
+
+
+def torchvision_test_split(source: str, root: str | Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The official test split through torchvision's dataset class: uint8 images and int64 labels. Raises whatever
+    torchvision raises when the files are missing or fail its md5 check (and downloading is off or fails)."""
+    dataset_class = getattr(torchvision.datasets, SOURCES[source][1])  # looked up here, so tests can patch it
+    dataset = dataset_class(root=str(root), train=False, download=download)
+    images, labels = dataset.data, dataset.targets
+    images = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+        raise ValueError(f"unexpected test split: images {images.dtype} {images.shape}, {len(labels)} labels")
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """np.savez_compressed to a temporary file, then renamed: a crash never leaves a half-written set behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as file:
+            np.savez_compressed(file, images=images, labels=labels)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def fetch_set(source: str, path: str | Path, download: bool) -> Path:
+    """Write `path` (an .npz) from torchvision's `source` test split, downloading it first if allowed; DataError
+    (the cause, in one sentence; callers add the fixes) when that fails."""
+    path = Path(path).expanduser()
+    (label, _, folder), root = SOURCES[source], raw_root(path)
+    log.info("OOD set %s: %s is missing; building it from torchvision's files in %s", source, path, root)
+    try:
+        images, labels = torchvision_test_split(source, root, download)
+    except Exception as exc:  # missing or corrupt files, network, disk or archive errors: all end the same way
+        cause = one_line(exc)
+        if download:
+            problem = f"downloading torchvision's {label} into {root} failed ({type(exc).__name__}: {cause[:300]})"
+        else:
+            problem = f"torchvision's {label} files are missing from {root}/{folder} too, or fail its checks"
+        raise DataError(problem) from exc
+    try:
+        save_npz(path, images, labels)
+    except OSError as exc:
+        raise DataError(f"{label} was read from {root}, but {path} could not be written ({exc})") from exc
+    shape = "x".join(map(str, images.shape[1:]))
+    log.info("OOD set %s: wrote %s (%d images, %s) from %s", source, path, len(images), shape, root)
+    return path
+
+
+def prepare_sets(specs: Mapping[str, Spec], seed: int, download: bool) -> list[OODSet]:
+    """Every configured set, loaded, a standard set whose .npz is missing first built from torchvision's test split
+    (downloaded when `download`); one error names every missing file and the fixes."""
+    specs = {name: _validated(spec) for name, spec in specs.items()}
+    paths = {name: Path(spec.path).expanduser() for name, spec in specs.items() if spec.path is not None}
     missing = [name for name, path in paths.items() if not path.exists()]
     for name in missing:
-        if specs[name].get("fetch") is None:  # a set of the user's own: nothing to build it from
+        if specs[name].fetch is None:  # a set of the user's own: nothing to build it from
             load_set(name, specs[name], seed)  # raises the error naming the path and the fix
     failures = []
     for name in missing:
         try:
-            fetch_set(specs[name]["fetch"], paths[name], download)
+            fetch_set(specs[name].fetch, paths[name], download)
         except DataError as exc:
             failures.append((name, paths[name], str(exc)))
     if failures:
@@ -225,13 +237,13 @@ def missing_sets_message(failures: Sequence[tuple[str, Path, str]], download: bo
     problems = "; ".join(f"{path} does not exist and {cause}" for _, path, cause in failures)
     folders = ", ".join(dict.fromkeys(str(path.parent) for _, path, _ in failures))
     roots = ", ".join(dict.fromkeys(str(raw_root(path)) for _, path, _ in failures))
-    splits = (f"(torchvision downloads the official, md5-checked test splits into {roots}, and evaluate.py saves "
-              f"them as those .npz files)")  # fmt: skip
-    if download:
-        online = f"Fix: check this machine's internet connection and rerun {splits}"
-    else:
-        online = (f"Downloading is off (ood.download=false, which follows data.download). Fix: on a machine with "
-                  f"internet, rerun with data.download=true or ood.download=true {splits}")  # fmt: skip
+    splits = f"(torchvision downloads the official, md5-checked test splits into {roots}, and evaluate.py saves them"
+    online = f"Fix: check this machine's internet connection and rerun {splits} as those .npz files)"
+    if not download:
+        online = (
+            f"Downloading is off (ood.download=false, which follows data.download). Fix: on a machine with internet, "
+            f"rerun with data.download=true or ood.download=true {splits} as those .npz files)"
+        )
     return (
         f"{what} not found: {problems}. {online}; or, offline, put the files in {folders} (cifar100_test.npz, "
         f"mnist_test.npz, fashion_mnist_test.npz: np.savez with a uint8 `images` array, N x 32 x 32 x 3 or "

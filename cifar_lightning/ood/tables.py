@@ -1,8 +1,6 @@
-"""The OOD results as tables: ood.md (a summary of every detector: mean AUROC and FPR@95 over the near and the far
-OOD sets, as OpenOOD reports them, with its fit and scoring seconds; then detector x OOD set, one table per
-metric), ood_layers.md (the report's Table 2: every activation layer a row) and the same tables for report.html."""
-
-from __future__ import annotations
+"""The OOD results as tables: ood.md (a near/far summary per detector as OpenOOD reports it, with its seconds; then
+detector x OOD set, one table per metric), ood_layers.md (the report's Table 2: a row per activation layer), and the
+same tables for report.html."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +18,7 @@ METRICS = {
     "aupr_out": ("AUPR-OUT", True),
     "detection_acc": ("Detection accuracy at the validation threshold", True),
 }
-DETECTOR_METRICS = ("auroc", "fpr95", "aupr_in", "aupr_out", "detection_acc")
+DETECTOR_METRICS = tuple(METRICS)
 LAYER_METRICS = ("detection_acc", "auroc", "fpr95")
 
 
@@ -45,17 +43,14 @@ def metric_table(result: OODResult, group: str, metric: str) -> Table:
 
 
 def summary_table(result: OODResult) -> Table:
-    """One row per detector: the mean AUROC and FPR@95 (%) over the near and over the far OOD sets (OpenOOD's
-    summary; "-" where no set is of that kind), and the seconds of its fit and of its scoring."""
-    means = result.kind_means()
-    seconds = result.detector_seconds()
-    header = ["detector"]
-    header += [f"{kind} {METRICS[metric][0]}" for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
-    header += ["fit (s)", "scoring (s)"]
+    """Per detector: the mean AUROC and FPR@95 (%) over the near and the far sets ("-": no set of that kind), and
+    the seconds of its fit and of its scoring."""
+    means, seconds = result.kind_means(), result.detector_seconds()
+    columns = [(metric, kind) for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
+    header = ["detector", *(f"{kind} {METRICS[metric][0]}" for metric, kind in columns), "fit (s)", "scoring (s)"]
     rows = []
     for name in result.detectors:
-        values = [f"{100 * means[name][kind][metric]:.2f}" if means[name][kind] is not None else "-"
-                  for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]  # fmt: skip
+        values = ["-" if means[name][k] is None else f"{100 * means[name][k][m]:.2f}" for m, k in columns]
         rows.append([name, *values, f"{seconds[name]['fit']:.2f}", f"{seconds[name]['score']:.2f}"])
     return Table("Summary: mean over the near and the far OOD sets (%), and seconds per detector", header, rows)
 
@@ -71,24 +66,20 @@ def layer_tables(result: OODResult) -> list[Table]:
 def setup_note(result: OODResult) -> str:
     """One paragraph: what was fitted and thresholded on what, so the tables can be read alone."""
     counts, threshold = result.counts, result.settings["threshold"]
-    if threshold["method"] == "percentile":
-        rule = f"the value that keeps {threshold['id_keep']:.0%} of the validation images as in-distribution"
-    else:
-        rule = (f"the edge of the validation histogram ({threshold['bins']} bins, ignoring outer bins with under "
-                f"{threshold['min_fraction']:.1%} of the images)")  # fmt: skip
-    trained_on = (", held out of the detectors' fit but trained on: the run held out no validation split"
-                  if result.settings.get("val_trained_on") else "")  # fmt: skip
-    sets = "; ".join(f"{name}: {info['n']:,} images, {info['kind']}, from {info['source']}"
-                     for name, info in result.sets.items())  # fmt: skip
-    fitted = [f"knn (k={result.settings['knn_k']})" if name == "knn" else name for name in result.states
-              if name in FITTED]  # fmt: skip
-    fitted_text = (f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
-                   f"detectors need no fit. ")  # fmt: skip
-    left_out = "".join(f" {name} is left out: pytorch-ood could not fit it ({reason})." for name, reason in
-                       result.left_out.items())  # fmt: skip
-    images = [name for name in result.states if name in IMAGE_DETECTORS]
-    image_text = (f" {', '.join(images)} perturbs every image through the whole network instead, so its scoring "
-                  f"seconds include those passes." if images else "")  # fmt: skip
+    rule = f"the value that keeps {threshold['id_keep']:.0%} of the validation images as in-distribution"
+    if threshold["method"] == "histogram":
+        rule = f"the edge of the validation histogram ({threshold['bins']} bins, ignoring outer bins with under "
+        rule += f"{threshold['min_fraction']:.1%} of the images)"
+    trained_on = ", held out of the detectors' fit but trained on: the run held out no validation split"
+    trained_on = trained_on if result.settings.get("val_trained_on") else ""
+    sets = "; ".join(f"{name}: {s['n']:,} images, {s['kind']}, from {s['source']}" for name, s in result.sets.items())
+    fitted = [f"knn (k={result.settings['knn_k']})" if n == "knn" else n for n in result.states if n in FITTED]
+    fitted_text = f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
+    fitted_text += "detectors need no fit. "
+    left_out = "".join(f" {n} is left out: pytorch-ood could not fit it ({why})." for n, why in result.left_out.items())
+    images = ", ".join(name for name in result.states if name in IMAGE_DETECTORS)
+    image_text = f" {images} perturbs every image through the whole network instead, so its scoring seconds "
+    image_text = image_text + "include those passes." if images else ""
     return (
         f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). {fitted_text if fitted else ''}"
         f"Every threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. "
@@ -115,11 +106,10 @@ def write_markdown(path: Path, title: str, note: str, tables: Sequence[Table]) -
 
 def write_tables(result: OODResult, out_dir: Path, subject: str) -> list[Path]:
     """ood.md and ood_layers.md in out_dir; `subject` names the model (e.g. its experiment and checkpoint)."""
-    note = setup_note(result)
+    note, out_dir = setup_note(result), Path(out_dir)
+    by_layer = "OOD detection by mean activation, per layer"
+    layer_note = note + " The last column is each layer's threshold on the mean activation."
     return [
-        write_markdown(Path(out_dir) / "ood.md", f"OOD detection: {subject}", note, detector_tables(result)),
-        write_markdown(
-            Path(out_dir) / "ood_layers.md", f"OOD detection by mean activation, per layer: {subject}",
-            note + " The last column is each layer's threshold on the mean activation.", layer_tables(result),
-        ),
-    ]  # fmt: skip
+        write_markdown(out_dir / "ood.md", f"OOD detection: {subject}", note, detector_tables(result)),
+        write_markdown(out_dir / "ood_layers.md", f"{by_layer}: {subject}", layer_note, layer_tables(result)),
+    ]

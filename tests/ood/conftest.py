@@ -53,11 +53,23 @@ def ood_evaluated(tiny_run, data_dir, tmp_path_factory) -> tuple[Path, Path]:
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     log_dir = tmp_path_factory.mktemp("logs")
     out = log_dir / "evaluate" / "runs" / "first"
-    cfg = compose_evaluate([
-        f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"ood.data_dir={sets}", "ood.download=false",
-        f"ood.fit_images={FIT_IMAGES}", f"ood.sets.gaussian_noise.n={SET_SIZE}", f"ood.sets.uniform_noise.n={SET_SIZE}",
-        f"+ood.sets.mine.path={folder}", "ood.gallery_size=4", "gallery.size=4", "gradcam.count=1",
-        f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
-    ], out, ood=True)  # fmt: skip
+    cfg = compose_evaluate(
+        [
+            f"run_dir={tiny_run[0]}",
+            f"data.data_dir={data_dir}",
+            f"ood.data_dir={sets}",
+            "ood.download=false",
+            f"ood.fit_images={FIT_IMAGES}",
+            f"ood.sets.gaussian_noise.n={SET_SIZE}",
+            f"ood.sets.uniform_noise.n={SET_SIZE}",
+            f"+ood.sets.mine.path={folder}",
+            "ood.gallery_size=4",
+            "gallery.size=4",
+            "gradcam.count=1",
+            f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
+        ],
+        out,
+        ood=True,
+    )
     evaluate(cfg)
     return log_dir, out

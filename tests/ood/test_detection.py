@@ -8,9 +8,10 @@ import torch
 from pytorch_ood.detector import MaxSoftmax
 
 from cifar_lightning.checkpoints import build_model, load_checkpoint, normalization
+from cifar_lightning.config.ood import OODSettings, ThresholdSettings
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.inference import classifier_head, extract_features
-from cifar_lightning.ood.detection import OODSettings, ThresholdSettings, mean_activation_name, score_ood
+from cifar_lightning.ood.detection import mean_activation_name, score_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
 from cifar_lightning.ood.metrics import percentile_threshold
 from cifar_lightning.ood.sets import noise_images
@@ -48,17 +49,26 @@ def extracted(model_and_data):
     }
 
 
-def score(model_and_data, extracted, id_test, ood, settings=OODSettings(detectors=("msp",))):
-    return score_ood(classifier_head(model_and_data[0]), fit=extracted["fit"], fit_labels=extracted["fit_labels"],
-                     val=extracted["val"], id_test=id_test, ood=ood, sets={name: {} for name in ood},
-                     settings=settings)  # fmt: skip
+def score(model_and_data, extracted, id_test, ood, settings=OODSettings(detectors=["msp"])):
+    return score_ood(
+        classifier_head(model_and_data[0]),
+        fit=extracted["fit"],
+        fit_labels=extracted["fit_labels"],
+        val=extracted["val"],
+        id_test=id_test,
+        ood=ood,
+        sets={name: {} for name in ood},
+        settings=settings,
+    )
 
 
 def test_two_halves_of_the_test_set_are_indistinguishable(model_and_data, extracted):
     test = extracted["test"]
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
     half = {"other half": test.subset(order[5000:])}
-    result = score(model_and_data, extracted, test.subset(order[:5000]), half, OODSettings(detectors=FEATURE_DETECTORS))
+    result = score(
+        model_and_data, extracted, test.subset(order[:5000]), half, OODSettings(detectors=list(FEATURE_DETECTORS))
+    )
     # The tiny model predicts no horse: SHE (a mean feature per correctly classified class) cannot be fitted.
     assert set(result.left_out) <= {"she"}
     assert set(result.detectors) == {*FEATURE_DETECTORS, mean_activation_name("relu4")} - set(result.left_out)
@@ -72,7 +82,7 @@ def test_two_halves_of_the_test_set_are_indistinguishable(model_and_data, extrac
 
 @pytest.mark.parametrize("method", ["percentile", "histogram"])
 def test_thresholds_see_only_the_validation_split(model_and_data, extracted, method):
-    settings = OODSettings(detectors=("msp",), threshold=ThresholdSettings(method=method))
+    settings = OODSettings(detectors=["msp"], threshold=ThresholdSettings(method=method))
     test = extracted["test"]
     first = score(model_and_data, extracted, test.subset(slice(0, 2000)), {"noise": extracted["uniform"]}, settings)
     other_sets = {"noise": extracted["gaussian"], "part of test": test.subset(slice(2000, 3000))}
@@ -92,7 +102,12 @@ def test_the_threshold_is_the_validation_percentile(model_and_data, extracted):
 
 def test_direction_above_flips_the_mean_activation_score(model_and_data, extracted):
     below = score(model_and_data, extracted, extracted["test"], {"noise": extracted["uniform"]})
-    above = score(model_and_data, extracted, extracted["test"], {"noise": extracted["uniform"]},
-                  OODSettings(detectors=("msp",), direction="above", layers=("relu4",)))  # fmt: skip
+    above = score(
+        model_and_data,
+        extracted,
+        extracted["test"],
+        {"noise": extracted["uniform"]},
+        OODSettings(detectors=["msp"], mean_activation={"direction": "above", "layers": ["relu4"]}),
+    )
     assert list(above.layers) == ["relu4"]
     assert above.layers["relu4"]["noise"]["auroc"] == pytest.approx(1 - below.layers["relu4"]["noise"]["auroc"])

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cifar_lightning.config.ood import DetectorHyperparameters
 from cifar_lightning.data import CIFAR10_CLASSES, load_cifar10
 from cifar_lightning.inference import Classifier, Features
 from cifar_lightning.ood.detection import OODSettings, detect_ood
@@ -32,7 +33,6 @@ from cifar_lightning.ood.detectors import (
     DETECTOR_LABELS,
     IMAGE_DETECTORS,
     DetectorFitError,
-    DetectorSettings,
     build_detectors,
     fit_state,
     image_state,
@@ -44,7 +44,7 @@ from cifar_lightning.ood.sets import OODSet, noise_images
 
 FIT_IMAGES = 2000
 FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
-SETTINGS = DetectorSettings()  # conf/ood/default.yaml's values
+SETTINGS = DetectorHyperparameters()  # conf/ood/default.yaml's values
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,14 @@ def probed(classifier, arrays, halves):
     first, second = test.penultimate[halves[0]], test.penultimate[halves[1]]
     # Shifted: every feature vector's dimensions permuted and doubled, a different distribution for every detector.
     permutation = torch.randperm(second.shape[1], generator=torch.Generator().manual_seed(1))
-    return (head, through_head(fit.penultimate), labels, through_head(first), through_head(second),
-            through_head(second[:, permutation] * 2.0))  # fmt: skip
+    return (
+        head,
+        through_head(fit.penultimate),
+        labels,
+        through_head(first),
+        through_head(second),
+        through_head(second[:, permutation] * 2.0),
+    )
 
 
 def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
@@ -98,9 +104,27 @@ def auroc(id_scores: torch.Tensor, ood_scores: torch.Tensor) -> float:
 def test_every_detector_of_the_issue_is_known():
     """pytorch-ood 0.4's post-hoc detectors, all selectable by name (fDBD included: this pytorch-ood has it)."""
     assert set(DETECTOR_LABELS) == {
-        "msp", "energy", "max_logit", "mahalanobis", "knn", "vim", "ash", "dice", "entropy", "fdbd", "gen",
-        "gradnorm", "kl_matching", "odin", "react", "rmd", "scale", "she", "nnguide", "weighted_ebo",
-    }  # fmt: skip
+        "msp",
+        "energy",
+        "max_logit",
+        "mahalanobis",
+        "knn",
+        "vim",
+        "ash",
+        "dice",
+        "entropy",
+        "fdbd",
+        "gen",
+        "gradnorm",
+        "kl_matching",
+        "odin",
+        "react",
+        "rmd",
+        "scale",
+        "she",
+        "nnguide",
+        "weighted_ebo",
+    }
 
 
 @pytest.mark.parametrize("name", FEATURE_DETECTORS)
@@ -169,10 +193,14 @@ def test_detect_ood_scores_odin_from_the_images(classifier, arrays):
     """detect_ood runs ODIN on the validation, test and OOD images themselves, and times it like the others."""
     noise = OODSet("noise", noise_images("gaussian", 300, 2), "synthetic", "test")
     result = detect_ood(
-        classifier, fit_images=arrays.train_images[:500], fit_labels=arrays.train_labels[:500],
-        val_images=arrays.train_images[45_000:45_500], id_images=arrays.test_images[:1000], ood_sets=[noise],
-        settings=OODSettings(detectors=("msp", "odin"), layers=("relu4",)),
-    )  # fmt: skip
+        classifier,
+        fit_images=arrays.train_images[:500],
+        fit_labels=arrays.train_labels[:500],
+        val_images=arrays.train_images[45_000:45_500],
+        id_images=arrays.test_images[:1000],
+        ood_sets=[noise],
+        settings=OODSettings(detectors=["msp", "odin"], mean_activation={"layers": ["relu4"]}),
+    )
     assert list(result.detectors) == ["msp", "odin", "mean activation (relu4)"]
     assert result.states["odin"] == {"temperature": 1000.0, "eps": 0.0014}
     expected = score_images("odin", result.states["odin"], classifier, noise.images)
@@ -184,14 +212,26 @@ def test_detect_ood_scores_odin_from_the_images(classifier, arrays):
 
 # pytorch-ood's own classes as their documentation builds them, on a small deterministic model.
 
-#: Hyperparameters that are neither the project's defaults (DetectorSettings()) nor pytorch-ood's (KNN k=50, GEN
+#: Hyperparameters that are neither the project's defaults (DetectorHyperparameters()) nor pytorch-ood's (KNN k=50, GEN
 #: gamma=0.1 M=None, ReAct 0.9, ASH ash-s 0.65, SCALE 0.65, NNGuide k=10, GradNorm T=1, ODIN T=1000 eps=0.0014):
 #: a detector that dropped one of them would score differently from pytorch-ood's class built with it.
-ODD = DetectorSettings(
-    knn_k=7, vim_dim=12, gen_gamma=0.3, gen_m=4, weighted_ebo_weights=tuple(0.2 + 0.15 * k for k in range(10)),
-    react_percentile=0.8, ash_variant="ash-p", ash_percentile=0.7, scale_percentile=0.75, dice_p=0.7, nnguide_k=9,
-    nnguide_bank=0.5, gradnorm_temperature=2.5, odin_temperature=7.0, odin_eps=0.01,
-)  # fmt: skip
+ODD = DetectorHyperparameters(
+    knn_k=7,
+    vim_dim=12,
+    gen_gamma=0.3,
+    gen_m=4,
+    weighted_ebo_weights=[0.2 + 0.15 * k for k in range(10)],
+    react_percentile=0.8,
+    ash_variant="ash-p",
+    ash_percentile=0.7,
+    scale_percentile=0.75,
+    dice_p=0.7,
+    nnguide_k=9,
+    nnguide_bank=0.5,
+    gradnorm_temperature=2.5,
+    odin_temperature=7.0,
+    odin_eps=0.01,
+)
 REFERENCE_FIT, REFERENCE_TEST = 300, 100  # CIFAR-10 training images the detectors learn from; test images scored
 
 
@@ -273,26 +313,34 @@ def reference(name: str, classifier: Classifier, fit_images: torch.Tensor, fit_l
         "ash": lambda: pod.ASH(model.maps, model.on_maps, variant=ODD.ash_variant, percentile=ODD.ash_percentile),
         "scale": lambda: pod.SCALE(model.maps, model.on_maps, percentile=ODD.scale_percentile),
         "dice": lambda: pod.DICE(encoder, weight, bias, p=ODD.dice_p).fit(fit),
-        "gradnorm": lambda: pod.GradNorm(model, param_filter=lambda parameter: parameter == "head.weight",
-                                         temperature=ODD.gradnorm_temperature),
-        "odin": lambda: pod.ODIN(model, eps=ODD.odin_eps, temperature=ODD.odin_temperature,
-                                 norm_std=list(classifier.std)),
-    }  # fmt: skip
+        "gradnorm": lambda: pod.GradNorm(
+            model, param_filter=lambda parameter: parameter == "head.weight", temperature=ODD.gradnorm_temperature
+        ),
+        "odin": lambda: pod.ODIN(
+            model, eps=ODD.odin_eps, temperature=ODD.odin_temperature, norm_std=list(classifier.std)
+        ),
+    }
     return build[name]()
 
 
 def test_the_reference_settings_are_nobodys_defaults():
     """Every hyperparameter of ODD differs from the project's default and from the default of pytorch-ood's class,
     so that one dropped on the way is seen."""
-    defaults = DetectorSettings()
-    assert all(getattr(ODD, key) != getattr(defaults, key) for key in defaults.__dataclass_fields__)
+    defaults = DetectorHyperparameters()
+    assert all(getattr(ODD, key) != getattr(defaults, key) for key in DetectorHyperparameters.model_fields)
     pytorch_ood_defaults = {
-        "knn_k": (pod.KNN, "k"), "gen_gamma": (pod.GEN, "gamma"), "gen_m": (pod.GEN, "M"),
-        "react_percentile": (pod.ReAct, "percentile"), "ash_variant": (pod.ASH, "variant"),
-        "ash_percentile": (pod.ASH, "percentile"), "scale_percentile": (pod.SCALE, "percentile"),
-        "nnguide_k": (pod.NNGuide, "k"), "gradnorm_temperature": (pod.GradNorm, "temperature"),
-        "odin_temperature": (pod.ODIN, "temperature"), "odin_eps": (pod.ODIN, "eps"),
-    }  # fmt: skip
+        "knn_k": (pod.KNN, "k"),
+        "gen_gamma": (pod.GEN, "gamma"),
+        "gen_m": (pod.GEN, "M"),
+        "react_percentile": (pod.ReAct, "percentile"),
+        "ash_variant": (pod.ASH, "variant"),
+        "ash_percentile": (pod.ASH, "percentile"),
+        "scale_percentile": (pod.SCALE, "percentile"),
+        "nnguide_k": (pod.NNGuide, "k"),
+        "gradnorm_temperature": (pod.GradNorm, "temperature"),
+        "odin_temperature": (pod.ODIN, "temperature"),
+        "odin_eps": (pod.ODIN, "eps"),
+    }
     for key, (detector, parameter) in pytorch_ood_defaults.items():
         assert getattr(ODD, key) != inspect.signature(detector).parameters[parameter].default, key
 
@@ -326,8 +374,9 @@ def test_scores_equal_pytorch_oods_own_detector(tiny_net, name, tmp_path):
 
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-7)
     torch.save({"state": state}, tmp_path / "state.pt")
-    torch.testing.assert_close(rebuilt(torch.load(tmp_path / "state.pt", weights_only=True)["state"]), expected,
-                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(
+        rebuilt(torch.load(tmp_path / "state.pt", weights_only=True)["state"]), expected, rtol=1e-5, atol=1e-7
+    )
 
 
 # The direction: well-separated class clusters of non-negative (ReLU-like) penultimate features, each class
@@ -371,8 +420,13 @@ def clusters():
     fit_labels, id_labels = torch.arange(600) % CLASSES, torch.arange(300) % CLASSES
     unused = range(CLASSES, DIMENSIONS // BLOCK)  # blocks no class is active on
     far = [CLASSES + index % len(unused) for index in range(150)] + [None] * 150
-    return (head, features(points(fit_labels.tolist())), fit_labels, features(points(id_labels.tolist())),
-            features(points(far)))  # fmt: skip
+    return (
+        head,
+        features(points(fit_labels.tolist())),
+        fit_labels,
+        features(points(id_labels.tolist())),
+        features(points(far)),
+    )
 
 
 @pytest.mark.parametrize("name", FEATURE_DETECTORS)
@@ -388,8 +442,9 @@ class PatternNet(nn.Module):
 
     def __init__(self, patterns: torch.Tensor):
         super().__init__()
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(patterns[0].numel(), len(patterns), bias=False),
-                                      nn.ReLU())  # fmt: skip
+        self.features = nn.Sequential(
+            nn.Flatten(), nn.Linear(patterns[0].numel(), len(patterns), bias=False), nn.ReLU()
+        )
         self.head = nn.Linear(len(patterns), len(patterns))
         with torch.no_grad():
             self.features[1].weight.copy_(patterns.flatten(1) / patterns[0].numel() ** 0.5)
@@ -412,8 +467,9 @@ def test_odin_scores_images_far_from_every_class_as_outliers():
         drawn = [48 * patterns[k] if k is not None else torch.zeros(3, 32, 32) for k in classes]
         return (128 + torch.stack(drawn) + noise).clamp(0, 255).to(torch.uint8)
 
-    classifier = Classifier(PatternNet(patterns).eval(), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), CIFAR10_CLASSES,
-                            torch.device("cpu"))  # fmt: skip
+    classifier = Classifier(
+        PatternNet(patterns).eval(), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), CIFAR10_CLASSES, torch.device("cpu")
+    )
     state = image_state("odin", SETTINGS)
     inside = score_images("odin", state, classifier, images([k % 10 for k in range(100)]))
     outside = score_images("odin", state, classifier, images([None] * 100))

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torchvision.datasets
 
-from cifar_lightning.errors import ConfigError, DataError
+from cifar_lightning.config.schema import problems
+from cifar_lightning.errors import DataError
 from cifar_lightning.evaluation import evaluate
-from cifar_lightning.ood.fetch import fetch_set
-from cifar_lightning.ood.sets import check_set_spec, prepare_sets
+from cifar_lightning.ood.sets import fetch_set, prepare_sets
 from tests.conftest import compose_evaluate
 
 N_TEST, N_TRAIN = 12, 4
@@ -49,8 +49,13 @@ def write_cifar100(root: Path, monkeypatch, seed: int = 0, patch_md5: bool = Tru
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
         labels = rng.integers(0, 100, n).tolist()
-        entry = {"data": data, "fine_labels": labels, "coarse_labels": [label // 5 for label in labels],
-                 "filenames": [f"{split}_{i}.png" for i in range(n)], "batch_label": f"{split} batch"}  # fmt: skip
+        entry = {
+            "data": data,
+            "fine_labels": labels,
+            "coarse_labels": [label // 5 for label in labels],
+            "filenames": [f"{split}_{i}.png" for i in range(n)],
+            "batch_label": f"{split} batch",
+        }
         (folder / split).write_bytes(pickle.dumps(entry))
         if split == "test":
             expected = {"images": data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), "labels": np.array(labels)}
@@ -115,8 +120,11 @@ def assert_documented_npz(path: Path, expected: dict[str, np.ndarray]) -> None:
 def test_torchvision_files_become_the_documented_npz(tmp_path, monkeypatch, gz, download):
     """Downloaded archives (md5-checked and extracted by torchvision) or already extracted files (offline)."""
     expected = write_all(tmp_path, monkeypatch, gz=gz)
-    for source, shape in (("cifar100", (N_TEST, 32, 32, 3)), ("mnist", (N_TEST, 28, 28)),
-                          ("fashion_mnist", (N_TEST, 28, 28))):  # fmt: skip
+    for source, shape in (
+        ("cifar100", (N_TEST, 32, 32, 3)),
+        ("mnist", (N_TEST, 28, 28)),
+        ("fashion_mnist", (N_TEST, 28, 28)),
+    ):
         path = fetch_set(source, tmp_path / f"{source}_test.npz", download=download)
         assert path == tmp_path / f"{source}_test.npz" and expected[source]["images"].shape == shape
         assert_documented_npz(path, expected[source])
@@ -134,8 +142,10 @@ def test_files_that_fail_torchvisions_md5_check_are_refused(tmp_path, monkeypatc
 
 
 def test_missing_sets_are_named_together_with_the_fixes(tmp_path):
-    specs = {name: {"path": str(tmp_path / f"{name}_test.npz"), "fetch": name}
-             for name in ("cifar100", "mnist", "fashion_mnist")}  # fmt: skip
+    specs = {
+        name: {"path": str(tmp_path / f"{name}_test.npz"), "fetch": name}
+        for name in ("cifar100", "mnist", "fashion_mnist")
+    }
     for download, fix in ((False, "rerun with data.download=true"), (True, "check this machine's internet")):
         with pytest.raises(DataError) as info:
             prepare_sets({**specs, "noise": {"noise": "uniform", "n": 5}}, seed=0, download=download)
@@ -144,10 +154,10 @@ def test_missing_sets_are_named_together_with_the_fixes(tmp_path):
         for name in specs:
             assert f"{tmp_path / f'{name}_test.npz'} does not exist" in message
         assert f"put the files in {tmp_path}" in message and str(tmp_path / "torchvision") in message
-    with pytest.raises(ConfigError, match="fetch must be one of cifar100, mnist, fashion_mnist"):
-        check_set_spec("x", {"path": "x.npz", "fetch": "svhn"})
-    with pytest.raises(ConfigError, match="needs the .npz path it writes"):
-        check_set_spec("x", {"path": "folder/", "fetch": "mnist"})
+    refused = problems({"ood": {"sets": {"x": {"path": "x.npz", "fetch": "svhn"}}}})
+    assert "ood.sets.x.fetch must be one of cifar100, mnist, fashion_mnist" in refused[0][1]
+    refused = problems({"ood": {"sets": {"x": {"path": "folder/", "fetch": "mnist"}}}})
+    assert refused[0][0] == "ood.sets.x" and "needs the .npz path it writes" in refused[0][1]
 
 
 def evaluate_cfg(run: Path, data_dir: Path, data_root: Path, out: Path, *overrides: str):
@@ -155,11 +165,22 @@ def evaluate_cfg(run: Path, data_dir: Path, data_root: Path, out: Path, *overrid
     quick OOD settings."""
     data_root.mkdir(parents=True, exist_ok=True)
     (data_root / "cifar-10-batches-py").symlink_to(data_dir / "cifar-10-batches-py", target_is_directory=True)
-    return compose_evaluate([
-        f"run_dir={run}", f"data.data_dir={data_root}", "ood.fit_images=500", "ood.detectors=[msp]",
-        "ood.sets.gaussian_noise.n=50", "ood.sets.uniform_noise.n=50", "ood.gallery_size=2", "gallery.size=2",
-        "gradcam.count=1", *overrides,
-    ], out, ood=True)  # fmt: skip
+    return compose_evaluate(
+        [
+            f"run_dir={run}",
+            f"data.data_dir={data_root}",
+            "ood.fit_images=500",
+            "ood.detectors=[msp]",
+            "ood.sets.gaussian_noise.n=50",
+            "ood.sets.uniform_noise.n=50",
+            "ood.gallery_size=2",
+            "gallery.size=2",
+            "gradcam.count=1",
+            *overrides,
+        ],
+        out,
+        ood=True,
+    )
 
 
 def test_evaluate_builds_missing_sets_from_torchvision(tiny_run, data_dir, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from matplotlib.image import imread
 
-from cifar_lightning.ood.figures import plot_ood_gallery, plot_score_histogram
+from cifar_lightning.ood.figures import plot_ood_gallery, plot_value_histogram
 from tests.ood.conftest import FIRST_OOD, ID_FILL, colour_pixels, png_rgb
 
 
@@ -25,7 +25,8 @@ def test_a_score_histogram_takes_infinite_scores(tmp_path):
     generator = torch.Generator().manual_seed(0)
     inside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64), torch.tensor([-torch.inf])])
     outside = torch.cat([torch.randn(300, generator=generator, dtype=torch.float64) + 4, torch.tensor([-torch.inf])])
-    path = plot_score_histogram("weighted energy", inside, {"noise": outside}, 1.6, tmp_path / "s.png")
+    texts = "OOD above", "score", "weighted energy"
+    path = plot_value_histogram(inside, {"noise": outside}, 1.6, texts, tmp_path / "s.png")
     rgb = png_rgb(path)
     assert rgb.shape == (420, 750, 3)
     filled, outline = colour_pixels(rgb, ID_FILL), colour_pixels(rgb, FIRST_OOD)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifar_lightning.config.ood import DETECTOR_LABELS
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
 from cifar_lightning.ood.detection import fit_subset
-from cifar_lightning.ood.detectors import DETECTOR_LABELS
 from cifar_lightning.ood.job import ood_settings
 from cifar_lightning.ood.tables import DETECTOR_METRICS, LAYER_METRICS, METRICS
 from tests.conftest import compose_evaluate
@@ -33,8 +33,12 @@ from tests.ood.conftest import (
 SETS = [*DEFAULT_SETS, "mine"]
 LAYERS = [f"relu{i}" for i in range(1, 5)]
 #: The figures: a histogram per layer; the featured detectors' (the report's rule and KNN) scores and galleries.
-FIGURES = [*(f"ood_hist_{layer}.png" for layer in LAYERS), "ood_gallery.png", "ood_scores_knn.png",
-           "ood_gallery_knn.png"]  # fmt: skip
+FIGURES = [
+    *(f"ood_hist_{layer}.png" for layer in LAYERS),
+    "ood_gallery.png",
+    "ood_scores_knn.png",
+    "ood_gallery_knn.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +57,9 @@ def markdown_tables(text: str) -> dict[str, list[list[str]]]:
     for block in text.split("\n## ")[1:]:
         title, _, body = block.partition("\n")
         lines = [line.strip() for line in body.splitlines() if line.startswith("|")]
-        tables[title] = [[cell.strip() for cell in line[1:-1].split(" | ")] for line in lines
-                         if set(line) - set("|-: ")]  # fmt: skip
+        tables[title] = [
+            [cell.strip() for cell in line[1:-1].split(" | ")] for line in lines if set(line) - set("|-: ")
+        ]
     return tables
 
 
@@ -117,8 +122,15 @@ def test_every_table_number_is_ood_jsons(evaluated, saved):
             values = [saved["detectors"][name][set_name][metric] for set_name in SETS]
             assert cells == [*map(percent, values), percent(sum(values) / len(values))], (metric, name)
     summary = tables["Summary: mean over the near and the far OOD sets (%), and seconds per detector"]
-    assert summary[0] == ["detector", "near AUROC", "far AUROC", "near FPR@95%TPR", "far FPR@95%TPR", "fit (s)",
-                          "scoring (s)"]  # fmt: skip
+    assert summary[0] == [
+        "detector",
+        "near AUROC",
+        "far AUROC",
+        "near FPR@95%TPR",
+        "far FPR@95%TPR",
+        "fit (s)",
+        "scoring (s)",
+    ]
     assert [row[0] for row in summary[1:]] == list(saved["detectors"])
     for name, *cells in summary[1:]:
         near_far, seconds = saved["near_far"][name], saved["detector_seconds"][name]
@@ -151,15 +163,17 @@ def test_the_report_shows_the_ood_results(evaluated):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("ood.detectors=[msp,mystery]", "unknown detector(s) mystery"),
-        ("ood.threshold.method=eyeball", "must be one of percentile, histogram"),
-        ("ood.threshold.id_keep=1.5", "must be a fraction in (0, 1]"),
-        ("ood.knn_k=0", "invalid `ood.knn_k` config"),
-        ("ood.mean_activation.direction=sideways", "must be one of below, above"),
-        ("+ood.sets.mnist.noise=pink", "exactly one of `path` and `noise`"),
+        ("ood.detectors=[msp,mystery]", "ood.detectors must be a list of distinct names among msp, energy"),
+        ("ood.detectors=[msp,msp]", "ood.detectors lists a detector twice"),
+        ("ood.threshold.method=eyeball", "ood.threshold.method must be one of percentile, histogram"),
+        ("ood.threshold.id_keep=1.5", "ood.threshold.id_keep must be in (0, 1]"),
+        ("ood.knn_k=0", "ood.knn_k must be a positive integer"),
+        ("ood.mean_activation.direction=sideways", "ood.mean_activation.direction must be one of below, above"),
+        ("+ood.sets.mnist.noise=pink", "ood.sets.mnist.noise must be one of gaussian, uniform"),
+        ("+ood.sets.mnist.noise=gaussian", "exactly one of `path` and `noise`"),
         ("ood.mean_activation.layer=relu9", "no activation layer 'relu9'"),
-        ("ood.download=maybe", "invalid `ood.download` config: must be true or false"),
-        ("ood.sets.mnist.fetch=svhn", "fetch must be one of cifar100, mnist, fashion_mnist"),
+        ("ood.download=maybe", "ood.download must be true or false"),
+        ("ood.sets.mnist.fetch=svhn", "ood.sets.mnist.fetch must be one of cifar100, mnist, fashion_mnist"),
     ],
 )
 def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_path, override, expected):
@@ -167,54 +181,67 @@ def test_bad_settings_stop_before_anything_is_written(tiny_run, data_dir, tmp_pa
     cfg = compose_evaluate(overrides, tmp_path / "out", ood=True)
     with pytest.raises(ConfigError) as info:
         run_evaluation(cfg)
-    assert expected in str(info.value) and "ood=none" in str(info.value)
+    assert str(info.value).startswith("invalid `ood") and expected in str(info.value)
+    assert "Fix the value on the command line (python evaluate.py ood." in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("ood.gen_gamma=0", "`ood.gen_gamma` config: must be a positive number"),
-        ("ood.gen_m=0", "`ood.gen_m` config: must be a positive integer or null"),
-        ("ood.weighted_ebo_weights=[1,2]", "`ood.weighted_ebo_weights` config: must be null or 10 numbers >= 0"),
+        ("ood.gen_gamma=0", "ood.gen_gamma must be a positive number"),
+        ("ood.gen_m=0", "ood.gen_m must be a positive integer (or null)"),
+        ("ood.weighted_ebo_weights=[1,2]", "ood.weighted_ebo_weights must be null or 10 numbers >= 0"),
         ("ood.weighted_ebo_weights=[0,0,0,0,0,0,0,0,0,0]", "(one per class, not all 0)"),
-        ("ood.react_percentile=0", "`ood.react_percentile` config: must be a fraction in (0, 1]"),
-        ("ood.ash_variant=ash-x", "`ood.ash_variant` config: must be one of ash-s, ash-p, ash-b"),
-        ("ood.ash_percentile=1.0", "`ood.ash_percentile` config: must be a fraction in [0, 1)"),
-        ("ood.scale_percentile=-0.1", "`ood.scale_percentile` config: must be a fraction in [0, 1)"),
-        ("ood.dice_p=1", "`ood.dice_p` config: must be a fraction in [0, 1)"),
-        ("ood.nnguide_k=0", "`ood.nnguide_k` config: must be a positive integer"),
-        ("ood.nnguide_bank=0", "`ood.nnguide_bank` config: must be a fraction in (0, 1]"),
-        ("ood.gradnorm_temperature=-1", "`ood.gradnorm_temperature` config: must be a positive number"),
-        ("ood.odin_temperature=inf", "`ood.odin_temperature` config: must be a positive number"),
-        ("ood.odin_eps=-0.1", "`ood.odin_eps` config: must be a number >= 0"),
-        ("ood.fit_images=60", "`ood.fit_images` config: must be null or an integer >= max(knn_k, nnguide_k, 10)"),
-        ("ood.gallery_detectors=[mean_activation,nope]", "`ood.gallery_detectors` config: unknown detector(s) nope"),
+        ("ood.react_percentile=0", "ood.react_percentile must be in (0, 1]"),
+        ("ood.ash_variant=ash-x", "ood.ash_variant must be one of ash-s, ash-p, ash-b"),
+        ("ood.ash_percentile=1.0", "ood.ash_percentile must be in [0, 1)"),
+        ("ood.scale_percentile=-0.1", "ood.scale_percentile must be in [0, 1)"),
+        ("ood.dice_p=1", "ood.dice_p must be in [0, 1)"),
+        ("ood.nnguide_k=0", "ood.nnguide_k must be a positive integer"),
+        ("ood.nnguide_bank=0", "ood.nnguide_bank must be in (0, 1]"),
+        ("ood.gradnorm_temperature=-1", "ood.gradnorm_temperature must be a positive number"),
+        ("ood.odin_temperature=inf", "ood.odin_temperature must be a positive number"),
+        ("ood.odin_eps=-0.1", "ood.odin_eps must be a number >= 0"),
+        ("ood.fit_images=60", "ood.fit_images must be null or an integer >= max(knn_k, nnguide_k, 10) = 100"),
+        ("ood.gallery_detectors=[mean_activation,nope]", "ood.gallery_detectors must be a list of names among"),
+        ("ood.gallery_size=-1", "ood.gallery_size must be an integer >= 0"),
+        ("+ood.mistake=1", "ood has no setting `mistake`"),
     ],
 )
 def test_each_detector_setting_is_checked(tmp_path, override, expected):
     cfg = compose_evaluate(["ckpt=any.ckpt", override], tmp_path / "out", ood=True)
     with pytest.raises(ConfigError) as info:
         ood_settings(cfg.ood)
-    assert expected in str(info.value) and "ood=none" in str(info.value)
+    assert str(info.value).startswith("invalid `ood` config: ") and expected in str(info.value)
+    assert "python evaluate.py ood." in str(info.value) and str(info.value).endswith("nothing was evaluated.")
 
 
 def test_the_default_settings_run_every_detector(tmp_path):
     """evaluate.py's defaults: every detector, and the report's rule and KNN featured in the figures."""
     settings = ood_settings(compose_evaluate(["ckpt=any.ckpt"], tmp_path / "out", ood=True).ood)
-    assert settings.detectors == tuple(DETECTOR_LABELS) and settings.gallery_detectors == ("mean_activation", "knn")
-    assert settings.detector.odin_temperature == 1000.0 and settings.detector.dice_p == 0.9
+    assert settings.detectors == list(DETECTOR_LABELS) and settings.gallery_detectors == ["mean_activation", "knn"]
+    assert settings.odin_temperature == 1000.0 and settings.dice_p == 0.9 and list(settings.sets) == DEFAULT_SETS
+    assert (
+        ood_settings(compose_evaluate(["ckpt=any.ckpt", "ood=none"], tmp_path / "out", ood=True).ood).enabled is False
+    )
 
 
 def test_a_missing_ood_set_names_the_path(tiny_run, data_dir, tmp_path):
-    cfg = compose_evaluate([f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.data_dir=/nowhere",
-                            "ood.download=false"], tmp_path / "out", ood=True)  # fmt: skip
+    cfg = compose_evaluate(
+        [f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "ood.data_dir=/nowhere", "ood.download=false"],
+        tmp_path / "out",
+        ood=True,
+    )
     with pytest.raises(DataError, match="/nowhere/cifar100_test.npz does not exist"):
         evaluate(cfg)
     assert not (tmp_path / "out").exists() and not Path("/nowhere").exists()
     folder = tmp_path / "mine"  # a set of the user's own has nothing to be built from
-    cfg = compose_evaluate([f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"+ood.sets.mine.path={folder}"],
-                           tmp_path / "out", ood=True)  # fmt: skip
+    cfg = compose_evaluate(
+        [f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", f"+ood.sets.mine.path={folder}"],
+        tmp_path / "out",
+        ood=True,
+    )
     with pytest.raises(DataError, match=f"{folder} does not exist. Fix the path in ood.sets.mine.path.*ood=none"):
         run_evaluation(cfg)
     assert not (tmp_path / "out").exists()
@@ -234,16 +261,41 @@ def test_a_fast_net_checkpoint_is_evaluated_with_tta_and_ood(make_cfg, data_dir,
     (SHE aside, which needs a correct training image of every class)."""
     from cifar_lightning.training import train
 
-    train(make_cfg("experiment=fast94", "model.widths=[8,16,16]", "data.batch_size=128", "trainer.max_epochs=1",
-                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                   "test.tta=0", output_dir=tmp_path / "run"))  # fmt: skip
+    train(
+        make_cfg(
+            "experiment=fast94",
+            "model.widths=[8,16,16]",
+            "data.batch_size=128",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "test.tta=0",
+            output_dir=tmp_path / "run",
+        )
+    )
     out = tmp_path / "out"
-    summary = evaluate(compose_evaluate([
-        f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_dir}", "tta=1", "ood.fit_images=500",
-        "~ood.sets.cifar100", "~ood.sets.mnist", "~ood.sets.fashion_mnist", "ood.sets.gaussian_noise.n=200",
-        "ood.sets.uniform_noise.n=200", "gallery.size=4", "gradcam.count=1", "ood.gallery_size=0",
-        f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
-    ], out, ood=True))  # fmt: skip
+    summary = evaluate(
+        compose_evaluate(
+            [
+                f"run_dir={tmp_path / 'run'}",
+                f"data.data_dir={data_dir}",
+                "tta=1",
+                "ood.fit_images=500",
+                "~ood.sets.cifar100",
+                "~ood.sets.mnist",
+                "~ood.sets.fashion_mnist",
+                "ood.sets.gaussian_noise.n=200",
+                "ood.sets.uniform_noise.n=200",
+                "gallery.size=4",
+                "gradcam.count=1",
+                "ood.gallery_size=0",
+                f"ood.detectors=[{','.join(FEATURE_DETECTORS)}]",
+            ],
+            out,
+            ood=True,
+        )
+    )
     assert summary["tta"] == 1 and summary["model"]["_target_"] == "cifar_lightning.models.FastNet"
     saved = json.loads((out / "ood.json").read_text())
     assert set(saved["left_out"]) <= {"she"}

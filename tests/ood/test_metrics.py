@@ -49,8 +49,6 @@ def test_percentile_threshold_keeps_the_asked_share():
     assert percentile_threshold(val, 0.95) == 949.0  # exactly 950 of 1000 are <= 949
     assert percentile_threshold(val, 1.0) == 999.0
     assert (val <= percentile_threshold(val, 0.9)).double().mean() == 0.9
-    with pytest.raises(ValueError, match="id_keep"):
-        percentile_threshold(val, 0.0)
 
 
 def test_histogram_threshold_is_the_edge_of_the_bulk():

@@ -42,8 +42,9 @@ def two_models(tmp_path):
             "mean activation (relu4)": {"near": summary(0.6, 0.7)["near"], "far": None},
         },
     )
-    logitnorm = write_evaluation(tmp_path / "ln", "logitnorm", {"msp": summary(0.91, 0.97), "knn": summary(0.9, 0.96)},
-                                 test_acc=0.895)  # fmt: skip
+    logitnorm = write_evaluation(
+        tmp_path / "ln", "logitnorm", {"msp": summary(0.91, 0.97), "knn": summary(0.9, 0.96)}, test_acc=0.895
+    )
     return read_evaluation(ce), read_evaluation(logitnorm)
 
 

@@ -10,9 +10,10 @@ import shutil
 import pytest
 import torch
 
+from cifar_lightning.config.ood import DetectorHyperparameters
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.inference import Classifier
-from cifar_lightning.ood.detectors import DetectorSettings, image_state, score_images
+from cifar_lightning.ood.detectors import image_state, score_images
 from cifar_lightning.ood.saved import (
     DEFAULT_DETECTOR,
     DETECTORS_FILE,
@@ -110,8 +111,10 @@ def test_fit_detector_fits_what_evaluate_saved(evaluated, classifier, data_dir, 
     assert fitted.source == "fitted now" and fitted.layers == saved.layers
     assert fitted.threshold == pytest.approx(saved.threshold, rel=1e-9)
     images = noise_images("gaussian", 64, 3)
-    torch.testing.assert_close(fitted.score(classifier.features(images, list(fitted.layers))),
-                               saved.score(classifier.features(images, list(saved.layers))))  # fmt: skip
+    torch.testing.assert_close(
+        fitted.score(classifier.features(images, list(fitted.layers))),
+        saved.score(classifier.features(images, list(saved.layers))),
+    )
 
 
 def test_fit_detector_refuses_an_unknown_name(classifier, data_dir):
@@ -125,7 +128,7 @@ def test_odin_is_handed_out_only_to_a_caller_that_scores_images(evaluated, class
     """A detectors file with ODIN in it: refused to a features-only caller with the fix; given to one that scores
     images, it scores them as ODIN does, and refuses features."""
     record = torch.load(evaluated[1] / DETECTORS_FILE, weights_only=True)
-    state = image_state("odin", DetectorSettings())
+    state = image_state("odin", DetectorHyperparameters())
     record["detectors"]["odin"] = {"threshold": -0.1, "layers": [], "state": state}
     torch.save(record, tmp_path / DETECTORS_FILE)
     with pytest.raises(DetectorsError, match="perturbs every input through the whole network.*ood.detector=knn"):

@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.errors import ConfigError, DataError
-from cifar_lightning.ood.sets import check_set_spec, load_folder, load_npz, load_set, load_sets, noise_images, to_rgb32
+from cifar_lightning.config.schema import problems
+from cifar_lightning.errors import DataError
+from cifar_lightning.ood.sets import load_folder, load_npz, load_set, noise_images, to_rgb32
 
 
 def test_grayscale_28x28_becomes_32x32_rgb():
@@ -87,12 +88,12 @@ def test_set_entries(tmp_path):
     assert load_set("g", {"noise": "uniform", "n": 7}, seed=0).kind == "synthetic"
     assert torch.equal(load_set("g", {"noise": "uniform", "n": 7, "seed": 3}, 0).images, noise_images("uniform", 7, 3))
     for spec, problem in [
-        ({"noise": "pink", "n": 5}, "noise must be one of"),
-        ({"noise": "uniform", "n": 0}, "n must be a positive integer"),
+        ({"noise": "pink", "n": 5}, "ood.sets.x.noise must be one of gaussian, uniform"),
+        ({"noise": "uniform", "n": 0}, "ood.sets.x.n must be a positive integer"),
+        ({"noise": "uniform"}, "noise needs n"),
         ({"path": "a.npz", "noise": "uniform", "n": 5}, "exactly one of `path` and `noise`"),
-        ({"pth": "a.npz"}, "unknown key"),
+        ({"pth": "a.npz"}, "ood.sets.x has no setting `pth`"),
     ]:
-        with pytest.raises(ConfigError, match=problem):
-            check_set_spec("x", spec)
-    with pytest.raises(ConfigError, match="no OOD sets"):
-        load_sets({}, 0)
+        assert problem in problems({"ood": {"sets": {"x": spec}}})[0][1]
+    assert "no OOD sets are configured" in problems({"ood": {"sets": {}}})[0][1]
+    assert problems({"ood": {"enabled": False, "sets": {}}}) == []  # ood=none needs no set
