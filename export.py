@@ -6,7 +6,8 @@
 
 The exported model takes uint8 images (N, 3, 32, 32), RGB 0..255, any N, and returns logits (N, 10). It is
 written with export.json (the parity figures, checkpoint, format, input spec, opset, versions) into its own
-directory under logs/export/runs/ (conf/export.yaml lists every setting; cifar_lightning/exporting.py says how).
+directory under logs/export/runs/ (cifar_lightning/config/inference.py declares every setting;
+cifar_lightning/exporting.py says how).
 Exit status: 0 exported and verified; 1 the exported model does not match PyTorch within the tolerances
 (or an unknown config key, refused by Hydra); 2 bad input (checkpoint, setting, data), one `error:` line.
 """

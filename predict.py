@@ -8,7 +8,7 @@ per file.
 Any image file (size, mode, format) is read by one policy (cifar_lightning/images.py); a file that cannot
 be read is listed with its reason. Writes predictions.csv and predictions.json (schemas in
 cifar_lightning/prediction.py) into its own directory under logs/predict/runs/ and prints a summary
-(conf/predict.yaml lists every setting).
+(cifar_lightning/config/inference.py declares every setting).
 """
 
 import sys

@@ -8,7 +8,8 @@ Then open http://127.0.0.1:8000/ in a browser, or
     curl -F file=@cat.png 'http://127.0.0.1:8000/predict?gradcam=1'
     curl --data-binary @cat.png http://127.0.0.1:8000/predict
 
-cifar_lightning/serving.py describes the endpoints and how a request travels; conf/serve.yaml lists every setting.
+cifar_lightning/serving/ describes the endpoints and how a request travels; every setting is declared in
+cifar_lightning/config/inference.py.
 """
 
 import sys
@@ -17,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cifar_lightning.errors import CifarLightningError
-from cifar_lightning.serving import serve
+from cifar_lightning.serving.app import serve
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")

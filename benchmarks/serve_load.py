@@ -32,8 +32,6 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning.serving import wait_until_serving
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,11 +96,20 @@ def start_server(ckpt: str, port: int, batch_size: int, batch_timeout: float, ex
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 600) -> None:
-    problem = wait_until_serving(process, url, timeout)
-    if problem:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        sys.exit(f"{problem}; its log {log}:\n{log.read_text()[-3000:]}")
+    """Poll url/health until serve.py answers 200; exit with its log when it exits or is not ready in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    problem = f"serve.py exited with status {process.returncode}"
+    if process.poll() is None:
+        problem = f"serve.py was not ready after {timeout:.0f} s"
+        os.killpg(process.pid, signal.SIGKILL)
+    sys.exit(f"{problem}; its log {log}:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -1,31 +1,17 @@
-"""The export job behind export.py: a train.py checkpoint as one self-contained file that runs without this
-project, ONNX (`model.onnx`, for onnxruntime and other ONNX runtimes) or a torch.export program (`model.pt2`,
-for `torch.export.load`), checked against the PyTorch model before it is called done.
+"""The export job behind export.py: a train.py checkpoint as one file that runs without this project, ONNX
+(`model.onnx`, for onnxruntime) or a torch.export program (`model.pt2`, for torch.export.load), verified
+against the PyTorch model before it is called done.
 
-The exported model's contract, the same in both formats:
+The contract, the same in both formats: input `images`, uint8 (N, 3, 32, 32), NCHW RGB 0..255, N free; output
+`logits`, float32 (N, 10), in the checkpoint's class order. The training split's normalization is inside the
+graph (NormalizedClassifier), so callers pass raw pixels, as to Classifier.predict: no [0, 1]-or-0..255 scale
+to get wrong, and a 4x smaller batch. Images of another size go through images.fit_to_input first.
 
-    input  `images`  uint8, (N, 3, 32, 32): NCHW, RGB, 0..255, N free (dynamic batch), 32 x 32 fixed
-    output `logits`  float32, (N, 10), in the order of the checkpoint's class names
-
-The training split's normalization is inside the graph (NormalizedClassifier), so callers pass the raw pixels,
-exactly what Classifier.predict takes. uint8 rather than float because that is what the whole project passes
-around (data.py, inference.py, images.py): there is no [0, 1]-or-0..255 scale to get wrong and no way to
-normalize twice, and a batch is 4x smaller. Only 32 x 32 goes in: images of another size are center-cropped
-and resized first by the project's policy (images.fit_to_input), which stays outside the graph.
-
-Exporter: torch.export captures the graph for both formats, from the same example input with the same dynamic
-batch dimension: the .pt2 file is its program (`torch.export.export`), the ONNX file its translation by
-`torch.onnx.export(dynamo=True)` (given the module, which it captures the same way, so that the batch dimension
-keeps its name, `batch`, in the ONNX graph). Not the TorchScript exporter (`dynamo=False`): it is deprecated since
-torch 2.9, where the dynamo exporter became the default. Both exported report_cnn, fast_net (its GELUs become ONNX
-`Gelu`, opset 20) and resnet18 correctly on torch 2.14, with logits within ~1e-6 of PyTorch's, so the maintained
-one is used. Parameters are exported from a contiguous (NCHW) copy of the model: torch.export's saver warns on
-channels-last weights, and the memory layout does not change the function.
-
-Every export is verified in the same run (verify): the file is loaded back the way a user would (onnxruntime's
-CPUExecutionProvider, or torch.export.load) and run on CIFAR-10 test images against the PyTorch model
-(Classifier, no TTA); a max |logit difference| above `check.max_abs_diff` or a top-1 agreement below
-`check.min_agreement` fails the export with ParityError (exit status 1), after export.json has recorded it.
+torch.export captures the graph for both formats (the ONNX file is its translation by torch.onnx.export with
+dynamo=True, the maintained exporter since torch 2.9; the batch dimension keeps its name, `batch`), from a
+contiguous copy of the model (the saver warns on channels-last weights). verify() loads the file back as a user
+would and compares it with the PyTorch model (no TTA) on CIFAR-10 test images; missing check.max_abs_diff or
+check.min_agreement fails the export with ParityError (exit status 1) after export.json has recorded it.
 """
 
 from __future__ import annotations
@@ -36,8 +22,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,18 +33,16 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cifar_lightning.checkpoints import chosen_checkpoint, file_sha256
+from cifar_lightning.config import check
+from cifar_lightning.config.inference import ExportSettings
 from cifar_lightning.data import load_cifar10
-from cifar_lightning.errors import CifarLightningError, ConfigError, invalid_setting, is_int, is_number
+from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.images import INPUT_SIZE
 from cifar_lightning.inference import Classifier
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "pt2")
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-BATCH_DIM = "batch"
-#: The lowest ONNX opset torch.onnx's dynamo exporter writes.
-MIN_OPSET = 18
+INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "images", "logits", "batch"
 EXPORT_FILE = "export.json"
 #: Loggers of the ONNX exporter's graph passes: a dozen INFO lines per export, nothing a user acts on.
 CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
@@ -75,11 +58,8 @@ class ParityError(CifarLightningError):
 
 
 class NormalizedClassifier(nn.Module):
-    """uint8 images (N, 3, 32, 32) -> logits (N, classes): the training split's normalization, then the model.
-
-    The normalization is data.normalize's arithmetic (x * 1 / (255 std) - mean / std, in float32), kept as
-    buffers so that it is exported as part of the graph.
-    """
+    """uint8 images (N, 3, 32, 32) -> logits (N, classes): the training split's normalization (data.normalize's
+    arithmetic, x / (255 std) - mean / std in float32, as buffers so that it is in the graph), then the model."""
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -100,60 +80,49 @@ class NormalizedClassifier(nn.Module):
 
 def input_spec(num_classes: int) -> dict[str, Any]:
     """The exported model's inputs and outputs, as export.json records them."""
+    shape = [BATCH_DIM, 3, INPUT_SIZE, INPUT_SIZE]
+    image = {"name": INPUT_NAME, "dtype": "uint8", "shape": shape, "layout": "NCHW", "channels": "RGB"}
     return {
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [BATCH_DIM, 3, INPUT_SIZE, INPUT_SIZE],
-                  "layout": "NCHW", "channels": "RGB", "range": [0, 255], "dynamic_dims": [BATCH_DIM]},
+        "input": {**image, "range": [0, 255], "dynamic_dims": [BATCH_DIM]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH_DIM, num_classes]},
-    }  # fmt: skip
+    }
 
 
-def example_input() -> tuple[Tensor]:
-    """What the graph is traced with: two images (a batch of 1 would be specialized to 1)."""
-    return (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8),)
-
-
-def dynamic_batch() -> tuple[dict[int, Any]]:
-    """torch.export's dynamic_shapes for the one input: dimension 0, named `batch`, any size >= 1."""
-    return ({0: torch.export.Dim(BATCH_DIM, min=1)},)
-
-
-def capture(module: NormalizedClassifier) -> torch.export.ExportedProgram:
-    """The module's graph, captured by torch.export with a dynamic batch dimension."""
-    return torch.export.export(module, example_input(), dynamic_shapes=dynamic_batch())
-
-
-@contextmanager
-def quiet_loggers(*names: str) -> Iterator[None]:
-    """Only warnings and errors from these loggers while the block runs (their levels are restored after)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def write_onnx(module: NormalizedClassifier, path: Path, opset: int, metadata: dict[str, str]) -> None:
-    """One self-contained .onnx file (weights inside, not in a .data file beside it), with `metadata` in its
-    metadata_props."""
+def export_model(classifier: Classifier, path: Path, fmt: str, opset: int, metadata: dict[str, str]) -> None:
+    """Write the classifier, normalization included, to `path` as one self-contained file with `metadata`: a .pt2
+    archive (metadata as extra files) or an .onnx file (weights inside; metadata in its metadata_props)."""
+    module = NormalizedClassifier.from_classifier(classifier)
+    example = (torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8),)  # a batch of 1 would be specialized
+    dynamic = ({0: torch.export.Dim(BATCH_DIM, min=1)},)
+    if fmt == "pt2":
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
+        torch.export.save(program, str(path), extra_files=metadata)
+        return
     import onnx
 
-    with quiet_loggers(*CHATTY_LOGGERS):
-        torch.onnx.export(module, example_input(), str(path), dynamo=True, dynamic_shapes=dynamic_batch(),
-                          opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          external_data=False, verbose=False)  # fmt: skip
+    chatty = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            external_data=False,
+            verbose=False,
+        )
+    finally:
+        for logger, level in zip(chatty, levels):
+            logger.setLevel(level)
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
     onnx.save(model, str(path))
-
-
-def write_pt2(module: NormalizedClassifier, path: Path, metadata: dict[str, str]) -> None:
-    """The module's torch.export program as a .pt2 archive, with `metadata` as extra files (read back by
-    torch.export.load's extra_files)."""
-    torch.export.save(capture(module), str(path), extra_files=metadata)
 
 
 def load_exported(path: Path, fmt: str) -> Callable[[Tensor], Tensor]:
@@ -226,42 +195,23 @@ def verify(run: Callable[[Tensor], Tensor], classifier: Classifier, images: Tens
         )
     differences = torch.cat([(exported - expected).abs().flatten(), (outputs[-1] - expected[:1]).abs().flatten()])
     agree = torch.cat([exported.argmax(1) == expected.argmax(1), outputs[-1].argmax(1) == expected[:1].argmax(1)])
-    return Parity(images=len(images), max_abs_diff=float(differences.max()), agreement=float(agree.float().mean()),
-                  batch_sizes=sorted({len(chunk) for chunk in chunks}, reverse=True))  # fmt: skip
+    return Parity(
+        images=len(images),
+        max_abs_diff=float(differences.max()),
+        agreement=float(agree.float().mean()),
+        batch_sizes=sorted({len(chunk) for chunk in chunks}, reverse=True),
+    )
 
 
-def _invalid(key: str, problem: str, example: str) -> ConfigError:
-    return invalid_setting("export", "nothing was exported", key, problem, example)
-
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """Refuse a bad setting, or a format whose libraries are missing, before anything is loaded or written."""
-    if cfg.format not in FORMATS:
-        raise _invalid("format", f"the format must be one of {', '.join(FORMATS)}, got {cfg.format!r}", "format=onnx")
-    if not is_int(cfg.opset, MIN_OPSET):
-        raise _invalid("opset", f"the ONNX opset must be an integer >= {MIN_OPSET} (the lowest torch's dynamo "
-                                f"exporter writes), got {cfg.opset!r}", "opset=20")  # fmt: skip
-    check = cfg.check
-    if not is_int(check.images, 1):
-        raise _invalid("check.images", f"must be a positive integer, got {check.images!r}", "check.images=1000")
-    if not is_int(check.batch_size, 1):
-        raise _invalid("check.batch_size", f"must be a positive integer, got {check.batch_size!r}",
-                       "check.batch_size=256")  # fmt: skip
-    if not is_number(check.max_abs_diff) or not check.max_abs_diff >= 0:
-        raise _invalid("check.max_abs_diff", f"must be a number >= 0, got {check.max_abs_diff!r}",
-                       "check.max_abs_diff=1e-3")  # fmt: skip
-    if not is_number(check.min_agreement) or not 0 <= check.min_agreement <= 1:
-        raise _invalid("check.min_agreement", f"must be a share from 0 to 1, got {check.min_agreement!r}",
-                       "check.min_agreement=0.999")  # fmt: skip
-    if cfg.format == "onnx":
-        missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if _version(name) is None]
-        if missing:
-            raise ConfigError(
-                f"format=onnx needs the packages onnx, onnxscript and onnxruntime, but {', '.join(missing)} "
-                f'{"is" if len(missing) == 1 else "are"} not installed. Fix: pip install -e ".[export]", or '
-                f"export with format=pt2 (torch alone); nothing was exported."
-            )
+def _check_packages(fmt: str) -> None:
+    """Refuse format=onnx, before anything is loaded, when its packages are missing."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if _version(name) is None]
+    if fmt == "onnx" and missing:
+        raise ConfigError(
+            f"format=onnx needs the packages onnx, onnxscript and onnxruntime, but {', '.join(missing)} "
+            f'{"is" if len(missing) == 1 else "are"} not installed. Fix: pip install -e ".[export]", or '
+            f"export with format=pt2 (torch alone); nothing was exported."
+        )
 
 
 def _version(package: str) -> str | None:
@@ -271,15 +221,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def export_model(classifier: Classifier, path: Path, fmt: str, opset: int, metadata: dict[str, str]) -> None:
-    """Write the classifier (normalization included) to `path` as `fmt` (onnx or pt2)."""
-    module = NormalizedClassifier.from_classifier(classifier)
-    if fmt == "onnx":
-        write_onnx(module, path, opset, metadata)
-    else:
-        write_pt2(module, path, metadata)
-
-
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export one checkpoint, verify the file, and write export.json beside it; returns export.json's content.
 
@@ -287,8 +228,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     Raises ParityError (after writing export.json, `passed: false`) when the file misses the tolerances.
     """
     start = time.perf_counter()
-    check_settings(cfg)
-    path = chosen_checkpoint(cfg.get("ckpt"), cfg.get("run_dir"), "export.py")
+    check(cfg, "export", "nothing was exported", root=ExportSettings)
+    _check_packages(cfg.format)
+    path = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "export.py")
     classifier = Classifier.load(path, device="cpu", tta=0)
     images = load_cifar10(cfg.data.data_dir, cfg.data.download).test_images[: cfg.check.images]
 
@@ -297,12 +239,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     model_path = output_dir / f"model.{cfg.format}"
     opset = cfg.opset if cfg.format == "onnx" else None
     spec = input_spec(len(classifier.classes))
-    metadata = {"classes": json.dumps(list(classifier.classes)), "normalization": json.dumps(classifier.normalization),
-                "io": json.dumps(spec), "checkpoint": str(path)}  # fmt: skip
+    metadata = {
+        "classes": json.dumps(list(classifier.classes)),
+        "normalization": json.dumps(classifier.normalization),
+        "io": json.dumps(spec),
+        "checkpoint": str(path),
+    }
     export_start = time.perf_counter()
     export_model(classifier, model_path, cfg.format, cfg.opset, metadata)
-    log.info("exported %s to %s (%.1f MB) in %.1f s", path, model_path, model_path.stat().st_size / 1e6,
-             time.perf_counter() - export_start)  # fmt: skip
+    megabytes, seconds = model_path.stat().st_size / 1e6, time.perf_counter() - export_start
+    log.info(f"exported {path} to {model_path} ({megabytes:.1f} MB) in {seconds:.1f} s")
 
     parity = verify(load_exported(model_path, cfg.format), classifier, images, cfg.check.batch_size)
     problems = parity.problems(cfg.check.max_abs_diff, cfg.check.min_agreement)
@@ -332,8 +278,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 3),
     }
     (output_dir / EXPORT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("parity on %d CIFAR-10 test images through %s: max |logit difference| %.3g, top-1 agreement %.2f%% "
-             "(batch sizes %s): %s", parity.images, runtime, parity.max_abs_diff, 100 * parity.agreement,
-             ", ".join(map(str, parity.batch_sizes)), "passed" if not problems else "FAILED")  # fmt: skip
+    log.info(
+        f"parity on {parity.images} CIFAR-10 test images through {runtime}: max |logit difference| "
+        f"{parity.max_abs_diff:.3g}, top-1 agreement {100 * parity.agreement:.2f}% (batch sizes "
+        f"{', '.join(map(str, parity.batch_sizes))}): {'FAILED' if problems else 'passed'}"
+    )
     parity.check(cfg.check.max_abs_diff, cfg.check.min_agreement, model_path)
     return summary

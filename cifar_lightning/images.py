@@ -1,26 +1,18 @@
-"""Any image a user has -> the model's input: uint8 RGB, 3 x 32 x 32. One policy, used by predict.py,
-serve.py, the Classifier (for tensors of another size) and evaluate.py's OOD sets (files, and arrays of
-another size such as MNIST's 28 x 28):
+"""Any image a user has -> the model's input, uint8 RGB 3 x 32 x 32, by one policy (predict.py, serve.py, the
+Classifier for tensors of another size, evaluate.py's OOD sets):
 
-1. open with Pillow, which recognizes the format from the content (not the file name), and refuse an image
-   over `max_pixels` (width x height, default 40 megapixels) from its header, before any pixel is decoded
-   (decompression bombs). Pillow's own guard, 178,956,970 pixels, applies whatever max_pixels says;
-2. decode the first frame (of an animated GIF or WebP); a JPEG much larger than the model's input is decoded
-   by libjpeg at 1/2, 1/4 or 1/8 scale, never below 4 x 32 = 128 pixels on its shorter side (the resize in
-   step 5 averages those pixels anyway, so the result is the same to the eye, and a phone photo decodes
-   several times faster);
+1. open with Pillow, which recognizes the format from the content, and refuse an image over `max_pixels`
+   (width x height) from its header, before any pixel is decoded (decompression bombs);
+2. decode the first frame (of an animated GIF or WebP); a JPEG much larger than 32 x 32 is decoded by libjpeg at
+   1/2, 1/4 or 1/8 scale, never below 128 pixels on its shorter side (step 5 averages those pixels anyway);
 3. apply the EXIF orientation (phone photos are stored sideways); an unreadable EXIF block is ignored;
-4. convert to 8-bit RGB: grayscale is repeated over the three channels; 16-bit grayscale is scaled by
-   255/65535 and rounded; 16-bit colour PNGs keep each channel's high byte (Pillow's reading, v // 256, within
-   1 of the scaled value); transparency (RGBA, LA, a palette or PNG with a transparent colour) is composited
-   onto white; palette, CMYK and YCbCr images go through Pillow's conversion;
-5. crop the centred square (CIFAR-10's objects are centred; stretching would distort them), then resize it
-   to 32 x 32 with antialiased bilinear interpolation (torch.nn.functional.interpolate, on float values),
-   rounded to uint8.
+4. convert to 8-bit RGB: grayscale is repeated over the channels; 16-bit grayscale is scaled by 255/65535;
+   16-bit colour keeps each channel's high byte (Pillow's reading); transparency is composited onto white;
+5. crop the centred square (CIFAR-10's objects are centred; stretching would distort them) and resize it to
+   32 x 32, antialiased bilinear on float values, rounded to uint8.
 
-An image that is already 32 x 32 RGB passes unchanged, so CIFAR-10 test images saved as PNG give exactly
-the pixels evaluate.py sees. Anything that is not a whole readable image raises ImageError, whose message is
-one sentence naming the reason.
+A 32 x 32 RGB image passes unchanged, so CIFAR-10 test images saved as PNG give exactly the pixels evaluate.py
+sees. Anything that is not a whole readable image raises ImageError, naming the reason in one sentence.
 """
 
 from __future__ import annotations
@@ -36,12 +28,11 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from cifar_lightning.config.inference import MAX_PIXELS
 from cifar_lightning.errors import CifarLightningError
 
 #: The model's input side, in pixels.
 INPUT_SIZE = 32
-#: Default limit on decoded pixels (width x height): 40 megapixels, a large phone photo.
-MAX_PIXELS = 40_000_000
 #: load_image lets libjpeg decode at reduced scale down to this shorter side (policy step 2).
 DRAFT_SIDE = 4 * INPUT_SIZE
 #: Modes of 16-bit (or 32-bit integer) grayscale images.
@@ -127,15 +118,6 @@ def _decode(source: str | Path | bytes, max_pixels: int, draft_side: int | None)
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def decode_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """A file (path) or its bytes -> uint8 RGB (3, H, W) at its own full size, EXIF-oriented (policy steps 1-4,
-    without step 2's reduced-scale JPEG decoding).
-
-    Raises ImageError, naming the reason, for anything that is not a whole readable image within max_pixels.
-    """
-    return _decode(source, max_pixels, draft_side=None)
-
-
 def fit_to_input(images: Tensor, size: int = INPUT_SIZE) -> Tensor:
     """uint8 images (3, H, W) or (N, 3, H, W) -> (..., 3, size, size): the centred square, resized with
     antialiasing (policy step 5). Images already size x size are returned unchanged."""
@@ -147,11 +129,15 @@ def fit_to_input(images: Tensor, size: int = INPUT_SIZE) -> Tensor:
     side = min(height, width)
     square = TF.center_crop(images, [side, side])
     batch = square if square.dim() == 4 else square.unsqueeze(0)
-    resized = torch.cat([
-        F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        .round_().clamp_(0, 255).to(torch.uint8)
-        for chunk in batch.split(2048)  # bounded float memory for large sets
-    ])  # fmt: skip
+    resized = torch.cat(
+        [
+            F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            .round_()
+            .clamp_(0, 255)
+            .to(torch.uint8)
+            for chunk in batch.split(2048)  # bounded float memory for large sets
+        ]
+    )
     return resized if square.dim() == 4 else resized[0]
 
 

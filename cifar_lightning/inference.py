@@ -1,23 +1,18 @@
-"""One inference layer for every use of a trained model: evaluate.py, the OOD step, predict.py, export.py
-and serve.py all go through it, so a checkpoint is loaded, normalized and batched the same way everywhere.
+"""One inference layer for every use of a trained model (evaluate.py, the OOD step, predict.py, export.py,
+serve.py), so that a checkpoint is loaded, normalized and batched the same way everywhere:
 
     classifier = Classifier.load("logs/train/runs/<date>_<time>/checkpoints/best.ckpt", device="auto", tta=0)
     predictions = classifier.predict(images)           # uint8 (N, 3, H, W), any H x W: logits, probabilities
     features = classifier.features(images)             # logits, penultimate features, mean activations
 
-`Classifier` holds the model rebuilt from the checkpoint's own config (weights-only load), its training
-split's normalization, the class names, the device and the test-time augmentation level. The plain
-functions below it (`predict`, `extract_features`) take a model and a normalize function, for callers that
-hold those already. Both share one batching loop, `batches`.
-
-Features come from forward hooks in one pass: the logits, the penultimate features (the input of the last
-Linear layer, the classifier head) and the per-image mean activation of every activation layer (ReLU, GELU,
-...). A module applied several times in one forward pass (e.g. a shared ReLU) is reported once per use, as
-`name@1`, `name@2`, ...
+The plain functions `predict` and `extract_features` take a model and a normalize function, for callers that
+hold those already. Features come from forward hooks in one pass; a module applied several times in one
+forward pass (e.g. a shared ReLU) is reported once per use, as `name@1`, `name@2`, ...
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +22,14 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from cifar_lightning.augment import TTA_LEVELS, is_tta_level, tta_logits
-from cifar_lightning.checkpoints import (
-    CheckpointError,
-    build_model,
-    load_checkpoint,
-    normalization,
-    run_config,
-    trained_epoch,
-)
+from cifar_lightning import checkpoints
+from cifar_lightning.augment import tta_logits
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
 
 DEVICES = ("auto", "cpu", "gpu")
-
-
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)
 
 
@@ -60,8 +46,8 @@ class Features:
 
     def subset(self, index: Tensor | slice) -> Features:
         """The features of some of the images (an index tensor or a slice)."""
-        return Features(self.logits[index], self.penultimate[index],
-                        {name: means[index] for name, means in self.layer_means.items()})  # fmt: skip
+        means = {name: means[index] for name, means in self.layer_means.items()}
+        return Features(self.logits[index], self.penultimate[index], means)
 
 
 def activation_layers(model: nn.Module) -> list[str]:
@@ -79,13 +65,9 @@ def classifier_head(model: nn.Module) -> nn.Linear:
 
 def _name_calls(calls: list[tuple[str, Tensor]]) -> dict[str, Tensor]:
     """One key per layer use: the layer's name, or name@1, name@2, ... when it ran several times."""
-    uses: dict[str, int] = {}
-    for name, _ in calls:
-        uses[name] = uses.get(name, 0) + 1
-    seen: dict[str, int] = {}
-    named = {}
+    uses, seen, named = Counter(name for name, _ in calls), Counter(), {}
     for name, value in calls:
-        seen[name] = seen.get(name, 0) + 1
+        seen[name] += 1
         named[name if uses[name] == 1 else f"{name}@{seen[name]}"] = value
     return named
 
@@ -131,15 +113,13 @@ def predict(
     progress: bool = False,
     tta: int = 0,
 ) -> Predictions:
-    """Run `model` on uint8 images (N, 3, H, W) in batches on `device`; outputs come back to the CPU.
-
-    normalize: maps a uint8 batch (on the device) to the model's input, e.g. CIFAR10DataModule.normalize.
-    tta: test-time augmentation (augment.tta_logits): 0 none, 1 averaged with the mirror images, 2 also with
-        one-pixel shifts of both (airbench's).
-    """
+    """Run `model` on uint8 images (N, 3, H, W) in batches on `device`, outputs back on the CPU; `normalize` maps a
+    uint8 batch to the model's input, `tta` is augment.tta_logits' level."""
     model = model.to(device).eval()
-    logits = [tta_logits(model, normalize(batch), tta).float().cpu() for batch in batches(images, batch_size, device,
-                                                                                         progress)]  # fmt: skip
+    logits = [
+        tta_logits(model, normalize(batch), tta).float().cpu()
+        for batch in batches(images, batch_size, device, progress)
+    ]
     all_logits = torch.cat(logits) if logits else torch.empty(0, 0)
     return Predictions(logits=all_logits, probabilities=all_logits.softmax(dim=1))
 
@@ -155,10 +135,8 @@ def extract_features(
     progress: bool = False,
     description: str = "Features",
 ) -> Features:
-    """Logits, penultimate features and per-layer mean activations of uint8 images (N, 3, H, W).
-
-    layers: activation layers whose mean is recorded; None = every activation layer, [] = none.
-    """
+    """Logits, penultimate features and the mean activation of `layers` (None: every activation layer) of uint8
+    images (N, 3, H, W)."""
     model = model.to(device).eval()
     modules = dict(model.named_modules())
     layers = activation_layers(model) if layers is None else layers
@@ -196,10 +174,7 @@ def extract_features(
 
 
 def pick_device(name: str) -> torch.device:
-    """auto: a CUDA GPU when there is one, else the CPU."""
-    if name not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}. Fix: pass device=auto, "
-                          f"device=cpu or device=gpu.")  # fmt: skip
+    """The device a `device` setting (auto, cpu, gpu) names; auto: a CUDA GPU when there is one, else the CPU."""
     if name == "gpu" and not torch.cuda.is_available():
         raise ConfigError(
             "device=gpu was asked for, but torch sees no CUDA GPU on this machine. Fix: run with device=cpu "
@@ -210,10 +185,8 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class Classifier:
-    """A trained model ready to use: uint8 images of any size in, logits, probabilities or features out.
-
-    Build one with Classifier.load(checkpoint); the fields are public for callers that need the parts.
-    """
+    """A trained model ready to use (Classifier.load): uint8 images of any size in; logits, probabilities or
+    features out."""
 
     model: nn.Module  # in eval mode, on `device`
     mean: tuple[float, float, float]  # the training split's per-channel mean and std, on the [0, 1] scale
@@ -228,29 +201,22 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", tta: int = 0) -> Classifier:
-        """The checkpoint's model (weights only, rebuilt from its own config) with its normalization.
-
-        Raises CheckpointError for a missing, corrupt, tampered or foreign checkpoint, ConfigError for a bad
-        device or tta.
-        """
-        if not is_tta_level(tta):
-            raise ConfigError(f"tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta!r}. Fix: pass "
-                              f"tta=0 (none), tta=1 (mirror) or tta=2 (mirror and shifts).")  # fmt: skip
+        """The checkpoint's model (weights only, rebuilt from its own config) with its normalization; a
+        CheckpointError for a missing, corrupt, tampered or foreign checkpoint."""
         device = device if isinstance(device, torch.device) else pick_device(device)
         path = Path(path).expanduser()
-        checkpoint = load_checkpoint(path)
-        model = build_model(checkpoint, path)
-        stats = normalization(checkpoint, path)
+        checkpoint = checkpoints.load_checkpoint(path)
+        model = checkpoints.build_model(checkpoint, path)
+        stats = checkpoints.normalization(checkpoint, path)
         outputs = classifier_head(model).out_features
         if outputs != len(CIFAR10_CLASSES):
-            raise CheckpointError(
+            raise checkpoints.CheckpointError(
                 f"the model in {path} predicts {outputs} classes, but CIFAR-10 has {len(CIFAR10_CLASSES)}. "
                 f"Fix: use a checkpoint trained on CIFAR-10 by train.py."
             )
-        return cls(model=model.to(device).eval(), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-                   classes=CIFAR10_CLASSES, device=device, tta=tta, checkpoint_path=path,
-                   checkpoint_epoch=trained_epoch(checkpoint),
-                   config=run_config(checkpoint))  # fmt: skip
+        epoch, config = checkpoints.trained_epoch(checkpoint), checkpoints.run_config(checkpoint)
+        model = model.to(device).eval()
+        return cls(model, tuple(stats["mean"]), tuple(stats["std"]), CIFAR10_CLASSES, device, tta, path, epoch, config)
 
     @property
     def normalization(self) -> dict[str, list[float]]:
@@ -261,24 +227,27 @@ class Classifier:
         """The classifier head: its input is the penultimate features."""
         return classifier_head(self.model)
 
-    @property
-    def activation_layers(self) -> list[str]:
-        return activation_layers(self.model)
-
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 batch (N, 3, 32, 32), on any device -> the model's float input, as in training."""
-        if images.device not in self._stats:
-            self._stats[images.device] = (torch.tensor(self.mean, device=images.device),
-                                          torch.tensor(self.std, device=images.device))  # fmt: skip
-        return normalize_with(images, *self._stats[images.device])
+        where = images.device
+        if where not in self._stats:
+            self._stats[where] = (torch.tensor(self.mean, device=where), torch.tensor(self.std, device=where))
+        return normalize_with(images, *self._stats[where])
 
     def predict(self, images: Tensor, batch_size: int = 1000, progress: bool = False) -> Predictions:
         """Logits and probabilities (on the CPU) of uint8 images (N, 3, H, W), with the classifier's TTA level."""
         return predict(self.model, images, self.normalize, self.device, batch_size, progress, self.tta)
 
-    def features(self, images: Tensor, layers: list[str] | None = None, batch_size: int = 1000,
-                 progress: bool = False, description: str = "Features") -> Features:  # fmt: skip
+    def features(
+        self,
+        images: Tensor,
+        layers: list[str] | None = None,
+        batch_size: int = 1000,
+        progress: bool = False,
+        description: str = "Features",
+    ) -> Features:
         """Logits (no TTA), penultimate features and mean activations of `layers` (None = every activation layer,
         [] = none) of uint8 images (N, 3, H, W), on the CPU."""
-        return extract_features(self.model, images, self.normalize, self.device, batch_size, layers, progress,
-                                description)  # fmt: skip
+        return extract_features(
+            self.model, images, self.normalize, self.device, batch_size, layers, progress, description
+        )

@@ -22,7 +22,6 @@ import pytest
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning.serving import wait_until_serving
 from tests.conftest import DATA_DIR
 from tests.helpers import ROOT
 
@@ -72,6 +71,23 @@ def start_server(args: list[str], log: Path) -> subprocess.Popen:
         # Its own session (process group), so that the test can check that every process it started is gone.
         return subprocess.Popen([sys.executable, "serve.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, timeout: float) -> str:
+    """Poll `url`/health until a serve.py started as `process` answers 200: '' then, or why it never did (it
+    exited, or `timeout` seconds passed: then it is killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"serve.py exited with status {process.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return ""
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    return f"serve.py was not ready after {timeout:.0f} s"
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path) -> None:

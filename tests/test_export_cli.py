@@ -72,7 +72,7 @@ def test_a_tampered_checkpoint_and_an_unknown_format_are_refused(tiny_run, data_
     out = tmp_path / "out"
     with pytest.raises(CheckpointError, match=r"names a model that is not allowed: `_target_: 'os.system'`"):
         export(compose_export([f"ckpt={tampered}", f"data.data_dir={data_dir}"], out))
-    with pytest.raises(ConfigError, match="invalid `format` config: the format must be one of onnx, pt2, got 'tflite'"):
+    with pytest.raises(ConfigError, match="invalid `format` config: format must be one of onnx, pt2, got 'tflite'"):
         export(compose_export([f"ckpt={tiny_run[0] / 'checkpoints' / 'best.ckpt'}", "format=tflite"], out))
     assert CheckpointError.exit_code == ConfigError.exit_code == 2 and not out.exists()
 

@@ -11,10 +11,15 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from cifar_lightning.images import INPUT_SIZE, ImageError, decode_image, fit_to_input, load_image
+from cifar_lightning.images import INPUT_SIZE, MAX_PIXELS, ImageError, _decode, fit_to_input, load_image
 from tests.helpers import png_chunk
 
 RNG = np.random.default_rng(0)
+
+
+def decode_image(path: Path) -> torch.Tensor:
+    """A file at its own full size, EXIF-oriented (the policy's steps 1, 3 and 4, not step 2's reduced scale)."""
+    return _decode(path, MAX_PIXELS, draft_side=None)
 
 
 def hwc(image: torch.Tensor) -> np.ndarray:

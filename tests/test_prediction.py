@@ -17,8 +17,9 @@ from cifar_lightning.checkpoints import file_sha256
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.inference import Classifier
+from cifar_lightning.ood.runtime import choose_detector
 from cifar_lightning.ood.saved import DETECTORS_FILE, FORMAT, VERSION, DetectorsError
-from cifar_lightning.prediction import check_settings, gather_inputs, resolve_detector, run_prediction
+from cifar_lightning.prediction import gather_inputs, run_prediction
 from tests.conftest import CONF_DIR
 
 CSV_COLUMNS = ["file", "status", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3",
@@ -76,20 +77,20 @@ def test_no_files_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("override", "key"),
     [("top_k=0", "top_k"), ("top_k=11", "top_k"), ("batch_size=0", "batch_size"), ("workers=0", "workers"),
-     ("max_pixels=-1", "max_pixels"), ("ood.fit=yes", "ood.fit"), ("ood.file=saved.pt", "ood.file"),
-     ("ood.detector=mystery", "ood.detector")],
+     ("max_pixels=-1", "max_pixels"), ("ood.fit=yes", "ood"), ("ood.file=saved.pt", "ood"),
+     ("ood.detector=mystery", "ood"), ("tta=3", "tta"), ("device=tpu", "device")],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_any_work(tmp_path, override, key):
     cfg = compose_predict(["ckpt=any.ckpt", "inputs=any.png", "ood.fit=true", override], tmp_path / "out")
-    with pytest.raises(ConfigError, match=f"invalid `{key}` config"):
-        check_settings(cfg)
+    with pytest.raises(ConfigError, match=f"invalid `{key}` config: .*python predict.py.*nothing was predicted"):
+        run_prediction(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("override", ["ood=none", "ood.enabled=false"])
 def test_ood_can_be_turned_off(tmp_path, override):
     cfg = compose_predict(["ckpt=any.ckpt", "inputs=any.png", override], tmp_path / "out")
-    check_settings(cfg)
-    assert cfg.ood.enabled is False and resolve_detector(cfg, classifier=None) is None
+    assert cfg.ood.enabled is False and choose_detector(cfg, classifier=None, entry="predict") is None
 
 
 @pytest.fixture(scope="module")

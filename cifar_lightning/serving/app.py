@@ -1,0 +1,180 @@
+"""serve.py's server: the settings checked, the checkpoint and OOD detector loaded once, then ClassifierAPI in
+LitServe's workers behind UploadGuard, the web page at GET /, and every HTTP error as JSON."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import torch
+from omegaconf import DictConfig
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cifar_lightning.checkpoints import chosen_checkpoint
+from cifar_lightning.config import check
+from cifar_lightning.config.inference import REQUEST_TIMEOUT, ServeSettings
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.gradcam import gradcam_layer, gradcam_pngs
+from cifar_lightning.inference import Classifier, pick_device
+from cifar_lightning.ood.runtime import choose_detector, classify, detector_record
+from cifar_lightning.ood.saved import OODDetector
+from cifar_lightning.serving.stopping import Stopping
+from cifar_lightning.serving.upload_guard import MEGABYTE, PREDICT_PATH, ImageRequest, UploadGuard, decode_payload
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierAPI(ls.LitAPI):
+    """The model in a LitServe worker: checked images in; top-k classes, OOD verdict and Grad-CAM overlay out.
+    It is pickled into each worker process (LitServe spawns them); setup() loads the checkpoint there."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        tta: int,
+        top_k: int,
+        layer: str,
+        detector: OODDetector | None,
+        max_batch_size: int,
+        batch_timeout: float,
+        cpu_threads: int | None = None,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT_PATH)
+        self.checkpoint, self.tta, self.top_k, self.layer, self.detector = checkpoint, tta, top_k, layer, detector
+        self.cpu_threads = cpu_threads
+
+    def setup(self, device: str) -> None:
+        if self.cpu_threads is not None and torch.device(device).type == "cpu":
+            torch.set_num_threads(self.cpu_threads)
+        self.classifier = Classifier.load(self.checkpoint, device=torch.device(device), tta=self.tta)
+
+    def decode_request(self, request):
+        return decode_payload(request)
+
+    def predict(self, x):
+        """One ImageRequest (max_batch_size=1) or a list of them (dynamic batching): one answer each."""
+        return self.answer(x) if isinstance(x, list) else self.answer([x])[0]
+
+    def answer(self, requests: list[ImageRequest]) -> list[dict[str, Any]]:
+        """Each answer records the size of the batch it was computed in (`batch_size`)."""
+        images = torch.stack([request.pixels for request in requests])
+        answers = []
+        for answer in classify(self.classifier, images, self.detector, self.top_k):
+            best, batch = answer["top_k"][0], len(requests)
+            answers.append({"class": best["class"], "probability": best["probability"], **answer, "batch_size": batch})
+        wanted = [i for i, request in enumerate(requests) if request.gradcam]
+        if wanted:
+            targets = [answers[i]["top_k"][0]["index"] for i in wanted]
+            pngs = gradcam_pngs(self.classifier.model, self.layer, images[wanted], self.classifier.normalize, targets)
+            for i, png in zip(wanted, pngs):
+                overlay = base64.b64encode(png).decode("ascii")
+                answers[i]["gradcam"] = {"class": answers[i]["class"], "layer": self.layer, "png_base64": overlay}
+        return answers
+
+    def encode_response(self, output):
+        return output
+
+
+class WebPage:
+    """ASGI middleware answering GET / with the web page, where LitServe answers "litserve running"."""
+
+    def __init__(self, app: ASGIApp, page: str) -> None:
+        self.app, self.page = app, page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] == "GET":
+            await HTMLResponse(self.page)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def _json_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Every HTTP error as {"error": ...}, like the uploads UploadGuard refuses."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program holds now, with a fix, rather than let uvicorn exit on it later."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}). Fix: stop the program using that port, or pass "
+                f"another one, e.g. python serve.py port={port + 1}."
+            ) from exc
+
+
+def build_server(cfg: DictConfig, classifier: Classifier, layer: str, detector: OODDetector | None) -> ls.LitServer:
+    """ClassifierAPI at POST /predict behind UploadGuard, the web page at GET /, JSON errors."""
+    checkpoint, max_upload_bytes = classifier.checkpoint_path, int(cfg.max_upload_mb * MEGABYTE)
+    api = ClassifierAPI(
+        checkpoint, cfg.tta, cfg.top_k, layer, detector, cfg.max_batch_size, float(cfg.batch_timeout), cfg.cpu_threads
+    )
+    metadata = {
+        "checkpoint": str(checkpoint),
+        "epoch": classifier.checkpoint_epoch,
+        "classes": list(classifier.classes),
+        "top_k": cfg.top_k,
+        "tta": cfg.tta,
+        "gradcam_layer": layer,
+        "max_upload_bytes": max_upload_bytes,
+        "max_pixels": cfg.max_pixels,
+        "max_batch_size": cfg.max_batch_size,
+        "batch_timeout": float(cfg.batch_timeout),
+        "cpu_threads": cfg.cpu_threads,
+        "ood": detector_record(detector),
+    }
+    page = resources.files("cifar_lightning").joinpath("web", "index.html").read_text(encoding="utf-8")
+    server = ls.LitServer(
+        api,
+        accelerator="cuda" if pick_device(cfg.device).type == "cuda" else "cpu",
+        devices="auto",
+        workers_per_device=cfg.workers_per_device,
+        timeout=REQUEST_TIMEOUT,
+        model_metadata=metadata,
+        middlewares=[
+            (UploadGuard, {"max_bytes": max_upload_bytes, "max_pixels": cfg.max_pixels}),
+            (WebPage, {"page": page}),
+        ],
+    )
+    server.app.add_exception_handler(HTTPException, _json_error)
+    return server
+
+
+def serve(cfg: DictConfig) -> None:
+    """Check the settings, load the checkpoint and the OOD detector, then serve until interrupted."""
+    check(cfg, "serve", "nothing was served", root=ServeSettings)
+    checkpoint = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "serve.py")
+    pick_device(cfg.device)  # device=gpu without CUDA is refused here
+    check_port_free(cfg.host, cfg.port)
+    # The checkpoint is loaded here once to refuse a bad one before any worker starts, and to fit or check the
+    # detector; the workers load their own copy. Only fitting needs the configured device.
+    device = cfg.device if cfg.ood.enabled and cfg.ood.fit else "cpu"
+    classifier = Classifier.load(checkpoint, device=device, tta=cfg.tta)
+    try:
+        layer = gradcam_layer(classifier.model, cfg.gradcam.layer)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid `gradcam` config: {exc}. Fix: python serve.py gradcam.layer=<one of them>, or gradcam.layer=null "
+            f"for the last conv layer; nothing was served."
+        ) from exc
+    detector = choose_detector(cfg, classifier, "serve")
+    server = build_server(cfg, classifier, layer, detector)
+    del classifier
+    ood = "no OOD detector" if detector is None else f"OOD detector {detector.name} from {detector.source}"
+    log.info(
+        f"serving {checkpoint} at http://{cfg.host}:{cfg.port}/ ({ood}; max_batch_size={cfg.max_batch_size}, "
+        f"batch_timeout={float(cfg.batch_timeout):g} s)"
+    )
+    Stopping().install()
+    server.run(host=cfg.host, port=cfg.port, log_level=cfg.log_level, generate_client_file=False)
