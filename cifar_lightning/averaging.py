@@ -1,19 +1,11 @@
 """Averaged weights for any model: an exponential moving average (EMA) or lookahead.
 
-Both keep a second copy of the model's floating-point state (parameters and batch-norm running
-statistics) and, every `every_n_steps` optimizer steps, move it towards the live weights:
-
-    average <- decay * average + (1 - decay) * live
-
-- ema: training goes on with the live weights; the average is what gets validated, tested,
-  checkpointed and kept at the end.
-- lookahead: the live weights are then reset to the average, so training itself is pulled back
-  to the slow weights (airbench's variant, every 5 steps with decay 0.95^5).
-
-`ramp_power` > 0 scales the decay by (step / total_steps)^ramp_power, so early weights, which are
-poor, are soon forgotten (airbench uses 3). Written here rather than taken from torch's
-AveragedModel or Lightning's WeightAveraging because neither does lookahead, and the checkpoint
-must hold the averaged weights under the model's own keys for evaluate.py to load them.
+Both keep a second copy of the model's floating-point state (parameters and batch-norm statistics) and, every
+`every_n_steps` optimizer steps, move it towards the live weights: average <- decay * average + (1 - decay) * live.
+ema validates, tests, checkpoints and keeps the average; lookahead also resets the live weights to it (airbench:
+every 5 steps, decay 0.95^5). `ramp_power` > 0 scales the decay by (step / total_steps)^ramp_power, forgetting
+the poor early weights. Neither torch's AveragedModel nor Lightning's WeightAveraging does lookahead, and the
+checkpoint must hold the average under the model's own keys for evaluate.py.
 """
 
 from __future__ import annotations
@@ -119,4 +111,3 @@ class AveragedWeights(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == "fit" and "averaged_weights" in checkpoint:
             self._resumed_live = checkpoint["averaged_weights"]["live"]
-

@@ -38,12 +38,8 @@ class GPUStatsMonitor(DeviceStatsMonitor):
 
 
 class EpochHistory(L.Callback):
-    """Records each epoch's logged metrics (train/val loss and accuracy, learning rate) in order.
-
-    The list goes into the run's metrics.json, so curves can be drawn without TensorBoard.
-    Epochs are numbered from 1 (the number of epochs completed). Each epoch also gets one log
-    line, so runs without a terminal (CI, clusters) show progress in their train.log.
-    """
+    """Each epoch's logged metrics (train/val loss and accuracy, learning rate), epochs from 1, for metrics.json;
+    and one log line per epoch, so runs without a terminal show progress in their train.log."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -85,14 +81,8 @@ class EpochHistory(L.Callback):
 
 
 class FreezeParameters(L.Callback):
-    """Stop training the named parameters of the model after `after_epochs` epochs.
-
-    airbench trains its whitening layer's bias only for the first epochs (fast94: whiten.bias
-    after 3). Frozen parameters get no gradient, so the optimizer leaves them as they are. The
-    freeze depends only on the epoch, so a resumed run freezes again.
-
-    names: parameter names inside the model (as in model.named_parameters(), e.g. whiten.bias).
-    """
+    """Stop training the named parameters of the model (e.g. whiten.bias) after `after_epochs` epochs, as
+    airbench does with its whitening bias. Frozen parameters get no gradient, so the optimizer leaves them."""
 
     def __init__(self, names: list[str], after_epochs: int) -> None:
         self.names, self.after_epochs = list(names), after_epochs
@@ -118,16 +108,11 @@ class FreezeParameters(L.Callback):
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, with last.ckpt always the latest state, for resume.
 
-    Lightning 2.6 writes last.ckpt only together with a top-k checkpoint, i.e. when the monitored
-    value improves, so a run killed after epochs without improvement would resume from long ago.
-    Here best.ckpt works as in ModelCheckpoint (monitored value, each epoch end), and last.ckpt
-    (save_last) is written by this class itself at the end of every training epoch (after the
-    epoch's validation, history row and learning-rate step) and, with every_n_train_steps=n, also
-    after every n-th optimizer step inside an epoch. Before writing last.ckpt the loggers are
-    flushed, so TensorBoard holds everything up to the checkpoint.
-
-    every_n_train_steps: 0 (off) or n >= 1; it only schedules last.ckpt, not best.ckpt, so it can
-        change on resume.
+    Lightning writes last.ckpt only with a top-k checkpoint (when the monitored value improves), so a run
+    killed after epochs without improvement would resume from long ago. Here best.ckpt is ModelCheckpoint's,
+    and last.ckpt (save_last) is written by this class at every training epoch's end (after its validation,
+    history row and learning-rate step) and, with every_n_train_steps=n, after every n-th step inside an
+    epoch, the loggers flushed first.
     """
 
     def __init__(self, *args: Any, save_last: bool = True, every_n_train_steps: int = 0, **kwargs: Any) -> None:
@@ -192,8 +177,8 @@ class RunCheckpoint(ModelCheckpoint):
 def _numpy_state() -> dict[str, Any]:
     name, keys, position, has_gauss, cached = np.random.get_state()
     # As tensors and numbers, so that checkpoints stay loadable with torch.load(weights_only=True).
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+    state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position)}
+    return {**state, "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
 def _set_numpy_state(state: dict[str, Any]) -> None:
@@ -202,14 +187,9 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves in every checkpoint what Lightning does not, so that a resumed fit continues exactly.
-
-    Lightning restores weights, optimizer, schedulers, loop progress and callback states, but not the
-    random generators: dropout draws from torch's global generator (CUDA's too on a GPU), and Python's
-    and NumPy's are seeded by the run. Their states are restored when the resumed fit starts training,
-    after building the model has drawn its (then overwritten) initial weights. Also carries the
-    training time so far, so a resumed run reports the time its result took.
-    """
+    """Saves in every checkpoint what Lightning does not, so that a resumed fit continues exactly: the random
+    generators' states (dropout draws from torch's), restored when training starts (after the model's initial
+    weights were drawn), and the training time so far."""
 
     def __init__(self) -> None:
         self._stage: str | None = None
@@ -251,17 +231,10 @@ class ResumeState(L.Callback):
 class DivergenceGuard(L.Callback):
     """Stops training at the first non-finite training loss, with an error naming the step and the fix.
 
-    On the CPU the loss is checked on the host after every step (reading a CPU scalar costs
-    nothing). On a GPU that read would make the host wait for the device every step, so the first
-    bad step, its epoch and loss are kept on the device (a few tiny kernels per step) and read every
-    `check_every_n_steps` steps, at each epoch end and before every checkpoint: the run stops at
-    most that many steps late, still reports the exact first bad step, and never checkpoints
-    non-finite weights.
-
-    deferred: None (auto): the deferred check for a loss on a GPU (any device but the CPU), the
-        per-step one on the CPU; True: the deferred check on every device, so that the GPU's path
-        runs (and is tested) on a CPU; False: the per-step check on every device (each step then
-        waits for the GPU).
+    On the CPU the loss is read after every step. On a GPU that read would make the host wait every step,
+    so the first bad step, epoch and loss are kept on the device and read every `check_every_n_steps` steps,
+    at each epoch end and before every checkpoint (exact step, never a non-finite checkpoint).
+    deferred: None: deferred on a GPU only; True: deferred everywhere (tests the GPU path on a CPU); False: never.
     """
 
     def __init__(self, check_every_n_steps: int = 25, deferred: bool | None = None) -> None:
@@ -313,5 +286,7 @@ class DivergenceGuard(L.Callback):
             f"so the run stopped there and its metrics.json says status: diverged. Fix: lower the learning rate "
             f"(e.g. optim.lr=<a tenth of it>), or warm it up (scheduler=warmup_linear), or clip gradients "
             f"(trainer.gradient_clip_val=1.0).",
-            step=step, epoch=epoch, loss=loss,
-        )  # fmt: skip
+            step=step,
+            epoch=epoch,
+            loss=loss,
+        )

@@ -42,11 +42,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a train.py checkpoint onto the CPU, weights only.
-
-    Raises CheckpointError for a missing, truncated, corrupt or unsafe file, and for a file that
-    is not a cifar-lightning checkpoint (no `state_dict` or no `hyper_parameters.run_config`).
-    """
+    """Load a train.py checkpoint onto the CPU, weights only; CheckpointError for a missing, truncated, corrupt or
+    unsafe file, and for one without `state_dict` or `hyper_parameters.run_config`."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(
@@ -102,12 +99,8 @@ def run_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def trained_epoch(checkpoint: dict[str, Any]) -> int | None:
-    """The epoch (from 1) the checkpoint was written in or after, or None if it does not say.
-
-    Lightning's `epoch` key is the 0-based epoch in progress for a save inside fit (best.ckpt, last.ckpt at an
-    epoch end) but the number of epochs run for one saved after fit (a run without validation split), so
-    `epoch + 1` is one too many there; the fit loop's `started` count is the 1-based epoch in both cases.
-    """
+    """The epoch (from 1) the checkpoint was written in or after, or None if it does not say: the fit loop's
+    `started` count (Lightning's `epoch` is one short for a save inside fit, but not for one after it)."""
     try:
         started = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["started"]
     except (KeyError, TypeError):
@@ -166,10 +159,8 @@ def _weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -
 
 
 def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.Module:
-    """The checkpoint's model, rebuilt from its run config with its weights loaded strictly, in eval mode.
-
-    source: where the checkpoint came from, for error messages.
-    """
+    """The checkpoint's model, rebuilt from its run config with its weights loaded strictly, in eval mode (and
+    channels-last where the run trained so); source: where the checkpoint came from, for messages."""
     config = run_config(checkpoint)
     model_config = dict(config["model"])
     _checked_model_target(model_config, str(source))
@@ -220,12 +211,8 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
 
 
 def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> Path:
-    """The checkpoint an entry point was given: `ckpt`, or the one `run_dir` keeps (exactly one of them): its
-    checkpoints/best.ckpt, or last.ckpt for a run without a validation split (RunDir.kept_checkpoint).
-
-    script: the entry point, for the message (e.g. "predict.py"); more: its other required arguments, shown in the
-    example commands (e.g. " inputs=<files>").
-    """
+    """The checkpoint an entry point was given: `ckpt`, or the one `run_dir` keeps (RunDir.kept_checkpoint);
+    exactly one of them. script: the entry point; more: its other required arguments, for the examples."""
     if (ckpt is None) == (run_dir is None):
         given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
         raise ConfigError(

@@ -1,16 +1,10 @@
 """Runs of several processes (DDP) and cluster jobs: the checks and settings that keep them safe.
 
-Lightning owns the processes. With `trainer=ddp` it re-runs train.py once per extra device
-(its subprocess launcher gives every child `hydra.run.dir=<the parent's run directory>`), or it
-joins processes that torchrun or Slurm's srun started (TorchElasticEnvironment,
-SLURMEnvironment). Each process builds the same run and calls the same fit; the data module
-shards the batches (data.TensorBatchLoader), the module's metrics sum over ranks, and only global
-rank 0 writes the run's files (training.py, Lightning's checkpoints and loggers).
-
-Cluster jobs are launched by submitit (`hydra/launcher=slurm`, conf/hydra/launcher/). One
-mechanism requeues them after a time limit or a preemption: submitit's checkpoint-and-resubmit.
-Lightning's own SLURM auto-requeue is switched off (cluster_plugins), so the two never compete
-for the job, and a requeued job continues from its own last checkpoint (requeue_checkpoint).
+Lightning owns the processes: with `trainer=ddp` it re-runs train.py once per extra device (each child gets
+`hydra.run.dir=<the parent's run directory>`), or joins processes torchrun or srun started. Each builds the same
+run; the data module shards the batches, the metrics sum over ranks, and only global rank 0 writes files.
+Cluster jobs are launched and requeued by submitit (`hydra/launcher=slurm`); Lightning's own SLURM requeue is off
+(cluster_plugins), and a requeued job continues from its own last checkpoint (requeue_checkpoint).
 """
 
 from __future__ import annotations
@@ -29,14 +23,8 @@ from cifar_lightning.runs import RunDir
 
 
 def cluster_plugins() -> list[Any]:
-    """The Trainer's plugins (conf/trainer/default.yaml): inside a Slurm job, Lightning's SLURM environment
-    with its auto-requeue off.
-
-    Lightning would otherwise catch SIGUSR1, save an `hpc_ckpt_*.ckpt` and `scontrol requeue` the
-    job itself, beside submitit, which owns the job's signals (USR2 before the time limit) and
-    requeues it with its pickled Hydra job, so that the output directory stays the same. Ranks,
-    addresses and ports still come from Slurm's variables, as Lightning reads them by default.
-    """
+    """The Trainer's plugins (conf/trainer/default.yaml): inside a Slurm job, Lightning's SLURM environment with
+    its auto-requeue off, so that submitit alone owns the job's signals and requeues it (same output directory)."""
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
@@ -51,10 +39,8 @@ def _hydra_mode_and_overrides() -> tuple[str | None, list[str]]:
 
 
 def check_launch(trainer: L.Trainer) -> None:
-    """Refuse process layouts that would fail mid-run, hang or scatter one run over several directories.
-
-    Called after the Trainer is built and before anything is written.
-    """
+    """Refuse process layouts that would fail mid-run, hang or scatter one run over several directories (after
+    the Trainer is built, before anything is written)."""
     strategy = trainer.strategy
     if not isinstance(strategy, ParallelStrategy) or trainer.world_size == 1:
         return
@@ -103,14 +89,8 @@ def in_submitit_job() -> bool:
 
 def requeue_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint a requeued cluster job continues from: `<output_dir>/checkpoints/last.ckpt`, when this
-    process runs a submitit job and an earlier attempt of it saved one; None otherwise.
-
-    A requeued submitit job re-runs its pickled Hydra job, whose output directory is the one its first
-    attempt had (the sweep directory is resolved once, when the sweep is submitted), so finding the
-    job's own last checkpoint there means it was interrupted: fit continues from it (epoch,
-    weights, optimizer, schedule, best checkpoint and early-stopping state). Outside submitit a run
-    directory is new (its name holds the start time), and resuming is asked for explicitly.
-    """
+    process runs a submitit job and an earlier attempt of it saved one (a requeued job re-runs its pickled Hydra
+    job, in the same output directory); None otherwise, where a resume is asked for explicitly."""
     if not in_submitit_job():
         return None
     last = RunDir(output_dir).last_checkpoint

@@ -1,19 +1,9 @@
-"""LightningModule that trains any image classifier with the configured loss (conf/loss/).
+"""The LightningModule: trains any image classifier with the configured optimizer, schedule and loss.
 
-The optimizer and learning-rate scheduler arrive as partials (Hydra `_partial_: true`), so
-configs choose them; by default L2 weight decay applies to conv and linear weights only (tensors
-with more than one dimension), never to biases or batch-norm parameters. Options for fast
-recipes: label smoothing, a learning-rate multiplier for batch-norm parameters, weight decay on
-every parameter, per-step schedules (cifar_lightning/schedules.py), torch.compile, and models
-whose first layer is initialized from the training data (they define `init_from_data`).
-
-Nothing this module does in a training step waits for the device: the training accuracy is
-updated without torchmetrics' argument checks (which read values back to the host) and every
-metric is logged per epoch, never per step.
-
-Under DDP every epoch figure covers all ranks' images, each counted once: the losses, the
-accuracies and the test confusion matrix are torchmetrics objects, whose compute() sums their
-states over ranks, so an epoch loss is the exact mean over all images, not a mean of per-rank means.
+By default L2 weight decay applies to conv and linear weights only, never to biases or norm parameters.
+Nothing in a training step waits for the device (no metric argument checks, metrics logged per epoch).
+Under DDP every epoch figure covers all ranks' images once: the torchmetrics objects sum their states
+over ranks, so an epoch loss is the exact mean over all images, not a mean of per-rank means.
 """
 
 from __future__ import annotations
@@ -40,15 +30,9 @@ UNFINISHED_EPOCH_KEY = "unfinished_epoch_metrics"
 
 
 class ImageMean(Metric):
-    """The mean of a per-image quantity (the loss) over an epoch, given batch means and batch sizes.
-
-    Its two sums are reduced over ranks by torchmetrics, so the mean is exact across processes
-    (Lightning's sync_dist=True averages the image counts over ranks in the counts' integer type,
-    which truncates when the ranks' counts differ). torchmetrics' MeanMetric does not fit: its NaN
-    check reads the device every step, and with the check off (torchmetrics 1.9) it drops the
-    weights. In one process this gives the same float32 figures as Lightning's own averaging. Being
-    a Metric, its running sums also go into a mid-epoch checkpoint (UNFINISHED_EPOCH_KEY).
-    """
+    """The mean of a per-image quantity (the loss) over an epoch, given batch means and batch sizes: exact
+    across ranks (Lightning's sync_dist truncates uneven integer counts), with no device read per step
+    (torchmetrics' MeanMetric checks for NaN), and its sums go into a mid-epoch checkpoint."""
 
     full_state_update = False
 
@@ -123,11 +107,8 @@ class ClassifierModule(L.LightningModule):
             self.initialize_from_data()
 
     def initialize_from_data(self) -> None:
-        """Call the model's `init_from_data` with normalized training images, if it has one.
-
-        Runs at every fit start; when a fit resumes from a checkpoint, the restored weights
-        replace the result.
-        """
+        """Call the model's `init_from_data` with normalized training images, if it has one (at every fit
+        start: a resumed fit's restored weights replace the result)."""
         init = getattr(self.model, "init_from_data", None)
         if init is None:
             return
@@ -218,11 +199,9 @@ class ClassifierModule(L.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weights (ndim > 1) get the optimizer's weight decay; biases and norm parameters none.
-
-        With norm_lr_scale != 1 or weight_decay_scope="all", norm-layer parameters get a group of
-        their own ("norm", rate x norm_lr_scale) and biases another ("biases"); see build_optimizer.
-        """
+        """Weights (ndim > 1) get the optimizer's weight decay, biases and norm parameters none; with
+        norm_lr_scale != 1 or weight_decay_scope="all", norm parameters ("norm", rate x norm_lr_scale) and
+        biases ("biases") get groups of their own (see build_optimizer)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.norm_lr_scale == 1.0 and self.weight_decay_scope == "weights":
             decayed = [p for p in params if p.ndim > 1]

@@ -124,8 +124,8 @@ def _relocated(value: Any, old: str, new: str) -> Any:
 
 
 def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
-    """The last checkpoint's loop position (its epoch from 1, its global step), after checking that it loads and
-    holds a full training state."""
+    """The last checkpoint's position (the epoch from 1 in which or at whose end it was written, its global
+    step), after checking that it holds a full training state."""
     path = run.last_checkpoint
     fix = (
         f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
@@ -149,16 +149,23 @@ def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
     return {"epoch": trained_epoch(checkpoint), "global_step": int(checkpoint["global_step"])}
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Continue the run in `run_dir` from its checkpoints/last.ckpt, with its own config.yaml, in place.
+def _resumed(run: RunDir, position: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """metrics.json's entry in `resumes` for this resume (logged)."""
+    log.info(
+        "resuming %s from %s (written in epoch %d, at step %d)%s",
+        run.root,
+        run.last_checkpoint,
+        *position.values(),
+        f" with {', '.join(overrides)}" if overrides else "",
+    )
+    return {**position, "overrides": overrides}
 
-    overrides: command-line overrides (Hydra syntax); only RESUME_OVERRIDES are accepted, since the
-        others could change the result. output_dir: where Hydra put this job's outputs; it must be
-        the run directory (it is when train.py's config resolves `resume`).
-    The weights, optimizer, schedulers, early stopping, averaging, history, random generators and the
-    position in the data continue, so the result equals an uninterrupted run's (on the CPU). Raises
-    ResumeError, before anything in the run directory changes, when it cannot.
-    """
+
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its checkpoints/last.ckpt, with its own config.yaml, in place: weights,
+    optimizer, schedules, early stopping, averaging, history, random generators and data position continue, so
+    the result equals an uninterrupted run's (CPU). overrides: the command line's (only RESUME_OVERRIDES);
+    output_dir: Hydra's, which must be the run directory. Raises ResumeError before anything changes."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise ResumeError(
@@ -188,15 +195,12 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
             f"alone, python train.py resume={run.root} (not in a -m sweep, and without hydra.run.dir)."
         )
     position = _checked_last_checkpoint(run)
-    parsed = _parse_overrides(run, overrides)
     config = OmegaConf.create(OmegaConf.to_container(saved))
-    changed = _apply_overrides(run, config, parsed)
-    previous: dict[str, Any] = {}
-    if run.metrics.is_file():
-        try:
-            previous = read_metrics(run)
-        except RunDirError:
-            previous = {}
+    changed = _apply_overrides(run, config, _parse_overrides(run, overrides))
+    try:
+        previous = read_metrics(run)
+    except RunDirError:
+        previous = {}
     if previous.get("status") == DIVERGED:
         raise ResumeError(
             f"cannot resume {run.root}: it diverged (see its metrics.json), and with its own settings it would diverge "
@@ -215,15 +219,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     container["resume"] = new_root
     if container.get("hpo"):  # the study told its trial's outcome already: a resume reports to no study
         container["hpo"] = {key: None for key in container["hpo"]}
-    cfg = OmegaConf.create(container)
-    # epoch: the one (from 1) in which, or at whose end, last.ckpt was written.
-    record = {"epoch": position["epoch"], "global_step": position["global_step"], "overrides": changed}
-    log.info(
-        "resuming %s from %s (written in epoch %d, at step %d)%s", run.root, run.last_checkpoint, record["epoch"],
-        record["global_step"], f" with {', '.join(changed)}" if changed else "",
-    )  # fmt: skip
-    resumes = [*(previous.get("resumes") or []), record]
-    return fit_and_record(cfg, RunDir(new_root), ckpt_path=run.last_checkpoint, resumes=resumes)
+    resumes = [*(previous.get("resumes") or []), _resumed(run, position, changed)]
+    return fit_and_record(OmegaConf.create(container), RunDir(new_root), run.last_checkpoint, resumes)
 
 
 def requeued(run: RunDir) -> tuple[Path | None, list[dict[str, Any]]]:
@@ -231,9 +228,4 @@ def requeued(run: RunDir) -> tuple[Path | None, list[dict[str, Any]]]:
     checkpoint (cifar_lightning.distributed); (None, []) for a new run."""
     if (ckpt_path := requeue_checkpoint(run.root)) is None:
         return None, []
-    position = _checked_last_checkpoint(run)
-    log.info(
-        "requeued job: resuming %s from %s (written in epoch %d, at step %d)",
-        run.root, ckpt_path, position["epoch"], position["global_step"],
-    )  # fmt: skip
-    return ckpt_path, [{"epoch": position["epoch"], "global_step": position["global_step"], "overrides": []}]
+    return ckpt_path, [_resumed(run, _checked_last_checkpoint(run), [])]

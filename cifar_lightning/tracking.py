@@ -1,16 +1,7 @@
-"""Experiment tracking beyond the per-epoch curves: MLflow runs (logger=mlflow) and TensorBoard's HParams tab.
-
-Lightning's loggers already send the hyperparameters (training.py logs the resolved config) and the
-per-epoch metrics. This module adds what they lack:
-
-- MLflowRunLogger: Lightning's MLFlowLogger with one MLflow run per run directory (a resumed or
-  requeued run continues its MLflow run, found by its `run_dir` tag), the config's keys as dotted
-  MLflow params (optim.lr) within MLflow's length limits, and a ConfigError before training when
-  mlflow is missing or the tracking store cannot be used.
-- record_outcome: once metrics.json is written, the run's final figures, status and checkpoint
-  paths go to every MLflow run, and its hyperparameters with those figures to TensorBoard's HParams tab.
-
-mlflow itself is imported only where an MLflow logger is used: training works without it.
+"""Experiment tracking beyond Lightning's per-epoch curves and hyperparameters: MLflowRunLogger (logger=mlflow:
+one MLflow run per run directory, continued by a resume; dotted params; a ConfigError before training when
+MLflow cannot be used), and record_outcome (the final figures, status and checkpoints, once metrics.json is
+written, to MLflow and to TensorBoard's HParams tab). mlflow is imported only where an MLflow logger is used.
 """
 
 from __future__ import annotations
@@ -67,12 +58,8 @@ def check_tracking_server(tracking_uri: str) -> None:
 
 
 class MLflowRunLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger, one MLflow run per run directory.
-
-    run_dir: the run's directory, kept as the run's `run_dir` tag. A run that starts in a directory
-    that already has an MLflow run in this experiment (a resume, a requeued job) continues that run.
-    The other arguments are MLFlowLogger's.
-    """
+    """Lightning's MLFlowLogger, one MLflow run per run directory (`run_dir`, kept as the run's tag): a run
+    started in a directory that has an MLflow run in this experiment (a resume, a requeued job) continues it."""
 
     def __init__(self, run_dir: str, tracking_uri: str | None, **kwargs: Any) -> None:
         if find_spec("mlflow") is None:
@@ -99,10 +86,8 @@ class MLflowRunLogger(MLFlowLogger):
         return super().experiment
 
     def _existing_run(self) -> str | None:
-        """This run directory's MLflow run in the experiment, marked running again; None when it has none.
-
-        Creates the experiment (with the configured artifact location) when it does not exist yet.
-        """
+        """This run directory's MLflow run in the experiment, marked running again; None when it has none (the
+        experiment is created, with the configured artifact location, when it does not exist yet)."""
         client = self._mlflow_client
         experiment = client.get_experiment_by_name(self._experiment_name)
         if experiment is None:
@@ -121,11 +106,8 @@ class MLflowRunLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Any) -> None:
-        """Log params as dotted keys (optim.lr), each value cut to MLflow's length limit.
-
-        MLflow's params are write-once: a continued run keeps the values it started with and gains only
-        new keys (what a resume changed is in metrics.json's `resumes`).
-        """
+        """Log params as dotted keys (optim.lr), each cut to MLflow's length limit. MLflow's params are write-once:
+        a continued run keeps its values and gains only new keys (a resume's changes are in metrics.json)."""
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -175,12 +157,9 @@ def session_end_summary(status: str) -> Summary:
 
 
 def log_outcome_to_tensorboard(logger: TensorBoardLogger, metrics: dict[str, Any], step: int) -> None:
-    """The run's hyperparameters and final figures (hp/<name>) as one session of TensorBoard's HParams tab.
-
-    Only the session records are written, not Lightning's per-run experiment record: with one of those
-    in every run, the tab would take one run's hyperparameter and metric names for all. Without it,
-    the tab lists every run's hyperparameters and the last value of each of its scalars, hp/* included.
-    """
+    """The run's hyperparameters and final figures (hp/<name>) as one session of TensorBoard's HParams tab; only
+    the session records, since Lightning's per-run experiment record would make the tab take one run's names for
+    all."""
     figures = {f"hp/{key}": value for key, value in final_figures(metrics).items()}
     logger.log_metrics(figures, step)
     params = _sanitize_params(_flatten_dict(_convert_params(logger.hparams), delimiter="."))
@@ -201,10 +180,8 @@ def tracker_errors() -> tuple[type[Exception], ...]:
 
 
 def record_outcome(trainer: L.Trainer, run: RunDir, metrics: dict[str, Any]) -> None:
-    """Send a finished run's metrics.json (written just before) to its MLflow runs and TensorBoard's HParams tab.
-
-    Rank 0 only. A tracker that fails here costs a warning, not the run: metrics.json has it all.
-    """
+    """Send a finished run's metrics.json to its MLflow runs and TensorBoard's HParams tab (rank 0). A tracker that
+    fails here costs a warning, not the run: metrics.json has it all."""
     if not trainer.is_global_zero:
         return
     for logger in trainer.loggers:

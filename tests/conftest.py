@@ -27,9 +27,14 @@ DATA_DIR = Path(os.environ.get("CIFAR10_DATA_DIR", ROOT / "data")).resolve()
 # Ten training batches at a high rate: enough to predict several classes. The run tests on all 10,000
 # test images, so its test_acc can be compared with evaluate()'s.
 TINY_RUN = [
-    "experiment=report_base", "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1",
-    "trainer.limit_train_batches=10", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1.0",
-]  # fmt: skip
+    "experiment=report_base",
+    "model.batch_norm=all",
+    "optim.lr=0.05",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=10",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1.0",
+]
 
 QUIET = [
     "callbacks.progress_bar=null",
@@ -97,9 +102,15 @@ def fit_on_one_batch(module: L.LightningModule, images: torch.Tensor, labels: to
     training_step and configure_optimizers (and scheduler) are used: each step's training loss."""
     recorder = StepLosses()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, callbacks=[recorder], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        callbacks=[recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     repeated = TensorDataset(images.repeat(steps, 1, 1, 1), labels.repeat(steps))  # the batch, `steps` times
     trainer.fit(module, train_dataloaders=DataLoader(repeated, batch_size=len(labels)))
     assert len(recorder.losses) == steps

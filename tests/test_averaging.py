@@ -50,10 +50,16 @@ class Scripted(L.LightningModule):
 
 def fit(module, averaging, tmp_path, epochs=1, **kwargs):
     trainer = L.Trainer(
-        max_epochs=epochs, callbacks=[averaging, *kwargs.pop("callbacks", [])], logger=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        num_sanity_val_steps=0, enable_checkpointing=kwargs.pop("enable_checkpointing", False), **kwargs,
-    )  # fmt: skip
+        max_epochs=epochs,
+        callbacks=[averaging, *kwargs.pop("callbacks", [])],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
+        **kwargs,
+    )
     trainer.fit(module)
     return trainer
 
@@ -116,9 +122,15 @@ def test_checkpoint_holds_the_average_and_a_resumed_fit_continues_from_both(tmp_
     resumed_averaging = AveragedWeights("ema", decay=d)
     module = Scripted(batches=3)
     trainer = L.Trainer(
-        max_epochs=2, callbacks=[resumed_averaging], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, enable_checkpointing=False,
-    )  # fmt: skip
+        max_epochs=2,
+        callbacks=[resumed_averaging],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     # Steps 4..6 continue the same average, from the restored one.
     for value in (4.0, 0.0, 2.0):

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor, RunCheckpoint
+from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor
 from cifar_lightning.training import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
@@ -48,9 +48,14 @@ def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
     history = EpochHistory()
     callbacks = [*instantiate_entries(cfg, "callbacks").values(), history]
     trainer = L.Trainer(
-        max_epochs=10, callbacks=callbacks, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_epochs=10,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(ScriptedModule())
     # Best at epoch index 1; patience 3 -> stops after epoch index 4 (5 epochs run).
     assert trainer.current_epoch == 5
@@ -66,9 +71,15 @@ def test_early_stopping_stops_and_test_uses_the_best_checkpoint(tmp_path):
 def fit_quietly(module: L.LightningModule, tmp_path, max_epochs: int, callbacks: list) -> L.Trainer:
     """Fit on CPU without logger, checkpoints, progress bar or summary."""
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module)
     return trainer
 
@@ -124,8 +135,15 @@ class TwoParameters(L.LightningModule):
 def test_freeze_parameters_stops_training_them_after_n_epochs(tmp_path):
     module = TwoParameters()
     freeze = FreezeParameters(names=["a"], after_epochs=2)
-    trainer = L.Trainer(max_epochs=4, callbacks=[freeze], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[freeze],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module)
     a, b = zip(*module.by_epoch)
     assert a[0] != 0.0 and a[1] != a[0]  # trained in the first two epochs
@@ -154,9 +172,15 @@ def test_last_checkpoint_every_n_train_steps_is_written_mid_epoch(tmp_path):
     checkpoint = instantiate(cfg.callbacks.model_checkpoint)
     record = RecordLastCheckpointStep(tmp_path / "checkpoints" / "last.ckpt")
     trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=5, callbacks=[checkpoint, record], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+        max_epochs=1,
+        limit_train_batches=5,
+        callbacks=[checkpoint, record],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(FiveBatchModule())
     # After batch k (step k), last.ckpt holds the step of the latest multiple of 2 before it.
     assert record.steps == [None, None, 2, 2, 4]

@@ -2,7 +2,6 @@
 are refused before training with a one-line reason naming the config group.
 """
 
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -58,23 +57,27 @@ OPTION_EFFECTS = {
     "averaging=ema": lambda dm, module, trainer: averaging_of(trainer).mode == "ema",
     "averaging=lookahead": lambda dm, module, trainer: averaging_of(trainer).mode == "lookahead",
     "loss.label_smoothing=0.1": lambda dm, module, trainer: module.criterion.label_smoothing == 0.1,
-    "loss=logitnorm": lambda dm, module, trainer: type(module.criterion).__name__ == "LogitNorm"
-    and module.criterion.t == 0.04,
+    "loss=logitnorm": lambda dm, module, trainer: (
+        type(module.criterion).__name__ == "LogitNorm" and module.criterion.t == 0.04
+    ),
     "data.flip=alternating": lambda dm, module, trainer: dm.flip == "alternating",
     "data.translate=2": lambda dm, module, trainer: dm.translate == 2,
     "data.cutout=8": lambda dm, module, trainer: dm.cutout == 8,
     "data.on_device=false": lambda dm, module, trainer: dm.on_device is False,
-    "module.norm_lr_scale=64": lambda dm, module, trainer: group_named(module.build_optimizer(), "norm")["lr"]
-    == 64 * module.build_optimizer().defaults["lr"],
-    "module.weight_decay_scope=all": lambda dm, module, trainer: group_named(module.build_optimizer(), "biases")[
-        "weight_decay"
-    ]
-    == module.build_optimizer().defaults["weight_decay"],
-    "module.compile=true": lambda dm, module, trainer: hasattr(module.model, "_compiled_call_impl")
-    and module.model._compiled_call_impl is not None,
-    "callbacks.model_checkpoint.every_n_train_steps=100": lambda dm, module, trainer: trainer.checkpoint_callback
-    .last_every_n_train_steps == 100,
-}  # fmt: skip
+    "module.norm_lr_scale=64": lambda dm, module, trainer: (
+        group_named(module.build_optimizer(), "norm")["lr"] == 64 * module.build_optimizer().defaults["lr"]
+    ),
+    "module.weight_decay_scope=all": lambda dm, module, trainer: (
+        group_named(module.build_optimizer(), "biases")["weight_decay"]
+        == module.build_optimizer().defaults["weight_decay"]
+    ),
+    "module.compile=true": lambda dm, module, trainer: (
+        hasattr(module.model, "_compiled_call_impl") and module.model._compiled_call_impl is not None
+    ),
+    "callbacks.model_checkpoint.every_n_train_steps=100": lambda dm, module, trainer: (
+        trainer.checkpoint_callback.last_every_n_train_steps == 100
+    ),
+}
 
 
 @pytest.mark.parametrize("override", OPTION_EFFECTS)
@@ -95,13 +98,17 @@ def test_fast94_is_airbench94s_recipe():
     assert cfg.optim.weight_decay == pytest.approx(0.0153 * 1024 / kilostep / (11.5 / kilostep) / 1024, rel=1e-3)
     assert (cfg.module.norm_lr_scale, cfg.module.weight_decay_scope, cfg.module.test_tta) == (64.0, "all", 2)
     assert (cfg.scheduler.shape, cfg.scheduler.warmup, cfg.scheduler.start_factor, cfg.scheduler.end_factor) == (
-        "linear", 0.23, 0.2, 0.07,
-    )  # fmt: skip
+        "linear",
+        0.23,
+        0.2,
+        0.07,
+    )
     assert (cfg.averaging.mode, cfg.averaging.every_n_steps, cfg.averaging.ramp_power) == ("lookahead", 5, 3.0)
     assert cfg.averaging.decay == pytest.approx(0.95**5, abs=1e-4)
     assert (list(cfg.callbacks.freeze_whiten_bias.names), cfg.callbacks.freeze_whiten_bias.after_epochs) == (
-        ["whiten.bias"], 3,
-    )  # fmt: skip
+        ["whiten.bias"],
+        3,
+    )
     assert cfg.callbacks.early_stopping is None
     assert (cfg.trainer.precision, cfg.trainer.benchmark) == ("32-true", None)  # on a CPU
     on_gpu = compose_train(["experiment=fast94", "trainer.accelerator=gpu"])
@@ -121,7 +128,9 @@ def test_logitnorm_composes_with_a_recipe_and_changes_only_the_loss(tmp_path):
     cfg = compose_train(["experiment=fast94_cpu", "loss=logitnorm"], tmp_path)
     plain = compose_train(["experiment=fast94_cpu"], tmp_path)
     assert (cfg.loss._target_, cfg.loss.temperature, cfg.loss.label_smoothing) == (
-        "cifar_lightning.losses.logitnorm", 0.04, 0.2,
+        "cifar_lightning.losses.logitnorm",
+        0.04,
+        0.2,
     )
     for key in ("model", "optim", "module", "scheduler", "averaging", "callbacks"):
         assert cfg[key] == plain[key], key
@@ -237,8 +246,9 @@ ABLATIONS = ["base", "improved", "literal_improved", "no_scheduler", "no_l2", "n
 
 def test_ablation_all_sweeps_the_seven_configurations_over_seeds():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=["+ablation=all", "ablation.seeds=2", "hydra/launcher=joblib"],
-                      return_hydra_config=True)  # fmt: skip
+        cfg = compose(
+            "train", overrides=["+ablation=all", "ablation.seeds=2", "hydra/launcher=joblib"], return_hydra_config=True
+        )
     assert cfg.hydra.sweeper.params.ablation.split(",") == ABLATIONS
     assert cfg.hydra.sweeper.params.seed == "range(2)"
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")

@@ -24,10 +24,18 @@ def loaders(n: int, batch_size: int, world: int, drop_remainder: bool, shuffle: 
     labels = torch.arange(n)
     images = torch.zeros(n, 1, 1, 1, dtype=torch.uint8)
     return [
-        TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=r, world_size=world,
-                          drop_remainder=drop_remainder)
+        TensorBatchLoader(
+            images,
+            labels,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            rank=r,
+            world_size=world,
+            drop_remainder=drop_remainder,
+        )
         for r in range(world)
-    ]  # fmt: skip
+    ]
 
 
 def epoch(loader: TensorBatchLoader) -> list[torch.Tensor]:
@@ -73,8 +81,15 @@ def test_the_datamodule_shards_training_evenly_and_evaluation_exactly(data_dir):
 
     def with_rank(rank: int, world: int) -> CIFAR10DataModule:
         nonlocal stats
-        dm = CIFAR10DataModule(data_dir=str(data_dir), download=False, on_device=False, crop_padding=4, seed=1,
-                                batch_size=5000, eval_batch_size=5000)  # fmt: skip
+        dm = CIFAR10DataModule(
+            data_dir=str(data_dir),
+            download=False,
+            on_device=False,
+            crop_padding=4,
+            seed=1,
+            batch_size=5000,
+            eval_batch_size=5000,
+        )
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0)
         if stats is not None:
             dm.load_state_dict(stats)  # the normalization statistics are computed once
@@ -174,8 +189,15 @@ def test_three_processes_with_uneven_shards_finish(data_dir, tmp_path):
 
 @pytest.mark.slow  # a local sweep of DDP jobs: process starts (about 15 s here); runs with -m slow
 def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
-    result = train_py("-m", *DDP_CPU, "trainer.devices=2", "seed=0", f"data.data_dir={data_dir}",
-                      log_dir=tmp_path / "logs", timeout=120)  # fmt: skip
+    result = train_py(
+        "-m",
+        *DDP_CPU,
+        "trainer.devices=2",
+        "seed=0",
+        f"data.data_dir={data_dir}",
+        log_dir=tmp_path / "logs",
+        timeout=120,
+    )
     # A sweep goes on past a failed job (train.py); this one fails before Lightning re-runs the command.
     job = only_run_dir(tmp_path / "logs", kind="multiruns") / "0"
     assert "cannot run inside a Hydra multirun" in (job / "train.log").read_text()
@@ -187,8 +209,16 @@ def test_ddp_inside_a_local_sweep_is_refused(data_dir, tmp_path):
 def test_torchrun_without_a_shared_run_directory_is_refused(data_dir, tmp_path):
     # python -m torch.distributed.run (torchrun) --standalone --nproc-per-node=2 train.py ...
     torchrun = ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py"]
-    result = run_entry_point("-m", *torchrun, *DDP_CPU, "trainer.devices=2", f"data.data_dir={data_dir}",
-                             f"paths.log_dir={tmp_path / 'logs'}", *QUIET, timeout=120)  # fmt: skip
+    result = run_entry_point(
+        "-m",
+        *torchrun,
+        *DDP_CPU,
+        "trainer.devices=2",
+        f"data.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        *QUIET,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "hydra.run.dir=logs/train/runs/<name>" in result.stderr
     assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))

@@ -13,8 +13,14 @@ from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
 from tests.conftest import QUIET
 from tests.helpers import only_run_dir, run_entry_point
 
-DIVERGING = ["experiment=report_base", "optim.lr=50", "trainer.max_epochs=2", "trainer.limit_train_batches=100",
-             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
+DIVERGING = [
+    "experiment=report_base",
+    "optim.lr=50",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=100",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
 
 
 def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path):
@@ -36,10 +42,20 @@ def test_a_diverging_run_stops_in_its_first_epoch_with_exit_3(data_dir, tmp_path
 @pytest.mark.slow  # a whole sweep; test_ablation_sweep checks that a failed job does not stop one
 def test_a_diverged_job_does_not_stop_the_sweep_and_is_listed_apart(data_dir, tmp_path):
     result = run_entry_point(
-        "train.py", "-m", f"paths.log_dir={tmp_path}", *QUIET, "+ablation=base", "ablation.seeds=1",
-        "optim.lr=50,0.001", "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", f"data.data_dir={data_dir}", timeout=900,
-    )  # fmt: skip
+        "train.py",
+        "-m",
+        f"paths.log_dir={tmp_path}",
+        *QUIET,
+        "+ablation=base",
+        "ablation.seeds=1",
+        "optim.lr=50,0.001",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=40",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"data.data_dir={data_dir}",
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = only_run_dir(tmp_path, kind="multiruns")
     assert read_metrics(RunDir(sweep / "0"))["status"] == "diverged"
@@ -94,10 +110,17 @@ def test_the_deferred_check_names_the_first_bad_step_and_keeps_no_nan_checkpoint
         return guards[-1]
 
     monkeypatch.setattr(training, "DivergenceGuard", guard)
-    cfg = make_cfg("experiment=report_base", "data.batch_size=32", "trainer.max_epochs=1",
-                   "trainer.limit_train_batches=30", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                   f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps}",
-                   f"+callbacks.poison._target_={__name__}.PoisonedBatch", "+callbacks.poison.step=17")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=report_base",
+        "data.batch_size=32",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=30",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"callbacks.model_checkpoint.every_n_train_steps={every_n_train_steps}",
+        f"+callbacks.poison._target_={__name__}.PoisonedBatch",
+        "+callbacks.poison.step=17",
+    )
     with pytest.raises(TrainingDiverged, match=r"training loss was nan at optimizer step 17 \(epoch 1\)") as info:
         training.train(cfg)
 
@@ -115,9 +138,3 @@ def test_the_deferred_check_names_the_first_bad_step_and_keeps_no_nan_checkpoint
     assert (info.value.step, info.value.epoch) == (17, 1)
     metrics = read_metrics(RunDir(tmp_path / "run"))
     assert metrics["status"] == "diverged" and metrics["divergence"]["step"] == 17
-
-
-@pytest.mark.parametrize("deferred", ["yes", 1, 0.0])
-def test_deferred_is_true_false_or_auto(deferred):
-    with pytest.raises(ValueError, match="deferred must be true, false or null"):
-        DivergenceGuard(deferred=deferred)

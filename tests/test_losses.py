@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from cifar_lightning.losses import loss_name, logitnorm
+from cifar_lightning.losses import logitnorm, loss_name
 from cifar_lightning.models import ReportCNN
 from cifar_lightning.module import ClassifierModule
 from tests.conftest import fit_on_one_batch

@@ -3,7 +3,7 @@ from functools import partial
 import pytest
 import torch
 
-from cifar_lightning.models import FastNet, ResNet18, ReportCNN
+from cifar_lightning.models import FastNet, ReportCNN, ResNet18
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.schedules import StepLR, WarmupSchedule
 from tests.conftest import fit_on_one_batch
@@ -25,8 +25,12 @@ def test_weight_decay_applies_to_weights_only():
     assert decayed["weight_decay"] == 0.004 and undecayed["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert sorted(names[id(p)] for p in decayed["params"]) == [
-        "conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "fc2.weight",
-    ]  # fmt: skip
+        "conv1.weight",
+        "conv2.weight",
+        "conv3.weight",
+        "fc1.weight",
+        "fc2.weight",
+    ]
     assert all(names[id(p)].endswith(".bias") or names[id(p)].startswith("bn") for p in undecayed["params"])
     assert len(decayed["params"]) + len(undecayed["params"]) == len(list(module.model.parameters()))
 
@@ -83,9 +87,12 @@ def test_label_smoothing_reaches_the_loss():
 def test_norm_parameters_get_their_own_rate_and_decay_everywhere_shrinks_alike():
     model = FastNet(widths=[8, 16, 32])
     module = ClassifierModule(
-        model, partial(torch.optim.SGD, lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0013305), None,
-        norm_lr_scale=64.0, weight_decay_scope="all",
-    )  # fmt: skip
+        model,
+        partial(torch.optim.SGD, lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0013305),
+        None,
+        norm_lr_scale=64.0,
+        weight_decay_scope="all",
+    )
     groups = {g["name"]: g for g in module.build_optimizer().param_groups}
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in groups["norm"]["params"]) == sorted(

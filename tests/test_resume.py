@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lightning.errors import ResumeError
-from cifar_lightning.runs import RunDir, read_metrics
 from cifar_lightning.resume import _apply_overrides, _parse_overrides, resume
+from cifar_lightning.runs import RunDir, read_metrics
 from cifar_lightning.training import train
 from tests.conftest import QUIET, compose_train
 from tests.helpers import ROOT, assert_refused, run_entry_point, snapshot
@@ -34,8 +34,11 @@ def train_cli(*overrides: str, log_dir: Path) -> subprocess.Popen:
     """train.py started in the background (to be killed part-way); tests.helpers.run_entry_point waits for its end."""
     return subprocess.Popen(
         [sys.executable, "train.py", f"paths.log_dir={log_dir}", *QUIET, *overrides],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def checkpoint_position(path: Path) -> tuple[int, int] | None:
@@ -67,8 +70,13 @@ class CrashAfterStep(L.Callback):
 
 # --- the issue's check: a real process, SIGKILLed during epoch 2, resumed from the command line ----------
 
-BASE_RUN = ["experiment=report_base", "trainer.max_epochs=3", "trainer.limit_train_batches=80",
-            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
+BASE_RUN = [
+    "experiment=report_base",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=80",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
 
 
 @pytest.mark.slow  # about 2.5 minutes: three real train.py processes; the mid-epoch tests below cover resume by default
@@ -121,13 +129,31 @@ def test_run_killed_in_epoch_2_and_resumed_equals_the_uninterrupted_run(data_dir
 # --- a mid-epoch step checkpoint, dropout + batch norm + augmentation, EMA with a per-step schedule ---
 
 SETUPS = {
-    "improved_augmented": ["model.batch_norm=all", "model.dropout=0.2", "data.crop_padding=4", "data.flip=true",
-                           "optim.lr=0.01", "seed=5"],
-    "ema_warmup_alternating": ["averaging=ema", "averaging.decay=0.9", "scheduler=warmup_cosine", "optim.lr=0.05",
-                               "data.flip=alternating", "data.translate=2", "model.dropout=0.3"],
-}  # fmt: skip
-SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=2", "callbacks.model_checkpoint.every_n_train_steps=7"]  # fmt: skip
+    "improved_augmented": [
+        "model.batch_norm=all",
+        "model.dropout=0.2",
+        "data.crop_padding=4",
+        "data.flip=true",
+        "optim.lr=0.01",
+        "seed=5",
+    ],
+    "ema_warmup_alternating": [
+        "averaging=ema",
+        "averaging.decay=0.9",
+        "scheduler=warmup_cosine",
+        "optim.lr=0.05",
+        "data.flip=alternating",
+        "data.translate=2",
+        "model.dropout=0.3",
+    ],
+}
+SHORT = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=20",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "callbacks.model_checkpoint.every_n_train_steps=7",
+]
 
 
 @pytest.mark.parametrize("setup", SETUPS)
@@ -161,9 +187,17 @@ def test_resume_from_a_mid_epoch_step_checkpoint_equals_the_uninterrupted_run(se
 def short_run(tmp_path_factory, data_dir) -> RunDir:
     """A run of 2 planned epochs that crashed in epoch 2: resumable from the end of epoch 1."""
     root = tmp_path_factory.mktemp("short") / "run"
-    overrides = [f"data.data_dir={data_dir}", *QUIET, "experiment=report_base", "trainer.max_epochs=2",
-                 "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                 "+callbacks.crash._target_=tests.test_resume.CrashAfterStep", "+callbacks.crash.step=4"]  # fmt: skip
+    overrides = [
+        f"data.data_dir={data_dir}",
+        *QUIET,
+        "experiment=report_base",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "+callbacks.crash._target_=tests.test_resume.CrashAfterStep",
+        "+callbacks.crash.step=4",
+    ]
     with pytest.raises(RuntimeError):
         train(compose_train(overrides, root))
     return RunDir(root)
@@ -194,8 +228,9 @@ def test_more_epochs_are_refused_when_the_schedule_spans_the_planned_steps(tmp_p
     with pytest.raises(ResumeError, match="per-step learning-rate schedule"):
         _apply_overrides(run, config, _parse_overrides(run, ["trainer.max_epochs=6"]))
     assert _apply_overrides(run, config, _parse_overrides(run, ["trainer.max_epochs=4", "data.data_dir=/x"])) == [
-        "trainer.max_epochs=4", "data.data_dir=/x"
-    ]  # fmt: skip
+        "trainer.max_epochs=4",
+        "data.data_dir=/x",
+    ]
     assert config.data.data_dir == "/x"
 
 

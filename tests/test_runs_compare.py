@@ -27,13 +27,23 @@ from tests.conftest import QUIET, compose_train
 
 # One epoch of two batches: a real run directory in about 3 s.
 TINY = [
-    "experiment=report_base", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1",
-]  # fmt: skip
+    "experiment=report_base",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.log_every_n_steps=1",
+]
 # The trained runs' only differences: (name, optim.lr, model.dropout).
 RUNS = [("lr_low", 0.001, 0.0), ("lr_high", 0.05, 0.3)]
-STATUS = {"lr_low": "completed", "lr_high": "completed", "pruned": PRUNED, "diverged": DIVERGED,
-          "nested/killed": UNFINISHED, "broken": UNREADABLE}  # fmt: skip
+STATUS = {
+    "lr_low": "completed",
+    "lr_high": "completed",
+    "pruned": PRUNED,
+    "diverged": DIVERGED,
+    "nested/killed": UNFINISHED,
+    "broken": UNREADABLE,
+}
 
 
 def copy_run(source: RunDir, target: RunDir, **changes) -> None:
@@ -94,8 +104,18 @@ def test_csv_and_markdown_files(sweep, monkeypatch, tmp_path):
     markdown, csv_path = write_comparison(comparison, tmp_path / "out")
     with csv_path.open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["run", "model.dropout", "optim.lr", "status", "best_val_loss", "best_val_acc",
-                             "test_acc", "best_epoch", "epochs_run", "train_seconds"]  # fmt: skip
+    assert list(rows[0]) == [
+        "run",
+        "model.dropout",
+        "optim.lr",
+        "status",
+        "best_val_loss",
+        "best_val_acc",
+        "test_acc",
+        "best_epoch",
+        "epochs_run",
+        "train_seconds",
+    ]
     by_name = {row["run"]: row for row in rows}
     assert list(by_name) == [row.name for row in comparison.rows] and len(rows) == 4
     low = json.loads(RunDir(sweep / "lr_low").metrics.read_text())

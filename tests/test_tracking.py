@@ -20,15 +20,19 @@ from cifar_lightning import tracking
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.resolvers import run_group, run_name
 from cifar_lightning.runs import RunDir
-from cifar_lightning.training import build, resume, train
+from cifar_lightning.resume import resume
+from cifar_lightning.training import build, train
 from tests.conftest import QUIET, compose_train
 from tests.helpers import run_entry_point
 
 # Two epochs of two batches: val_loss gets two points, a resume to three epochs a third.
 TWO_EPOCHS = [
-    "experiment=report_base", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-]  # fmt: skip
+    "experiment=report_base",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
 RUN_STAMP = "2026-01-01_00-00-00_000000"
 
 

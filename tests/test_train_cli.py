@@ -48,9 +48,9 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.dropout=1.5", ["invalid `model` config", "dropout must be a probability in [0, 1)"]),
+        ("model.dropout=1.5", ["invalid `model` config", "dropout must be in [0, 1)"]),
         # One CLI start each (about 10 s): the first runs by default, the others with -m slow.
-        pytest.param("optim.lr=-1", ["invalid `optim` config", "Invalid learning rate: -1"], marks=SLOW),
+        pytest.param("optim.lr=-1", ["invalid `optim` config", "optim.lr must be a number >= 0"], marks=SLOW),
         pytest.param(
             "model.batch_norm=some",
             ["invalid `model` config", "batch_norm must be one of none, first, all"],
@@ -107,9 +107,14 @@ def test_a_short_run_succeeds_from_the_command_line(data_dir, tmp_path):
     """The overrides reach the run (one epoch of 5 steps, dropout 0.25, 1 test batch of 1,000 images), and what it
     reports is what it saved: best.ckpt scores metrics.json's test accuracy, which the log states."""
     result = run_train(
-        "model.dropout=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", f"data.data_dir={data_dir}", log_dir=tmp_path / "logs",
-    )  # fmt: skip
+        "model.dropout=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        f"data.data_dir={data_dir}",
+        log_dir=tmp_path / "logs",
+    )
     assert result.returncode == 0, result.stderr
     run = RunDir(only_run_dir(tmp_path / "logs"))
     assert OmegaConf.load(run.config).model.dropout == 0.25  # not the default (0.0)

@@ -19,11 +19,22 @@ from cifar_lightning.runs import METRICS_SCHEMA_VERSION, RunDir, read_metrics
 from cifar_lightning.training import build, train
 from tests.conftest import TINY_RUN, compose_train
 
-SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=3"]  # fmt: skip
+SHORT = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=3",
+]
 METRIC_KEYS = {
-    "test_acc", "test_loss", "best_val_loss", "best_epoch", "epochs_run", "train_seconds", "seed", "versions",
-}  # fmt: skip
+    "test_acc",
+    "test_loss",
+    "best_val_loss",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "seed",
+    "versions",
+}
 
 
 def test_fast_dev_run_writes_the_run_record(make_cfg, tmp_path):
@@ -92,9 +103,18 @@ def test_the_tiny_run_learns(tiny_run_record):
 
 def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
     # Augmentation on: its draws must repeat too. A few small batches suffice to show equality and difference.
-    overrides = ["experiment=report_base", "trainer.max_epochs=1", "data.batch_size=32", "data.eval_batch_size=250",
-                 "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                 "data.crop_padding=4", "data.flip=true", "seed=3"]  # fmt: skip
+    overrides = [
+        "experiment=report_base",
+        "trainer.max_epochs=1",
+        "data.batch_size=32",
+        "data.eval_batch_size=250",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.crop_padding=4",
+        "data.flip=true",
+        "seed=3",
+    ]
     first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
     second = train(make_cfg(*overrides, output_dir=tmp_path / "b"))
     other = train(make_cfg(*overrides[:-1], "seed=4", output_dir=tmp_path / "c"))
@@ -110,8 +130,13 @@ def test_same_seed_same_numbers_on_cpu(make_cfg, tmp_path):
 @pytest.mark.slow  # a 476-step-shaped fast94 run (~47 s alone); CI runs it after the default run
 def test_fast94_trains_on_all_images_and_tests_its_final_weights_with_tta(make_cfg, tmp_path):
     # The real recipe, at batch 128 and 2 + 2 steps, so that it runs in seconds on a CPU.
-    cfg = make_cfg("experiment=fast94", "data.batch_size=128", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-                   "trainer.limit_test_batches=1")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fast94",
+        "data.batch_size=128",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_test_batches=1",
+    )
     metrics = train(cfg)
     assert metrics["experiment"] == "fast94" and metrics["epochs_run"] == 2
     # No validation split: no validation loop, no best epoch; the final weights are the run's checkpoint.
@@ -154,9 +179,15 @@ def test_fast94_takes_airbenchs_476_steps_on_50000_images(data_dir):
 
 def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_path):
     # Any recipe can drop its validation split once nothing waits for a validation metric.
-    cfg = make_cfg(*TINY_RUN, "data.val_fraction=0", "callbacks.early_stopping=null",
-                   "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=0",
-                   "trainer.limit_test_batches=1", "module.test_tta=1")  # fmt: skip
+    cfg = make_cfg(
+        *TINY_RUN,
+        "data.val_fraction=0",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.model_checkpoint.save_top_k=0",
+        "trainer.limit_test_batches=1",
+        "module.test_tta=1",
+    )
     metrics = train(cfg)
     run = RunDir(tmp_path / "run")
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]
@@ -168,8 +199,13 @@ def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_pa
 
 def test_a_run_without_validation_split_refuses_what_needs_one(make_cfg):
     with pytest.raises(ConfigError) as err:
-        build(make_cfg("data.val_fraction=0", "callbacks.model_checkpoint.monitor=null",
-                       "callbacks.model_checkpoint.save_top_k=0"))  # fmt: skip
+        build(
+            make_cfg(
+                "data.val_fraction=0",
+                "callbacks.model_checkpoint.monitor=null",
+                "callbacks.model_checkpoint.save_top_k=0",
+            )
+        )
     message = str(err.value)
     assert "callbacks.early_stopping (monitor: val_loss)" in message and "data.val_fraction=0.1" in message
     assert "model_checkpoint" not in message.split(" need")[0]
@@ -177,9 +213,15 @@ def test_a_run_without_validation_split_refuses_what_needs_one(make_cfg):
 
 
 def test_resnet18_runs_end_to_end_and_its_checkpoint_rebuilds(make_cfg, tmp_path):
-    cfg = make_cfg("experiment=resnet18", "data.batch_size=16", "data.eval_batch_size=50", "trainer.max_epochs=1",
-                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                   "trainer.limit_test_batches=1")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=resnet18",
+        "data.batch_size=16",
+        "data.eval_batch_size=50",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    )
     metrics = train(cfg)
     assert metrics["experiment"] == "resnet18" and 0.0 <= metrics["test_acc"] <= 1.0
     model = build_model(load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt"))
@@ -209,9 +251,14 @@ class SpoilAfterFirstEpoch(L.Callback):
 
 
 def test_early_stopping_with_the_default_patience_tests_the_best_epoch(make_cfg, tmp_path):
-    cfg = make_cfg(*TINY_RUN, "trainer.max_epochs=10", "trainer.limit_train_batches=5",
-                   "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-                   f"+callbacks.spoil._target_={__name__}.SpoilAfterFirstEpoch")  # fmt: skip
+    cfg = make_cfg(
+        *TINY_RUN,
+        "trainer.max_epochs=10",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        f"+callbacks.spoil._target_={__name__}.SpoilAfterFirstEpoch",
+    )
     assert cfg.callbacks.early_stopping.patience == 5  # the default under test
     metrics = train(cfg)
     assert metrics["best_epoch"] == 1 and metrics["epochs_run"] == 1 + 5 and metrics["stopped_early"] is True

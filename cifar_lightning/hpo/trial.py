@@ -42,8 +42,9 @@ class PruneUnpromisingTrial(PyTorchLightningPruningCallback):
         return TrialPruned(
             f"trial {self._trial.number} of study {self._trial.study.study_name!r} was pruned after epoch {epoch + 1}: "
             f"its {self.monitor} ({value:.4g}) was not promising next to the other trials'",
-            epoch=epoch + 1, value=value,
-        )  # fmt: skip
+            epoch=epoch + 1,
+            value=value,
+        )
 
 
 def pruning_callback(cfg: DictConfig) -> PruneUnpromisingTrial:

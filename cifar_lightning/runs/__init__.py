@@ -9,10 +9,8 @@
     <run>/train.log                the log (Hydra's file handler; a resume appends)
     <run>/.hydra/                  Hydra's copy of the config and overrides; a resume's own under .hydra/resume-<time>/
 
-Everything else (training, evaluation, the ablation summary, resume) asks this module for these
-paths instead of joining them by hand, so the layout can change in one place. The checkpoint folder
-also appears in conf/callbacks/default.yaml (ModelCheckpoint's dirpath); tests/test_runs.py checks
-that the two agree.
+Everything else asks this module for these paths, so the layout can change in one place (the checkpoint
+folder also appears in conf/callbacks/default.yaml; tests/test_runs.py checks that the two agree).
 """
 
 from __future__ import annotations
@@ -135,11 +133,8 @@ def metrics_record(metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
 
 
 def write_metrics(run: RunDir, metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.json (see metrics_record); returns what was written.
-
-    The file is replaced atomically (written beside, then
-    renamed), so a run killed while writing leaves the old file or the new one, never half of one.
-    """
+    """Write metrics.json (see metrics_record), replaced atomically (written beside, then renamed: a run killed
+    while writing leaves the old file or the new one); returns what was written."""
     record = metrics_record(metrics)
     run.root.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=run.root)
@@ -192,11 +187,8 @@ def resume_hydra_subdir(stamp: str) -> str:
 
 
 def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
-    """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one.
-
-    A `resume` that is not resumable gets a new directory: the resume then stops with its error
-    (cifar_lightning.resume) without touching the folder it named.
-    """
+    """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one (where the
+    resume then stops with its error, without touching the folder it named)."""
     if resume is None or not RunDir(str(resume)).looks_resumable():
         return new_run_dir
     return str(RunDir(str(resume)).root.resolve())

@@ -37,10 +37,16 @@ def confusion(accuracy: float) -> list[list[int]]:
 
 def history(epochs: int, accuracy: float) -> list[dict]:
     return [
-        {"epoch": e, "train_loss": 2.0 / e, "train_acc": accuracy * e / epochs, "val_loss": 2.2 / e,
-         "val_acc": accuracy * e / epochs - 0.01, "lr": 0.001}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": accuracy * e / epochs,
+            "val_loss": 2.2 / e,
+            "val_acc": accuracy * e / epochs - 0.01,
+            "lr": 0.001,
+        }
         for e in range(1, epochs + 1)
-    ]  # fmt: skip
+    ]
 
 
 def hydra_config(name: str, seed: int, planned: int) -> str:
@@ -52,8 +58,9 @@ def hydra_config(name: str, seed: int, planned: int) -> str:
     )
 
 
-def write_job(sweep: Path, job: int, name: str, seed: int, accuracy: float | None, planned: int = 3,
-              epochs: int = 4) -> Path:  # fmt: skip
+def write_job(
+    sweep: Path, job: int, name: str, seed: int, accuracy: float | None, planned: int = 3, epochs: int = 4
+) -> Path:
     """One Hydra job directory; accuracy None leaves it unfinished (no config.yaml, no metrics.json)."""
     job_dir = sweep / str(job)
     (job_dir / ".hydra").mkdir(parents=True)

@@ -74,10 +74,19 @@ def test_missing_and_diverged_runs_are_written_per_seed(tmp_path):
     write_job(tmp_path, 0, "base", 0, 0.60)
     write_job(tmp_path, 1, "base", 1, None)  # interrupted
     diverged = write_job(tmp_path, 2, "improved", 2, None)
-    (diverged / "metrics.json").write_text(json.dumps({
-        "schema_version": 4, "status": "diverged", "test_acc": None, "seed": 2, "ablation": "improved",
-        "divergence": {"step": 17, "epoch": 1, "loss": "nan"}, "history": [],
-    }))  # fmt: skip
+    (diverged / "metrics.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 4,
+                "status": "diverged",
+                "test_acc": None,
+                "seed": 2,
+                "ablation": "improved",
+                "divergence": {"step": 17, "epoch": 1, "loss": "nan"},
+                "history": [],
+            }
+        )
+    )
     write_job(tmp_path, 3, "improved", 0, 0.66)
     write_job(tmp_path, 4, "no_l2", 0, 0.61, planned=4)
     aggregate(tmp_path)
@@ -86,8 +95,10 @@ def test_missing_and_diverged_runs_are_written_per_seed(tmp_path):
         "Missing runs: Base: seed 1 (job 1/ unfinished), seed 2 (no job); Improved: seed 1 (no job); "
         "No L2 Regularization: seed 1 (no job), seed 2 (no job), 1 more (seed unknown)." in markdown
     )
-    assert "Diverged runs (non-finite training loss; not in the means, not missing): " \
-           "Improved: seed 2 (job 2/, loss nan at step 17)." in markdown  # fmt: skip
+    assert (
+        "Diverged runs (non-finite training loss; not in the means, not missing): "
+        "Improved: seed 2 (job 2/, loss nan at step 17)." in markdown
+    )
     rows = read_csv(tmp_path / "ablation.csv")
     assert (rows["base"]["missing_seeds"], rows["base"]["n_missing"]) == ("1;2", "2")
     assert (rows["improved"]["n_diverged"], rows["improved"]["diverged_seeds"]) == ("1", "2")

@@ -59,13 +59,23 @@ def test_an_unfinished_job_beside_a_finished_one_of_the_same_seed_is_no_repeat(t
     runs = collect_runs([first, second])
     assert [(run.name, run.seed) for run in runs.finished] == [("base", 1)] and len(runs.unfinished) == 1
 
+
 def test_a_diverged_job_beside_a_finished_one_of_the_same_seed_is_no_repeat(tmp_path):
     """`optim.lr=50,0.001`: one job diverges, the other finishes; only the finished one enters the mean."""
     diverged = write_job(tmp_path, 0, "base", 0, None, planned=1)
-    (diverged / "metrics.json").write_text(json.dumps({
-        "schema_version": 4, "status": "diverged", "test_acc": None, "seed": 0, "ablation": "base",
-        "divergence": {"step": 3, "epoch": 0, "loss": "nan"}, "history": [],
-    }))  # fmt: skip
+    (diverged / "metrics.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 4,
+                "status": "diverged",
+                "test_acc": None,
+                "seed": 0,
+                "ablation": "base",
+                "divergence": {"step": 3, "epoch": 0, "loss": "nan"},
+                "history": [],
+            }
+        )
+    )
     write_job(tmp_path, 1, "base", 0, 0.61, planned=1)
     runs = collect_runs(tmp_path)
     assert [run.directory.name for run in runs.finished] == ["1"] and [r.directory.name for r in runs.diverged] == ["0"]

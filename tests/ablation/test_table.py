@@ -51,10 +51,19 @@ def test_missing_runs_are_listed_per_configuration_and_seed(tmp_path):
 def test_diverged_runs_are_counted_apart_from_missing_ones(tmp_path):
     write_job(tmp_path, 0, "base", 0, 0.60)
     diverged = write_job(tmp_path, 1, "base", 1, None)
-    (diverged / "metrics.json").write_text(json.dumps({
-        "schema_version": 4, "status": "diverged", "test_acc": None, "seed": 1, "ablation": "base",
-        "divergence": {"step": 17, "epoch": 1, "loss": "nan"}, "history": [],
-    }))  # fmt: skip
+    (diverged / "metrics.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 4,
+                "status": "diverged",
+                "test_acc": None,
+                "seed": 1,
+                "ablation": "base",
+                "divergence": {"step": 17, "epoch": 1, "loss": "nan"},
+                "history": [],
+            }
+        )
+    )
     write_job(tmp_path, 2, "base", 2, None)  # interrupted
     for seed, accuracy in enumerate([0.66, 0.67, 0.665]):
         write_job(tmp_path, 3 + seed, "improved", seed, accuracy)

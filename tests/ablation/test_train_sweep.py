@@ -15,8 +15,11 @@ from tests.conftest import QUIET, ROOT
 def run_sweep(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", "-m", f"paths.log_dir={log_dir}", "trainer.fast_dev_run=true", *QUIET, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def only_sweep_dir(log_dir: Path) -> Path:
@@ -32,8 +35,14 @@ def test_ablation_all_runs_seven_configurations_and_aggregates(data_dir, tmp_pat
     with (sweep / "ablation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["configuration"] for row in rows] == [
-        "base", "improved", "literal_improved", "no_scheduler", "no_l2", "no_batchnorm", "no_dropout",
-    ]  # fmt: skip
+        "base",
+        "improved",
+        "literal_improved",
+        "no_scheduler",
+        "no_l2",
+        "no_batchnorm",
+        "no_dropout",
+    ]
     assert all(row["n_finished"] == "1" and row["n_missing"] == "0" for row in rows)
     table = (sweep / "ablation.md").read_text()
     table_lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| ---")]

@@ -15,7 +15,7 @@ from cifar_lightning.hpo.study import (
     default_storage,
     open_storage,
     open_study,
-)  # fmt: skip
+)
 
 LR = FloatDistribution(0.001, 0.1, log=True)
 

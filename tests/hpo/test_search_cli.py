@@ -24,17 +24,26 @@ from tests.helpers import ROOT, assert_refused, run_entry_point
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.pruner.n_startup_trials=2",
-]  # fmt: skip
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.pruner.n_startup_trials=2",
+]
 
 
 def search_args(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
     """train.py's arguments for a tiny search."""
     return [
-        "-m", "hparams_search=report_cnn", f"data.data_dir={data_dir}", f"paths.log_dir={log_dir}", *QUIET, *TINY,
+        "-m",
+        "hparams_search=report_cnn",
+        f"data.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}",
+        *QUIET,
+        *TINY,
         *overrides,
-    ]  # fmt: skip
+    ]
 
 
 def search_command(log_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
@@ -62,9 +71,12 @@ def assert_no_duplicates(trials: list[optuna.trial.FrozenTrial], sweep_dir: Path
 def test_a_killed_study_resumes_where_it_stopped(tmp_path, data_dir):
     sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     worker = subprocess.Popen(
-        search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=4"), cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=4"),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill it while its second trial trains, the first one told
         time.sleep(0.5)
@@ -98,10 +110,14 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_di
     sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
     # The study exists before the workers start, as when a first worker created it: two workers creating one
     # SQLite file at the same instant can both try to create Optuna's tables.
-    open_study(open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None)
+    open_study(
+        open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None
+    )
     command = search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=6")
-    workers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]  # fmt: skip
+    workers = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=900)
         assert worker.returncode == 0, err[-3000:]
@@ -139,14 +155,17 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_di
 )
 def test_bad_input_stops_before_any_trial(tmp_path, data_dir, overrides, expected):
     sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
-    open_study(open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None)
+    open_study(
+        open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None
+    )
     assert_refused(run_search(tmp_path / "logs", data_dir, *overrides), expected)
     assert trials_of(sweep_dir) == [] and not list(sweep_dir.glob("trial_*"))
 
 
 def test_hpo_trial_outside_a_search_is_refused(tmp_path, data_dir):
-    result = run_entry_point("train.py", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", "hpo.trial=3",
-                             timeout=300)  # fmt: skip
+    result = run_entry_point(
+        "train.py", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", "hpo.trial=3", timeout=300
+    )
     assert_refused(result, "hpo.trial is set, but this is no sweep")
 
 

@@ -18,7 +18,7 @@ from cifar_lightning.hpo.study import (
     open_storage,
     open_study,
     shown_url,
-)  # fmt: skip
+)
 
 MEDIAN = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
 

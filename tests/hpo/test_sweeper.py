@@ -37,7 +37,7 @@ from cifar_lightning.hpo.study import (
     open_storage,
     open_study,
     trial_id,
-)  # fmt: skip
+)
 from cifar_lightning.runs import COMPLETED, METRICS_SCHEMA_VERSION, PRUNED
 from tests.conftest import CONF_DIR
 
@@ -98,12 +98,19 @@ def sweep(log_dir: Path, stub: StubTrain, *overrides: str) -> None:
     hydra = Hydra.create_main_hydra2("train", create_config_search_path(f"file://{CONF_DIR}"))
     try:
         hydra.multirun(
-            "train", stub,
-            ["hparams_search=report_cnn", f"paths.log_dir={log_dir}", "hydra/job_logging=none",
-             "hydra/hydra_logging=none", "hydra.sweeper.pruner.n_startup_trials=2",
-             "hydra.sweeper.pruner.n_warmup_steps=0", *overrides],
+            "train",
+            stub,
+            [
+                "hparams_search=report_cnn",
+                f"paths.log_dir={log_dir}",
+                "hydra/job_logging=none",
+                "hydra/hydra_logging=none",
+                "hydra.sweeper.pruner.n_startup_trials=2",
+                "hydra.sweeper.pruner.n_warmup_steps=0",
+                *overrides,
+            ],
             with_log_configuration=False,
-        )  # fmt: skip
+        )
     finally:
         GlobalHydra.instance().clear()
         Singleton.set_state(state)

@@ -9,9 +9,11 @@ from cifar_lightning.runs import PRUNED, RunDir, read_metrics
 from cifar_lightning.training import train
 
 TINY = [
-    "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-]  # fmt: skip
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
 #: Prunes any trial whose validation loss is above 0: every trial, at its first epoch.
 ALWAYS_PRUNE = {"_target_": "optuna.pruners.ThresholdPruner", "upper": 0.0}
 
