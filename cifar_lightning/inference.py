@@ -29,7 +29,6 @@ from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
 
-DEVICES = ("auto", "cpu", "gpu")
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)
 
 

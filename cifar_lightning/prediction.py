@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,36 +52,20 @@ SCHEMA_VERSION = 1
 SHOWN_ERRORS = 5  # files not read that the printed summary names
 
 
-@dataclass
-class FilePrediction:
-    """One input file's outcome: its top-k classes and OOD verdict (ood.runtime.classify's), or why it could not
-    be read."""
+def entry(file: Path, answer: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+    """A file's predictions.json entry: its ood.runtime.classify answer, or why it could not be read."""
+    top_k, verdict = (answer["top_k"], answer["ood"]) if answer is not None else ([], None)
+    score, ood = (None, None) if verdict is None else (verdict["score"], verdict["is_ood"])
+    status = "ok" if error is None else "error"
+    return {"file": str(file), "status": status, "top_k": top_k, "ood_score": score, "ood": ood, "error": error}
 
-    file: str
-    top_k: list[dict[str, Any]] = field(default_factory=list)
-    verdict: dict[str, Any] | None = None
-    error: str | None = None
 
-    @property
-    def status(self) -> str:
-        return "error" if self.error is not None else "ok"
-
-    @property
-    def ood(self) -> bool | None:
-        return None if self.verdict is None else self.verdict["is_ood"]
-
-    def as_json(self) -> dict[str, Any]:
-        score = None if self.verdict is None else self.verdict["score"]
-        return dict(
-            file=self.file, status=self.status, top_k=self.top_k, ood_score=score, ood=self.ood, error=self.error
-        )
-
-    def csv_row(self, top_k: int) -> list[Any]:
-        ranked = [cell for top in self.top_k for cell in (top["class"], f"{top['probability']:.6f}")]
-        ranked += ["", ""] * (top_k - len(self.top_k))
-        score = "" if self.verdict is None else repr(self.verdict["score"])
-        ood = "" if self.ood is None else str(self.ood).lower()
-        return [self.file, self.status, *ranked, score, ood, self.error or ""]
+def csv_row(entry: dict[str, Any], top_k: int) -> list[Any]:
+    ranked = [cell for top in entry["top_k"] for cell in (top["class"], f"{top['probability']:.6f}")]
+    ranked += ["", ""] * (top_k - len(entry["top_k"]))
+    score = "" if entry["ood_score"] is None else repr(entry["ood_score"])
+    ood = "" if entry["ood"] is None else str(entry["ood"]).lower()
+    return [entry["file"], entry["status"], *ranked, score, ood, entry["error"] or ""]
 
 
 def folder_files(folder: Path) -> list[Path]:
@@ -156,27 +139,23 @@ def _decoded_batches(files: Sequence[Path], batch_size: int, workers: int, max_p
 
 def predict_files(
     classifier: Classifier, files: Sequence[Path], detector: OODDetector | None, cfg: DictConfig
-) -> list[FilePrediction]:
-    """Each file's top-k classes (and OOD score and verdict), or why it could not be read, in input order; cfg:
-    top_k, batch_size, workers, max_pixels, progress."""
-    results: list[FilePrediction] = []
+) -> list[dict[str, Any]]:
+    """Each file's predictions.json entry, in input order; cfg: top_k, batch_size, workers, max_pixels, progress."""
+    results: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"))
     with Progress(*columns, TimeRemainingColumn(), disable=not cfg.progress) as bar:
         task = bar.add_task("Predicting", total=len(files))
         for chunk, decoded in _decoded_batches(files, cfg.batch_size, cfg.workers, cfg.max_pixels):
-            errors = [str(item) if isinstance(item, ImageError) else None for item in decoded]
-            batch = [FilePrediction(str(path), error=error) for path, error in zip(chunk, errors)]
-            good = [i for i, item in enumerate(decoded) if isinstance(item, Tensor)]
-            if good:
-                answers = classify(classifier, torch.stack([decoded[i] for i in good]), detector, cfg.top_k)
-                for i, answer in zip(good, answers):
-                    batch[i].top_k, batch[i].verdict = answer["top_k"], answer["ood"]
-            results += batch
+            images = [item for item in decoded if isinstance(item, Tensor)]
+            answers = iter(classify(classifier, torch.stack(images), detector, cfg.top_k) if images else [])
+            for path, item in zip(chunk, decoded):
+                unread = isinstance(item, ImageError)
+                results.append(entry(path, error=str(item)) if unread else entry(path, next(answers)))
             bar.advance(task, len(chunk))
     return results
 
 
-def write_predictions(output_dir: Path, results: Sequence[FilePrediction], summary: dict[str, Any]) -> list[Path]:
+def write_predictions(output_dir: Path, results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
     """predictions.csv and predictions.json (the schemas are in this module's docstring)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = output_dir / "predictions.csv", output_dir / "predictions.json"
@@ -184,14 +163,14 @@ def write_predictions(output_dir: Path, results: Sequence[FilePrediction], summa
     with csv_path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["file", "status", *ranked, "ood_score", "ood", "error"])
-        writer.writerows(result.csv_row(summary["top_k"]) for result in results)
-    json_path.write_text(json.dumps({**summary, "predictions": [r.as_json() for r in results]}, indent=2) + "\n")
+        writer.writerows(csv_row(result, summary["top_k"]) for result in results)
+    json_path.write_text(json.dumps({**summary, "predictions": results}, indent=2) + "\n")
     return [csv_path, json_path]
 
 
-def summary_table(results: Sequence[FilePrediction], classes: Sequence[str], detector: OODDetector | None) -> Table:
+def summary_table(results: Sequence[dict[str, Any]], classes: Sequence[str], detector: OODDetector | None) -> Table:
     """Files per predicted class, their mean top probability and (with a detector) how many were flagged OOD."""
-    predicted = [r for r in results if r.error is None]
+    predicted = [r for r in results if r["error"] is None]
     table = Table(title=f"{len(predicted)} of {len(results)} files predicted")
     table.add_column("predicted class")
     table.add_column("files", justify="right")
@@ -199,11 +178,11 @@ def summary_table(results: Sequence[FilePrediction], classes: Sequence[str], det
     if detector is not None:
         table.add_column(f"OOD ({detector.name})", justify="right")
     for index, name in enumerate(classes):
-        mine = [r for r in predicted if r.top_k[0]["index"] == index]
+        mine = [r for r in predicted if r["top_k"][0]["index"] == index]
         if mine:
-            flagged = [str(sum(bool(r.ood) for r in mine))] if detector is not None else []
+            flagged = [str(sum(bool(r["ood"]) for r in mine))] if detector is not None else []
             table.add_row(
-                name, str(len(mine)), f"{sum(r.top_k[0]['probability'] for r in mine) / len(mine):.3f}", *flagged
+                name, str(len(mine)), f"{sum(r['top_k'][0]['probability'] for r in mine) / len(mine):.3f}", *flagged
             )
     if len(results) > len(predicted):
         table.add_row("(not read)", str(len(results) - len(predicted)), "", *([""] if detector is not None else []))
@@ -222,7 +201,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     results = predict_files(classifier, files, detector, cfg)
     seconds = time.perf_counter() - start
-    predicted = sum(r.error is None for r in results)
+    predicted = sum(r["error"] is None for r in results)
     inputs = [str(i) for i in cfg.inputs] if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -238,7 +217,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
             "files": len(results),
             "predicted": predicted,
             "errors": len(results) - predicted,
-            "ood": None if detector is None else sum(bool(r.ood) for r in results),
+            "ood": None if detector is None else sum(bool(r["ood"]) for r in results),
         },
         "seconds": round(seconds, 3),
         "images_per_second": round(predicted / seconds, 1) if seconds > 0 else None,
@@ -247,9 +226,9 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
 
     console = Console(soft_wrap=True)
     console.print(summary_table(results, classifier.classes, detector))
-    unread = [r for r in results if r.error is not None]
+    unread = [r for r in results if r["error"] is not None]
     for result in unread[:SHOWN_ERRORS]:
-        console.print(f"not read: {result.file}: {result.error}", markup=False)
+        console.print(f"not read: {result['file']}: {result['error']}", markup=False)
     if len(unread) > SHOWN_ERRORS:
         console.print(f"... and {len(unread) - SHOWN_ERRORS} more files not read (see predictions.csv)")
     rate = summary["images_per_second"]

@@ -69,8 +69,9 @@ class Server:
 def start_server(args: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the server
         # Its own session (process group), so that the test can check that every process it started is gone.
-        return subprocess.Popen([sys.executable, "serve.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "serve.py", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_until_serving(process: subprocess.Popen, url: str, timeout: float) -> str:
@@ -112,10 +113,22 @@ def server(tiny_run, data_dir, tmp_path_factory) -> Iterator[Server]:
     run, _ = tiny_run
     tmp = tmp_path_factory.mktemp("serve")
     port, log = free_port(), tmp / "server.log"
-    process = start_server([f"run_dir={run}", f"port={port}", f"paths.log_dir={tmp / 'logs'}",
-                            f"data.data_dir={data_dir}", "data.download=false", "ood.fit=true", "ood.fit_images=500",
-                            f"max_batch_size={MAX_BATCH_SIZE}", "batch_timeout=0.05", "cpu_threads=1",
-                            "log_level=warning"], log)  # fmt: skip
+    process = start_server(
+        [
+            f"run_dir={run}",
+            f"port={port}",
+            f"paths.log_dir={tmp / 'logs'}",
+            f"data.data_dir={data_dir}",
+            "data.download=false",
+            "ood.fit=true",
+            "ood.fit_images=500",
+            f"max_batch_size={MAX_BATCH_SIZE}",
+            "batch_timeout=0.05",
+            "cpu_threads=1",
+            "log_level=warning",
+        ],
+        log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, url, log)

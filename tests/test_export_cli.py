@@ -33,8 +33,11 @@ def test_a_run_directory_is_exported_and_verified(tiny_run, data_dir, tmp_path):
     summary = json.loads((out / "export.json").read_text())
     assert summary["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and summary["format"] == "pt2"
     assert summary["parity"]["images"] == 1000 and summary["parity"]["passed"]
-    printed = re.search(r"parity on 1000 CIFAR-10 test images through torch.export.load: "
-                        r"max \|logit difference\| (\S+), top-1 agreement (\S+)%", result.stdout)  # fmt: skip
+    printed = re.search(
+        r"parity on 1000 CIFAR-10 test images through torch.export.load: "
+        r"max \|logit difference\| (\S+), top-1 agreement (\S+)%",
+        result.stdout,
+    )
     assert printed, result.stdout
     assert float(printed[1]) == float(f"{summary['parity']['max_abs_diff']:.3g}") <= 1e-3
     assert (
@@ -85,8 +88,11 @@ def test_the_inference_benchmark_prints_both_sides(capsys):
     out = capsys.readouterr().out
     assert "model: report_cnn (fresh, conf/model/report_cnn.yaml), 0.12 M parameters" in out
     figure = r"(\d+\.\d+) ms/batch +(\d+) images/s"
-    rows = re.findall(rf"batch +(\d+) \| PyTorch eager: +{figure} \| onnxruntime: +{figure} \| onnxruntime/eager speed "
-                      r"(\d+\.\d+)", out)  # fmt: skip
+    rows = re.findall(
+        rf"batch +(\d+) \| PyTorch eager: +{figure} \| onnxruntime: +{figure} \| onnxruntime/eager speed "
+        r"(\d+\.\d+)",
+        out,
+    )
     assert [row[0] for row in rows] == ["1", "3"], out
     for batch, eager_ms, eager_rate, ort_ms, ort_rate, speed in rows:
         assert float(eager_ms) > 0 and float(ort_ms) > 0 and float(speed) > 0

@@ -32,8 +32,14 @@ from cifar_lightning.training import train
 from tests.conftest import CONF_DIR, QUIET, compose_train
 
 # One training batch, one validation batch, one small test batch: a real train.py checkpoint in seconds.
-ONE_BATCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-             "trainer.limit_test_batches=1", "data.batch_size=32", "data.eval_batch_size=50"]  # fmt: skip
+ONE_BATCH = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=32",
+    "data.eval_batch_size=50",
+]
 RECIPES = {"fast_net": ["experiment=fast94", "model.init_images=500"], "resnet18": ["experiment=resnet18"]}
 
 
@@ -65,8 +71,9 @@ def checkpoints(tiny_run, tmp_path_factory, data_dir):
 def test_the_normalization_inside_is_the_classifiers(checkpoints):
     classifier = Classifier.load(checkpoints("report_cnn"), device="cpu")
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(NormalizedClassifier(nn.Identity(), classifier.mean, classifier.std)(images),
-                       classifier.normalize(images))  # fmt: skip
+    assert torch.equal(
+        NormalizedClassifier(nn.Identity(), classifier.mean, classifier.std)(images), classifier.normalize(images)
+    )
 
 
 MODEL_FORMATS = [
@@ -78,8 +85,10 @@ MODEL_FORMATS = [
 @pytest.mark.parametrize(("model", "fmt"), MODEL_FORMATS)
 def test_export_matches_pytorch_at_any_batch_size(model, fmt, checkpoints, data_dir, tmp_path):
     ckpt = checkpoints(model)
-    cfg = compose_export([f"ckpt={ckpt}", f"format={fmt}", f"data.data_dir={data_dir}", "check.images=300",
-                          "check.batch_size=128"], tmp_path)  # fmt: skip
+    cfg = compose_export(
+        [f"ckpt={ckpt}", f"format={fmt}", f"data.data_dir={data_dir}", "check.images=300", "check.batch_size=128"],
+        tmp_path,
+    )
     summary = export(cfg)
 
     path = tmp_path / f"model.{fmt}"

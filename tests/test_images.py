@@ -188,9 +188,7 @@ def test_missing_and_empty_sources(tmp_path):
         load_image(b"")
 
 
-@pytest.mark.parametrize(
-    ("side", "reason"), [(20_000, "decompression bomb"), (8_000, "over the limit of 40,000,000")]
-)  # fmt: skip
+@pytest.mark.parametrize(("side", "reason"), [(20_000, "decompression bomb"), (8_000, "over the limit of 40,000,000")])
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch, side, reason):
     """A PNG header claiming side x side pixels, with no pixel data: refused from the header (decoding it
     would fail as truncated instead, and is made to fail the test)."""

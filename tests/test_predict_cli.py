@@ -49,8 +49,9 @@ def test_every_format_in_a_folder(tiny_run, tmp_path):
 
     record = json.loads((out / "predictions.json").read_text())
     assert record["counts"] == {"files": len(expected), "predicted": len(expected) - 2, "errors": 2, "ood": None}
-    assert record["ood"] is None and all(len(e["top_k"]) == (2 if e["status"] == "ok" else 0)
-                                         for e in record["predictions"])  # fmt: skip
+    assert record["ood"] is None and all(
+        len(e["top_k"]) == (2 if e["status"] == "ok" else 0) for e in record["predictions"]
+    )
     assert "no OOD detector saved" in result.stdout + result.stderr  # a warning logged by Hydra
     assert f"{len(expected) - 2} of {len(expected)} files predicted" in result.stdout
     assert "images/s" in result.stdout and "not read: " in result.stdout and "truncated.jpg" in result.stdout

@@ -22,10 +22,36 @@ from cifar_lightning.ood.saved import DETECTORS_FILE, FORMAT, VERSION, Detectors
 from cifar_lightning.prediction import gather_inputs, run_prediction
 from tests.conftest import CONF_DIR
 
-CSV_COLUMNS = ["file", "status", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3",
-               "class_4", "probability_4", "ood_score", "ood", "error"]  # fmt: skip
-JSON_KEYS = {"schema_version", "checkpoint", "checkpoint_epoch", "classes", "tta", "top_k", "device", "inputs", "ood",
-             "counts", "seconds", "images_per_second", "predictions"}  # fmt: skip
+CSV_COLUMNS = [
+    "file",
+    "status",
+    "class_1",
+    "probability_1",
+    "class_2",
+    "probability_2",
+    "class_3",
+    "probability_3",
+    "class_4",
+    "probability_4",
+    "ood_score",
+    "ood",
+    "error",
+]
+JSON_KEYS = {
+    "schema_version",
+    "checkpoint",
+    "checkpoint_epoch",
+    "classes",
+    "tta",
+    "top_k",
+    "device",
+    "inputs",
+    "ood",
+    "counts",
+    "seconds",
+    "images_per_second",
+    "predictions",
+}
 ENTRY_KEYS = {"file", "status", "top_k", "ood_score", "ood", "error"}
 
 
@@ -55,8 +81,12 @@ def test_globs_and_lists_keep_input_order_and_each_file_once(tmp_path):
     assert gather_inputs(f"{tmp_path}/x/*.png") == [tmp_path / "x" / "1.png", tmp_path / "x" / "2.png"]
     assert gather_inputs(f"{tmp_path}/x/**/*.png") == [tmp_path / "x" / p for p in ("1.png", "2.png", "deep/3.png")]
     listed = gather_inputs([str(tmp_path / "y.jpg"), f"{tmp_path}/x/2.png", str(tmp_path / "x")])
-    assert listed == [tmp_path / "y.jpg", tmp_path / "x" / "2.png", tmp_path / "x" / "1.png",
-                      tmp_path / "x" / "deep" / "3.png"]  # fmt: skip
+    assert listed == [
+        tmp_path / "y.jpg",
+        tmp_path / "x" / "2.png",
+        tmp_path / "x" / "1.png",
+        tmp_path / "x" / "deep" / "3.png",
+    ]
 
 
 def test_no_files_is_refused(tmp_path):
@@ -76,10 +106,19 @@ def test_no_files_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("top_k=0", "top_k"), ("top_k=11", "top_k"), ("batch_size=0", "batch_size"), ("workers=0", "workers"),
-     ("max_pixels=-1", "max_pixels"), ("ood.fit=yes", "ood"), ("ood.file=saved.pt", "ood"),
-     ("ood.detector=mystery", "ood"), ("tta=3", "tta"), ("device=tpu", "device")],
-)  # fmt: skip
+    [
+        ("top_k=0", "top_k"),
+        ("top_k=11", "top_k"),
+        ("batch_size=0", "batch_size"),
+        ("workers=0", "workers"),
+        ("max_pixels=-1", "max_pixels"),
+        ("ood.fit=yes", "ood"),
+        ("ood.file=saved.pt", "ood"),
+        ("ood.detector=mystery", "ood"),
+        ("tta=3", "tta"),
+        ("device=tpu", "device"),
+    ],
+)
 def test_bad_settings_are_refused_before_any_work(tmp_path, override, key):
     cfg = compose_predict(["ckpt=any.ckpt", "inputs=any.png", "ood.fit=true", override], tmp_path / "out")
     with pytest.raises(ConfigError, match=f"invalid `{key}` config: .*python predict.py.*nothing was predicted"):
@@ -108,8 +147,19 @@ def test_cifar_pngs_are_predicted_as_the_test_tensors(tiny_run, cifar_pngs, tmp_
     folder, images = cifar_pngs
     checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
     out = tmp_path / "out"
-    cfg = compose_predict([f"ckpt={checkpoint}", f"inputs={folder}", "tta=1", "top_k=4", "batch_size=64", "workers=2",
-                           "device=cpu", "ood.enabled=false"], out)  # fmt: skip
+    cfg = compose_predict(
+        [
+            f"ckpt={checkpoint}",
+            f"inputs={folder}",
+            "tta=1",
+            "top_k=4",
+            "batch_size=64",
+            "workers=2",
+            "device=cpu",
+            "ood.enabled=false",
+        ],
+        out,
+    )
     summary = run_prediction(cfg)
     reference = Classifier.load(checkpoint, device="cpu", tta=1).predict(images, batch_size=64)
     probabilities, indices = reference.top_k(4)
@@ -177,11 +227,21 @@ def test_saved_detectors_are_found_for_this_checkpoint(tiny_run, cifar_pngs, dig
     saved.parent.mkdir(parents=True)
     detectors = {
         "msp": {"threshold": float(msp.median()), "layers": [], "state": {}},
-        "mean_activation": {"threshold": float(relu4.median()), "layers": ["relu4"],
-                            "state": {"layer": "relu4", "direction": "below"}},
-    }  # fmt: skip
-    record = {"format": FORMAT, "version": VERSION, "checkpoint": str(checkpoint), "default": "knn",
-              "checkpoint_sha256": file_sha256(checkpoint), "settings": {}, "detectors": detectors}  # fmt: skip
+        "mean_activation": {
+            "threshold": float(relu4.median()),
+            "layers": ["relu4"],
+            "state": {"layer": "relu4", "direction": "below"},
+        },
+    }
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "checkpoint": str(checkpoint),
+        "default": "knn",
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "settings": {},
+        "detectors": detectors,
+    }
     torch.save(record, saved)
     common = [f"ckpt={checkpoint}", f"inputs={folder}", "device=cpu", f"paths.log_dir={tmp_path / 'logs'}"]
 
@@ -191,8 +251,9 @@ def test_saved_detectors_are_found_for_this_checkpoint(tiny_run, cifar_pngs, dig
     np.testing.assert_allclose(assert_verdicts(record, rows, 200), relu4.numpy(), rtol=1e-6)
     assert 0 < record["counts"]["ood"] < 200
     reference = classifier.predict(images)  # the detector's forward pass gave the predictions too (tta=0)
-    np.testing.assert_allclose([e["top_k"][0]["probability"] for e in record["predictions"]],
-                               reference.confidence.numpy(), rtol=0, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        [e["top_k"][0]["probability"] for e in record["predictions"]], reference.confidence.numpy(), rtol=0, atol=1e-6
+    )
 
     run_prediction(compose_predict([*common, f"ood.file={saved}", "ood.detector=msp", "tta=1"], tmp_path / "named"))
     record, rows = read_outputs(tmp_path / "named")
@@ -208,9 +269,19 @@ def test_a_detector_fitted_now(tiny_run, cifar_pngs, digits, data_dir, tmp_path)
     """ood.fit=true: KNN fitted on 1,000 training-split images; CIFAR-10 test images and MNIST digits all get
     scores and the verdict score > threshold (which set scores higher is not assertable for a tiny model)."""
     out = tmp_path / "out"
-    cfg = compose_predict([f"run_dir={tiny_run[0]}", f"inputs=[{cifar_pngs[0]},{digits}]", "device=cpu",
-                           f"data.data_dir={data_dir}", "data.download=false", "ood.fit=true",
-                           "ood.fit_images=1000", f"paths.log_dir={tmp_path / 'logs'}"], out)  # fmt: skip
+    cfg = compose_predict(
+        [
+            f"run_dir={tiny_run[0]}",
+            f"inputs=[{cifar_pngs[0]},{digits}]",
+            "device=cpu",
+            f"data.data_dir={data_dir}",
+            "data.download=false",
+            "ood.fit=true",
+            "ood.fit_images=1000",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
+        out,
+    )
     run_prediction(cfg)
     record, rows = read_outputs(out)
     assert record["ood"]["detector"] == "knn" and record["ood"]["source"] == "fitted now"

@@ -45,8 +45,10 @@ def why_no_browser() -> str:
     if sync_api is None:
         return "the playwright Python package is not installed (pip install -e '.[dev]')"
     if not (chromium().is_file() and os.access(chromium(), os.X_OK)):
-        return (f"no Chromium at {chromium()} (set CIFAR_LIGHTNING_CHROMIUM, or install it: apt-get install "
-                f"chromium; browsers are never downloaded for the tests)")  # fmt: skip
+        return (
+            f"no Chromium at {chromium()} (set CIFAR_LIGHTNING_CHROMIUM, or install it: apt-get install "
+            f"chromium; browsers are never downloaded for the tests)"
+        )
     return ""
 
 
@@ -98,8 +100,10 @@ def test_pick_and_drop_images_in_chromium(request, tmp_path):
     picked = tmp_path / "cifar_test_0.png"
     picked.write_bytes(PNG)
     dropped = jpeg_96(cifar_test_pngs(2)[1][0])
-    expected = {"cifar_test_0.png": served_answer(server.url, PNG),
-                "cifar_test_1.jpg": served_answer(server.url, dropped)}  # fmt: skip
+    expected = {
+        "cifar_test_0.png": served_answer(server.url, PNG),
+        "cifar_test_1.jpg": served_answer(server.url, dropped),
+    }
     problems: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium()), headless=True)
@@ -131,8 +135,9 @@ def check_result(page, name: str, answer: dict) -> None:
     expect(page.locator("#top-class")).to_have_text(f"{answer['class']} ({percent(answer['probability'])})")
     bars = page.locator("#bars li")
     expect(bars).to_have_count(len(answer["top_k"]))
-    shown = [(bars.nth(i).get_attribute("data-class"), bars.nth(i).locator(".pct").inner_text())
-             for i in range(bars.count())]  # fmt: skip
+    shown = [
+        (bars.nth(i).get_attribute("data-class"), bars.nth(i).locator(".pct").inner_text()) for i in range(bars.count())
+    ]
     assert shown == [(entry["class"], percent(entry["probability"])) for entry in answer["top_k"]]
     verdict = answer["ood"]
     expect(page.locator("#verdict")).to_have_attribute("data-verdict", verdict["verdict"])

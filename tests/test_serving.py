@@ -79,8 +79,10 @@ def test_a_valid_image_gets_the_models_answer(server, classifier):
         assert [entry["class"] for entry in answer["top_k"]] == [classifier.classes[i] for i in indices[0]]
         assert [entry["index"] for entry in answer["top_k"]] == indices[0].tolist()
         np.testing.assert_allclose([entry["probability"] for entry in answer["top_k"]], probabilities[0], rtol=1e-4)
-        assert (answer["class"], answer["probability"]) == (answer["top_k"][0]["class"],
-                                                            answer["top_k"][0]["probability"])  # fmt: skip
+        assert (answer["class"], answer["probability"]) == (
+            answer["top_k"][0]["class"],
+            answer["top_k"][0]["probability"],
+        )
         ood = answer["ood"]
         assert ood["detector"] == info["ood"]["detector"] == "knn" and ood["threshold"] == info["ood"]["threshold"]
         assert ood["is_ood"] == (ood["score"] > ood["threshold"])
@@ -97,8 +99,9 @@ def test_gradcam_overlay_of_the_top_class(server, classifier):
     with Image.open(io.BytesIO(base64.b64decode(cam["png_base64"]))) as image:
         served = np.asarray(image.convert("RGB"))
     assert served.shape == (OVERLAY_SIZE, OVERLAY_SIZE, 3)
-    (expected,) = gradcam_pngs(classifier.model, "conv3", load_image(body)[None], classifier.normalize,
-                               [answer["top_k"][0]["index"]])  # fmt: skip
+    (expected,) = gradcam_pngs(
+        classifier.model, "conv3", load_image(body)[None], classifier.normalize, [answer["top_k"][0]["index"]]
+    )
     with Image.open(io.BytesIO(expected)) as image:
         here = np.asarray(image.convert("RGB"))
     assert np.abs(served.astype(int) - here.astype(int)).mean() < 2  # the same map (float noise aside)
@@ -120,10 +123,13 @@ BAD_UPLOADS = {
     "decompression bomb": (dict(content=blank_png(7_000, 7_000)), 400, "over the limit of 40,000,000 (max_pixels)"),
     "form without a file field": (dict(files={"image": ("a.png", PNG, "image/png")}), 400, "no file field named"),
     "text form field": (dict(data={"file": "not a file"}, files={"other": ("a", b"x")}), 400, "no file field named"),
-    "broken multipart": (dict(content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}), 400,
-                         "multipart form cannot be read"),
+    "broken multipart": (
+        dict(content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}),
+        400,
+        "multipart form cannot be read",
+    ),
     "bad gradcam flag": (dict(content=PNG, params={"gradcam": "perhaps"}), 400, "gradcam='perhaps'"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD_UPLOADS)
@@ -152,8 +158,9 @@ def send_at_once(server: Server, bodies: list[bytes]) -> list[httpx.Response]:
 def assert_same_answer(answer: dict, alone: dict) -> None:
     """The answer a request got in a batch is the one it gets alone."""
     assert [e["class"] for e in answer["top_k"]] == [e["class"] for e in alone["top_k"]]
-    np.testing.assert_allclose([e["probability"] for e in answer["top_k"]],
-                               [e["probability"] for e in alone["top_k"]], rtol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        [e["probability"] for e in answer["top_k"]], [e["probability"] for e in alone["top_k"]], rtol=1e-4
+    )
     assert answer["ood"]["is_ood"] == alone["ood"]["is_ood"]
     assert answer["ood"]["score"] == pytest.approx(alone["ood"]["score"], rel=1e-4, abs=1e-6)
 
@@ -271,9 +278,13 @@ def test_a_busy_port_is_refused(tmp_path):
 def test_cli_bad_checkpoint_is_one_error_line(tmp_path):
     short = tmp_path / "short.ckpt"
     short.write_bytes(b"PK\x03\x04 not a whole checkpoint")
-    result = subprocess.run([sys.executable, "serve.py", f"ckpt={short}", f"port={free_port()}",
-                             f"paths.log_dir={tmp_path / 'logs'}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "serve.py", f"ckpt={short}", f"port={free_port()}", f"paths.log_dir={tmp_path / 'logs'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_refused(result, str(short))
 
 
@@ -296,8 +307,11 @@ def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classi
     api = ClassifierAPI(classifier.checkpoint_path, 0, 3, "conv3", detector, max_batch_size=4, batch_timeout=0.01)
     copy = pickle.loads(pickle.dumps(api))
     assert torch.equal(copy.detector.score(features), scores)
-    assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == ("mean_activation",
-                                                                                 detector.threshold, 4)  # fmt: skip
+    assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == (
+        "mean_activation",
+        detector.threshold,
+        4,
+    )
     copy.setup("cpu")
     answers = copy.predict([decode_payload(json.loads(encode_payload(image, False))) for image in images])
     assert [answer["ood"]["score"] for answer in answers] == pytest.approx(scores.tolist())

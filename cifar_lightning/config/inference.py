@@ -1,13 +1,13 @@
 """The settings of predict.py, serve.py and export.py (conf/<entry>.yaml extends <entry>_schema), and of the OOD
-runtime both predict and serve read as their `ood` node (conf/ood_runtime/default.yaml extends it)."""
+runtime both predict and serve read as their `ood` node (conf/ood_runtime/default.yaml extends it, and both entry
+configs take it from there)."""
 
 from typing import Literal
 
-from hydra.core.config_store import ConfigStore
 from pydantic import Field, ValidationInfo, field_validator
 
 from cifar_lightning.config.ood import DETECTOR_LABELS, MEAN_ACTIVATION
-from cifar_lightning.config.schema import Settings, defaults, preset
+from cifar_lightning.config.schema import Settings, preset
 from cifar_lightning.config.types import Device, TTALevel
 
 #: Detectors an ood_detectors.pt may hold, by name.
@@ -29,7 +29,7 @@ class OODRuntimeSettings(Settings):
         None, description="an ood_detectors.pt of evaluate.py; null: the newest one saved for this very checkpoint"
     )
     detector: SavedDetector | None = Field(
-        None, description="which detector, but odin, which perturbs each image through the network; null: knn"
+        None, description="which detector; not odin, which perturbs each image through the network; null: knn"
     )
 
     @field_validator("file")
@@ -59,6 +59,7 @@ class ClassifySettings(CheckpointSettings):
     ood: OODRuntimeSettings = OODRuntimeSettings()
 
 
+@preset(None, "predict_schema")
 class PredictSettings(ClassifySettings):
     """predict.py's own settings."""
 
@@ -76,6 +77,7 @@ class GradcamLayer(Settings):
     layer: str | None = Field(None, description="the layer Grad-CAM weighs, by name; null: the model's last Conv2d")
 
 
+@preset(None, "serve_schema")
 class ServeSettings(ClassifySettings):
     """serve.py's own settings."""
 
@@ -103,16 +105,10 @@ class ParityCheckSettings(Settings):
     min_agreement: float = Field(0.999, ge=0, le=1, description="smallest share of images with the same top-1 class")
 
 
+@preset(None, "export_schema")
 class ExportSettings(CheckpointSettings):
     """export.py's own settings."""
 
     format: Literal["onnx", "pt2"] = Field("onnx", description="onnx: model.onnx; pt2: model.pt2, torch.export's")
     opset: int = Field(20, ge=18, description="ONNX opset: torch's exporter writes 18 and up, 20 has Gelu")
     check: ParityCheckSettings = ParityCheckSettings()
-
-
-# conf/<entry>.yaml extends <entry>_schema; `ood` comes from its own group (conf/ood_runtime/).
-for _name, _schema in (("predict", PredictSettings), ("serve", ServeSettings), ("export", ExportSettings)):
-    ConfigStore.instance().store(
-        name=f"{_name}_schema", node={k: v for k, v in defaults(_schema).items() if k != "ood"}
-    )
