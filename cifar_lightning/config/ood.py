@@ -45,8 +45,8 @@ PositiveShare = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(gt=0)]
 WEIGHTS = "null or 10 numbers >= 0 (one per class, not all 0)"
-Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Weights = Annotated[list[Weight], Field(min_length=10, max_length=10)]
+Weights = Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(min_length=10, max_length=10)]
+LAYERS = {"must": "a list of layer names (or null)"}
 NAMES = ", ".join(DETECTOR_LABELS)
 Detectors = Annotated[list[DetectorName], Field(json_schema_extra={"must": f"a list of distinct names among {NAMES}"})]
 Featured = Annotated[
@@ -98,7 +98,7 @@ class ThresholdSettings(Settings):
 class MeanActivationSettings(Settings):
     """The report's method: a layer's per-image mean activation, OOD when below (or above) a threshold."""
 
-    layers: list[str] | None = Field(None, description="activation layers to measure; null = every one")
+    layers: list[str] | None = Field(None, json_schema_extra=LAYERS, description="activation layers measured; null=all")
     layer: str | None = Field(None, description="the layer in the detectors' table and gallery; null = the last")
     direction: Direction = Field("below", description="where OOD lies")
 
@@ -160,15 +160,11 @@ class OODConfig(OODSettings):
 
     @model_validator(mode="after")
     def _enough(self):
-        if not self.enabled:
-            return self
-        if not self.sets:
-            raise ValueError(
-                "no OOD sets are configured (ood.sets is empty): keep conf/ood/default.yaml's, add one with "
-                "+ood.sets.mine.path=/data/my_set.npz, or turn OOD detection off with ood=none"
-            )
+        if self.enabled and not self.sets:
+            fix = "keep conf/ood/default.yaml's, add one with +ood.sets.mine.path=/data/my_set.npz, or use ood=none"
+            raise ValueError(f"no OOD sets are configured (ood.sets is empty): {fix}")
         least = max(self.knn_k, self.nnguide_k, 10)
-        if self.fit_images is not None and self.fit_images < least:
+        if self.enabled and self.fit_images is not None and self.fit_images < least:
             rule = f"null or an integer >= max(knn_k, nnguide_k, 10) = {least}"
             raise ValueError(f"ood.fit_images must be {rule}, got {self.fit_images}")
         return self

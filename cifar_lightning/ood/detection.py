@@ -1,6 +1,8 @@
 """OOD detection for one classifier: extract features once per data set, fit the detectors on the training split,
 choose every threshold on the validation split alone (so changing the test or OOD sets leaves them unchanged), and
 measure each detector and each activation layer against each OOD set, the CIFAR-10 test set being in-distribution.
+AUROC, AUPR-IN, AUPR-OUT and FPR@95%TPR are pytorch-ood's; FPR@95%TPR takes in-distribution as the positive class,
+as the OOD literature does (ODIN, KNN, OpenOOD): the share of OOD images accepted when 95% of ID images are kept.
 
     result = detect_ood(Classifier.load(checkpoint), fit_images=..., fit_labels=..., val_images=..., id_images=...,
                         ood_sets=load_sets({"noise": {"noise": "uniform", "n": 1000}}, seed=0))
@@ -8,18 +10,19 @@ measure each detector and each activation layer against each OOD set, the CIFAR-
 """
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pytorch_ood.metrics.functional import aupr, auroc, fpr_at_tpr
 from torch import Tensor, nn
 
-from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, MeanActivationSettings, OODSettings
+from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, OODSettings, ThresholdSettings
 from cifar_lightning.inference import Classifier, Features, activation_layers
 from cifar_lightning.ood.detectors import build_detectors, image_state, mean_activation_score, score_images
-from cifar_lightning.ood.metrics import choose_threshold, ood_metrics
 from cifar_lightning.ood.sets import OODSet
 
 log = logging.getLogger(__name__)
@@ -62,14 +65,10 @@ class OODResult:
 
     def detector_seconds(self) -> dict[str, dict[str, float]]:
         """Per detector row: the seconds of its fit and of its scoring (validation, test and every OOD set)."""
-        return {
-            name: {"fit": round(scores.fit_seconds, 3), "score": round(scores.score_seconds, 3)}
-            for name, scores in self.scores.items()
-        }
+        return {n: {"fit": round(s.fit_seconds, 3), "score": round(s.score_seconds, 3)} for n, s in self.scores.items()}
 
     def kind_means(self) -> dict[str, dict[str, dict[str, float] | None]]:
-        """Per detector row and summary kind (near, far): the mean AUROC and FPR@95 over the OOD sets of that kind,
-        as OpenOOD reports them; None for a kind no set has. Synthetic and custom sets are in no mean."""
+        """Per detector row and kind (near, far): the mean AUROC and FPR@95 over the sets of that kind, or None."""
 
         def mean(per_set: dict[str, dict[str, float]], kind: str) -> dict[str, float] | None:
             chosen = [s for s in per_set if self.sets.get(s, {}).get("kind") == kind]
@@ -86,6 +85,61 @@ class OODResult:
         return {**summary, "seconds": round(self.seconds, 3)}
 
 
+def choose_threshold(val_scores: Tensor, settings: ThresholdSettings) -> float:
+    """The threshold of conf/ood's `threshold` rule, on validation scores alone."""
+    if settings.method == "histogram":
+        return histogram_threshold(val_scores, settings.bins, settings.min_fraction)
+    return percentile_threshold(val_scores, settings.id_keep)
+
+
+def percentile_threshold(val_scores: Tensor, id_keep: float = 0.95) -> float:
+    """The smallest threshold keeping `id_keep` of the validation images (score <= it): the ceil(id_keep n)-th."""
+    ordered = torch.sort(val_scores.double().flatten()).values
+    rank = max(1, math.ceil(id_keep * len(ordered) - 1e-9))
+    return ordered[rank - 1].item()
+
+
+def histogram_threshold(val_scores: Tensor, bins: int = 50, min_fraction: float = 0.001) -> float:
+    """The report's approach on validation scores alone: walking in from the most OOD-like bin, bins with under
+    `min_fraction` of the images are stragglers; the threshold is the outer edge of the first that is not."""
+    scores = val_scores.double().flatten()
+    low, high = scores.min().item(), scores.max().item()
+    if low == high:
+        return high
+    counts = torch.histc(scores, bins=bins, min=low, max=high)
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    needed = min_fraction * len(scores)
+    for index in range(bins - 1, -1, -1):
+        if counts[index] >= needed and counts[index] > 0:
+            return edges[index + 1].item()
+    return high
+
+
+def detection_rates(id_scores: Tensor, ood_scores: Tensor, threshold: float) -> dict[str, float]:
+    """At a threshold (OOD above it): the shares of ID images kept and of OOD images caught, and their mean."""
+    id_kept = (id_scores <= threshold).double().mean().item()
+    ood_caught = (ood_scores > threshold).double().mean().item()
+    return {"id_kept": id_kept, "ood_caught": ood_caught, "detection_acc": (id_kept + ood_caught) / 2}
+
+
+def ood_metrics(id_scores: Tensor, ood_scores: Tensor, threshold: float | None = None) -> dict[str, float]:
+    """AUROC, AUPR-IN, AUPR-OUT, FPR@95%TPR (ID positive) and, given a threshold, the detection rates."""
+    id_scores, ood_scores = id_scores.double().flatten(), ood_scores.double().flatten()
+    scores = torch.cat([id_scores, ood_scores])
+    labels = torch.cat([torch.zeros(len(id_scores), dtype=torch.long), -torch.ones(len(ood_scores), dtype=torch.long)])
+    # Roles swapped for FPR@95: pytorch-ood's positive class is OOD (labels < 0, high scores).
+    id_positive_labels = torch.where(labels < 0, 0, -1)
+    metrics = {
+        "auroc": auroc(scores, labels).item(),
+        "aupr_in": aupr(scores, labels, positive="id").item(),
+        "aupr_out": aupr(scores, labels, positive="ood").item(),
+        "fpr95": fpr_at_tpr(-scores, id_positive_labels, tpr=0.95).item(),
+    }
+    if threshold is not None:
+        metrics.update(threshold=threshold, **detection_rates(id_scores, ood_scores, threshold))
+    return metrics
+
+
 def fit_subset(labels: torch.Tensor, count: int | None, seed: int) -> torch.Tensor:
     """Indices of the training images the detectors are fitted on: all, or `count` drawn at random (seeded)."""
     if count is None or count >= len(labels):
@@ -98,17 +152,17 @@ def mean_activation_name(layer: str) -> str:
     return f"mean activation ({layer})"
 
 
-def check_layers(model: nn.Module, settings: MeanActivationSettings) -> tuple[list[str], str]:
+def check_layers(model: nn.Module, layers: Sequence[str] | None, layer: str | None = None) -> tuple[list[str], str]:
     """The activation layers to measure and the one for the detectors' table; a clear error for a wrong name."""
     available = activation_layers(model)
     if not available:
         raise ValueError(f"{type(model).__name__} has no activation layers (ReLU, GELU, ...) to measure")
-    layers = list(settings.layers) if settings.layers is not None else available
-    unknown = [name for name in [*layers, settings.layer] if name is not None and name not in available]
+    layers = list(layers) if layers is not None else available
+    unknown = [name for name in [*layers, layer] if name is not None and name not in available]
     if unknown:
         names = ", ".join(map(repr, unknown))
         raise ValueError(f"the model has no activation layer {names}; its activation layers are {', '.join(available)}")
-    layer = settings.layer or layers[-1]
+    layer = layer or layers[-1]
     if layer not in layers:
         layers.append(layer)
     return layers, layer
@@ -129,7 +183,7 @@ def detect_ood(
     """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set. Images
     are uint8 (N, 3, 32, 32); features are extracted once per set and shared; ODIN alone runs on the images."""
     start = time.perf_counter()
-    layers, _ = check_layers(classifier.model, settings.mean_activation)
+    layers, _ = check_layers(classifier.model, settings.mean_activation.layers, settings.mean_activation.layer)
 
     def each(score: Callable[[Tensor, str], Any]) -> tuple[Any, Any, dict[str, Any]]:
         """score(images, name) of the validation split, the test set and each OOD set, in that order."""
@@ -156,20 +210,6 @@ def detect_ood(
     result.feature_seconds = feature_seconds
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _score_sets(
-    score: Callable[[Features], Tensor],
-    val: Features,
-    id_test: Features,
-    ood: Mapping[str, Features],
-    fit_seconds: float = 0.0,
-) -> Scores:
-    """A feature detector's scores on every set, with the seconds they took."""
-    start = time.perf_counter()
-    scores = Scores(score(val), score(id_test), {name: score(features) for name, features in ood.items()})
-    scores.fit_seconds, scores.score_seconds = fit_seconds, time.perf_counter() - start
-    return scores
 
 
 def score_ood(
@@ -201,6 +241,14 @@ def score_ood(
     layer = uses(chosen.layer)[-1] if chosen.layer is not None else layers[-1]
     if layer not in layers:
         layers.append(layer)
+
+    def over_sets(score: Callable[[Features], Tensor], fit_seconds: float = 0.0) -> Scores:
+        """A feature detector's scores on every set, with the seconds they took."""
+        began = time.perf_counter()
+        scores = Scores(score(val), score(id_test), {name: score(features) for name, features in ood.items()})
+        scores.fit_seconds, scores.score_seconds = fit_seconds, time.perf_counter() - began
+        return scores
+
     feature_detectors = [name for name in settings.detectors if name not in IMAGE_DETECTORS]
     fitted, left_out = build_detectors(feature_detectors, fit, fit_labels.cpu(), head, settings, progress)
     states, rows = {}, {}
@@ -209,10 +257,10 @@ def score_ood(
             states[name], rows[name] = image_scores[name]
         elif name in fitted:
             states[name] = fitted[name].state
-            rows[name] = _score_sets(fitted[name].score, val, id_test, ood, fitted[name].fit_seconds)
+            rows[name] = over_sets(fitted[name].score, fitted[name].fit_seconds)
 
     def by_layer(name: str) -> Scores:
-        return _score_sets(lambda f: mean_activation_score(f, name, direction), val, id_test, ood)
+        return over_sets(lambda f: mean_activation_score(f, name, direction))
 
     rows[mean_activation_name(layer)] = by_layer(layer)
     layer_rows = {name: by_layer(name) for name in layers}

@@ -38,8 +38,7 @@ Hyper = DetectorHyperparameters
 
 
 class DetectorFitError(ValueError):
-    """pytorch-ood refused to fit a detector on this model's training features (e.g. SHE when the model gets no
-    training image of some class right): the detector is left out of the tables, with this reason."""
+    """pytorch-ood refused to fit a detector on these training features (SHE: a class with no correct image)."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ def safe_name(layer: str) -> str:
 
 
 Sets = Mapping[str, Tensor]
+Paths = list[Path]
 
 
 def plot_value_histogram(
@@ -84,9 +85,7 @@ def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: 
     return save(figure, path)
 
 
-def write_figures(
-    result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int
-) -> tuple[list[Path], list[Path], list[Path]]:
+def write_figures(result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int) -> tuple[Paths, ...]:
     """(ood_hist_<layer>.png per measured layer; per measured gallery detector, ood_scores_<detector>.png and
     ood_gallery_<detector>.png, or ood_gallery.png for the report's rule on the table's layer)."""
     direction = result.settings["direction"]

@@ -1,8 +1,10 @@
-"""OOD detection as a step of evaluate.py: detect_ood on the run's own training/validation split and the configured
-OOD sets (conf/ood/), then ood.json, ood.md, ood_layers.md, the figures and ood_detectors.pt."""
+"""OOD detection as a step of evaluate.py, on the run's own training/validation split and the OOD sets of conf/ood/:
+ood.json, the figures, ood_detectors.pt, ood.md (a near/far summary per detector as OpenOOD reports it, then detector
+x OOD set, a table per metric) and ood_layers.md (the report's Table 2: a row per activation layer)."""
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,13 @@ from cifar_lightning.config import check
 from cifar_lightning.config.ood import OODConfig, OODSettings
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.inference import Classifier
-from cifar_lightning.ood.detection import check_layers, detect_ood
+from cifar_lightning.ood.detection import SUMMARY_KINDS, SUMMARY_METRICS, OODResult, check_layers, detect_ood
+from cifar_lightning.ood.detectors import FITTED, IMAGE_DETECTORS
 from cifar_lightning.ood.figures import write_figures
 from cifar_lightning.ood.saved import DETECTORS_FILE, save_detectors
 from cifar_lightning.ood.sets import OODSet, prepare_sets
-from cifar_lightning.ood.tables import detector_tables, layer_tables, setup_note, write_tables
-from cifar_lightning.report import SectionItem
+from cifar_lightning.report import SectionItem, Table
+from cifar_lightning.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +37,10 @@ def ood_settings(ood: DictConfig) -> OODConfig:
 def check_model_layers(model: torch.nn.Module, settings: OODSettings) -> None:
     """Refuse layer names the model does not have (ood.mean_activation.layers / .layer) before any work."""
     try:
-        check_layers(model, settings.mean_activation)
+        check_layers(model, settings.mean_activation.layers, settings.mean_activation.layer)
     except ValueError as exc:
-        raise ConfigError(
-            f"invalid `ood.mean_activation` config: {exc}. Fix the value on the command line (python evaluate.py "
-            f"ood.mean_activation.layer=null) or in conf/ood/default.yaml, or turn OOD detection off with ood=none; "
-            f"nothing was evaluated."
-        ) from exc
+        fix = "Fix the value on the command line (python evaluate.py ood.mean_activation.layer=null) or use ood=none"
+        raise ConfigError(f"invalid `ood.mean_activation` config: {exc}. {fix}; nothing was evaluated.") from exc
 
 
 def load_ood_sets(cfg: DictConfig) -> list[OODSet]:
@@ -59,9 +59,8 @@ def run_ood(
     val_trained_on: bool = False,
     **detect: Any,
 ) -> list[tuple[str, list[SectionItem]]]:
-    """detect_ood (`detect`: its keyword arguments), then ood.json, ood.md, ood_layers.md, the figures and
-    ood_detectors.pt in output_dir; returns the report's sections. subject: the model as tables name it.
-    val_trained_on: the threshold images are training images of a run that held out no validation split."""
+    """detect_ood(**detect), then its files in output_dir; the report's sections. subject: the model as tables name
+    it. val_trained_on: the threshold images are training images (the run held out no validation split)."""
     result = detect_ood(classifier, **detect)
     id_images, ood_sets = detect["id_images"], detect["ood_sets"]
     result.settings["val_trained_on"] = val_trained_on
@@ -93,3 +92,108 @@ def run_ood(
     if galleries:
         sections.append(("Images detected as in-distribution and as OOD", [*galleries]))
     return sections
+
+
+#: Metric key, heading, and whether higher is better.
+METRICS = {
+    "auroc": ("AUROC", True),
+    "fpr95": ("FPR@95%TPR", False),
+    "aupr_in": ("AUPR-IN", True),
+    "aupr_out": ("AUPR-OUT", True),
+    "detection_acc": ("Detection accuracy at the validation threshold", True),
+}
+DETECTOR_METRICS = tuple(METRICS)
+LAYER_METRICS = ("detection_acc", "auroc", "fpr95")
+
+
+def metric_table(result: OODResult, group: str, metric: str) -> Table:
+    """Rows = detectors (or layers), columns = OOD sets and their mean; values in %."""
+    rows_by_name = getattr(result, group)
+    sets = list(result.sets)
+    header = ["detector" if group == "detectors" else "layer"]
+    header += [f"{name} ({result.sets[name]['kind']})" for name in sets] + ["mean"]
+    if group == "layers":
+        header.append("threshold (mean activation)")
+    rows = []
+    for name, per_set in rows_by_name.items():
+        values = [100 * per_set[s][metric] for s in sets]
+        row = [name, *(f"{v:.2f}" for v in values), f"{sum(values) / len(values):.2f}"]
+        if group == "layers":
+            threshold = result.thresholds["layers"][name]
+            row.append(f"{-threshold if result.settings['direction'] == 'below' else threshold:.4g}")
+        rows.append(row)
+    heading, higher_better = METRICS[metric]
+    return Table(f"{heading} (%, {'higher' if higher_better else 'lower'} is better)", header, rows)
+
+
+def summary_table(result: OODResult) -> Table:
+    """Per detector: the mean AUROC and FPR@95 (%) over the near and the far sets ("-": no set of that kind), and
+    the seconds of its fit and of its scoring."""
+    means, seconds = result.kind_means(), result.detector_seconds()
+    columns = [(metric, kind) for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
+    header = ["detector", *(f"{kind} {METRICS[metric][0]}" for metric, kind in columns), "fit (s)", "scoring (s)"]
+    rows = []
+    for name in result.detectors:
+        values = ["-" if means[name][k] is None else f"{100 * means[name][k][m]:.2f}" for m, k in columns]
+        rows.append([name, *values, f"{seconds[name]['fit']:.2f}", f"{seconds[name]['score']:.2f}"])
+    return Table("Summary: mean over the near and the far OOD sets (%), and seconds per detector", header, rows)
+
+
+def detector_tables(result: OODResult) -> list[Table]:
+    return [summary_table(result), *(metric_table(result, "detectors", metric) for metric in DETECTOR_METRICS)]
+
+
+def layer_tables(result: OODResult) -> list[Table]:
+    return [metric_table(result, "layers", metric) for metric in LAYER_METRICS]
+
+
+def setup_note(result: OODResult) -> str:
+    """One paragraph: what was fitted and thresholded on what, so the tables can be read alone."""
+    counts, threshold = result.counts, result.settings["threshold"]
+    rule = f"the value that keeps {threshold['id_keep']:.0%} of the validation images as in-distribution"
+    if threshold["method"] == "histogram":
+        rule = f"the edge of the validation histogram ({threshold['bins']} bins, ignoring outer bins with under "
+        rule += f"{threshold['min_fraction']:.1%} of the images)"
+    trained_on = ", held out of the detectors' fit but trained on: the run held out no validation split"
+    trained_on = trained_on if result.settings.get("val_trained_on") else ""
+    sets = "; ".join(f"{name}: {s['n']:,} images, {s['kind']}, from {s['source']}" for name, s in result.sets.items())
+    fitted = [f"knn (k={result.settings['knn_k']})" if n == "knn" else n for n in result.states if n in FITTED]
+    fitted_text = f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
+    fitted_text += "detectors need no fit. "
+    left_out = "".join(f" {n} is left out: pytorch-ood could not fit it ({why})." for n, why in result.left_out.items())
+    images = ", ".join(name for name in result.states if name in IMAGE_DETECTORS)
+    image_text = f" {images} perturbs every image through the whole network instead, so its scoring seconds "
+    image_text = image_text + "include those passes." if images else ""
+    return (
+        f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). {fitted_text if fitted else ''}"
+        f"Every threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. "
+        f"The mean-activation method (the report's) calls an image OOD when a layer's mean activation is "
+        f"{result.settings['direction']} its threshold. Detection accuracy is the mean of the share of "
+        f"in-distribution test images kept and the share of OOD images caught at that threshold. FPR@95%TPR is the "
+        f"share of OOD images accepted when 95% of the in-distribution test images are kept. The summary averages "
+        f"over the sets of kind near and of kind far, as OpenOOD reports them; synthetic and custom sets are in the "
+        f"per-set tables only. Seconds: fitting on the training features and scoring the validation, test and OOD "
+        f"sets; extracting the features, once per set and shared by the detectors, took "
+        f"{result.feature_seconds:.1f} s more.{image_text}{left_out} OOD sets: {sets}."
+    )
+
+
+def markdown(table: Table) -> str:
+    return f"## {table.title}\n\n" + markdown_table(table.header, table.rows)
+
+
+def write_markdown(path: Path, title: str, note: str, tables: Sequence[Table]) -> Path:
+    path = Path(path)
+    path.write_text(f"# {title}\n\n{note}\n\n" + "\n".join(markdown(table) for table in tables))
+    return path
+
+
+def write_tables(result: OODResult, out_dir: Path, subject: str) -> list[Path]:
+    """ood.md and ood_layers.md in out_dir; `subject` names the model (e.g. its experiment and checkpoint)."""
+    note, out_dir = setup_note(result), Path(out_dir)
+    by_layer = "OOD detection by mean activation, per layer"
+    layer_note = note + " The last column is each layer's threshold on the mean activation."
+    return [
+        write_markdown(out_dir / "ood.md", f"OOD detection: {subject}", note, detector_tables(result)),
+        write_markdown(out_dir / "ood_layers.md", f"{by_layer}: {subject}", layer_note, layer_tables(result)),
+    ]

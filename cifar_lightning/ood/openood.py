@@ -129,8 +129,7 @@ def _kind_value(model: EvaluatedModel, detector: str, kind: str, metric: str) ->
 
 
 def best_near_detector(model: EvaluatedModel) -> str:
-    """The detector with the highest near-OOD mean AUROC: chosen on the OOD test sets themselves, so its figure
-    is an optimistic one (the page says so)."""
+    """The detector with the highest near-OOD mean AUROC: chosen on the test sets, so optimistic (the page says so)."""
     scored = [name for name in model.near_far if _kind_value(model, name, "near", "auroc") is not None]
     if not scored:
         raise OpenOODComparisonError(

@@ -1,16 +1,9 @@
 """Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with the threshold it chose on
 the validation split, into `ood_detectors.pt`; predict.py and serve.py load one and flag inputs without refitting.
-It holds tensors, numbers and strings only, so it is loaded with `weights_only=True`, and names the checkpoint it
-was fitted for by the file's SHA-256 (detectors of another model are refused):
-
-    {"format": "cifar-lightning ood detectors", "version": 1, "checkpoint": str, "checkpoint_sha256": str,
-     "default": "knn", "settings": {...}, "detectors": {name: {"threshold": float, "layers": [str], "state": {}}}}
-
-`name` is a detector or mean_activation; `state` is detectors.fit_state's (mean_activation: layer and direction).
-ODIN scores images, not features: it is handed out only to callers that say so (from_images=True).
-
-The default detector, KNN, was chosen in advance from OpenOOD v1.5's published CIFAR-10 benchmark (the best mean
-AUROC of the six post-hoc detectors first built here: near 90.64 / far 92.96), not from any run's OOD results.
+It holds tensors, numbers and strings only (loaded with `weights_only=True`): {"format", "version", "checkpoint",
+"checkpoint_sha256" (detectors of another checkpoint are refused), "default", "settings", "detectors": {name:
+{"threshold", "layers", "state" (detectors.fit_state's; mean_activation: layer, direction)}}}. The default, KNN,
+was chosen in advance from OpenOOD v1.5's CIFAR-10 benchmark (near 90.64 / far 92.96 AUROC), not from our runs.
 """
 
 import os
@@ -24,28 +17,12 @@ import torch
 from torch import Tensor
 
 from cifar_lightning.checkpoints import file_sha256
-from cifar_lightning.config.ood import (
-    DETECTOR_LABELS,
-    DIRECTIONS,
-    IMAGE_DETECTORS,
-    MEAN_ACTIVATION,
-    MeanActivationSettings,
-    OODSettings,
-)
+from cifar_lightning.config.ood import DETECTOR_LABELS, DIRECTIONS, IMAGE_DETECTORS, MEAN_ACTIVATION, OODSettings
 from cifar_lightning.data import CIFAR10DataModule, held_out_split
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.inference import Classifier, Features
-from cifar_lightning.ood.detection import OODResult, check_layers, fit_subset, mean_activation_name
-from cifar_lightning.ood.detectors import (
-    DetectorFitError,
-    Scorer,
-    fit_state,
-    image_state,
-    mean_activation_score,
-    score_images,
-    scorer,
-)
-from cifar_lightning.ood.metrics import choose_threshold
+from cifar_lightning.ood import detectors
+from cifar_lightning.ood.detection import OODResult, check_layers, choose_threshold, fit_subset, mean_activation_name
 
 DETECTORS_FILE = "ood_detectors.pt"
 DEFAULT_DETECTOR = "knn"
@@ -70,14 +47,14 @@ class OODDetector:
     state: dict[str, Any] = field(repr=False, compare=False)  # fit_state's; mean_activation: layer, direction
 
     @cached_property
-    def _score(self) -> Scorer:
+    def _score(self):  # a function of Features
         if self.name == MEAN_ACTIVATION:
             layer, direction = self.state["layer"], self.state["direction"]
-            return lambda f: mean_activation_score(f, layer, direction)
+            return lambda f: detectors.mean_activation_score(f, layer, direction)
         if self.needs_images:  # it scores images; a damaged state fails here all the same
             _ = float(self.state["eps"]) + float(self.state["temperature"])
-            return lambda features: scorer(self.name, self.state)(features)  # refused, with the fix
-        return scorer(self.name, self.state)
+            return lambda features: detectors.scorer(self.name, self.state)(features)  # refused, with the fix
+        return detectors.scorer(self.name, self.state)
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "_score"}
@@ -95,7 +72,7 @@ class OODDetector:
         """(N,) float64 outlier scores of uint8 images (N, 3, H, W): ODIN's through the whole network, the others'
         from the classifier's features."""
         if self.needs_images:
-            return score_images(self.name, self.state, classifier, images, batch_size, progress)
+            return detectors.score_images(self.name, self.state, classifier, images, batch_size, progress)
         return self.score(classifier.features(images, list(self.layers), batch_size, progress))
 
     def is_ood(self, scores: Tensor) -> Tensor:
@@ -114,17 +91,17 @@ def _refuse_images(name: str, path: str) -> DetectorsError:
 def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) -> Path:
     """Write every detector of an evaluate.py OOD result (and its mean-activation row) to `path`, atomically."""
     thresholds = result.thresholds["detectors"]
-    detectors = {
+    entries = {
         name: {"threshold": float(thresholds[name]), "layers": [], "state": state}
         for name, state in result.states.items()
     }
-    detectors[MEAN_ACTIVATION] = {
+    entries[MEAN_ACTIVATION] = {
         "threshold": float(thresholds[mean_activation_name(result.layer)]),
         "layers": [result.layer.split("@")[0]],
         "state": {"layer": result.layer, "direction": result.settings["direction"]},
     }
     record = dict(format=FORMAT, version=VERSION, checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
-    record.update(default=DEFAULT_DETECTOR, settings=result.settings, detectors=detectors)
+    record.update(default=DEFAULT_DETECTOR, settings=result.settings, detectors=entries)
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     torch.save(record, partial)
@@ -163,10 +140,10 @@ def _problems(record: Any) -> str:
         return f"it is not a {FORMAT!r} file"
     if record.get("version") != VERSION:
         return f"version {record.get('version')!r}, expected {VERSION}"
-    detectors = record.get("detectors")
-    if not isinstance(record.get("checkpoint_sha256"), str) or not isinstance(detectors, dict) or not detectors:
+    entries = record.get("detectors")
+    if not isinstance(record.get("checkpoint_sha256"), str) or not isinstance(entries, dict) or not entries:
         return "it lacks checkpoint_sha256 or detectors"
-    for name, entry in detectors.items():
+    for name, entry in entries.items():
         if name not in NAMES:
             return f"unknown detector {name!r}"
         if not isinstance(entry, dict) or not isinstance(entry.get("threshold"), float):
@@ -213,7 +190,7 @@ def load_detector(
     detector = _detector(name, record["detectors"][name], str(path))
     try:
         if detector.layers:
-            check_layers(classifier.model, MeanActivationSettings(layers=list(detector.layers)))
+            check_layers(classifier.model, detector.layers)
     except ValueError as exc:
         raise DetectorsError(f"{path}: {exc}. {FIX}.") from exc
     return detector
@@ -262,16 +239,16 @@ def fit_detector(
     datamodule.setup("fit")
     arrays, layers = datamodule.arrays, []
     if name == MEAN_ACTIVATION:
-        layers = [check_layers(classifier.model, settings.mean_activation)[1]]
+        layers = [check_layers(classifier.model, settings.mean_activation.layers, settings.mean_activation.layer)[1]]
         state: dict[str, Any] = {"layer": layers[0], "direction": settings.mean_activation.direction}
     elif name in IMAGE_DETECTORS:
-        state = image_state(name, settings)
+        state = detectors.image_state(name, settings)
     else:
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")
         try:
-            state = fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings)
-        except DetectorFitError as exc:
+            state = detectors.fit_state(name, fit, arrays.train_labels[fit_idx], classifier.head, settings)
+        except detectors.DetectorFitError as exc:
             raise DetectorsError(
                 f"pytorch-ood could not fit the {name} detector on this model's training split ({exc}). Fix: choose "
                 f"another detector (ood.detector=knn), or fit it on more images (ood.fit_images=null: all of them)."

@@ -1,11 +1,8 @@
 """Out-of-distribution test sets as uint8 (N, 3, 32, 32) tensors, like the CIFAR-10 test set: an .npz file with a
 uint8 `images` array (N x H x W x 3 RGB, or N x H x W grayscale such as MNIST), a folder of image files (one that
 cannot be read is reported and skipped), or seeded noise. Grayscale is repeated to RGB and everything is resized to
-32x32 as predict.py sizes its inputs.
-
-The standard sets (CIFAR-100, MNIST, Fashion-MNIST test splits) are built, when their .npz is missing, from
-torchvision's md5-checked datasets, whose files it keeps (and downloads, when allowed) in `<the .npz's
-folder>/torchvision/`; the .npz holds uint8 `images` as torchvision stores them and int64 `labels`.
+32x32 as predict.py sizes its inputs. A missing .npz of a standard set (CIFAR-100, MNIST, Fashion-MNIST test split)
+is built from torchvision's md5-checked files, kept (and downloaded, when allowed) in `<its folder>/torchvision/`.
 """
 
 import logging
@@ -39,10 +36,7 @@ Spec = Mapping[str, Any] | OODSetSettings  # a set's config entry, as conf/ood/ 
 
 
 def _fix(name: str) -> str:
-    return (
-        f"Fix the path in ood.sets.{name}.path, drop the set with ~ood.sets.{name}, or turn OOD detection off with "
-        "ood=none"
-    )
+    return f"Fix ood.sets.{name}.path, drop the set with ~ood.sets.{name}, or turn OOD detection off with ood=none"
 
 
 @dataclass(frozen=True)
@@ -125,8 +119,7 @@ def load_folder(path: str | Path, name: str, kind: str = "custom") -> OODSet:
 
 
 def noise_images(noise: str, n: int, seed: int) -> Tensor:
-    """Seeded noise images, uint8 (n, 3, 32, 32): per-pixel uniform over 0..255, or Gaussian with mean 0.5
-    and standard deviation 0.25 on the [0, 1] scale, clipped (the usual synthetic far-OOD sets)."""
+    """Seeded uint8 noise images (n, 3, 32, 32): uniform over 0..255, or Gaussian (0.5 ± 0.25 on [0, 1], clipped)."""
     generator = torch.Generator().manual_seed(seed)
     shape = (n, 3, SIZE, SIZE)
     if noise == "uniform":

@@ -11,9 +11,8 @@ from cifar_lightning.checkpoints import build_model, load_checkpoint, normalizat
 from cifar_lightning.config.ood import OODSettings, ThresholdSettings
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.inference import classifier_head, extract_features
-from cifar_lightning.ood.detection import mean_activation_name, score_ood
+from cifar_lightning.ood.detection import mean_activation_name, percentile_threshold, score_ood
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
-from cifar_lightning.ood.metrics import percentile_threshold
 from cifar_lightning.ood.sets import noise_images
 
 FIT_IMAGES = 5000  # of the training split: enough for 10 class means, KNN and ViM, and quick

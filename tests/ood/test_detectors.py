@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cifar_lightning.config.ood import DetectorHyperparameters
 from cifar_lightning.data import CIFAR10_CLASSES, load_cifar10
 from cifar_lightning.inference import Classifier, Features
-from cifar_lightning.ood.detection import OODSettings, detect_ood
+from cifar_lightning.ood.detection import OODSettings, detect_ood, ood_metrics
 from cifar_lightning.ood.detectors import (
     DETECTOR_LABELS,
     IMAGE_DETECTORS,
@@ -39,7 +39,6 @@ from cifar_lightning.ood.detectors import (
     score_images,
     scorer,
 )
-from cifar_lightning.ood.metrics import ood_metrics
 from cifar_lightning.ood.sets import OODSet, noise_images
 
 FIT_IMAGES = 2000

@@ -14,8 +14,7 @@ from cifar_lightning.config.ood import DETECTOR_LABELS
 from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.evaluation import evaluate, run_evaluation
 from cifar_lightning.ood.detection import fit_subset
-from cifar_lightning.ood.job import ood_settings
-from cifar_lightning.ood.tables import DETECTOR_METRICS, LAYER_METRICS, METRICS
+from cifar_lightning.ood.job import DETECTOR_METRICS, LAYER_METRICS, METRICS, ood_settings
 from tests.conftest import compose_evaluate
 from tests.ood.conftest import (
     DEFAULT_SETS,
@@ -242,7 +241,7 @@ def test_a_missing_ood_set_names_the_path(tiny_run, data_dir, tmp_path):
         tmp_path / "out",
         ood=True,
     )
-    with pytest.raises(DataError, match=f"{folder} does not exist. Fix the path in ood.sets.mine.path.*ood=none"):
+    with pytest.raises(DataError, match=f"{folder} does not exist. Fix ood.sets.mine.path.*ood=none"):
         run_evaluation(cfg)
     assert not (tmp_path / "out").exists()
 
@@ -270,7 +269,7 @@ def test_a_fast_net_checkpoint_is_evaluated_with_tta_and_ood(make_cfg, data_dir,
             "trainer.limit_train_batches=2",
             "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1",
-            "test.tta=0",
+            "module.test_tta=0",
             output_dir=tmp_path / "run",
         )
     )

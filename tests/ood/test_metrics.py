@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cifar_lightning.ood.metrics import detection_rates, histogram_threshold, ood_metrics, percentile_threshold
+from cifar_lightning.ood.detection import detection_rates, histogram_threshold, ood_metrics, percentile_threshold
 
 
 def scores(*values: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """ood.md's tables go through cifar_lightning.tables: a heading, numbers right-aligned, names left."""
 
-from cifar_lightning.ood.tables import markdown
+from cifar_lightning.ood.job import markdown
 from cifar_lightning.report import Table
 
 
