@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 #: Keys whose values differ between any two runs (clock times, durations, paths, versions).
-VOLATILE = ("time", "seconds", "date", "path", "dir", "ckpt", "versions", "python", "host", "started", "finished")
+VOLATILE = ("time", "seconds", "date", "path", "dir", "ckpt", "versions", "python", "host", "started", "finished", "git_commit")
 #: Values the recipe rename changes (left out of the comparison as names, compared as a value otherwise).
 RENAMED = {"seed_base": "report_base", "seed_improved": "report_improved", "seed_cnn": "report_cnn", "SeedCNN": "ReportCNN"}
 
