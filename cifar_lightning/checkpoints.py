@@ -17,7 +17,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from cifar_lightning.errors import CifarLightningError, ConfigError
+from cifar_lightning.config.schema import problems as schema_problems
+from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, one_line
 from cifar_lightning.runs import RunDir
 
 #: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
@@ -111,6 +112,32 @@ def trained_epoch(checkpoint: dict[str, Any]) -> int | None:
     return epoch + 1 if isinstance(epoch, int) else None
 
 
+def training_position(run: RunDir) -> dict[str, Any]:
+    """The last checkpoint's position (the epoch from 1 in which or at whose end it was written, its global
+    step), after checking that it holds a full training state."""
+    path = run.last_checkpoint
+    fix = (
+        f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
+        f"(python train.py <its overrides>; its settings are in {run.config})"
+    )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
+        reason = one_line(exc, 200)
+        raise ResumeError(
+            f"cannot resume {run.root}: its last checkpoint {path} is truncated or corrupt "
+            f"({type(exc).__name__}: {reason}). {fix}."
+        ) from exc
+    needed = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
+    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ResumeError(
+            f"cannot resume {run.root}: {path} is not a full training checkpoint of train.py "
+            f"(it has no {', '.join(missing)}). {fix}."
+        )
+    return {"epoch": trained_epoch(checkpoint), "global_step": int(checkpoint["global_step"])}
+
+
 def _model_class(target: Any) -> type | None:
     """The nn.Module class `target` names, or None if it names anything else or lies outside the trusted packages."""
     if not isinstance(target, str) or not target.startswith(TRUSTED_MODEL_PACKAGES):
@@ -165,6 +192,8 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
     model_config = dict(config["model"])
     _checked_model_target(model_config, str(source))
     try:
+        if found := schema_problems(model_config, "model"):  # its schema (cifar_lightning/config/model.py)
+            raise ValueError(found[0][1])
         model = instantiate(model_config)
         if not isinstance(model, nn.Module):
             raise TypeError(f"it gives a {type(model).__name__}, not a model")

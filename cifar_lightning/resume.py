@@ -1,5 +1,5 @@
 """Resume: continue a run from its checkpoints/last.ckpt with its own config.yaml, in place (train.py
-resume=<run dir>, or a requeued cluster job). Only overrides that cannot change the result are accepted, and
+resume=<run dir>). Only overrides that cannot change the result are accepted, and
 everything is checked before the run directory changes.
 """
 
@@ -10,15 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifar_lightning.checkpoints import trained_epoch
-from cifar_lightning.distributed import requeue_checkpoint
+from cifar_lightning.checkpoints import training_position
 from cifar_lightning.errors import ResumeError, one_line
 from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, read_metrics
 from cifar_lightning.training import fit_and_record
@@ -123,34 +121,8 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _checked_last_checkpoint(run: RunDir) -> dict[str, Any]:
-    """The last checkpoint's position (the epoch from 1 in which or at whose end it was written, its global
-    step), after checking that it holds a full training state."""
-    path = run.last_checkpoint
-    fix = (
-        f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
-        f"(python train.py <its overrides>; its settings are in {run.config})"
-    )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
-        reason = one_line(exc, 200)
-        raise ResumeError(
-            f"cannot resume {run.root}: its last checkpoint {path} is truncated or corrupt "
-            f"({type(exc).__name__}: {reason}). {fix}."
-        ) from exc
-    needed = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
-    missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise ResumeError(
-            f"cannot resume {run.root}: {path} is not a full training checkpoint of train.py "
-            f"(it has no {', '.join(missing)}). {fix}."
-        )
-    return {"epoch": trained_epoch(checkpoint), "global_step": int(checkpoint["global_step"])}
-
-
-def _resumed(run: RunDir, position: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """metrics.json's entry in `resumes` for this resume (logged)."""
+def resumed(run: RunDir, position: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """metrics.json's entry in `resumes` for a resume from the run's last checkpoint (logged)."""
     log.info(
         "resuming %s from %s (written in epoch %d, at step %d)%s",
         run.root,
@@ -194,7 +166,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
             f"cannot resume {run.root} into {output_dir}: a resume writes into the run it continues. Fix: run it "
             f"alone, python train.py resume={run.root} (not in a -m sweep, and without hydra.run.dir)."
         )
-    position = _checked_last_checkpoint(run)
+    position = training_position(run)
     config = OmegaConf.create(OmegaConf.to_container(saved))
     changed = _apply_overrides(run, config, _parse_overrides(run, overrides))
     try:
@@ -219,13 +191,5 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     container["resume"] = new_root
     if container.get("hpo"):  # the study told its trial's outcome already: a resume reports to no study
         container["hpo"] = {key: None for key in container["hpo"]}
-    resumes = [*(previous.get("resumes") or []), _resumed(run, position, changed)]
+    resumes = [*(previous.get("resumes") or []), resumed(run, position, changed)]
     return fit_and_record(OmegaConf.create(container), RunDir(new_root), run.last_checkpoint, resumes)
-
-
-def requeued(run: RunDir) -> tuple[Path | None, list[dict[str, Any]]]:
-    """(the checkpoint, the resumes record) of a requeued cluster job, which continues from its own last
-    checkpoint (cifar_lightning.distributed); (None, []) for a new run."""
-    if (ckpt_path := requeue_checkpoint(run.root)) is None:
-        return None, []
-    return ckpt_path, [_resumed(run, _checked_last_checkpoint(run), [])]

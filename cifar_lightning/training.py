@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
+from cifar_lightning.checkpoints import training_position
 from cifar_lightning.config import check
 from cifar_lightning.config.train import TrainSettings
-from cifar_lightning.distributed import check_launch
+from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import CifarLightningError, ConfigError, TrainingDiverged, TrialPruned, one_line
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.runs import COMPLETED, DIVERGED, PRUNED, RunDir, metrics_record, write_metrics
@@ -124,11 +125,16 @@ def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHisto
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job in cfg.paths.output_dir; returns its metrics.json (a requeued cluster job resumes)."""
-    from cifar_lightning.resume import requeued
-
+    """Run one training job in cfg.paths.output_dir; returns its metrics.json. A requeued cluster job continues
+    from its own last checkpoint (cifar_lightning.distributed), as a resume."""
     run = RunDir(cfg.paths.output_dir)
-    return fit_and_record(cfg, run, *requeued(run))
+    if (ckpt_path := requeue_checkpoint(run.root)) is None:
+        return fit_and_record(cfg, run)
+    position = training_position(run)
+    log.info(
+        "requeued job: resuming %s from %s (written in epoch %d, at step %d)", run.root, ckpt_path, *position.values()
+    )
+    return fit_and_record(cfg, run, ckpt_path, [{**position, "overrides": []}])
 
 
 def fit_and_record(

@@ -28,30 +28,18 @@ def parser() -> argparse.ArgumentParser:
     leaderboard = commands.add_parser(
         "compare",
         help="a table of runs: the config keys that differ, status and headline metrics",
-        description="Compare run directories: one row per run with the config keys that differ between them, its "
-        "status, best validation loss and accuracy, test accuracy, epochs and training time, sorted by a metric. "
-        "Prints the Markdown table and writes compare.md and compare.csv.",
+        description="One row per run: the config keys that differ between the runs, its status and headline "
+        "figures, sorted by a metric. Prints the Markdown table and writes compare.md and compare.csv.",
     )
     leaderboard.add_argument(
-        "paths",
-        nargs="+",
-        metavar="PATH",
-        help="a run directory, a folder holding runs at any depth (a sweep, logs/train/runs, logs/train/hpo/<study>), "
-        "or a quoted glob such as 'logs/train/runs/2026-*'",
+        "paths", nargs="+", metavar="PATH", help="run directories, folders holding runs at any depth, or quoted globs"
     )
-    leaderboard.add_argument(
-        "--sort",
-        choices=METRIC_COLUMNS,
-        default=DEFAULT_SORT,
-        help=f"the metric to sort by (default {DEFAULT_SORT}; {' and '.join(HIGHER_IS_BETTER)} descending, the others "
-        "ascending; missing values last)",
-    )
+    sense = f"{' and '.join(HIGHER_IS_BETTER)} descending, the others ascending; missing values last"
+    leaderboard.add_argument("--sort", choices=METRIC_COLUMNS, default=DEFAULT_SORT, help=f"the metric ({sense})")
     order = leaderboard.add_mutually_exclusive_group()
     order.add_argument("--ascending", dest="descending", action="store_false", default=None, help="smallest first")
     order.add_argument("--descending", dest="descending", action="store_true", default=None, help="largest first")
-    leaderboard.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"folder for compare.md and compare.csv (default {DEFAULT_OUT})"
-    )
+    leaderboard.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
 
 

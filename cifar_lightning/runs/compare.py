@@ -1,12 +1,7 @@
-"""The runs leaderboard: one table of many run directories, showing only the config keys that differ
-between them, so a sweep's or a study's runs can be read side by side:
-
-    python -m cifar_lightning.runs compare logs/train/multiruns/<date>_<time> 'logs/train/runs/2026-*'
-
-Each run is a row: its differing config keys (from <run>/config.yaml), its status and its headline figures
-(from metrics.json), sorted by a metric. The table is printed and written as compare.md and compare.csv.
-A run still training or killed (no metrics.json) is listed as `unfinished`, an unreadable one as
-`unreadable` with the reason: a leaderboard of a running sweep must not crash on its newest job.
+"""The runs leaderboard (python -m cifar_lightning.runs compare <runs, folders or globs>): one row per run with
+the config keys that differ between the runs, its status and headline figures from metrics.json, sorted by a
+metric, printed and written as compare.md and compare.csv. A run without metrics.json is `unfinished`, an
+unreadable one `unreadable` with the reason: a leaderboard of a running sweep must not crash on its newest job.
 """
 
 from __future__ import annotations
@@ -94,8 +89,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def runs_below(folder: Path) -> list[Path]:
-    """The run directories at or below `folder`, in path order. A run's own subfolders are not searched, nor
-    hidden ones: Hydra's .hydra/ holds a config.yaml of its own."""
+    """The run directories at or below `folder`, in path order (not inside a run, nor in hidden folders such as
+    .hydra/, which holds a config.yaml of its own)."""
     found = []
     for current, subfolders, _ in os.walk(folder):
         if is_run_dir(Path(current)):
@@ -107,9 +102,8 @@ def runs_below(folder: Path) -> list[Path]:
 
 
 def find_run_dirs(arguments: Sequence[str]) -> list[RunDir]:
-    """Each argument's run directories (a run, a folder holding runs, or a glob; a matched metrics.json or
-    config.yaml stands for its run), without repeats. An argument that yields no run is an error: a mistyped
-    path must not silently drop out of the table."""
+    """Each argument's run directories (a run, a folder holding runs, or a glob), without repeats; an argument
+    that yields no run is an error, so that a mistyped path does not silently drop out of the table."""
     runs: dict[Path, RunDir] = {}
     for argument in arguments:
         pattern = os.path.expanduser(argument)
@@ -187,9 +181,8 @@ def read_run(run: RunDir) -> RunRow:
 
 
 def lies_in_run(value: Any, row: RunRow) -> bool:
-    """True for a path equal to or below the run's own directory (its output_dir, checkpoint folder, ...): these
-    differ between any two runs. Checked against the config's paths.output_dir as written (the run may have been
-    moved since) and, for values that look like paths, against where the run lies now."""
+    """True for a path at or below the run's own directory (as its config wrote it, or where it lies now): such
+    values differ between any two runs."""
     if not isinstance(value, str) or not value:
         return False
     path = os.path.normpath(os.path.expanduser(value))
@@ -204,8 +197,7 @@ def lies_in_run(value: Any, row: RunRow) -> bool:
 
 
 def differing_keys(rows: Sequence[RunRow]) -> list[str]:
-    """The config keys whose values differ between the runs that have a config, in config order. A key missing
-    from some run counts as different; runs without a readable config.yaml take no part."""
+    """The config keys whose values differ (or are missing from some) between the runs with a readable config."""
     configs = [row for row in rows if row.config is not None]
     keys = list(dict.fromkeys(key for row in configs for key in row.config))
     missing = object()
