@@ -206,7 +206,7 @@ def bare_run(cfg: DictConfig, device: torch.device, tta: int) -> dict:
 
     # Optimizer groups as ClassifierModule builds them for fast94 (norm parameters x norm_lr_scale,
     # weight decay on everything, the same per-step shrink).
-    scale, scope = cfg.param_groups.norm_lr_scale, cfg.param_groups.weight_decay_scope
+    scale, scope = cfg.module.norm_lr_scale, cfg.module.weight_decay_scope
     norm_ids = {
         id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
         for p in m.parameters(recurse=False)

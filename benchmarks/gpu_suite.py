@@ -52,8 +52,9 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from train_throughput import StepTimer  # noqa: E402
 
 from cifar_lightning.errors import one_line  # noqa: E402
+from cifar_lightning.runs.record import library_versions  # noqa: E402
 from cifar_lightning.tables import markdown_table  # noqa: E402
-from cifar_lightning.training import build, library_versions, train  # noqa: E402
+from cifar_lightning.training import build, train  # noqa: E402
 
 REPORT = ROOT / "docs" / "results" / "gpu.md"
 TARGET = 0.94

@@ -26,7 +26,7 @@ from cifar_lightning.distributed import check_launch, requeue_checkpoint
 from cifar_lightning.errors import CifarLightningError, ConfigError, TrainingDiverged, TrialPruned, one_line
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.runs import COMPLETED, DIVERGED, PRUNED, RunDir, metrics_record, write_metrics
-from cifar_lightning.runs.record import Fit, fit_record, library_versions  # noqa: F401  (benchmarks/gpu_suite.py)
+from cifar_lightning.runs.record import Fit, fit_record
 from cifar_lightning.tracking import record_outcome
 
 log = logging.getLogger(__name__)
