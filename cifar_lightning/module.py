@@ -112,7 +112,7 @@ class ClassifierModule(L.LightningModule):
         init = getattr(self.model, "init_from_data", None)
         if init is None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None)  # called by the trainer (setup)
         if datamodule is None or not hasattr(datamodule, "first_train_images"):
             raise RuntimeError(
                 f"{type(self.model).__name__} initializes from the training data: fit it with "
