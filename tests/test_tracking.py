@@ -19,8 +19,8 @@ from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
 from cifar_lightning import tracking
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.resolvers import run_group, run_name
-from cifar_lightning.runs import RunDir
 from cifar_lightning.resume import resume
+from cifar_lightning.runs import RunDir
 from cifar_lightning.training import build, train
 from tests.conftest import QUIET, compose_train
 from tests.helpers import run_entry_point
