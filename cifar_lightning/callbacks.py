@@ -15,9 +15,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.callbacks import DeviceStatsMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import DeviceStatsMonitor, EarlyStopping, ModelCheckpoint
 from torch import Tensor
 
+from cifar_lightning.config.train import config_errors
 from cifar_lightning.errors import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -290,3 +291,30 @@ class DivergenceGuard(L.Callback):
             epoch=epoch,
             loss=loss,
         )
+
+
+def check_callbacks(callbacks: dict[str, Any], has_validation: bool, trial: bool, model: torch.nn.Module) -> None:
+    """The checks that need built callbacks: what waits for a validation metric, the parameters frozen by name."""
+    needs = []
+    for name, c in callbacks.items():
+        if isinstance(c, (ModelCheckpoint, EarlyStopping)) and str(c.monitor or "").startswith("val_"):
+            needs.append(f"callbacks.{name} (monitor: {c.monitor})")
+        elif isinstance(c, ModelCheckpoint) and c.save_top_k != 0:
+            needs.append(f"callbacks.{name} (save_top_k: {c.save_top_k}, a best.ckpt by validation loss)")
+    needs += ["the hyperparameter search (its objective is a validation metric)"] if trial else []
+    with config_errors("data"):
+        if needs and not has_validation:
+            raise ValueError(
+                f"data.val_fraction=0 holds no validation split, but {' and '.join(needs)} need one. Hold some "
+                f"images out (data.val_fraction=0.1), or drop what needs them (callbacks.early_stopping=null "
+                f"callbacks.model_checkpoint.monitor=null callbacks.model_checkpoint.save_top_k=0: the final "
+                f"weights are then tested and kept as last.ckpt)"
+            )
+    for callback in callbacks.values():
+        with config_errors("callbacks"):
+            if isinstance(callback, FreezeParameters) and (missing := callback.missing(model)):
+                names = list(dict(model.named_parameters()))[:4]
+                raise ValueError(
+                    f"FreezeParameters names {', '.join(missing)}, which the model ({type(model).__name__}) "
+                    f"does not have; its parameters include {', '.join(names)}"
+                )

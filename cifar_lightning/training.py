@@ -6,85 +6,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, FreezeParameters, ResumeState
+from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, ResumeState, check_callbacks
 from cifar_lightning.checkpoints import training_position
 from cifar_lightning.config import check
-from cifar_lightning.config.train import TrainSettings
+from cifar_lightning.config.train import TrainSettings, built, config_errors, instantiate_entries
 from cifar_lightning.distributed import check_launch, requeue_checkpoint
-from cifar_lightning.errors import CifarLightningError, ConfigError, TrainingDiverged, TrialPruned, one_line
+from cifar_lightning.errors import TrainingDiverged, TrialPruned
 from cifar_lightning.module import ClassifierModule
 from cifar_lightning.runs import COMPLETED, DIVERGED, PRUNED, RunDir, metrics_record, write_metrics
 from cifar_lightning.runs.record import Fit, fit_record
 from cifar_lightning.tracking import record_outcome
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def config_errors(group: str) -> Iterator[None]:
-    """An error raised while building `group` (one the schemas cannot see) as a one-paragraph ConfigError."""
-    try:
-        yield
-    except CifarLightningError:
-        raise
-    except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
-        cause: BaseException = exc
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(
-            f"invalid `{group}` config: {one_line(cause)}. Fix the value on the command line "
-            f"(python train.py {group}.<key>=<value>) or in conf/{group}/; nothing was trained."
-        ) from exc
-
-
-def built(cfg: DictConfig, key: str, **objects: Any) -> Any:
-    """The node at `key` instantiated (None for an empty one, e.g. scheduler=none), its errors as ConfigErrors."""
-    with config_errors(key):
-        return instantiate(node, **objects) if (node := OmegaConf.select(cfg, key)) else None
-
-
-def instantiate_entries(cfg: DictConfig, group: str) -> dict[str, Any]:
-    """Every entry of a group of named objects (callbacks, loggers), by name; null entries are skipped."""
-    return {name: built(cfg, f"{group}.{name}") for name, entry in (cfg.get(group) or {}).items() if entry}
-
-
-def check_built(cfg: DictConfig, datamodule: Any, module: ClassifierModule, callbacks: dict[str, Any]) -> None:
-    """The checks that need built objects: what waits for a validation metric, the parameters frozen by name."""
-    needs = []
-    for name, c in callbacks.items():
-        if isinstance(c, (ModelCheckpoint, EarlyStopping)) and str(c.monitor or "").startswith("val_"):
-            needs.append(f"callbacks.{name} (monitor: {c.monitor})")
-        elif isinstance(c, ModelCheckpoint) and c.save_top_k != 0:
-            needs.append(f"callbacks.{name} (save_top_k: {c.save_top_k}, a best.ckpt by validation loss)")
-    needs += ["the hyperparameter search (its objective is a validation metric)"] if is_trial(cfg) else []
-    with config_errors("data"):
-        if needs and not datamodule.has_validation:
-            raise ValueError(
-                f"data.val_fraction=0 holds no validation split, but {' and '.join(needs)} need one. Hold some "
-                f"images out (data.val_fraction=0.1), or drop what needs them (callbacks.early_stopping=null "
-                f"callbacks.model_checkpoint.monitor=null callbacks.model_checkpoint.save_top_k=0: the final "
-                f"weights are then tested and kept as last.ckpt)"
-            )
-    for callback in callbacks.values():
-        with config_errors("callbacks"):
-            if isinstance(callback, FreezeParameters) and (missing := callback.missing(module.model)):
-                names = list(dict(module.model.named_parameters()))[:4]
-                raise ValueError(
-                    f"FreezeParameters names {', '.join(missing)}, which the model ({type(module.model).__name__}) "
-                    f"does not have; its parameters include {', '.join(names)}"
-                )
 
 
 def is_trial(cfg: DictConfig) -> bool:
@@ -108,7 +48,7 @@ def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHisto
     with config_errors("scheduler"):  # with a stand-in step count: the real one needs the trainer
         module.build_scheduler(optimizer, total_steps=1000)
     configured = instantiate_entries(cfg, "callbacks")
-    check_built(cfg, datamodule, module, configured)
+    check_callbacks(configured, datamodule.has_validation, is_trial(cfg), module.model)
     history = EpochHistory()
     # Always on: the history and resume state travel in checkpoints; a non-finite loss stops the run.
     callbacks = [*configured.values(), history, ResumeState(), DivergenceGuard()]

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cifar_lightning.callbacks import EpochHistory, FreezeParameters, GPUStatsMonitor
-from cifar_lightning.training import instantiate_entries
+from cifar_lightning.config.train import instantiate_entries
 from tests.conftest import QUIET, compose_train
 
 # Validation loss per epoch: best at epoch index 1, then no improvement.

@@ -1,12 +1,20 @@
 """train.py's settings: its own top-level keys, and the nodes that build the training objects (module, loss,
-optim, scheduler, averaging, our callbacks). conf/<group>/<name>.yaml extends these schemas."""
+optim, scheduler, averaging, our callbacks), which conf/<group>/<name>.yaml extends; and `built`, which
+instantiates a node, turning what only the object can refuse into the same one-paragraph ConfigError."""
 
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, model_validator
 
 from cifar_lightning.config.schema import NODE_SCHEMAS, SCHEMAS, Settings, defaults, preset
+from cifar_lightning.errors import CifarLightningError, ConfigError, one_line
 
 
 class TrainSettings(Settings):
@@ -155,3 +163,31 @@ class FreezeParametersSettings(Settings):
 
 # Nodes inside the callbacks group: checked by their target, no preset of their own.
 SCHEMAS.update({schema.target: schema for schema in (RunCheckpointSettings, FreezeParametersSettings)})
+
+
+@contextmanager
+def config_errors(group: str) -> Iterator[None]:
+    """An error raised while building `group` (one the schemas cannot see) as a one-paragraph ConfigError."""
+    try:
+        yield
+    except CifarLightningError:
+        raise
+    except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, ImportError) as exc:
+        cause: BaseException = exc
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(
+            f"invalid `{group}` config: {one_line(cause)}. Fix the value on the command line "
+            f"(python train.py {group}.<key>=<value>) or in conf/{group}/; nothing was trained."
+        ) from exc
+
+
+def built(cfg: DictConfig, key: str, **objects: Any) -> Any:
+    """The node at `key` instantiated (None for an empty one, e.g. scheduler=none), its errors as ConfigErrors."""
+    with config_errors(key):
+        return instantiate(node, **objects) if (node := OmegaConf.select(cfg, key)) else None
+
+
+def instantiate_entries(cfg: DictConfig, group: str) -> dict[str, Any]:
+    """Every entry of a group of named objects (callbacks, loggers), by name; null entries are skipped."""
+    return {name: built(cfg, f"{group}.{name}") for name, entry in (cfg.get(group) or {}).items() if entry}
