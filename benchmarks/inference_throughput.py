@@ -41,9 +41,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
+import cifar_lightning.config  # noqa: E402, F401  (the schemas conf/ extends)
 from cifar_lightning.data import CIFAR10_CLASSES  # noqa: E402
 from cifar_lightning.exporting import INPUT_NAME, NormalizedClassifier, export_model  # noqa: E402
 from cifar_lightning.images import INPUT_SIZE  # noqa: E402
@@ -56,8 +57,10 @@ FRESH_MEAN, FRESH_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 def fresh_classifier(name: str) -> Classifier:
     """A randomly initialised model of conf/model/<name>.yaml, in the memory format of conf/train.yaml's default."""
-    model = instantiate(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")).eval()
-    if OmegaConf.load(ROOT / "conf" / "train.yaml").channels_last:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["~experiment", f"model={name}"])
+    model = instantiate(cfg.model).eval()
+    if cfg.module.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Classifier(model, FRESH_MEAN, FRESH_STD, CIFAR10_CLASSES, torch.device("cpu"))
 

@@ -41,14 +41,13 @@ from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_tri
 from optuna.trial import TrialState
 
 from cifar_lightning.config.schema import node_problems
-from cifar_lightning.config.search import SearchSettings
+from cifar_lightning.config.search import OBJECTIVES, SearchSettings
 from cifar_lightning.errors import CifarLightningError, SearchError, one_line
 from cifar_lightning.hpo.report import write_report
 from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
 from cifar_lightning.hpo.study import (
     FAILED,
     INTERRUPTED,
-    OBJECTIVES,
     OVERRIDES,
     RUN_DIR,
     STATUS,

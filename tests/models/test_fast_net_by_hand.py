@@ -249,7 +249,7 @@ def test_recipe_rates_are_airbenchs_for_a_mean_loss():
     assert cfg.optim.lr == pytest.approx(LR, rel=1e-12)
     assert cfg.optim.weight_decay == pytest.approx(WEIGHT_DECAY, rel=1e-5)
     assert (cfg.optim.momentum, cfg.optim.nesterov, cfg.loss.label_smoothing) == (MOMENTUM, True, LABEL_SMOOTHING)
-    assert (cfg.param_groups.norm_lr_scale, cfg.param_groups.weight_decay_scope) == (BIAS_SCALER, "all")
+    assert (cfg.module.norm_lr_scale, cfg.module.weight_decay_scope) == (BIAS_SCALER, "all")
     assert cfg.data.batch_size == AIRBENCH_BATCH and cfg.data.drop_last
     assert cfg.trainer.max_steps == math.ceil(EPOCHS * (TRAIN_IMAGES // AIRBENCH_BATCH))  # 476
 
@@ -258,7 +258,7 @@ def test_recipe_rates_are_airbenchs_for_a_mean_loss():
     generator = np.random.default_rng(0)
     airbench_lr = AIRBENCH_LR / KILOSTEP
     airbench_wd = AIRBENCH_WEIGHT_DECAY * AIRBENCH_BATCH / KILOSTEP
-    for scale, recipe_scale in ((1.0, 1.0), (BIAS_SCALER, cfg.param_groups.norm_lr_scale)):
+    for scale, recipe_scale in ((1.0, 1.0), (BIAS_SCALER, cfg.module.norm_lr_scale)):
         start = generator.normal(size=5)
         airbench_param, recipe_param = start.copy(), start.copy()
         airbench_buffer = recipe_buffer = None
