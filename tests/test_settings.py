@@ -60,4 +60,4 @@ def test_the_reference_lists_every_setting_of_every_schema():
     for schema, where in LOCATIONS.items():
         assert f"## {where}" in text
         for name in schema.model_fields:
-            assert re.search(rf"\| `([\w.]+\.)?{name}` \|", text), (where, name)
+            assert re.search(rf"\| `([\w.]+\.)?{name}(\.[\w.]+)?` \|", text), (where, name)
