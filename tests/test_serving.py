@@ -263,6 +263,10 @@ def test_ood_choices_are_refused_with_the_fix(tmp_path, tiny_run):
         serve(compose_serve(f"run_dir={run}", "ood.fit=true", f"ood.file={tmp_path / 'ood_detectors.pt'}"))
     with pytest.raises(CifarLightningError, match="does not exist.*ood.fit=true"):
         serve(compose_serve(f"run_dir={run}", f"ood.file={tmp_path / 'ood_detectors.pt'}", f"port={free_port()}"))
+    # A detector asked for by name and never saved stops serve.py as it stops predict.py (one OOD runtime).
+    named = ["ood.detector=msp", f"paths.log_dir={tmp_path / 'logs'}", f"port={free_port()}"]
+    with pytest.raises(ConfigError, match="ood.detector=msp was asked for.*python evaluate.py.*nothing was served"):
+        serve(compose_serve(f"run_dir={run}", *named))
 
 
 def test_a_busy_port_is_refused(tmp_path):
