@@ -1,9 +1,5 @@
 """`python -m cifar_lightning.ablation SWEEP_DIR [SWEEP_DIR ...] [--out DIR]`: aggregate one or several
-sweeps into one table and print it.
-
-Exit status: 0, or 2 (one `error:` line) when a directory holds no sweep, a configuration and seed has
-results in two jobs, several directories come without --out, or the files cannot be written.
-"""
+sweeps into one table and print it; exit 2 with one `error:` line when that fails."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from cifar_lightning.ablation.summary import aggregate
 from cifar_lightning.errors import CifarLightningError, one_line
 
 
-def parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cifar_lightning.ablation",
         description="Aggregate Hydra ablation multiruns into one table: ablation.csv, ablation.md, curves.png and "
@@ -38,11 +34,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write the files (default: the sweep directory; required with several)",
     )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         table = aggregate(args.sweep_dirs, args.out)
     except CifarLightningError as exc:

@@ -1,6 +1,5 @@
 """The table as text: ablation.md (Markdown, percentages, the missing and diverged runs) and ablation.csv
-(fractions, one row per configuration), both through cifar_lightning.tables, the package's one table
-renderer."""
+(fractions, one row per configuration)."""
 
 from __future__ import annotations
 
@@ -184,5 +183,8 @@ def csv_cells(row: AblationRow) -> list[str]:
     return [csv_value(values[column]) for column in CSV_COLUMNS]
 
 
-def write_table_csv(table: AblationTable, path: Path) -> Path:
-    return write_csv(path, CSV_COLUMNS, [csv_cells(row) for row in table.rows])
+def write_tables(table: AblationTable, out_dir: Path) -> None:
+    """ablation.csv and ablation.md into out_dir, recorded in table.files."""
+    table.files["csv"] = write_csv(out_dir / CSV_FILE, CSV_COLUMNS, [csv_cells(row) for row in table.rows])
+    (out_dir / MARKDOWN_FILE).write_text(render_markdown(table))
+    table.files["markdown"] = out_dir / MARKDOWN_FILE

@@ -1,9 +1,5 @@
-"""Statistics of the ablation table: mean and spread over seeds, and each configuration's difference to
-the reference with Welch's t-test and its 95% confidence interval (scipy.stats computes both).
-
-Welch's test, not Student's: the configurations need not vary alike from seed to seed (a model without
-batch norm spreads more), so the variances are not assumed equal.
-"""
+"""Mean and spread over seeds, and the difference to the reference with Welch's t-test and its 95% CI.
+Welch's, not Student's: configurations need not vary alike from seed to seed (no batch norm spreads more)."""
 
 from __future__ import annotations
 
@@ -34,11 +30,8 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Difference | None:
-    """Difference of means with Welch's t-test p-value and 95% CI (Welch-Satterthwaite degrees of freedom).
-
-    None without values on either side; delta alone when a side has one value, or when every value within
-    each side is the same (no spread: the test is undefined).
-    """
+    """Difference of means with Welch's p-value and 95% CI; None without values on a side, delta alone when a
+    side has one value or neither side spreads (the test is undefined)."""
     if not len(values) or not len(reference):
         return None
     delta = float(np.mean(values) - np.mean(reference))

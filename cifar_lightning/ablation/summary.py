@@ -1,6 +1,5 @@
-"""Aggregation end to end: read the sweeps, build the table, write ablation.csv, ablation.md, curves.png
-and confusion.png. `aggregate` is the one call behind the CLI (__main__.py) and AggregateAblation, the
-Hydra callback that runs it when a multirun ends."""
+"""Aggregation end to end (read the sweeps, build the table, write its files): `aggregate`, behind the CLI
+and AggregateAblation, the Hydra callback that runs it when a multirun ends."""
 
 from __future__ import annotations
 
@@ -13,14 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifar_lightning.ablation.plots import plot_confusion, plot_curves
-from cifar_lightning.ablation.render import (
-    CONFUSION_FILE,
-    CSV_FILE,
-    CURVES_FILE,
-    MARKDOWN_FILE,
-    render_markdown,
-    write_table_csv,
-)
+from cifar_lightning.ablation.render import CONFUSION_FILE, CURVES_FILE, write_tables
 from cifar_lightning.ablation.sweep import SweepError, as_sweep_dirs, collect_runs
 from cifar_lightning.ablation.table import AblationTable, build_table
 from cifar_lightning.errors import CifarLightningError
@@ -33,9 +25,7 @@ def write_outputs(table: AblationTable, out_dir: Path) -> None:
     finished_rows = [row for row in table.rows if row.n]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        table.files["csv"] = write_table_csv(table, out_dir / CSV_FILE)
-        (out_dir / MARKDOWN_FILE).write_text(render_markdown(table))
-        table.files["markdown"] = out_dir / MARKDOWN_FILE
+        write_tables(table, out_dir)
         if finished_rows:
             table.files["curves"] = plot_curves(finished_rows, out_dir / CURVES_FILE)
             table.files["confusion"] = plot_confusion(finished_rows, out_dir / CONFUSION_FILE)
@@ -60,8 +50,7 @@ def output_dir(sweep_dirs: tuple[Path, ...], out_dir: str | Path | None) -> Path
 
 
 def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> AblationTable:
-    """Read one or several sweeps as one table and write ablation.csv/.md, curves.png and confusion.png into
-    out_dir (default: the sweep directory; required with several)."""
+    """Read one or several sweeps as one table and write its files into out_dir (default: the only sweep)."""
     paths = as_sweep_dirs(sweep_dirs)
     out = output_dir(paths, out_dir)
     table = build_table(collect_runs(paths))
@@ -70,11 +59,8 @@ def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
 
 
 class AggregateAblation(Callback):
-    """Hydra callback: aggregate the sweep when a multirun ends.
-
-    It never raises: a failed summary must not hide or fail the jobs that finished; the error is
-    logged with the command that retries it.
-    """
+    """Hydra callback: aggregate the sweep when a multirun ends. It never raises (a failed summary must not
+    fail the jobs that finished): it logs the error and the command that retries it."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = None

@@ -1,11 +1,5 @@
-"""Reading sweeps: the job directories of one or several Hydra multiruns, each read into a Run (its
-configuration, seed, planned seed count and metrics.json) from metrics.json, config.yaml or .hydra/.
-
-Several directories make one study, e.g. the report's three seeds run as three sweeps
-(`python train.py -m +ablation=all seed=0`, then seed=1, seed=2). A configuration and seed with a
-result in two jobs is refused: the table would count that seed twice, and which job is right is the
-user's call, not the aggregation's.
-"""
+"""Reading sweeps: the jobs of one or several Hydra multiruns (e.g. one sweep per seed), each a Run.
+A configuration and seed with a result in two jobs is refused: which one counts is the user's call."""
 
 from __future__ import annotations
 
@@ -35,11 +29,8 @@ class SweepError(CifarLightningError):
 
 @dataclass(frozen=True)
 class Run:
-    """One job of a sweep; `metrics` is None when the job did not finish (is unfinished).
-
-    status: completed, diverged (its metrics.json says so: it stopped on a non-finite loss, a
-    result of its settings rather than a missing run) or unfinished.
-    """
+    """One job of a sweep: completed, diverged (a result of its settings, not a missing run) or unfinished
+    (metrics None)."""
 
     name: str
     seed: int | None
@@ -83,8 +74,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def job_metrics(job_dir: Path) -> tuple[str, dict[str, Any] | None]:
-    """The job's status and metrics.json: (completed, metrics) with a test accuracy, (diverged, metrics),
-    or (unfinished, None)."""
+    """(completed, metrics) with a test accuracy, (diverged, metrics), or (unfinished, None)."""
     run = RunDir(job_dir)
     if not run.metrics.is_file():
         return UNFINISHED, None
@@ -134,14 +124,7 @@ def read_run(job_dir: Path) -> Run:
     # ablation.seeds has a default in every run's config; it is a plan only for jobs of an ablation.
     ablation_configs = [c for c in configs if is_name(plain(c, "ablation.name"))]
     planned = first([plain(c, "ablation.seeds") for c in ablation_configs], lambda v: is_int(v, 1))
-    return Run(
-        name=name or "unknown",
-        seed=seed,
-        directory=job_dir,
-        planned_seeds=planned,
-        metrics=metrics,
-        status=status,
-    )
+    return Run(name or "unknown", seed, job_dir, planned_seeds=planned, metrics=metrics, status=status)
 
 
 def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -166,22 +149,19 @@ def as_sweep_dirs(sweep_dirs: str | Path | Sequence[str | Path]) -> tuple[Path, 
     paths = (Path(sweep_dirs),) if isinstance(sweep_dirs, (str, Path)) else tuple(Path(d) for d in sweep_dirs)
     if not paths:
         raise SweepError(f"no sweep directory given. Fix: pass one or more, e.g. {EXAMPLE}.")
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        key = path.resolve()
-        if key in seen:
+    resolved = [path.resolve() for path in paths]
+    for i, key in enumerate(resolved):
+        if key in resolved[:i]:
             raise SweepError(
-                f"sweep directory {path} is given twice ({seen[key]} is the same directory), which would count "
-                f"each of its runs twice. Fix: name every sweep directory once."
+                f"sweep directory {paths[i]} is given twice ({paths[resolved.index(key)]} is the same directory), "
+                f"which would count each of its runs twice. Fix: name every sweep directory once."
             )
-        seen[key] = path
     return paths
 
 
 def refuse_repeated_seeds(runs: Sequence[Run]) -> None:
-    """A SweepError when a configuration and seed finished in two jobs, so its mean would count it twice.
-    A diverged job beside a finished one of the same seed (say, a learning rate that blew up and one that
-    did not) is no repeat: diverged runs are listed apart and never enter the mean."""
+    """A SweepError when a configuration and seed finished in two jobs (its mean would count it twice);
+    diverged jobs never enter the mean, so they are no repeat."""
     first_job: dict[tuple[str, int], Run] = {}
     repeated: list[tuple[Run, Run]] = []
     for run in runs:
@@ -203,9 +183,7 @@ def refuse_repeated_seeds(runs: Sequence[Run]) -> None:
 
 
 def collect_runs(sweep_dirs: str | Path | Sequence[str | Path]) -> SweepRuns:
-    """Every job of one or several sweeps, split into finished, unfinished (failed or interrupted) and diverged
-    ones. An unfinished job whose configuration and seed finished in another job is kept here and left out of
-    the missing runs by the table; two finished results for one configuration and seed are a SweepError."""
+    """Every job of one or several sweeps, split into finished, unfinished (failed or interrupted) and diverged."""
     paths = as_sweep_dirs(sweep_dirs)
     runs = [read_run(job_dir) for sweep_dir in paths for job_dir in sweep_job_dirs(sweep_dir)]
     refuse_repeated_seeds(runs)

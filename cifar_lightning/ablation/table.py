@@ -1,11 +1,7 @@
 """Table 1 as data: one row per configuration, the report's figures beside it, the runs that count and
-the runs that are missing. Reading files and writing them are sweep.py's and summary.py's jobs.
-
-Missing runs: a configuration is planned max(ablation.seeds of its jobs, or of any job in the sweeps;
-the number of distinct seeds seen in all the sweeps) runs. So three one-seed sweeps `seed=0`, `seed=1`,
-`seed=2` of `+ablation=all` plan 3 runs per configuration (ablation.seeds defaults to 3), and a seed
-that other configurations ran is named as absent where a configuration has no job for it. A diverged
-run is not missing: it ran, and its settings made it diverge.
+the runs that are missing. A configuration is planned max(ablation.seeds of its jobs, or of any job; the
+number of distinct seeds in all the sweeps) runs, so one-seed sweeps of `+ablation=all` combine; a
+diverged run is not missing: it ran, and its settings made it diverge.
 """
 
 from __future__ import annotations
@@ -103,12 +99,8 @@ def missing_runs(
     study_seeds: Sequence[int],
     diverged: Sequence[Run] = (),
 ) -> tuple[tuple[Run, ...], tuple[int, ...], int]:
-    """Unfinished jobs, seeds with no job at all, and how many runs are missing in total.
-
-    A seed counts as absent when another configuration of the sweeps has a job for it; with a
-    planned count, the total is planned minus finished and diverged (at least the unfinished
-    jobs). An unfinished job whose seed finished (or diverged) in another job is not missing.
-    """
+    """Unfinished jobs, seeds that other configurations ran but this one has no job for, and how many runs
+    are missing (with a plan: planned minus finished and diverged, at least the unfinished jobs)."""
     done = {run.seed for run in finished} | {run.seed for run in diverged}
     failed = tuple(run for run in unfinished if run.seed is None or run.seed not in done)
     tried = done | {run.seed for run in failed}
