@@ -3,10 +3,6 @@ choose every threshold on the validation split alone (so changing the test or OO
 measure each detector and each activation layer against each OOD set, the CIFAR-10 test set being in-distribution.
 AUROC, AUPR-IN, AUPR-OUT and FPR@95%TPR are pytorch-ood's; FPR@95%TPR takes in-distribution as the positive class,
 as the OOD literature does (ODIN, KNN, OpenOOD): the share of OOD images accepted when 95% of ID images are kept.
-
-    result = detect_ood(Classifier.load(checkpoint), fit_images=..., fit_labels=..., val_images=..., id_images=...,
-                        ood_sets=load_sets({"noise": {"noise": "uniform", "n": 1000}}, seed=0))
-    result.detectors["knn"]["noise"]["auroc"], result.kind_means()["knn"]["near"]
 """
 
 import logging
@@ -281,9 +277,8 @@ def score_ood(
         "gallery_detectors": list(settings.gallery_detectors),
     }
     counts = {"fit": len(fit), "val": len(val), "id_test": len(id_test)}
-    result = OODResult(
-        sets, tables["detectors"], tables["layers"], thresholds, layer, record, counts, val, id_test, ood
-    )
+    detector_table, layer_table = tables["detectors"], tables["layers"]
+    result = OODResult(sets, detector_table, layer_table, thresholds, layer, record, counts, val, id_test, ood)
     result.states, result.scores, result.left_out = states, rows, left_out
     result.seconds = time.perf_counter() - start
     return result

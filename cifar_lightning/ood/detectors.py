@@ -1,13 +1,7 @@
-"""OOD detectors on extracted features: each maps Features to outlier scores, one per image, higher meaning "more
-likely out-of-distribution" (pytorch-ood's convention).
-
-Each is pytorch-ood's own class, fitted on features of the training split, so nothing is extracted twice; those that
-read the penultimate features through the classifier head get it rebuilt from the weight and bias in their state.
-A fitted detector is kept as that state (tensors and numbers), from which `scorer` rebuilds it: evaluate.py saves
-the states, and predict.py and serve.py score with the very detectors evaluate.py measured. ODIN alone perturbs
-each input image through the whole network: `score_images` runs it. The report's mean-activation method is a
-one-liner: its outlier score is the negated mean (the mean itself with direction=above).
-"""
+"""OOD detectors, each pytorch-ood's own class fitted on training features: Features -> outlier scores, higher
+meaning more likely OOD. A fitted detector is kept as its state (tensors and numbers) that `scorer` rebuilds it
+from, so predict.py and serve.py score with the very detectors evaluate.py measured and saved. ODIN alone perturbs
+each image through the whole network (`score_images`)."""
 
 import logging
 import time
@@ -64,8 +58,8 @@ def _head_state(head: nn.Linear) -> State:
 
 
 def _linear(state: State) -> nn.Linear:
-    """The classifier head rebuilt from a state's weight and bias, recording no autograd graph (its features come from
-    inference mode, which autograd may not save); GradNorm still differentiates it: torch.func ignores that."""
+    """The classifier head from a state's weight and bias, without autograd (its features come from inference mode);
+    GradNorm still differentiates it: torch.func ignores that."""
     weight, bias = state["w"], state["b"]
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
@@ -84,8 +78,7 @@ def _unlabelled(count: int) -> Tensor:
 
 
 def fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper) -> State:
-    """The named detector fitted on training features, as tensors and numbers that ood/saved.py saves and `scorer`
-    rebuilds it from; DetectorFitError when pytorch-ood refuses to fit it on these features."""
+    """The named detector fitted on training features, as its state; DetectorFitError when pytorch-ood refuses."""
     if name not in DETECTOR_LABELS:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
     try:
@@ -154,9 +147,8 @@ def image_state(name: str, settings: Hyper) -> State:
 
 
 def scorer(name: str, state: State, progress: bool = False) -> Scorer:
-    """The named detector, rebuilt from its fit_state, as a function of Features (progress: GradNorm's bar).
-    DICE and fDBD, whose fitted statistic is a mean of training features, are refitted on that mean as a single
-    row, which reproduces it exactly; KNN and NNGuide refit on their saved features."""
+    """The named detector rebuilt from its fit_state, as a function of Features (progress: GradNorm's bar). DICE and
+    fDBD refit on their saved mean as a single row, which reproduces it exactly; KNN and NNGuide on their features."""
     if name in IMAGE_DETECTORS:
         raise ValueError(f"{name} scores images, not features: use score_images")
     score = _predictor(name, state, progress)
@@ -255,8 +247,7 @@ def score_images(
 def build_detectors(
     names: Sequence[str], fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper, progress: bool = False
 ) -> tuple[dict[str, Fitted], dict[str, str]]:
-    """Each named detector fitted on `fit` (training features): its state, scoring function and fit seconds; and
-    the detectors pytorch-ood refused to fit on these features, with the reason (logged as a warning)."""
+    """Each named detector fitted on training features; and those pytorch-ood refused to fit, with the reason."""
     built, refused = {}, {}
     for name in names:
         start = time.perf_counter()
@@ -271,7 +262,6 @@ def build_detectors(
 
 
 def mean_activation_score(features: Features, layer: str, direction: str = "below") -> Tensor:
-    """The report's method as an outlier score: OOD when the layer's mean activation is below
-    (direction=below) or above (direction=above) a threshold."""
+    """The report's method as an outlier score: OOD when the layer's mean activation is below (or above) a threshold."""
     means = features.layer_means[layer].double()
     return -means if direction == "below" else means

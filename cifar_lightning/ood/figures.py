@@ -17,11 +17,6 @@ from cifar_lightning.ood.detection import OODResult, mean_activation_name
 log = logging.getLogger(__name__)
 
 
-def safe_name(layer: str) -> str:
-    """A layer name as a file-name part (e.g. layer1.0.relu@2 -> layer1.0.relu_2)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)
-
-
 Sets = Mapping[str, Tensor]
 Paths = list[Path]
 
@@ -29,8 +24,8 @@ Paths = list[Path]
 def plot_value_histogram(
     id_values: Tensor, ood_values: Sets, threshold: float, texts: tuple[str, str, str], path: Path
 ):
-    """Density histograms of one value per image: CIFAR-10 test (filled) and each OOD set (lines), on shared bins,
-    with the validation split's threshold as a line. texts: where OOD lies ("OOD below"), the x label, the title."""
+    """Density histograms of one value per image, CIFAR-10 test filled and each OOD set a line, with the threshold.
+    texts: where OOD lies ("OOD below"), the x label, the title."""
     rule, xlabel, title = texts
     values = [id_values.double(), *(v.double() for v in ood_values.values())]
     everything = torch.cat(values)
@@ -86,15 +81,15 @@ def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: 
 
 
 def write_figures(result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int) -> tuple[Paths, ...]:
-    """(ood_hist_<layer>.png per measured layer; per measured gallery detector, ood_scores_<detector>.png and
-    ood_gallery_<detector>.png, or ood_gallery.png for the report's rule on the table's layer)."""
+    """ood_hist_<layer>.png per layer; per gallery detector ood_scores_<name>.png and ood_gallery_<name>.png."""
     direction = result.settings["direction"]
     sign = -1.0 if direction == "below" else 1.0  # outlier score -> mean activation
     histograms = []
     for layer in result.layers:  # the report's Figure 8 per layer
         means = result.id_features.layer_means[layer]
         ood_means = {name: result.ood_features[name].layer_means[layer] for name in result.sets}
-        threshold, path = sign * result.thresholds["layers"][layer], out / f"ood_hist_{safe_name(layer)}.png"
+        safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)  # layer1.0.relu@2 -> layer1.0.relu_2
+        threshold, path = sign * result.thresholds["layers"][layer], out / f"ood_hist_{safe_name}.png"
         what = f"mean activation of {layer}"
         texts = f"OOD {direction}", f"{what} per image", f"OOD detection by the {what}"
         histograms.append(plot_value_histogram(means, ood_means, threshold, texts, path))

@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def ood_settings(ood: DictConfig) -> OODConfig:
-    """The `ood` node of evaluate.py's config, validated against its schema (ConfigError naming the key and the
-    fix otherwise; evaluate.py's own check has refused a bad one already)."""
+    """The `ood` node of evaluate.py's config, validated against its schema (ConfigError otherwise)."""
     node = OmegaConf.to_container(ood, resolve=True)
     check(OmegaConf.create({"ood": node}), "evaluate", "nothing was evaluated")
     return OODConfig.model_validate(node)
@@ -44,8 +43,7 @@ def check_model_layers(model: torch.nn.Module, settings: OODSettings) -> None:
 
 
 def load_ood_sets(cfg: DictConfig) -> list[OODSet]:
-    """The configured OOD sets, loaded (a missing standard set built from torchvision first): evaluate.py's check of
-    every OOD input, before anything is written."""
+    """The configured OOD sets, loaded before anything is written (a missing standard set built first)."""
     return prepare_sets(OmegaConf.to_container(cfg.ood.sets, resolve=True), seed=cfg.seed, download=cfg.ood.download)
 
 
@@ -59,8 +57,8 @@ def run_ood(
     val_trained_on: bool = False,
     **detect: Any,
 ) -> list[tuple[str, list[SectionItem]]]:
-    """detect_ood(**detect), then its files in output_dir; the report's sections. subject: the model as tables name
-    it. val_trained_on: the threshold images are training images (the run held out no validation split)."""
+    """detect_ood(**detect), its files in output_dir, and the report's sections; subject names the model in tables,
+    val_trained_on says the threshold images were trained on (the run held out no validation split)."""
     result = detect_ood(classifier, **detect)
     id_images, ood_sets = detect["id_images"], detect["ood_sets"]
     result.settings["val_trained_on"] = val_trained_on
@@ -127,8 +125,7 @@ def metric_table(result: OODResult, group: str, metric: str) -> Table:
 
 
 def summary_table(result: OODResult) -> Table:
-    """Per detector: the mean AUROC and FPR@95 (%) over the near and the far sets ("-": no set of that kind), and
-    the seconds of its fit and of its scoring."""
+    """Per detector: the mean AUROC and FPR@95 (%) over the near and far sets ("-": none), and its seconds."""
     means, seconds = result.kind_means(), result.detector_seconds()
     columns = [(metric, kind) for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
     header = ["detector", *(f"{kind} {METRICS[metric][0]}" for metric, kind in columns), "fit (s)", "scoring (s)"]
@@ -183,7 +180,6 @@ def markdown(table: Table) -> str:
 
 
 def write_markdown(path: Path, title: str, note: str, tables: Sequence[Table]) -> Path:
-    path = Path(path)
     path.write_text(f"# {title}\n\n{note}\n\n" + "\n".join(markdown(table) for table in tables))
     return path
 

@@ -1,11 +1,5 @@
-"""Our OOD figures beside OpenOOD v1.5's published CIFAR-10 benchmark (docs/results/ood_openood.md):
-
-    python -m cifar_lightning.ood.openood EVAL_DIR [EVAL_DIR ...] [--labels CE LogitNorm] --out docs/results/...
-
-Each EVAL_DIR is an evaluate.py output folder (evaluation.json, ood.json). Two tables: the models (test accuracy,
-and the near/far mean AUROC and FPR@95 of MSP and of the detector with the highest near AUROC), then every
-detector's near/far AUROC per model beside OpenOOD's figure (mean ± std over its three training runs).
-"""
+"""Our OOD figures (evaluate.py output folders) beside OpenOOD v1.5's published CIFAR-10 benchmark, as the page
+docs/results/ood_openood.md: a table of models, then every detector's near/far AUROC beside OpenOOD's."""
 
 import argparse
 import json
@@ -19,9 +13,7 @@ from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.ood.detection import SUMMARY_KINDS
 from cifar_lightning.tables import markdown_table
 
-#: Where the published figures come from.
 SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"
-#: OpenOOD's CIFAR-10 model: the post-hoc rows below all score this network.
 OPENOOD_MODEL = "ResNet-18 trained 100 epochs with cross-entropy, 95.06 ± 0.30 % test accuracy, 3 training runs"
 
 
@@ -129,7 +121,7 @@ def _kind_value(model: EvaluatedModel, detector: str, kind: str, metric: str) ->
 
 
 def best_near_detector(model: EvaluatedModel) -> str:
-    """The detector with the highest near-OOD mean AUROC: chosen on the test sets, so optimistic (the page says so)."""
+    """The detector with the highest near-OOD mean AUROC (chosen on the test sets: optimistic, as the page says)."""
     scored = [name for name in model.near_far if _kind_value(model, name, "near", "auroc") is not None]
     if not scored:
         raise OpenOODComparisonError(

@@ -1,10 +1,6 @@
-"""Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with the threshold it chose on
-the validation split, into `ood_detectors.pt`; predict.py and serve.py load one and flag inputs without refitting.
-It holds tensors, numbers and strings only (loaded with `weights_only=True`): {"format", "version", "checkpoint",
-"checkpoint_sha256" (detectors of another checkpoint are refused), "default", "settings", "detectors": {name:
-{"threshold", "layers", "state" (detectors.fit_state's; mean_activation: layer, direction)}}}. The default, KNN,
-was chosen in advance from OpenOOD v1.5's CIFAR-10 benchmark (near 90.64 / far 92.96 AUROC), not from our runs.
-"""
+"""Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with its validation threshold, in
+`ood_detectors.pt` (tensors and plain values only, loaded weights-only; refused for another checkpoint); predict.py
+and serve.py load one. The default, KNN, was chosen in advance from OpenOOD v1.5's CIFAR-10 benchmark."""
 
 import os
 import pickle
@@ -36,9 +32,8 @@ class DetectorsError(CifarLightningError):
 
 @dataclass(frozen=True)
 class OODDetector:
-    """One fitted detector and its threshold: score() gives outlier scores (higher = more likely OOD) of features,
-    score_images() of images (the only way for ODIN), is_ood() which lie above the threshold. It pickles as its
-    state (serve.py's workers get it that way) and rebuilds its scoring function where it is used."""
+    """One fitted detector and its threshold; it pickles as its state (serve.py's workers get it that way) and
+    rebuilds its scoring function where it is used."""
 
     name: str
     threshold: float
@@ -69,8 +64,7 @@ class OODDetector:
         return self._score(features)
 
     def score_images(self, classifier: Classifier, images: Tensor, batch_size: int = 1000, progress: bool = False):
-        """(N,) float64 outlier scores of uint8 images (N, 3, H, W): ODIN's through the whole network, the others'
-        from the classifier's features."""
+        """(N,) float64 outlier scores of uint8 images (N, 3, H, W): ODIN's through the whole network."""
         if self.needs_images:
             return detectors.score_images(self.name, self.state, classifier, images, batch_size, progress)
         return self.score(classifier.features(images, list(self.layers), batch_size, progress))
@@ -170,8 +164,8 @@ def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
 def load_detector(
     path: str | Path, classifier: Classifier, name: str | None = None, from_images: bool = False
 ) -> OODDetector:
-    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint.
-    from_images: the caller scores images with OODDetector.score_images, so ODIN may be handed out too."""
+    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint;
+    ODIN only when the caller scores images (from_images)."""
     record = read_detectors(path)
     path, checkpoint = Path(path).expanduser(), classifier.checkpoint_path
     if checkpoint is not None and file_sha256(checkpoint) != record["checkpoint_sha256"]:
@@ -224,9 +218,8 @@ def fit_detector(
     settings: OODSettings = OODSettings(),
     from_images: bool = False,
 ) -> OODDetector:
-    """Fit the named detector (None: DEFAULT_DETECTOR) now, as evaluate.py does: on the run's own training split
-    (or `fit_images` of it, drawn with `seed`), thresholded on its validation split (settings.threshold).
-    from_images: as for load_detector (ODIN only then)."""
+    """Fit the named detector now, as evaluate.py does: on the run's training split (or `fit_images` of it),
+    thresholded on its validation split; `name` and `from_images` as for load_detector."""
     name = name or DEFAULT_DETECTOR
     if name not in NAMES:
         raise DetectorsError(f"unknown OOD detector {name!r}. Fix: choose one of {', '.join(NAMES)}.")

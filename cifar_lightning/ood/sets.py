@@ -1,9 +1,6 @@
-"""Out-of-distribution test sets as uint8 (N, 3, 32, 32) tensors, like the CIFAR-10 test set: an .npz file with a
-uint8 `images` array (N x H x W x 3 RGB, or N x H x W grayscale such as MNIST), a folder of image files (one that
-cannot be read is reported and skipped), or seeded noise. Grayscale is repeated to RGB and everything is resized to
-32x32 as predict.py sizes its inputs. A missing .npz of a standard set (CIFAR-100, MNIST, Fashion-MNIST test split)
-is built from torchvision's md5-checked files, kept (and downloaded, when allowed) in `<its folder>/torchvision/`.
-"""
+"""Out-of-distribution test sets as uint8 (N, 3, 32, 32) tensors: an .npz with a uint8 `images` array, a folder of
+images, or seeded noise, sized as predict.py sizes its inputs. A missing .npz of a standard set (CIFAR-100, MNIST,
+Fashion-MNIST) is built from torchvision's md5-checked files, kept (and downloaded) in `<its folder>/torchvision/`."""
 
 import logging
 import os
@@ -54,8 +51,7 @@ class OODSet:
 
 
 def to_rgb32(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, H, W) grayscale or (N, H, W, 3) RGB -> uint8 (N, 3, 32, 32): grayscale repeated to RGB, then
-    images.fit_to_input (the centred square, resized), as predict.py and serve.py make their inputs."""
+    """uint8 (N, H, W) grayscale or (N, H, W, 3) RGB -> uint8 (N, 3, 32, 32), as predict.py makes its inputs."""
     batch = torch.as_tensor(np.asarray(images))
     if batch.dtype != torch.uint8:
         raise ValueError(f"images must be uint8, got {batch.dtype}")
@@ -155,8 +151,7 @@ def raw_root(npz_path: str | Path) -> Path:
 
 
 def torchvision_test_split(source: str, root: str | Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The official test split through torchvision's dataset class: uint8 images and int64 labels. Raises whatever
-    torchvision raises when the files are missing or fail its md5 check (and downloading is off or fails)."""
+    """The official test split through torchvision's dataset class: uint8 images and int64 labels."""
     dataset_class = getattr(torchvision.datasets, SOURCES[source][1])  # looked up here, so tests can patch it
     dataset = dataset_class(root=str(root), train=False, download=download)
     images, labels = dataset.data, dataset.targets
@@ -180,8 +175,7 @@ def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def fetch_set(source: str, path: str | Path, download: bool) -> Path:
-    """Write `path` (an .npz) from torchvision's `source` test split, downloading it first if allowed; DataError
-    (the cause, in one sentence; callers add the fixes) when that fails."""
+    """Write `path` (an .npz) from torchvision's `source` test split; DataError naming the cause (not the fixes)."""
     path = Path(path).expanduser()
     (label, _, folder), root = SOURCES[source], raw_root(path)
     log.info("OOD set %s: %s is missing; building it from torchvision's files in %s", source, path, root)
@@ -204,8 +198,7 @@ def fetch_set(source: str, path: str | Path, download: bool) -> Path:
 
 
 def prepare_sets(specs: Mapping[str, Spec], seed: int, download: bool) -> list[OODSet]:
-    """Every configured set, loaded, a standard set whose .npz is missing first built from torchvision's test split
-    (downloaded when `download`); one error names every missing file and the fixes."""
+    """Every configured set, a missing standard set first built from torchvision's; one error names all missing."""
     specs = {name: _validated(spec) for name, spec in specs.items()}
     paths = {name: Path(spec.path).expanduser() for name, spec in specs.items() if spec.path is not None}
     missing = [name for name, path in paths.items() if not path.exists()]
