@@ -1,10 +1,8 @@
 """Averaged weights for any model: an exponential moving average (EMA) or lookahead.
 
-Both keep a second copy of the model's floating-point state (parameters and batch-norm statistics) and, every
-`every_n_steps` optimizer steps, move it towards the live weights: average <- decay * average + (1 - decay) * live.
-ema validates, tests, checkpoints and keeps the average; lookahead also resets the live weights to it (airbench:
-every 5 steps, decay 0.95^5). `ramp_power` > 0 scales the decay by (step / total_steps)^ramp_power, forgetting
-the poor early weights. Neither torch's AveragedModel nor Lightning's WeightAveraging does lookahead, and the
+Every `every_n_steps` steps: average <- decay * average + (1 - decay) * live (floating-point state). ema validates,
+tests, checkpoints and keeps the average; lookahead also resets the live weights to it (airbench). `ramp_power` > 0
+scales the decay by (step / total_steps)^ramp_power. torch's and Lightning's averaging do no lookahead, and the
 checkpoint must hold the average under the model's own keys for evaluate.py.
 """
 
@@ -36,8 +34,7 @@ def copy_into(target: dict[str, Tensor], source: dict[str, Tensor]) -> None:
 
 
 class AveragedWeights(L.Callback):
-    """EMA or lookahead weights (see the module docstring); settings and their ranges:
-    cifar_lightning/config/train.py (AveragingSettings)."""
+    """EMA or lookahead weights; settings: cifar_lightning/config/train.py (AveragingSettings)."""
 
     def __init__(self, mode: str = "ema", decay: float = 0.999, every_n_steps: int = 1, ramp_power: float = 0.0):
         self.mode, self.decay, self.every_n_steps, self.ramp_power = mode, float(decay), every_n_steps, ramp_power
@@ -51,8 +48,6 @@ class AveragedWeights(L.Callback):
         if self.ramp_power == 0:
             return self.decay
         return self.decay * min(step / max(total_steps, 1), 1.0) ** self.ramp_power
-
-    # -- training --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         steps = trainer.estimated_stepping_batches
@@ -81,7 +76,7 @@ class AveragedWeights(L.Callback):
         if self.average is not None:
             copy_into(float_state(pl_module.model), self.average)
 
-    # -- validation sees the average ------------------------------------------------------------------
+    # Validation sees the average.
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.average is None or trainer.sanity_checking:
@@ -95,17 +90,13 @@ class AveragedWeights(L.Callback):
             copy_into(float_state(pl_module.model), self._live_backup)
             self._live_backup = None
 
-    # -- checkpoints hold the average under the model's keys; the live weights ride along ---------
-
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.average is None:
             return
+        # The average under the model's own keys (for evaluate.py); the live weights ride along for a resume.
         state = checkpoint["state_dict"]
-        live = {}
-        for name, value in self.average.items():
-            key = f"model.{name}"
-            live[name] = state[key].detach().clone().cpu()
-            state[key] = value.detach().clone()
+        live = {name: state[f"model.{name}"].detach().clone().cpu() for name in self.average}
+        state.update({f"model.{name}": value.detach().clone() for name, value in self.average.items()})
         checkpoint.setdefault("averaged_weights", {})["live"] = live
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

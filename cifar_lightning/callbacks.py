@@ -1,6 +1,4 @@
-"""Callbacks of our own; the rest (checkpoints, early stopping, LR monitor, progress bar) are
-Lightning's, configured in conf/callbacks/.
-"""
+"""Callbacks of our own; the rest are Lightning's, configured in conf/callbacks/."""
 
 from __future__ import annotations
 
@@ -39,8 +37,7 @@ class GPUStatsMonitor(DeviceStatsMonitor):
 
 
 class EpochHistory(L.Callback):
-    """Each epoch's logged metrics (train/val loss and accuracy, learning rate), epochs from 1, for metrics.json;
-    and one log line per epoch, so runs without a terminal show progress in their train.log."""
+    """Each epoch's logged metrics and learning rate (epochs from 1) for metrics.json, and one log line per epoch."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -67,9 +64,8 @@ class EpochHistory(L.Callback):
             figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             log.info("epoch %d/%d: %s", row["epoch"], trainer.max_epochs, figures)
 
-    # The history travels in checkpoints so that a resumed run keeps the epochs before it. Testing the
-    # best checkpoint restores callback states too, which would cut the record back to the best
-    # epoch: only a fit (a resume) takes the checkpoint's history.
+    # The history travels in checkpoints for a resume; only a fit takes it back (testing the best checkpoint
+    # would cut it back to the best epoch).
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(row) for row in self.history], "lr": self._lr}
 
@@ -82,8 +78,7 @@ class EpochHistory(L.Callback):
 
 
 class FreezeParameters(L.Callback):
-    """Stop training the named parameters of the model (e.g. whiten.bias) after `after_epochs` epochs, as
-    airbench does with its whitening bias. Frozen parameters get no gradient, so the optimizer leaves them."""
+    """Stop training the named parameters of the model (e.g. airbench's whiten.bias) after `after_epochs` epochs."""
 
     def __init__(self, names: list[str], after_epochs: int) -> None:
         self.names, self.after_epochs = list(names), after_epochs
@@ -107,14 +102,9 @@ class FreezeParameters(L.Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with last.ckpt always the latest state, for resume.
-
-    Lightning writes last.ckpt only with a top-k checkpoint (when the monitored value improves), so a run
-    killed after epochs without improvement would resume from long ago. Here best.ckpt is ModelCheckpoint's,
-    and last.ckpt (save_last) is written by this class at every training epoch's end (after its validation,
-    history row and learning-rate step) and, with every_n_train_steps=n, after every n-th step inside an
-    epoch, the loggers flushed first.
-    """
+    """Lightning's ModelCheckpoint (best.ckpt), with last.ckpt written at every training epoch's end and, with
+    every_n_train_steps=n, every n-th step, the loggers flushed first: Lightning writes it only when best.ckpt
+    improves, so a killed run would resume from long ago."""
 
     def __init__(self, *args: Any, save_last: bool = True, every_n_train_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, save_last=False, **kwargs)  # Lightning's own last.ckpt: never
@@ -122,9 +112,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._latest_step: int | None = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ModelCheckpoint, also when the run directory was moved (a copied run resumed elsewhere):
-        the paths are moved along, where ModelCheckpoint would drop the best score and so forget
-        which epoch was best."""
+        """As ModelCheckpoint, with the paths moved along when the run directory was moved (ModelCheckpoint
+        would drop the best score)."""
         old, new = state_dict.get("dirpath"), self.dirpath
         if isinstance(old, str) and new is not None and old != str(new):
 
@@ -188,9 +177,8 @@ def _set_numpy_state(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves in every checkpoint what Lightning does not, so that a resumed fit continues exactly: the random
-    generators' states (dropout draws from torch's), restored when training starts (after the model's initial
-    weights were drawn), and the training time so far."""
+    """Saves what Lightning does not, so that a resumed fit continues exactly: the random generators' states
+    (restored when training starts, after the initial weights were drawn) and the training time so far."""
 
     def __init__(self) -> None:
         self._stage: str | None = None
@@ -232,10 +220,8 @@ class ResumeState(L.Callback):
 class DivergenceGuard(L.Callback):
     """Stops training at the first non-finite training loss, with an error naming the step and the fix.
 
-    On the CPU the loss is read after every step. On a GPU that read would make the host wait every step,
-    so the first bad step, epoch and loss are kept on the device and read every `check_every_n_steps` steps,
-    at each epoch end and before every checkpoint (exact step, never a non-finite checkpoint).
-    deferred: None: deferred on a GPU only; True: deferred everywhere (tests the GPU path on a CPU); False: never.
+    Deferred (default: on a GPU), the first bad step is kept on the device and read every `check_every_n_steps`
+    steps, at each epoch end and before every checkpoint, so the host never waits for a step.
     """
 
     def __init__(self, check_every_n_steps: int = 25, deferred: bool | None = None) -> None:
@@ -255,16 +241,11 @@ class DivergenceGuard(L.Callback):
                 self._raise(trainer, step, epoch, value)
             return
         if self._first is None or self._first["step"].device != loss.device:
-            self._first = {
-                "step": torch.full((), -1, dtype=torch.long, device=loss.device),
-                "epoch": torch.full((), -1, dtype=torch.long, device=loss.device),
-                "loss": torch.zeros((), dtype=torch.float32, device=loss.device),
-            }
-        first = self._first
-        new = ~torch.isfinite(loss) & (first["step"] < 0)
-        first["step"] = torch.where(new, step, first["step"])
-        first["epoch"] = torch.where(new, epoch, first["epoch"])
-        first["loss"] = torch.where(new, loss.float(), first["loss"])
+            empty = {"step": (-1, torch.long), "epoch": (-1, torch.long), "loss": (0.0, torch.float32)}
+            self._first = {k: torch.full((), v, dtype=t, device=loss.device) for k, (v, t) in empty.items()}
+        new = ~torch.isfinite(loss) & (self._first["step"] < 0)
+        now = {"step": step, "epoch": epoch, "loss": loss.float()}
+        self._first = {key: torch.where(new, now[key], value) for key, value in self._first.items()}
         if step % self.check_every_n_steps == 0:
             self.check(trainer)
 

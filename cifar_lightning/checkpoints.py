@@ -1,8 +1,5 @@
-"""Read checkpoints written by train.py and rebuild their model, refusing anything else.
-
-Loading is weights-only (tensors and plain containers, never arbitrary objects), so opening a
-checkpoint from elsewhere cannot run code; the model is then rebuilt from the run config the
-checkpoint carries and must match its weights exactly.
+"""Read checkpoints written by train.py and rebuild their model, refusing anything else: loading is weights-only
+(opening a checkpoint from elsewhere cannot run code), and the rebuilt model must match its weights exactly.
 """
 
 from __future__ import annotations
@@ -43,8 +40,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a train.py checkpoint onto the CPU, weights only; CheckpointError for a missing, truncated, corrupt or
-    unsafe file, and for one without `state_dict` or `hyper_parameters.run_config`."""
+    """Load a train.py checkpoint onto the CPU, weights only; CheckpointError for any file train.py did not write."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(
@@ -113,8 +109,7 @@ def trained_epoch(checkpoint: dict[str, Any]) -> int | None:
 
 
 def training_position(run: RunDir) -> dict[str, Any]:
-    """The last checkpoint's position (the epoch from 1 in which or at whose end it was written, its global
-    step), after checking that it holds a full training state."""
+    """The last checkpoint's epoch (from 1) and global step, after checking it holds a full training state."""
     path = run.last_checkpoint
     fix = (
         f"The run directory was left as it is. Fix: resume from another copy of the run, or start it again "
@@ -138,22 +133,16 @@ def training_position(run: RunDir) -> dict[str, Any]:
     return {"epoch": trained_epoch(checkpoint), "global_step": int(checkpoint["global_step"])}
 
 
-def _model_class(target: Any) -> type | None:
-    """The nn.Module class `target` names, or None if it names anything else or lies outside the trusted packages."""
-    if not isinstance(target, str) or not target.startswith(TRUSTED_MODEL_PACKAGES):
-        return None
-    try:
-        found = get_class(target)
-    except (ImportError, ValueError, AttributeError):
-        return None
-    return found if isinstance(found, type) and issubclass(found, nn.Module) else None
-
-
 def _checked_model_target(model_config: dict[str, Any], source: str) -> None:
-    """Refuse a model config that would import or call something other than a model class."""
+    """Refuse a model config that would import or call something other than a trusted nn.Module class."""
     target = model_config.get("_target_")
     nested = [key for key, value in model_config.items() if key != "_target_" and "_target_" in str(value)]
-    if _model_class(target) is None or nested:
+    try:
+        trusted = isinstance(target, str) and target.startswith(TRUSTED_MODEL_PACKAGES)
+        found = get_class(target) if trusted else None
+    except (ImportError, ValueError, AttributeError):
+        found = None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)) or nested:
         raise CheckpointError(
             f"the checkpoint {source} names a model that is not allowed: `_target_: {target!r}`"
             f"{' with nested targets in ' + ', '.join(nested) if nested else ''} (it must be an nn.Module class "
@@ -175,19 +164,14 @@ def _weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -
         for k in expected
         if k in given and (not isinstance(given[k], torch.Tensor) or given[k].shape != expected[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint: {listed(missing)}")
-    if unexpected:
-        problems.append(f"not in the model: {listed(unexpected)}")
-    if shapes:
-        problems.append(f"shapes differ (checkpoint vs model): {listed(shapes)}")
-    return problems
+    kinds = {"missing from the checkpoint": missing, "not in the model": unexpected}
+    kinds["shapes differ (checkpoint vs model)"] = shapes
+    return [f"{kind}: {listed(keys)}" for kind, keys in kinds.items() if keys]
 
 
 def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.Module:
-    """The checkpoint's model, rebuilt from its run config with its weights loaded strictly, in eval mode (and
-    channels-last where the run trained so); source: where the checkpoint came from, for messages."""
+    """The checkpoint's model, rebuilt from its run config, weights loaded strictly, in eval mode (channels-last
+    where the run trained so); source: where the checkpoint came from, for messages."""
     config = run_config(checkpoint)
     model_config = dict(config["model"])
     _checked_model_target(model_config, str(source))
@@ -206,19 +190,16 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
     weights = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
     problems = _weight_mismatch(model.state_dict(), weights)
     if problems:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in model_config.items() if k != "_target_")
         raise CheckpointError(
             f"the weights in the checkpoint {source} do not fit the model its run config describes "
-            f"({model_config.get('_target_')} with {_arguments(model_config)}): {'; '.join(problems)}. "
+            f"({model_config.get('_target_')} with {arguments or 'no arguments'}): {'; '.join(problems)}. "
             f"The checkpoint comes from another architecture or its config was edited. {_FIX_WRITTEN_BY_TRAIN}."
         )
     model.load_state_dict(weights, strict=True)
     if (config.get("module") or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
-
-
-def _arguments(model_config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in model_config.items() if k != "_target_") or "no arguments"
 
 
 def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> dict[str, list[float]]:
@@ -240,8 +221,7 @@ def normalization(checkpoint: dict[str, Any], source: str | Path = "given") -> d
 
 
 def chosen_checkpoint(ckpt: Any, run_dir: Any, script: str, more: str = "") -> Path:
-    """The checkpoint an entry point was given: `ckpt`, or the one `run_dir` keeps (RunDir.kept_checkpoint);
-    exactly one of them. script: the entry point; more: its other required arguments, for the examples."""
+    """`ckpt`, or the checkpoint `run_dir` keeps (exactly one of them); script and more: for the examples."""
     if (ckpt is None) == (run_dir is None):
         given = "both ckpt and run_dir were given" if ckpt is not None else "neither ckpt nor run_dir was given"
         raise ConfigError(

@@ -1,10 +1,7 @@
 """Runs of several processes (DDP) and cluster jobs: the checks and settings that keep them safe.
 
-Lightning owns the processes: with `trainer=ddp` it re-runs train.py once per extra device (each child gets
-`hydra.run.dir=<the parent's run directory>`), or joins processes torchrun or srun started. Each builds the same
-run; the data module shards the batches, the metrics sum over ranks, and only global rank 0 writes files.
-Cluster jobs are launched and requeued by submitit (`hydra/launcher=slurm`); Lightning's own SLURM requeue is off
-(cluster_plugins), and a requeued job continues from its own last checkpoint (requeue_checkpoint).
+Lightning owns the processes (it re-runs train.py once per extra device, or joins torchrun/srun ones); only
+global rank 0 writes files. submitit alone launches and requeues cluster jobs (`hydra/launcher=slurm`).
 """
 
 from __future__ import annotations
@@ -26,16 +23,6 @@ def cluster_plugins() -> list[Any]:
     """The Trainer's plugins (conf/trainer/default.yaml): inside a Slurm job, Lightning's SLURM environment with
     its auto-requeue off, so that submitit alone owns the job's signals and requeues it (same output directory)."""
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def _hydra_mode_and_overrides() -> tuple[str | None, list[str]]:
-    """Hydra's run mode ("RUN" or "MULTIRUN") and its hydra.* overrides; (None, []) outside a Hydra app."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None, []
-    hydra = HydraConfig.get()
-    return hydra.mode.name, list(hydra.overrides.hydra)
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -60,7 +47,10 @@ def check_launch(trainer: L.Trainer) -> None:
             "batch, as single-process training does at batch data.batch_size), or train on GPUs with "
             "trainer.accelerator=gpu; nothing was trained."
         )
-    mode, hydra_overrides = _hydra_mode_and_overrides()
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None  # None outside a Hydra app
+    mode, hydra_overrides = (hydra.mode.name, list(hydra.overrides.hydra)) if hydra else (None, [])
     # Lightning's launcher re-runs the command line, unless torchrun or srun already started every process.
     lightning_launches = isinstance(launcher, _SubprocessScriptLauncher)
     external = strategy.cluster_environment is not None and strategy.cluster_environment.creates_processes_externally
@@ -82,16 +72,10 @@ def check_launch(trainer: L.Trainer) -> None:
         )
 
 
-def in_submitit_job() -> bool:
-    """Whether this process runs a job that submitit launched (Slurm or local), which it may requeue."""
-    return "SUBMITIT_EXECUTOR" in os.environ
-
-
 def requeue_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint a requeued cluster job continues from: `<output_dir>/checkpoints/last.ckpt`, when this
-    process runs a submitit job and an earlier attempt of it saved one (a requeued job re-runs its pickled Hydra
-    job, in the same output directory); None otherwise, where a resume is asked for explicitly."""
-    if not in_submitit_job():
+    process runs a submitit job (re-run in the same output directory) and an earlier attempt saved one."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
         return None
     last = RunDir(output_dir).last_checkpoint
     return last if last.is_file() else None

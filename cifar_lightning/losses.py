@@ -1,8 +1,5 @@
-"""The training losses beyond torch's cross-entropy (conf/loss/): LogitNorm, for OOD detection.
-
-LogitNorm (Wei et al., ICML 2022) is cross-entropy of the logits scaled to L2 norm 1/temperature: the
-network can no longer lower the loss by growing its logits, so it stays less confident on images unlike
-its training set, and confidence-based OOD scores separate better. The loss is pytorch-ood's.
+"""The training losses beyond torch's cross-entropy (conf/loss/): LogitNorm (Wei et al., ICML 2022), cross-entropy
+of the logits scaled to L2 norm 1/temperature, which keeps the network less confident on unlike images (OOD).
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ LOSS_NAMES = {"torch.nn.CrossEntropyLoss": "cross_entropy", "cifar_lightning.los
 
 
 class SmoothedLogitNorm(nn.Module):
-    """LogitNorm with a recipe's label smoothing (e.g. fast94's 0.2), so `loss=logitnorm` changes nothing
-    else in a recipe. pytorch-ood's loss has no smoothing: this normalizes the logits exactly as it does
-    (norm + 1e-7) and passes them to smoothed cross-entropy."""
+    """LogitNorm with a recipe's label smoothing (pytorch-ood's has none): its normalization, then smoothed
+    cross-entropy."""
 
     def __init__(self, temperature: float, label_smoothing: float) -> None:
         super().__init__()

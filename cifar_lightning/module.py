@@ -1,9 +1,7 @@
 """The LightningModule: trains any image classifier with the configured optimizer, schedule and loss.
 
-By default L2 weight decay applies to conv and linear weights only, never to biases or norm parameters.
-Nothing in a training step waits for the device (no metric argument checks, metrics logged per epoch).
-Under DDP every epoch figure covers all ranks' images once: the torchmetrics objects sum their states
-over ranks, so an epoch loss is the exact mean over all images, not a mean of per-rank means.
+Nothing in a training step waits for the device; under DDP every epoch figure is the exact mean over all
+ranks' images (the metric objects sum their states over ranks).
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ UNFINISHED_EPOCH_KEY = "unfinished_epoch_metrics"
 
 
 class ImageMean(Metric):
-    """The mean of a per-image quantity (the loss) over an epoch, given batch means and batch sizes: exact
-    across ranks (Lightning's sync_dist truncates uneven integer counts), with no device read per step
-    (torchmetrics' MeanMetric checks for NaN), and its sums go into a mid-epoch checkpoint."""
+    """The mean of a per-image quantity (the loss) over an epoch from batch means and sizes: exact across ranks,
+    with no device read per step (torchmetrics' MeanMetric checks for NaN)."""
 
     full_state_update = False
 
@@ -50,20 +47,10 @@ class ImageMean(Metric):
 
 
 class ClassifierModule(L.LightningModule):
-    """Training of `model` with `loss`, with per-epoch loss and accuracy for train/val/test
-    (conf/module/classifier.yaml; its settings are declared in cifar_lightning/config/train.py).
-
-    model: any nn.Module mapping normalized (N, 3, 32, 32) images to logits. If it has a method
-        `init_from_data(images)`, it is called at the start of fit with the first
-        `model.init_images` training images, normalized (e.g. FastNet's patch whitening).
-    optimizer: called with parameter groups, e.g. functools.partial(torch.optim.SGD, lr=0.001).
-    scheduler: called with the optimizer and the fit's optimizer steps (schedules.py); None for a constant rate.
-    loss: the criterion (conf/loss/); cross-entropy when None.
-    run_config: the run's resolved config, stored in checkpoints so they describe themselves.
-    weight_decay_scope: "all" gives a group with a scaled rate its decay divided by the scale, so that
-        every parameter shrinks by the same factor per step, as in airbench.
-    test_tta: test-time augmentation of the test loop (augment.tta_logits): test_acc, test_loss and the
-        confusion matrix use it; test_acc_plain never does.
+    """Training of `model` (normalized images to logits) with `loss` (cross-entropy when None), with per-epoch
+    loss and accuracy for train/val/test; settings: cifar_lightning/config/train.py. optimizer: called with
+    parameter groups; scheduler: with the optimizer and the fit's steps (schedules.py); run_config: stored in
+    checkpoints so that they describe themselves; test_tta: used by all test figures but test_acc_plain.
     """
 
     def __init__(
@@ -107,8 +94,7 @@ class ClassifierModule(L.LightningModule):
             self.initialize_from_data()
 
     def initialize_from_data(self) -> None:
-        """Call the model's `init_from_data` with normalized training images, if it has one (at every fit
-        start: a resumed fit's restored weights replace the result)."""
+        """Call the model's `init_from_data` (if any) with its `init_images` first normalized training images."""
         init = getattr(self.model, "init_from_data", None)
         if init is None:
             return
@@ -126,24 +112,17 @@ class ClassifierModule(L.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
-        images, labels = batch
-        logits = self(images)
-        return self._record(stage, logits, labels), logits
-
     def _record(self, stage: str, logits: Tensor, labels: Tensor) -> Tensor:
         """The stage's loss of these logits, added to its epoch loss and accuracy."""
         loss = self.criterion(logits, labels)
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy(logits, labels)
-        # Weighted by batch size: an exact per-image mean when the last batch is short. Both metric
-        # objects sum their states over ranks when Lightning computes them at the epoch's end.
         mean_loss.update(loss, len(labels))
         self.log(f"{stage}_loss", mean_loss, on_step=False, on_epoch=True, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    # -- a checkpoint saved inside an epoch keeps the epoch's running training metrics --------------
+    # A checkpoint saved inside an epoch keeps the epoch's running training metrics.
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._epoch_open = True
@@ -170,12 +149,12 @@ class ClassifierModule(L.LightningModule):
         self._unfinished_epoch = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")[0]
+        return self._record("train", self(batch[0]), batch[1])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
             return
-        self._step(batch, "val")
+        self._record("val", self(batch[0]), batch[1])
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
@@ -200,16 +179,12 @@ class ClassifierModule(L.LightningModule):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Weights (ndim > 1) get the optimizer's weight decay, biases and norm parameters none; with
-        norm_lr_scale != 1 or weight_decay_scope="all", norm parameters ("norm", rate x norm_lr_scale) and
-        biases ("biases") get groups of their own (see build_optimizer)."""
+        norm_lr_scale != 1 or weight_decay_scope="all", norm parameters and biases get groups of their own."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.norm_lr_scale == 1.0 and self.weight_decay_scope == "weights":
-            decayed = [p for p in params if p.ndim > 1]
-            undecayed = [p for p in params if p.ndim <= 1]
-            # Names label the two rates in the LR monitor's curves.
+        if self.norm_lr_scale == 1.0 and self.weight_decay_scope == "weights":  # names label the LR monitor's curves
             return [
-                {"params": decayed, "name": "weights"},
-                {"params": undecayed, "weight_decay": 0.0, "name": "no_decay"},
+                {"params": [p for p in params if p.ndim > 1], "name": "weights"},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "name": "no_decay"},
             ]
         norm_ids = {
             id(p) for m in self.model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)
@@ -235,18 +210,16 @@ class ClassifierModule(L.LightningModule):
             group["weight_decay"] = weight_decay / group["lr_scale"] if self.weight_decay_scope == "all" else 0.0
         return optimizer
 
-    def total_steps(self) -> int | None:
-        """Optimizer steps this fit will take (None: no limit), for per-step schedules."""
-        steps = self.trainer.estimated_stepping_batches
-        return None if steps == float("inf") else int(steps)
-
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, total_steps: int | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The scheduler, built with the fit's step count (default: the attached trainer's estimate)."""
+        """The scheduler, built with the fit's step count (default: the trainer's estimate; None: no limit)."""
         if self.scheduler_factory is None:
             return None
-        return self.scheduler_factory(optimizer, total_steps=total_steps or self.total_steps())
+        if not total_steps:
+            steps = self.trainer.estimated_stepping_batches
+            total_steps = None if steps == float("inf") else int(steps)
+        return self.scheduler_factory(optimizer, total_steps=total_steps)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()

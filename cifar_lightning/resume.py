@@ -1,6 +1,5 @@
-"""Resume: continue a run from its checkpoints/last.ckpt with its own config.yaml, in place (train.py
-resume=<run dir>). Only overrides that cannot change the result are accepted, and
-everything is checked before the run directory changes.
+"""Resume (train.py resume=<run dir>): continue a run from its last.ckpt with its own config.yaml, in place, with
+only overrides that cannot change the result; everything is checked before the run directory changes.
 """
 
 from __future__ import annotations
@@ -42,10 +41,12 @@ RESUME_OVERRIDES = (
 _RESUME_FIX = "Fix: pass only those, or start a new run with the changed settings"
 
 
+def _is_hydra(key: str) -> bool:
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
 def _allowed_on_resume(key: str) -> bool:
-    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
-        return True
-    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_OVERRIDES)
+    return _is_hydra(key) or f"{key}.".startswith(tuple(f"{allowed}." for allowed in RESUME_OVERRIDES))
 
 
 def _parse_overrides(run: RunDir, overrides: Sequence[str]) -> list[Any]:
@@ -83,7 +84,7 @@ def _apply_overrides(run: RunDir, config: DictConfig, parsed: list[Any]) -> list
     changed = []
     for override in parsed:
         key = override.key_or_group
-        if key == "resume" or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        if key == "resume" or _is_hydra(key):
             continue
         if key == "trainer.max_epochs":
             value, saved = override.value(), config.trainer.max_epochs
@@ -134,10 +135,8 @@ def resumed(run: RunDir, position: dict[str, Any], overrides: list[str]) -> dict
 
 
 def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Continue the run in `run_dir` from its checkpoints/last.ckpt, with its own config.yaml, in place: weights,
-    optimizer, schedules, early stopping, averaging, history, random generators and data position continue, so
-    the result equals an uninterrupted run's (CPU). overrides: the command line's (only RESUME_OVERRIDES);
-    output_dir: Hydra's, which must be the run directory. Raises ResumeError before anything changes."""
+    """Continue the run in `run_dir` in place, so that the result equals an uninterrupted run's (CPU); output_dir:
+    Hydra's, which must be the run directory. Raises ResumeError before anything changes."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise ResumeError(

@@ -1,14 +1,7 @@
-"""Learning-rate schedules, all built one way: `schedule(optimizer, total_steps=<the fit's optimizer steps>)`
-(conf/scheduler/ nodes are partials of these classes), each saying how often Lightning steps it (`interval`).
-
-StepLR and MultiStepLR are torch's, stepped once per epoch. WarmupSchedule gives the rate of every step,
-which ten-epoch runs need: a multiplier of the optimizer's rate (so per-group rates, e.g. a higher rate for
-batch-norm parameters, keep their ratio), from `start_factor` up to 1 over the warmup, then from 1 down to
-`end_factor`:
-
-- linear: straight lines up and down (airbench's triangle: 0.2 -> 1 at 23% -> 0.07);
-- cosine: a straight line up, a half cosine down;
-- one_cycle: half cosines up and down (torch's OneCycleLR with cosine annealing).
+"""Learning-rate schedules, all built as `schedule(optimizer, total_steps=<the fit's optimizer steps>)`, each
+saying how often Lightning steps it (`interval`). WarmupSchedule multiplies every group's rate per step, from
+`start_factor` up to 1 over the warmup, then down to `end_factor`: linear (straight lines, airbench's triangle),
+cosine (a line up, a half cosine down) or one_cycle (half cosines up and down, as torch's OneCycleLR).
 """
 
 from __future__ import annotations
@@ -28,11 +21,8 @@ def _cosine(start: float, end: float, progress: float) -> float:
 
 
 def lr_factor(step: int, total_steps: int, shape: str, warmup: float, start_factor: float, end_factor: float) -> float:
-    """The multiplier of the base learning rate at optimizer step `step` (0 = the first step) of `total_steps`.
-
-    The warmup takes the first floor(warmup * total_steps) steps and ends at 1; the decay reaches
-    `end_factor` at step total_steps (one past the last step taken).
-    """
+    """The multiplier of the base rate at optimizer step `step` (from 0): the warmup takes the first
+    floor(warmup * total_steps) steps, the decay reaches `end_factor` at step total_steps (one past the last)."""
     warmup_steps = int(warmup * total_steps)
     step = min(max(step, 0), total_steps)
     if step < warmup_steps:
@@ -61,8 +51,7 @@ class MultiStepLR(torch.optim.lr_scheduler.MultiStepLR):
 
 
 class WarmupSchedule(LambdaLR):
-    """A per-step warmup and decay over the fit's `total_steps` (see the module docstring); settings and
-    their ranges: cifar_lightning/config/train.py (WarmupSettings)."""
+    """A per-step warmup and decay over the fit's `total_steps`; settings: config/train.py (WarmupSettings)."""
 
     interval = "step"
 

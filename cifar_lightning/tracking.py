@@ -1,7 +1,5 @@
-"""Experiment tracking beyond Lightning's per-epoch curves and hyperparameters: MLflowRunLogger (logger=mlflow:
-one MLflow run per run directory, continued by a resume; dotted params; a ConfigError before training when
-MLflow cannot be used), and record_outcome (the final figures, status and checkpoints, once metrics.json is
-written, to MLflow and to TensorBoard's HParams tab). mlflow is imported only where an MLflow logger is used.
+"""Experiment tracking beyond Lightning's: MLflowRunLogger (one MLflow run per run directory, continued by a
+resume), and record_outcome (metrics.json's final figures to MLflow and TensorBoard's HParams tab).
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ log = logging.getLogger(__name__)
 FINAL_FIGURES = ("test_acc", "test_loss", "best_val_loss", "best_val_acc", "best_epoch", "epochs_run", "train_seconds")
 #: The tag that ties an MLflow run to its run directory (absolute path).
 RUN_DIR_TAG = "run_dir"
-#: How long the check of an http(s) tracking server waits for an answer.
-SERVER_CHECK_SECONDS = 10
 _INSTALL_FIX = 'pip install -e ".[tracking]" installs it; or train without MLflow (logger=tensorboard)'
 
 
@@ -46,7 +42,7 @@ def check_tracking_server(tracking_uri: str) -> None:
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS).close()
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10).close()
     except urllib.error.HTTPError:
         return  # something answered: MLflow reports what it makes of the answer
     except (urllib.error.URLError, OSError) as exc:
@@ -58,8 +54,8 @@ def check_tracking_server(tracking_uri: str) -> None:
 
 
 class MLflowRunLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger, one MLflow run per run directory (`run_dir`, kept as the run's tag): a run
-    started in a directory that has an MLflow run in this experiment (a resume, a requeued job) continues it."""
+    """Lightning's MLFlowLogger, one MLflow run per run directory (tagged `run_dir`): a run started in a directory
+    with an MLflow run in this experiment (a resume, a requeued job) continues it."""
 
     def __init__(self, run_dir: str, tracking_uri: str | None, **kwargs: Any) -> None:
         if find_spec("mlflow") is None:
@@ -86,8 +82,7 @@ class MLflowRunLogger(MLFlowLogger):
         return super().experiment
 
     def _existing_run(self) -> str | None:
-        """This run directory's MLflow run in the experiment, marked running again; None when it has none (the
-        experiment is created, with the configured artifact location, when it does not exist yet)."""
+        """This run directory's MLflow run in the experiment (created if need be), marked running again; or None."""
         client = self._mlflow_client
         experiment = client.get_experiment_by_name(self._experiment_name)
         if experiment is None:
@@ -106,8 +101,7 @@ class MLflowRunLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Any) -> None:
-        """Log params as dotted keys (optim.lr), each cut to MLflow's length limit. MLflow's params are write-once:
-        a continued run keeps its values and gains only new keys (a resume's changes are in metrics.json)."""
+        """Log params as dotted keys (optim.lr), cut to MLflow's length limit; only new keys (params are write-once)."""
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -145,50 +139,37 @@ def log_outcome_to_mlflow(logger: MLFlowLogger, run: RunDir, metrics: dict[str, 
         client.log_artifact(run_id, str(run.metrics))
 
 
-def session_end_summary(status: str) -> Summary:
-    """The HParams plugin's session-end record: success for a completed run, failure otherwise."""
-    end = plugin_data_pb2.SessionEndInfo(
-        status=api_pb2.STATUS_SUCCESS if status == COMPLETED else api_pb2.STATUS_FAILURE, end_time_secs=time.time()
-    )
-    content = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
-    return Summary(
-        value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(content))]
-    )
-
-
 def log_outcome_to_tensorboard(logger: TensorBoardLogger, metrics: dict[str, Any], step: int) -> None:
-    """The run's hyperparameters and final figures (hp/<name>) as one session of TensorBoard's HParams tab; only
-    the session records, since Lightning's per-run experiment record would make the tab take one run's names for
-    all."""
+    """The run's hyperparameters and final figures (hp/<name>) as one session of TensorBoard's HParams tab (the
+    session records alone: Lightning's experiment record would make the tab take one run's names for all)."""
     figures = {f"hp/{key}": value for key, value in final_figures(metrics).items()}
     logger.log_metrics(figures, step)
     params = _sanitize_params(_flatten_dict(_convert_params(logger.hparams), delimiter="."))
     _, session_start, _ = hparams(params, figures)
     writer = logger.experiment._get_file_writer()
     writer.add_summary(session_start)
-    writer.add_summary(session_end_summary(str(metrics.get("status"))))
+    status = api_pb2.STATUS_SUCCESS if metrics.get("status") == COMPLETED else api_pb2.STATUS_FAILURE
+    end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    content = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
+    summary = metadata.create_summary_metadata(content)
+    writer.add_summary(Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=summary)]))
     logger.experiment.close()  # Lightning had closed it after the fit or test; writing reopened it
 
 
-def tracker_errors() -> tuple[type[Exception], ...]:
-    """What a tracker's storage raises: OS errors, and MLflow's (a server gone away, a locked database)."""
-    if find_spec("mlflow") is None:
-        return (OSError,)
-    from mlflow.exceptions import MlflowException
-
-    return (OSError, MlflowException)
-
-
 def record_outcome(trainer: L.Trainer, run: RunDir, metrics: dict[str, Any]) -> None:
-    """Send a finished run's metrics.json to its MLflow runs and TensorBoard's HParams tab (rank 0). A tracker that
-    fails here costs a warning, not the run: metrics.json has it all."""
+    """Send a finished run's metrics.json to its trackers (rank 0); one that fails costs a warning, not the run."""
     if not trainer.is_global_zero:
         return
+    errors: tuple[type[Exception], ...] = (OSError,)  # and MLflow's: a server gone away, a locked database
+    if find_spec("mlflow") is not None:
+        from mlflow.exceptions import MlflowException
+
+        errors = (OSError, MlflowException)
     for logger in trainer.loggers:
         try:
             if isinstance(logger, MLFlowLogger):
                 log_outcome_to_mlflow(logger, run, metrics, trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 log_outcome_to_tensorboard(logger, metrics, trainer.global_step)
-        except tracker_errors() as exc:
+        except errors as exc:
             log.warning("could not record the run's outcome with %s: %s", type(logger).__name__, exc)

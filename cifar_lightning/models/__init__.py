@@ -1,9 +1,5 @@
-"""Model registry: name -> nn.Module class. `model=<name>` picks `conf/model/<name>.yaml`,
-whose `_target_` is one of these classes.
-
-Every model's last module is an `nn.Linear` named `fc` whose output is the logits (no operation
-follows it) and whose input is the penultimate feature vector: out-of-distribution detectors
-rely on this.
+"""Model registry: name -> nn.Module class (`model=<name>` picks conf/model/<name>.yaml). Every model's last
+module is an `nn.Linear` named `fc`, the logits from the penultimate features: OOD detectors rely on this.
 """
 
 from torch import nn

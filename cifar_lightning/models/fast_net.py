@@ -1,23 +1,7 @@
-"""A fast CIFAR-10 network in the style of Keller Jordan's airbench94 ("94% on CIFAR-10 in 3.29
-seconds on a single GPU", arXiv 2404.00498), written here from the paper's description.
-
-    whiten   2x2 conv 3 -> 24, frozen: patch whitening, computed from the training images
-    act0     GELU
-    block1   conv-pool-BN-GELU-conv-BN-GELU, 24 -> 64 channels, 31 -> 15 pixels
-    block2   the same, 64 -> 256, 15 -> 7
-    block3   the same, 256 -> 256, 7 -> 3
-    pool     global max pool
-    flatten
-    scale    x 1/9 (the scaled head)
-    fc       linear 256 -> 10, no bias: the logits
-
-The tricks, each a named piece below: the first layer is a frozen patch-whitening filter bank
-(PatchWhitening) whose bias alone trains, and only for the first epochs (a FreezeParameters
-callback in the recipe); every later conv starts as a partial identity (identity_init); batch
-norm keeps its weight fixed at 1 and uses a short memory (FrozenScaleBatchNorm); the head's
-output is scaled down (the scale is applied to the features before `fc`, which gives the same
-logits and gradients as scaling the output, so that `fc` stays the last layer and its output
-the logits). With ~10 epochs of airbench's recipe (conf/experiment/fast94.yaml) it reaches 94%.
+"""A fast CIFAR-10 network in the style of Keller Jordan's airbench94 (arXiv 2404.00498), from the paper: a frozen
+2x2 patch-whitening conv, three conv groups (64, 256, 256 channels), global max pool, x 1/9 and `fc` (the scale
+comes before `fc`, with the same logits and gradients, so that `fc` stays the last layer). With ~10 epochs of
+airbench's recipe (conf/experiment/fast94.yaml) it reaches 94%.
 """
 
 from __future__ import annotations
@@ -29,13 +13,8 @@ from torch import Tensor, nn
 
 
 class PatchWhitening(nn.Conv2d):
-    """A frozen conv whose filters whiten the image's patches: its outputs are uncorrelated with unit variance.
-
-    The filters are the eigenvectors of the patch covariance of training images, each divided
-    by the square root of its eigenvalue (+ eps), and each also negated, so that a following
-    GELU passes both signs of every direction: 2 * 3 * k * k channels for k x k patches. Only
-    the bias trains; it starts at zero.
-    """
+    """A frozen conv whose filters whiten the image's patches: the patch covariance's eigenvectors divided by
+    sqrt(eigenvalue + eps), each also negated so that a following GELU passes both signs. Only the bias trains."""
 
     def __init__(self, patch_size: int = 2, eps: float = 5e-4) -> None:
         dims = 3 * patch_size * patch_size
@@ -55,10 +34,8 @@ class PatchWhitening(nn.Conv2d):
 
 
 def patch_eigenbasis(images: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (descending) and eigenvectors (rows) of the uncentered covariance of all
-    patch_size x patch_size patches of `images`, a patch flattened as (channel, row, column)
-    like a conv filter. Accumulated in float64 over chunks of images to bound memory.
-    """
+    """Eigenvalues (descending) and eigenvectors (rows, flattened like a conv filter) of the uncentered covariance
+    of all patches of `images`, accumulated in float64 over chunks of images to bound memory."""
     dims = images.shape[1] * patch_size * patch_size
     covariance = torch.zeros(dims, dims, dtype=torch.float64, device=images.device)
     count = 0
@@ -71,10 +48,8 @@ def patch_eigenbasis(images: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
 
 
 def image_patches(images: Tensor, size: int) -> Tensor:
-    """Every size x size patch of (N, C, H, W) images, one per row, flattened as (channel, row, column).
-
-    Built from size * size shifted slices: F.unfold gives the same, but is ~100x slower on some CPUs.
-    """
+    """Every size x size patch of (N, C, H, W) images, one per row, flattened as (channel, row, column)
+    (as F.unfold, which is ~100x slower on some CPUs)."""
     n, c, h, w = images.shape
     shifted = [images[:, :, i : h - size + 1 + i, j : w - size + 1 + j] for i in range(size) for j in range(size)]
     patches = torch.stack(shifted, dim=2)  # (N, C, size*size, H', W')
@@ -82,11 +57,7 @@ def image_patches(images: Tensor, size: int) -> Tensor:
 
 
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
-    """Batch norm with its weight frozen at 1 (only the shift trains), as airbench uses.
-
-    momentum here is the share of the *old* running statistics kept at each step (airbench's
-    0.6), i.e. torch's momentum 1 - 0.6; eps is tiny because activations are well scaled.
-    """
+    """Batch norm with its weight frozen at 1 (airbench); momentum: the share of the old running statistics kept."""
 
     def __init__(self, channels: int, momentum: float = 0.6, eps: float = 1e-12) -> None:
         super().__init__(channels, eps=eps, momentum=1.0 - momentum)
@@ -126,11 +97,8 @@ class Scale(nn.Module):
 
 @torch.no_grad()
 def identity_init(conv: nn.Conv2d) -> None:
-    """Start a conv as a partial identity: its first in_channels filters pass their input channel through.
-
-    The remaining filters keep their random initialization. Deep stacks then start close to
-    shallow ones, which trains faster in short runs.
-    """
+    """Start a conv as a partial identity (its first in_channels filters pass their channel through): deep stacks
+    then start close to shallow ones, which trains faster in short runs."""
     in_channels = conv.weight.shape[1]
     nn.init.dirac_(conv.weight[: min(in_channels, conv.weight.shape[0])])
 

@@ -1,9 +1,5 @@
-"""The course report's CNN: three 5x5 conv layers (32/32/64) with ReLU and 3x3 stride-2 max
-pooling, FC 64, FC 10.
-
-Pooling is unpadded, as in the report's toolbox, so the feature maps go 32 -> 15 -> 7 -> 3
-and FC 64 takes 64 * 3 * 3 = 576 inputs. Every layer has a stable name (conv1, bn1, relu1,
-pool1, ..., fc1, relu4, dropout, fc2) so that evaluation code can hook a layer by name.
+"""The course report's CNN: three 5x5 conv layers (32/32/64) with ReLU and unpadded 3x3 stride-2 max pooling
+(32 -> 15 -> 7 -> 3), FC 64, FC 10; stable layer names, so that evaluation code can hook a layer by name.
 """
 
 from collections import OrderedDict

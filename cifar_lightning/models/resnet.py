@@ -1,12 +1,6 @@
-"""ResNet-18 for 32x32 images (He et al. 2016, in the CIFAR form used by DeVries & Taylor's
-cutout paper and most CIFAR benchmarks): a 3x3 stride-1 stem without the initial max-pool, then
-four stages of two basic blocks (64, 128, 256, 512 channels; stride 2 from the second stage on),
-global average pooling and one linear layer: 11.2 M parameters.
-
-torchvision's resnet18 is the ImageNet form (7x7 stride-2 stem and a max-pool), which shrinks a
-32x32 image to 8x8 before the first block and loses several points of accuracy, hence this one.
-Layer names follow torchvision's (conv1, bn1, relu, layer1..layer4, avgpool, fc); `fc` is the
-last layer, its input the 512-d feature vector and its output the logits.
+"""ResNet-18 in its CIFAR form (He et al. 2016): a 3x3 stride-1 stem without max-pool (torchvision's ImageNet stem
+shrinks 32x32 images to 8x8 and loses accuracy), four stages of two basic blocks, average pooling and `fc`.
+Layer names follow torchvision's.
 """
 
 from __future__ import annotations

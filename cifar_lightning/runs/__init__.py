@@ -9,8 +9,7 @@
     <run>/train.log                the log (Hydra's file handler; a resume appends)
     <run>/.hydra/                  Hydra's copy of the config and overrides; a resume's own under .hydra/resume-<time>/
 
-Everything else asks this module for these paths, so the layout can change in one place (the checkpoint
-folder also appears in conf/callbacks/default.yaml; tests/test_runs.py checks that the two agree).
+Everything else asks this module for these paths (tests/test_runs.py checks that the configs agree).
 """
 
 from __future__ import annotations
@@ -27,19 +26,13 @@ from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.runs.record import COMPLETED, DIVERGED, PRUNED, RunRecord
 
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-BEST_CHECKPOINT = "best.ckpt"
-LAST_CHECKPOINT = "last.ckpt"
-TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"  # Hydra names it after the job: train.py -> train.log
 HYDRA_DIR = ".hydra"
-RESUME_HYDRA_PREFIX = "resume-"
 
 #: Version of metrics.json's layout (its fields: runs/record.py's RunRecord); files of any other version are refused.
 METRICS_SCHEMA_VERSION = 4
-#: metrics.json `status`: the run trained to its end and was tested, stopped on a non-finite loss, or was
-#: stopped by an Optuna pruner as a hyperparameter-search trial (cifar_lightning.hpo).
+#: metrics.json `status` (see RunRecord.status).
 STATUSES = (COMPLETED, DIVERGED, PRUNED)
 
 
@@ -67,15 +60,15 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / CHECKPOINT_DIR
+        return self.root / "checkpoints"
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.checkpoints / BEST_CHECKPOINT
+        return self.checkpoints / "best.ckpt"
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.checkpoints / LAST_CHECKPOINT
+        return self.checkpoints / "last.ckpt"
 
     def kept_checkpoint(self) -> Path:
         """The checkpoint a run keeps as its model: best.ckpt (lowest validation loss), or, for a completed run
@@ -91,7 +84,7 @@ class RunDir:
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD_DIR
+        return self.root / "tensorboard"
 
     @property
     def metrics(self) -> Path:
@@ -105,12 +98,11 @@ class RunDir:
     def hydra(self) -> Path:
         return self.root / HYDRA_DIR
 
-    def looks_resumable(self) -> bool:
-        """A folder with config.yaml and checkpoints/last.ckpt (their content is checked by the resume)."""
-        return self.config.is_file() and self.last_checkpoint.is_file()
 
-
-# --- metrics.json ---------------------------------------------------------------------------------
+def _resumable(resume: Any) -> RunDir | None:
+    """The run `resume` names when it holds config.yaml and checkpoints/last.ckpt (the resume checks them)."""
+    run = RunDir(str(resume)) if resume is not None else None
+    return run if run is not None and run.config.is_file() and run.last_checkpoint.is_file() else None
 
 
 def _json_safe(value: Any) -> Any:
@@ -133,8 +125,7 @@ def metrics_record(metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
 
 
 def write_metrics(run: RunDir, metrics: RunRecord | dict[str, Any]) -> dict[str, Any]:
-    """Write metrics.json (see metrics_record), replaced atomically (written beside, then renamed: a run killed
-    while writing leaves the old file or the new one); returns what was written."""
+    """Write metrics.json atomically (beside, then renamed: a killed run leaves the old file or the new one)."""
     record = metrics_record(metrics)
     run.root.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=run.root)
@@ -149,8 +140,7 @@ def write_metrics(run: RunDir, metrics: RunRecord | dict[str, Any]) -> dict[str,
 
 
 def read_metrics(run: RunDir) -> dict[str, Any]:
-    """metrics.json as a dict. Raises RunDirError if the file is missing, not JSON, not an object, or of
-    another schema_version than METRICS_SCHEMA_VERSION."""
+    """metrics.json as a dict; RunDirError if it is missing, unreadable or of another schema_version."""
     path = run.metrics
     try:
         metrics = json.loads(path.read_text())
@@ -178,24 +168,13 @@ def history(run: RunDir) -> list[dict[str, Any]]:
     return rows if isinstance(rows, list) and all(isinstance(row, dict) for row in rows) else []
 
 
-# --- resume bookkeeping ---------------------------------------------------------------------------
-
-
-def resume_hydra_subdir(stamp: str) -> str:
-    """Where Hydra writes its own files for a resume, relative to the run directory."""
-    return f"{HYDRA_DIR}/{RESUME_HYDRA_PREFIX}{stamp}"
-
-
 def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
     """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one (where the
     resume then stops with its error, without touching the folder it named)."""
-    if resume is None or not RunDir(str(resume)).looks_resumable():
-        return new_run_dir
-    return str(RunDir(str(resume)).root.resolve())
+    run = _resumable(resume)
+    return str(run.root.resolve()) if run else new_run_dir
 
 
 def hydra_output_subdir(resume: Any, stamp: str) -> str:
     """Hydra's subfolder for its own files: .hydra, or .hydra/resume-<stamp> inside a resumed run."""
-    if resume is None or not RunDir(str(resume)).looks_resumable():
-        return HYDRA_DIR
-    return resume_hydra_subdir(stamp)
+    return f"{HYDRA_DIR}/resume-{stamp}" if _resumable(resume) else HYDRA_DIR

@@ -1,7 +1,5 @@
-"""The runs leaderboard (python -m cifar_lightning.runs compare <runs, folders or globs>): one row per run with
-the config keys that differ between the runs, its status and headline figures from metrics.json, sorted by a
-metric, printed and written as compare.md and compare.csv. A run without metrics.json is `unfinished`, an
-unreadable one `unreadable` with the reason: a leaderboard of a running sweep must not crash on its newest job.
+"""The runs leaderboard (python -m cifar_lightning.runs compare): one row per run, its differing config keys,
+status and headline figures. A run without a readable metrics.json is a row too: a running sweep must not crash it.
 """
 
 from __future__ import annotations
@@ -80,20 +78,11 @@ class Comparison:
     descending: bool
 
 
-# --- finding runs ---------------------------------------------------------------------------------
-
-
-def is_run_dir(path: Path) -> bool:
-    run = RunDir(path)
-    return path.is_dir() and (run.metrics.is_file() or run.config.is_file())
-
-
 def runs_below(folder: Path) -> list[Path]:
-    """The run directories at or below `folder`, in path order (not inside a run, nor in hidden folders such as
-    .hydra/, which holds a config.yaml of its own)."""
+    """The run directories at or below `folder`, in path order (not inside a run, nor in hidden folders: .hydra/)."""
     found = []
     for current, subfolders, _ in os.walk(folder):
-        if is_run_dir(Path(current)):
+        if RunDir(current).metrics.is_file() or RunDir(current).config.is_file():
             found.append(Path(current))
             subfolders.clear()
         else:
@@ -122,9 +111,6 @@ def find_run_dirs(arguments: Sequence[str]) -> list[RunDir]:
         for path in found:
             runs.setdefault(path.resolve(), RunDir(path))
     return list(runs.values())
-
-
-# --- reading runs ---------------------------------------------------------------------------------
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -177,9 +163,6 @@ def read_run(run: RunDir) -> RunRow:
     return RunRow(run, config, status, figures, notes)
 
 
-# --- the differing keys ---------------------------------------------------------------------------
-
-
 def lies_in_run(value: Any, row: RunRow) -> bool:
     """True for a path at or below the run's own directory (as its config wrote it, or where it lies now): such
     values differ between any two runs."""
@@ -228,9 +211,6 @@ def compare(arguments: Sequence[str], sort: str = DEFAULT_SORT, descending: bool
     rows = [read_run(run) for run in find_run_dirs(arguments)]
     descending = sort in HIGHER_IS_BETTER if descending is None else descending
     return Comparison(list(arguments), sort_rows(rows, sort, descending), differing_keys(rows), sort, descending)
-
-
-# --- output ---------------------------------------------------------------------------------------
 
 
 def config_cell(row: RunRow, key: str) -> str:
@@ -283,12 +263,12 @@ def render_markdown(comparison: Comparison) -> str:
     count = len(comparison.rows)
     sources = ", ".join(f"`{argument}`" for argument in comparison.arguments)
     order = "descending" if comparison.descending else "ascending"
+    ignored = "paths inside each run's own directory, `resume` and `hpo.trial`"
     keys = (
         "The columns before `status` are the config keys that differ between the runs (empty: the run's "
-        "config.yaml lacks the key); paths inside each run's own directory, `resume` and `hpo.trial` are left out."
+        f"config.yaml lacks the key); {ignored} are left out."
         if comparison.keys
-        else "The runs' configs do not differ (apart from paths inside each run's own directory, `resume` and "
-        "`hpo.trial`)."
+        else f"The runs' configs do not differ (apart from {ignored})."
     )
     return (
         f"# Run comparison\n\n"
