@@ -1,10 +1,5 @@
-"""hpo.md and its plots: what a study found, and the command that retrains its best trial.
-
-Written into the sweep directory at the end of every worker's sweep, and on demand:
-
-    python -m cifar_lightning.hpo logs/train/hpo/report_cnn            # a sweep directory (its optuna.db)
-    python -m cifar_lightning.hpo sqlite:///logs/hpo.db --study name  # or any storage URL
-"""
+"""hpo.md and its plots: what a study found, and the command that retrains its best trial. Written into the
+sweep directory when a worker's sweep ends, and on demand (python -m cifar_lightning.hpo)."""
 
 from __future__ import annotations
 
@@ -16,24 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from cifar_lightning.errors import one_line
+from cifar_lightning.hpo.study import OBJECTIVE, OVERRIDES, PRUNER, RUN_DIR, STATUS, STORAGE, TASK_OVERRIDES
+from cifar_lightning.tables import markdown_table
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
-
-from cifar_lightning.errors import one_line  # noqa: E402
-from cifar_lightning.hpo.study import (  # noqa: E402
-    OBJECTIVE,
-    OVERRIDES,
-    PRUNER,
-    RUN_DIR,
-    STATUS,
-    STORAGE,
-    TASK_OVERRIDES,
-)
-from cifar_lightning.tables import markdown_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,6 @@
-"""The search space: config keys and the Optuna distributions their values are drawn from.
-
-It is written in Hydra's own sweep syntax, the one hydra-optuna-sweeper and lightning-hydra-template use,
-so existing `hparams_search` configs read the same:
-
-    interval(0.0, 0.5)              float in [0.0, 0.5]
-    tag(log, interval(1e-4, 1e-1))  float drawn on a log scale
-    tag(int, interval(2, 8))        int in [2, 8]               (tag(int, log, interval(...)): on a log scale)
-    range(16, 129, 16)              int 16, 32, ..., 128        (Hydra's range: the stop is excluded)
-    choice(step, multistep) / a,b   one of the listed values    (a config group's options, numbers, ...)
-
-Each key is a config key (`optim.lr`, `+new.key`) or a config group (`scheduler`), exactly as on the
-command line: a trial's overrides are `key=value` for each drawn value.
-"""
+"""The search space: config keys (or groups, as on the command line) and the Optuna distributions their values
+are drawn from, in Hydra's sweep syntax as hydra-optuna-sweeper and lightning-hydra-template write it (SYNTAX;
+the README lists what each form draws). A trial's overrides are `key=value` for each drawn value."""
 
 from __future__ import annotations
 
@@ -95,11 +84,8 @@ def distribution(override: Override) -> BaseDistribution:
 def build_space(
     params: Mapping[str, Any] | None, arguments: Sequence[str]
 ) -> tuple[dict[str, BaseDistribution], list[str]]:
-    """The distributions (config params, then command-line sweeps) and the fixed command-line overrides.
-
-    A command-line sweep such as `optim.lr=interval(0.01,0.1)` adds to (or replaces) the config's params;
-    plain command-line overrides hold for every trial.
-    """
+    """The distributions (config params, then command-line sweeps, which add to or replace them) and the
+    fixed command-line overrides, which hold for every trial."""
     lines = [f"{key}={value}" for key, value in (params or {}).items()]
     space: dict[str, BaseDistribution] = {}
     fixed: list[str] = []

@@ -1,10 +1,6 @@
-"""An Optuna study in its RDB storage: opening it, what it records about its trials, and their outcomes.
-
-The storage is the one thing all workers of a search share (SQLite on one machine, PostgreSQL or MySQL
-across machines): every process that asks, runs, prunes or reports on a trial opens the study here by its
-storage URL and name. The study's user attributes say what it optimizes and how it prunes, so a trial's
-own process (another launcher process, a Slurm job) needs nothing else.
-"""
+"""An Optuna study in its RDB storage, the one thing all workers of a search share: every process that asks,
+runs, prunes or reports on a trial opens it here by URL and name. Its user attributes say what it optimizes
+and how it prunes, so a trial's own process (a launcher's, a Slurm job) needs nothing else."""
 
 from __future__ import annotations
 
@@ -27,7 +23,7 @@ STORAGE_FILE = "optuna.db"
 OBJECTIVE, PRUNER, STORAGE = "objective", "pruner", "storage"
 TASK_OVERRIDES = "task_overrides"
 # Trial user attributes: how the trial's run ended, where it ran, and its `key=value` overrides.
-STATUS, RUN_DIR, OVERRIDES, RETRY_OF = "status", "run_dir", "overrides", "retry_of"
+STATUS, RUN_DIR, OVERRIDES = "status", "run_dir", "overrides"
 # Outcomes beside metrics.json's statuses: no metrics.json at all, or the worker was stopped mid-trial.
 FAILED, INTERRUPTED = "failed", "interrupted"
 
@@ -46,11 +42,8 @@ def shown_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int = 1) -> RDBStorage:
-    """The RDB storage at `url`, reachable and with Optuna's tables.
-
-    With a heartbeat interval, a trial whose worker stopped beating (killed) fails after two intervals and is
-    enqueued again with the same parameters, at most `max_retry` times (Optuna's RetryFailedTrialCallback).
-    """
+    """The RDB storage at `url`, reachable and with Optuna's tables. With a heartbeat interval, a killed worker's
+    trial fails after two intervals and is enqueued again, at most `max_retry` times."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out writers
     heartbeat = {}
     if heartbeat_interval is not None:
@@ -154,10 +147,7 @@ def trial_id(study: optuna.Study, number: int) -> int:
 
 
 def counted(trials: Sequence[FrozenTrial]) -> int:
-    """Trials that count towards n_trials: those that ran to an outcome, and those running now.
-
-    A trial failed because its worker died (no `status`) or was stopped (interrupted) does not count: its
-    retry does.
-    """
+    """Trials that count towards n_trials: those that ran to an outcome or are running; one whose worker died
+    (no `status`) or was interrupted does not count: its retry does."""
     ran = (None, INTERRUPTED)
     return sum(1 for t in trials if t.state == TrialState.RUNNING or t.user_attrs.get(STATUS) not in ran)

@@ -1,22 +1,10 @@
 """A Hydra sweeper that runs an Optuna study: ask trials, launch them as train.py jobs, tell their outcome.
 
-Why not hydra-optuna-sweeper: its newest release for hydra-core 1.3 (1.3.0) pins optuna<3, and its SQLite
-storage fails with SQLAlchemy 2; its update exists only as a Hydra 1.4 release candidate. This is the same
-idea on Optuna's current ask-and-tell API, with what it lacks: pruning (trials report to the study from
-their own process), a shared RDB storage by default, and resuming.
-
-- Scaling out is Optuna's own: every worker (this sweeper in another shell, on another machine, or many
-  trials at once through the joblib or Slurm launcher, `n_jobs` per batch) asks its trials from the one
-  storage, so trial numbers never repeat. `n_trials` is the study's total: a worker stops asking once that
-  many trials have run or are running, then waits for the running ones (another worker's, or a killed
-  one that goes stale), so each worker's command ends with the study finished.
-- Resuming: re-running the same command reopens the study in the same storage; trials that ran are kept,
-  and a trial killed mid-run (its heartbeat stops) or interrupted is run again with the same parameters.
-- A sampler `seed` is offset by the number of the first trial each worker asks: a lone worker on a new
-  study is reproducible, and two workers started together do not draw the same parameters.
-
-The class is loaded through hydra_plugins/cifar_lightning_optuna (Hydra only instantiates sweepers of
-that package); conf/hydra/sweeper/optuna.yaml lists its settings.
+It replaces hydra-optuna-sweeper (pinned to optuna<3, broken with SQLAlchemy 2; the README says more) on
+Optuna's ask-and-tell API, with pruning, a shared RDB storage and resuming. Every worker asks its trials
+from the one storage; a sampler `seed` is offset by the number of the worker's first trial, so a lone
+worker on a new study is reproducible and two workers started together do not draw alike. Loaded through
+hydra_plugins/cifar_lightning_optuna (Hydra only instantiates sweepers of that package).
 """
 
 from __future__ import annotations
@@ -111,7 +99,7 @@ class OptunaSearch:
     """The sweeper's work; hydra_plugins.cifar_lightning_optuna.OptunaSweeper hands it Hydra's calls."""
 
     def __init__(self, **settings: Any) -> None:
-        """settings: hydra.sweeper's keys (cifar_lightning/config/search.py declares them), checked in plan()."""
+        """settings: hydra.sweeper's keys (declared in cifar_lightning/config/search.py), checked in plan()."""
         plain = {
             k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in settings.items()
         }
@@ -135,8 +123,6 @@ class OptunaSearch:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
         return self.run(plan)
-
-    # --- checks, all before any trial ---------------------------------------------------------------
 
     def check_settings(self) -> None:
         found = node_problems(SearchSettings, self.settings, "hydra.sweeper")
@@ -174,8 +160,6 @@ class OptunaSearch:
         study.set_user_attr(TASK_OVERRIDES, task)
         return Plan(study, storage, storage_url, space, fixed)
 
-    # --- the study ------------------------------------------------------------------------------------
-
     def run(self, plan: Plan) -> list[Sequence[JobReturn]]:
         study = plan.study
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -191,7 +175,7 @@ class OptunaSearch:
             self.objective,
         )
         returns: list[Sequence[JobReturn]] = []
-        job_idx, first = 0, True
+        job_idx = 0
         with Heartbeat(plan.storage, self.heartbeat_interval) as heartbeat:
             while True:
                 with warnings.catch_warnings():  # "experimental", "meant for Study.optimize": ask-and-tell uses it too
@@ -206,18 +190,15 @@ class OptunaSearch:
                 batch = []
                 for _ in range(min(self.n_jobs, remaining)):
                     batch.append(study.ask())
-                    if first:  # see the module docstring: workers must not draw alike
+                    if not returns and len(batch) == 1:  # the first trial: see the module docstring
                         study.sampler = build_sampler(self.sampler, seed_offset=batch[0].number)
-                        first = False
-                params = [{name: draw(trial, name, dist) for name, dist in plan.space.items()} for trial in batch]
-                for trial, values in zip(batch, params):
-                    trial.set_user_attr(OVERRIDES, trial_overrides(values))
+                jobs = []
+                for trial in batch:
+                    overrides = trial_overrides({name: draw(trial, name, dist) for name, dist in plan.space.items()})
+                    trial.set_user_attr(OVERRIDES, overrides)
                     heartbeat.track(trial)
-                    log.info("trial %d: %s", trial.number, " ".join(trial_overrides(values)))
-                jobs = [
-                    [*plan.fixed, *trial_overrides(values), *self.trial_keys(plan, trial)]
-                    for trial, values in zip(batch, params)
-                ]
+                    log.info("trial %d: %s", trial.number, " ".join(overrides))
+                    jobs.append([*plan.fixed, *overrides, *self.trial_keys(plan, trial)])
                 try:
                     results = self.launcher.launch(jobs, initial_job_idx=job_idx)
                 except BaseException:
@@ -241,10 +222,8 @@ class OptunaSearch:
         ]
 
     def wait_for_others(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
-        """With n_trials reached: wait (True) while trials of other workers are running; False when none are.
-
-        Without a heartbeat a killed worker's trial would look running forever, so then this does not wait.
-        """
+        """With n_trials reached: wait (True) while other workers' trials run; False when none do, or without
+        a heartbeat (a killed worker's trial would look running forever)."""
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         if not running or self.heartbeat_interval is None:
             if running:
