@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,37 +13,6 @@ from cifar_lightning.ablation.table import AblationRow, AblationTable
 from cifar_lightning.tables import markdown_table, write_csv
 
 CSV_FILE, MARKDOWN_FILE, CURVES_FILE, CONFUSION_FILE = "ablation.csv", "ablation.md", "curves.png", "confusion.png"
-MARKDOWN_COLUMNS = (
-    "configuration",
-    "test acc. (%)",
-    "report (%)",
-    "Δ vs Improved (pp)",
-    "p (Welch)",
-    "95% CI of Δ (pp)",
-    "best epoch",
-    "train time",
-    "n",
-)
-CSV_COLUMNS = (
-    "configuration",
-    "label",
-    "n_finished",
-    "seeds_planned",
-    "n_missing",
-    "finished_seeds",
-    "missing_seeds",
-    "n_diverged",
-    "diverged_seeds",
-    "test_acc_mean",
-    "test_acc_std",
-    "report_test_acc",
-    "delta_vs_improved",
-    "delta_p_value",
-    "delta_ci95_low",
-    "delta_ci95_high",
-    "best_epoch_mean",
-    "train_seconds_mean",
-)
 
 
 def percent(value: float | None, signed: bool = False) -> str:
@@ -73,21 +43,22 @@ def job_name(run: Run, table: AblationTable) -> str:
     return job if len(table.sweep_dirs) < 2 else f"{run.directory.parent.name}/{job}"
 
 
-def markdown_cells(row: AblationRow) -> list[str]:
-    accuracy = "n/a" if row.acc_mean is None else f"{percent(row.acc_mean)} ± {percent(row.acc_std)}"
-    diff = row.difference
-    ci = diff.ci95 if diff else None
-    return [
-        row.label,
-        accuracy,
-        percent(row.report),
-        percent(diff.delta, signed=True) if diff else "n/a",
-        format_p(diff.p_value) if diff else "n/a",
-        f"[{percent(ci[0], signed=True)}, {percent(ci[1], signed=True)}]" if ci else "n/a",
-        "n/a" if row.best_epoch_mean is None else f"{row.best_epoch_mean:.1f}",
-        format_seconds(row.train_seconds_mean),
-        f"{row.n}/{row.planned}" if row.planned else str(row.n),
-    ]
+def signed_interval(ci: tuple[float, float] | None) -> str:
+    return f"[{percent(ci[0], signed=True)}, {percent(ci[1], signed=True)}]" if ci else "n/a"
+
+
+#: ablation.md's columns and each row's cell (percentages).
+MARKDOWN_FIELDS: dict[str, Callable[[AblationRow], str]] = {
+    "configuration": lambda row: row.label,
+    "test acc. (%)": lambda row: "n/a" if row.acc_mean is None else f"{percent(row.acc_mean)} ± {percent(row.acc_std)}",
+    "report (%)": lambda row: percent(row.report),
+    "Δ vs Improved (pp)": lambda row: percent(row.difference and row.difference.delta, signed=True),
+    "p (Welch)": lambda row: format_p(row.difference and row.difference.p_value),
+    "95% CI of Δ (pp)": lambda row: signed_interval(row.difference and row.difference.ci95),
+    "best epoch": lambda row: "n/a" if row.best_epoch_mean is None else f"{row.best_epoch_mean:.1f}",
+    "train time": lambda row: format_seconds(row.train_seconds_mean),
+    "n": lambda row: f"{row.n}/{row.planned}" if row.planned else str(row.n),
+}
 
 
 def describe_missing(row: AblationRow, table: AblationTable) -> str:
@@ -119,10 +90,11 @@ def sources(table: AblationTable) -> str:
 
 def render_markdown(table: AblationTable) -> str:
     """The table in %, a legend, the missing runs, and how the confusion matrices are combined."""
+    cells = [[cell(row) for cell in MARKDOWN_FIELDS.values()] for row in table.rows]
     lines = [
         f"Test accuracy per configuration over seeds, {sources(table)}",
         "",
-        markdown_table(MARKDOWN_COLUMNS, [markdown_cells(row) for row in table.rows]).rstrip(),
+        markdown_table(list(MARKDOWN_FIELDS), cells).rstrip(),
         "",
         "Test accuracy is the mean ± sample standard deviation over seeds; Δ is its difference to the "
         "Improved mean, with the p-value of Welch's t-test and a 95% confidence interval with "
@@ -156,35 +128,35 @@ def csv_value(value: Any) -> str:
     return f"{value:.10g}" if isinstance(value, float) else str(value)
 
 
-def csv_cells(row: AblationRow) -> list[str]:
-    diff = row.difference
-    ci = diff.ci95 if diff else None
-    missing_seeds = [format_seed(run.seed) for run in row.unfinished] + [str(seed) for seed in row.absent_seeds]
-    values = {
-        "configuration": row.name,
-        "label": row.label,
-        "n_finished": row.n,
-        "seeds_planned": row.planned,
-        "n_missing": row.n_missing,
-        "finished_seeds": ";".join(format_seed(seed) for seed in row.seeds),
-        "missing_seeds": ";".join(missing_seeds),
-        "n_diverged": len(row.diverged),
-        "diverged_seeds": ";".join(format_seed(run.seed) for run in row.diverged),
-        "test_acc_mean": row.acc_mean,
-        "test_acc_std": row.acc_std,
-        "report_test_acc": row.report,
-        "delta_vs_improved": diff.delta if diff else None,
-        "delta_p_value": diff.p_value if diff else None,
-        "delta_ci95_low": ci[0] if ci else None,
-        "delta_ci95_high": ci[1] if ci else None,
-        "best_epoch_mean": row.best_epoch_mean,
-        "train_seconds_mean": row.train_seconds_mean,
-    }
-    return [csv_value(values[column]) for column in CSV_COLUMNS]
+#: ablation.csv's columns and how each row's value is read (fractions; None, n/a, is an empty field).
+CSV_FIELDS: dict[str, Callable[[AblationRow], Any]] = {
+    "configuration": lambda row: row.name,
+    "label": lambda row: row.label,
+    "n_finished": lambda row: row.n,
+    "seeds_planned": lambda row: row.planned,
+    "n_missing": lambda row: row.n_missing,
+    "finished_seeds": lambda row: ";".join(format_seed(seed) for seed in row.seeds),
+    "missing_seeds": lambda row: ";".join(
+        [format_seed(run.seed) for run in row.unfinished] + [str(seed) for seed in row.absent_seeds]
+    ),
+    "n_diverged": lambda row: len(row.diverged),
+    "diverged_seeds": lambda row: ";".join(format_seed(run.seed) for run in row.diverged),
+    "test_acc_mean": lambda row: row.acc_mean,
+    "test_acc_std": lambda row: row.acc_std,
+    "report_test_acc": lambda row: row.report,
+    "delta_vs_improved": lambda row: row.difference and row.difference.delta,
+    "delta_p_value": lambda row: row.difference and row.difference.p_value,
+    "delta_ci95_low": lambda row: row.difference and row.difference.ci95 and row.difference.ci95[0],
+    "delta_ci95_high": lambda row: row.difference and row.difference.ci95 and row.difference.ci95[1],
+    "best_epoch_mean": lambda row: row.best_epoch_mean,
+    "train_seconds_mean": lambda row: row.train_seconds_mean,
+}
+CSV_COLUMNS = tuple(CSV_FIELDS)
 
 
 def write_tables(table: AblationTable, out_dir: Path) -> None:
     """ablation.csv and ablation.md into out_dir, recorded in table.files."""
-    table.files["csv"] = write_csv(out_dir / CSV_FILE, CSV_COLUMNS, [csv_cells(row) for row in table.rows])
+    rows = [[csv_value(value(row)) for value in CSV_FIELDS.values()] for row in table.rows]
+    table.files["csv"] = write_csv(out_dir / CSV_FILE, CSV_COLUMNS, rows)
     (out_dir / MARKDOWN_FILE).write_text(render_markdown(table))
     table.files["markdown"] = out_dir / MARKDOWN_FILE
