@@ -1,17 +1,12 @@
 """The export job behind export.py: a train.py checkpoint as one file that runs without this project, ONNX
-(`model.onnx`, for onnxruntime) or a torch.export program (`model.pt2`, for torch.export.load), verified
-against the PyTorch model before it is called done.
+(`model.onnx`, for onnxruntime) or a torch.export program (`model.pt2`), verified before it is called done.
 
-The contract, the same in both formats: input `images`, uint8 (N, 3, 32, 32), NCHW RGB 0..255, N free; output
-`logits`, float32 (N, 10), in the checkpoint's class order. The training split's normalization is inside the
-graph (NormalizedClassifier), so callers pass raw pixels, as to Classifier.predict: no [0, 1]-or-0..255 scale
-to get wrong, and a 4x smaller batch. Images of another size go through images.fit_to_input first.
-
-torch.export captures the graph for both formats (the ONNX file is its translation by torch.onnx.export with
-dynamo=True, the maintained exporter since torch 2.9; the batch dimension keeps its name, `batch`), from a
-contiguous copy of the model (the saver warns on channels-last weights). verify() loads the file back as a user
-would and compares it with the PyTorch model (no TTA) on CIFAR-10 test images; missing check.max_abs_diff or
-check.min_agreement fails the export with ParityError (exit status 1) after export.json has recorded it.
+Both formats take `images`, uint8 (N, 3, 32, 32), NCHW RGB 0..255, N free, and return `logits`, float32 (N, 10):
+the normalization is in the graph (NormalizedClassifier), so callers pass raw pixels, as to Classifier.predict.
+torch.export captures the graph for both (the ONNX file is torch.onnx.export's dynamo=True translation of it,
+the maintained exporter) from a contiguous copy of the model. verify() runs the file as a user would against the
+PyTorch model (no TTA) on CIFAR-10 test images; missing check.max_abs_diff or check.min_agreement fails the
+export with ParityError (exit status 1), after export.json has recorded it.
 """
 
 from __future__ import annotations

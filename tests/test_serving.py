@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from cifar_lightning.checkpoints import CheckpointError
+from cifar_lightning.config.inference import ServeSettings
 from cifar_lightning.errors import CifarLightningError, ConfigError
 from cifar_lightning.gradcam import OVERLAY_SIZE, gradcam_pngs
 from cifar_lightning.images import load_image
@@ -308,7 +309,8 @@ def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classi
     scores = detector.score(features)  # the lambda is built and cached now, before the pickle
     detector = replace(detector, threshold=float(scores.median()))  # some images on each side
     detector.score(features)
-    api = ClassifierAPI(classifier.checkpoint_path, 0, 3, "conv3", detector, max_batch_size=4, batch_timeout=0.01)
+    settings = ServeSettings(max_batch_size=4, batch_timeout=0.01)
+    api = ClassifierAPI(settings, classifier.checkpoint_path, "conv3", detector)
     copy = pickle.loads(pickle.dumps(api))
     assert torch.equal(copy.detector.score(features), scores)
     assert (copy.detector.name, copy.detector.threshold, copy.max_batch_size) == (

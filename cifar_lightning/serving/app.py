@@ -12,7 +12,7 @@ from typing import Any
 
 import litserve as ls
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -36,25 +36,15 @@ class ClassifierAPI(ls.LitAPI):
     """The model in a LitServe worker: checked images in; top-k classes, OOD verdict and Grad-CAM overlay out.
     It is pickled into each worker process (LitServe spawns them); setup() loads the checkpoint there."""
 
-    def __init__(
-        self,
-        checkpoint: Path,
-        tta: int,
-        top_k: int,
-        layer: str,
-        detector: OODDetector | None,
-        max_batch_size: int,
-        batch_timeout: float,
-        cpu_threads: int | None = None,
-    ) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT_PATH)
-        self.checkpoint, self.tta, self.top_k, self.layer, self.detector = checkpoint, tta, top_k, layer, detector
-        self.cpu_threads = cpu_threads
+    def __init__(self, settings: ServeSettings, checkpoint: Path, layer: str, detector: OODDetector | None) -> None:
+        batching = {"max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_timeout}
+        super().__init__(**batching, api_path=PREDICT_PATH)
+        self.settings, self.checkpoint, self.layer, self.detector = settings, checkpoint, layer, detector
 
     def setup(self, device: str) -> None:
-        if self.cpu_threads is not None and torch.device(device).type == "cpu":
-            torch.set_num_threads(self.cpu_threads)
-        self.classifier = Classifier.load(self.checkpoint, device=torch.device(device), tta=self.tta)
+        if self.settings.cpu_threads is not None and torch.device(device).type == "cpu":
+            torch.set_num_threads(self.settings.cpu_threads)
+        self.classifier = Classifier.load(self.checkpoint, device=torch.device(device), tta=self.settings.tta)
 
     def decode_request(self, request):
         return decode_payload(request)
@@ -67,7 +57,7 @@ class ClassifierAPI(ls.LitAPI):
         """Each answer records the size of the batch it was computed in (`batch_size`)."""
         images = torch.stack([request.pixels for request in requests])
         answers = []
-        for answer in classify(self.classifier, images, self.detector, self.top_k):
+        for answer in classify(self.classifier, images, self.detector, self.settings.top_k):
             best, batch = answer["top_k"][0], len(requests)
             answers.append({"class": best["class"], "probability": best["probability"], **answer, "batch_size": batch})
         wanted = [i for i, request in enumerate(requests) if request.gradcam]
@@ -114,36 +104,35 @@ def check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def build_server(cfg: DictConfig, classifier: Classifier, layer: str, detector: OODDetector | None) -> ls.LitServer:
+def build_server(
+    settings: ServeSettings, classifier: Classifier, layer: str, detector: OODDetector | None
+) -> ls.LitServer:
     """ClassifierAPI at POST /predict behind UploadGuard, the web page at GET /, JSON errors."""
-    checkpoint, max_upload_bytes = classifier.checkpoint_path, int(cfg.max_upload_mb * MEGABYTE)
-    api = ClassifierAPI(
-        checkpoint, cfg.tta, cfg.top_k, layer, detector, cfg.max_batch_size, float(cfg.batch_timeout), cfg.cpu_threads
-    )
+    checkpoint, max_upload_bytes = classifier.checkpoint_path, int(settings.max_upload_mb * MEGABYTE)
     metadata = {
         "checkpoint": str(checkpoint),
         "epoch": classifier.checkpoint_epoch,
         "classes": list(classifier.classes),
-        "top_k": cfg.top_k,
-        "tta": cfg.tta,
+        "top_k": settings.top_k,
+        "tta": settings.tta,
         "gradcam_layer": layer,
         "max_upload_bytes": max_upload_bytes,
-        "max_pixels": cfg.max_pixels,
-        "max_batch_size": cfg.max_batch_size,
-        "batch_timeout": float(cfg.batch_timeout),
-        "cpu_threads": cfg.cpu_threads,
+        "max_pixels": settings.max_pixels,
+        "max_batch_size": settings.max_batch_size,
+        "batch_timeout": settings.batch_timeout,
+        "cpu_threads": settings.cpu_threads,
         "ood": detector_record(detector),
     }
     page = resources.files("cifar_lightning").joinpath("web", "index.html").read_text(encoding="utf-8")
     server = ls.LitServer(
-        api,
-        accelerator="cuda" if pick_device(cfg.device).type == "cuda" else "cpu",
+        ClassifierAPI(settings, checkpoint, layer, detector),
+        accelerator="cuda" if pick_device(settings.device).type == "cuda" else "cpu",
         devices="auto",
-        workers_per_device=cfg.workers_per_device,
+        workers_per_device=settings.workers_per_device,
         timeout=REQUEST_TIMEOUT,
         model_metadata=metadata,
         middlewares=[
-            (UploadGuard, {"max_bytes": max_upload_bytes, "max_pixels": cfg.max_pixels}),
+            (UploadGuard, {"max_bytes": max_upload_bytes, "max_pixels": settings.max_pixels}),
             (WebPage, {"page": page}),
         ],
     )
@@ -154,27 +143,32 @@ def build_server(cfg: DictConfig, classifier: Classifier, layer: str, detector: 
 def serve(cfg: DictConfig) -> None:
     """Check the settings, load the checkpoint and the OOD detector, then serve until interrupted."""
     check(cfg, "serve", "nothing was served", root=ServeSettings)
-    checkpoint = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "serve.py")
-    pick_device(cfg.device)  # device=gpu without CUDA is refused here
-    check_port_free(cfg.host, cfg.port)
+    own = {
+        key: OmegaConf.to_object(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in ServeSettings.model_fields
+    }
+    settings = ServeSettings.model_validate(own)
+    checkpoint = chosen_checkpoint(settings.ckpt, settings.run_dir, "serve.py")
+    pick_device(settings.device)  # device=gpu without CUDA is refused here
+    check_port_free(settings.host, settings.port)
     # The checkpoint is loaded here once to refuse a bad one before any worker starts, and to fit or check the
     # detector; the workers load their own copy. Only fitting needs the configured device.
-    device = cfg.device if cfg.ood.enabled and cfg.ood.fit else "cpu"
-    classifier = Classifier.load(checkpoint, device=device, tta=cfg.tta)
+    device = settings.device if settings.ood.enabled and settings.ood.fit else "cpu"
+    classifier = Classifier.load(checkpoint, device=device, tta=settings.tta)
     try:
-        layer = gradcam_layer(classifier.model, cfg.gradcam.layer)
+        layer = gradcam_layer(classifier.model, settings.gradcam.layer)
     except ValueError as exc:
         raise ConfigError(
             f"invalid `gradcam` config: {exc}. Fix: python serve.py gradcam.layer=<one of them>, or gradcam.layer=null "
             f"for the last conv layer; nothing was served."
         ) from exc
     detector = choose_detector(cfg, classifier, "serve")
-    server = build_server(cfg, classifier, layer, detector)
+    server = build_server(settings, classifier, layer, detector)
     del classifier
     ood = "no OOD detector" if detector is None else f"OOD detector {detector.name} from {detector.source}"
     log.info(
-        f"serving {checkpoint} at http://{cfg.host}:{cfg.port}/ ({ood}; max_batch_size={cfg.max_batch_size}, "
-        f"batch_timeout={float(cfg.batch_timeout):g} s)"
+        f"serving {checkpoint} at http://{settings.host}:{settings.port}/ ({ood}; max_batch_size="
+        f"{settings.max_batch_size}, batch_timeout={settings.batch_timeout:g} s)"
     )
     Stopping().install()
-    server.run(host=cfg.host, port=cfg.port, log_level=cfg.log_level, generate_client_file=False)
+    server.run(host=settings.host, port=settings.port, log_level=settings.log_level, generate_client_file=False)
