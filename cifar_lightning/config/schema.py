@@ -184,13 +184,22 @@ def check(cfg: DictConfig, entry: str, outcome: str, root: type[Settings] | None
     if found:
         key, problem = found[0]
         group = key.split(".")[0] or entry
-        where = f"conf/{group}/" if (CONF_DIR / group).is_dir() else f"conf/{entry}.yaml"
+        where = f"conf/{_folder(group, root, container)}/" if _folder(group, root, container) else f"conf/{entry}.yaml"
         whole_group = key == group and (key not in own or isinstance(own[key], dict))  # not one top-level value
         example = f"{group}.<key>=<value>" if whole_group else f"{key}=<value>"
         raise ConfigError(
             f"invalid `{group}` config: {problem}. Fix the value on the command line (python {entry}.py "
             f"{example}) or in {where}; {outcome}."
         )
+
+
+def _folder(group: str, root: type[Settings] | None, container: dict[str, Any]) -> str | None:
+    """The folder of conf/ whose presets fill the top-level node `group` (predict's `ood` is conf/ood_runtime/'s)."""
+    field = root.model_fields.get(group) if root is not None else None
+    schema = field.annotation if field is not None else schema_of(container.get(group), group)
+    location = LOCATIONS.get(schema, "") if isinstance(schema, type) else ""
+    folder = location.rsplit("/", 1)[0] if "/" in location else group
+    return folder if (CONF_DIR / folder).is_dir() else None
 
 
 def _resolved(node: Any, cfg: DictConfig, entry: str, outcome: str, where: str = "") -> Any:
