@@ -20,22 +20,6 @@ from cifar_lightning.errors import CifarLightningError
 log = logging.getLogger(__name__)
 
 
-def write_outputs(table: AblationTable, out_dir: Path) -> None:
-    """ablation.csv and ablation.md always; the figures only when some run finished."""
-    finished_rows = [row for row in table.rows if row.n]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_tables(table, out_dir)
-        if finished_rows:
-            table.files["curves"] = plot_curves(finished_rows, out_dir / CURVES_FILE)
-            table.files["confusion"] = plot_confusion(finished_rows, out_dir / CONFUSION_FILE)
-    except OSError as exc:
-        raise SweepError(
-            f"cannot write the ablation summary into {out_dir} ({exc.strerror or exc}). "
-            f"Fix: make the directory writable, or write the summary elsewhere with --out DIR."
-        ) from exc
-
-
 def output_dir(sweep_dirs: tuple[Path, ...], out_dir: str | Path | None) -> Path:
     """`out_dir`, else the only sweep directory; several sweeps without one is a SweepError (no sweep owns
     a table of all of them, and writing into one would overwrite its own summary)."""
@@ -54,7 +38,18 @@ def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
     paths = as_sweep_dirs(sweep_dirs)
     out = output_dir(paths, out_dir)
     table = build_table(collect_runs(paths))
-    write_outputs(table, out)
+    finished_rows = [row for row in table.rows if row.n]  # the figures only when some run finished
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_tables(table, out)
+        if finished_rows:
+            table.files["curves"] = plot_curves(finished_rows, out / CURVES_FILE)
+            table.files["confusion"] = plot_confusion(finished_rows, out / CONFUSION_FILE)
+    except OSError as exc:
+        raise SweepError(
+            f"cannot write the ablation summary into {out} ({exc.strerror or exc}). "
+            f"Fix: make the directory writable, or write the summary elsewhere with --out DIR."
+        ) from exc
     return table
 
 
@@ -77,7 +72,7 @@ class AggregateAblation(Callback):
         log.info(
             "ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
             len(table.rows),
-            table.n_missing,
-            table.n_diverged,
+            sum(row.n_missing for row in table.rows),
+            sum(len(row.diverged) for row in table.rows),
             ", ".join(str(path) for path in table.files.values()),
         )

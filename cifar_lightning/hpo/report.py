@@ -4,7 +4,6 @@ sweep directory when a worker's sweep ends, and on demand (python -m cifar_light
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,26 +69,21 @@ def draw_plots(study: optuna.Study, out_dir: Path) -> dict[str, str | None]:
 def format_value(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def trial_rows(study: optuna.Study, names: Sequence[str]) -> list[list[str]]:
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        seconds = trial.duration.total_seconds() if trial.duration is not None else None
-        rows.append(
-            [
-                str(trial.number),
-                trial.user_attrs.get(STATUS) or trial.state.name.lower(),
-                format_value(trial.value) if trial.state == TrialState.COMPLETE else "",
-                str(len(trial.intermediate_values)),
-                *(format_value(trial.params.get(name)) for name in names),
-                "" if seconds is None else f"{seconds:.0f}",
-            ]
-        )
-    return rows
+    return [
+        [
+            str(trial.number),
+            trial.user_attrs.get(STATUS) or trial.state.name.lower(),
+            format_value(trial.value) if trial.state == TrialState.COMPLETE else "",
+            str(len(trial.intermediate_values)),
+            *(format_value(trial.params.get(name)) for name in names),
+            "" if trial.duration is None else f"{trial.duration.total_seconds():.0f}",
+        ]
+        for trial in study.get_trials(deepcopy=False)
+    ]
 
 
 def render(study: optuna.Study, plots: dict[str, str | None]) -> str:

@@ -124,14 +124,6 @@ class OptunaSearch:
             sys.exit(exc.exit_code)
         return self.run(plan)
 
-    def check_settings(self) -> None:
-        found = node_problems(SearchSettings, self.settings, "hydra.sweeper")
-        if found:
-            raise SearchError(
-                f"{found[0][1]}. Fix it in conf/hparams_search/<name>.yaml or on the command line "
-                f"(hydra.sweeper.<key>=<value>); no trial was run."
-            )
-
     def check_composes(self, space: Mapping[str, BaseDistribution], fixed: Sequence[str]) -> None:
         """Every parameter, at each end of its range and at each of its choices, must compose into a train.py
         config: an unknown key or a missing config-group option stops the search here."""
@@ -149,7 +141,11 @@ class OptunaSearch:
                     ) from exc
 
     def plan(self, arguments: Sequence[str]) -> Plan:
-        self.check_settings()
+        if found := node_problems(SearchSettings, self.settings, "hydra.sweeper"):
+            raise SearchError(
+                f"{found[0][1]}. Fix it in conf/hparams_search/<name>.yaml or on the command line "
+                f"(hydra.sweeper.<key>=<value>); no trial was run."
+            )
         space, fixed = build_space(self.params, arguments)
         self.check_composes(space, fixed)
         storage_url = self.storage or default_storage(self.config.hydra.sweep.dir)
@@ -176,6 +172,8 @@ class OptunaSearch:
         )
         returns: list[Sequence[JobReturn]] = []
         job_idx = 0
+        # What makes a train.py job a trial of this study (cifar_lightning.hpo.trial).
+        hpo_keys = [f"hpo.study={hydra_value(study.study_name)}", f"hpo.storage={hydra_value(plan.storage_url)}"]
         with Heartbeat(plan.storage, self.heartbeat_interval) as heartbeat:
             while True:
                 with warnings.catch_warnings():  # "experimental", "meant for Study.optimize": ask-and-tell uses it too
@@ -198,7 +196,7 @@ class OptunaSearch:
                     trial.set_user_attr(OVERRIDES, overrides)
                     heartbeat.track(trial)
                     log.info("trial %d: %s", trial.number, " ".join(overrides))
-                    jobs.append([*plan.fixed, *overrides, *self.trial_keys(plan, trial)])
+                    jobs.append([*plan.fixed, *overrides, *hpo_keys, f"hpo.trial={trial.number}"])
                 try:
                     results = self.launcher.launch(jobs, initial_job_idx=job_idx)
                 except BaseException:
@@ -212,14 +210,6 @@ class OptunaSearch:
                 job_idx += len(batch)
         write_report(study, sweep_dir)
         return returns
-
-    def trial_keys(self, plan: Plan, trial: optuna.trial.Trial) -> list[str]:
-        """The overrides that make a train.py job trial `trial` of the study (cifar_lightning.hpo.trial)."""
-        return [
-            f"hpo.study={hydra_value(plan.study.study_name)}",
-            f"hpo.storage={hydra_value(plan.storage_url)}",
-            f"hpo.trial={trial.number}",
-        ]
 
     def wait_for_others(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
         """With n_trials reached: wait (True) while other workers' trials run; False when none do, or without

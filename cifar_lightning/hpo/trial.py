@@ -1,9 +1,6 @@
-"""The trial side of a search: a train.py job that is trial `hpo.trial` of study `hpo.study` reports its
-validation metric every epoch, and the study's pruner may stop it (Optuna's Lightning pruning callback).
-
-The sweeper sets `hpo.study`, `hpo.storage` and `hpo.trial` as the job's overrides; everything else (the
-metric, the pruner) is read from the study, so the job can run in any process a launcher starts.
-"""
+"""The trial side of a search: a train.py job that is trial `hpo.trial` of study `hpo.study` (the sweeper's
+overrides) reports its validation metric every epoch and may be pruned; the metric and pruner are read from
+the study, so the job can run in any process a launcher starts."""
 
 from __future__ import annotations
 
