@@ -30,8 +30,7 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Ten
 
 
 def random_translate(images: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
-    """Shift every image by its own random offset of up to `pixels` in each direction, filling the border by
-    reflection (not with zeros as random_crop does), so no black frame appears: airbench's trick, with 2 pixels."""
+    """Shift each image by its own random offset of up to `pixels`, the border reflected (no black frame)."""
     if pixels <= 0:
         return images
     padded = F.pad(images, (pixels, pixels, pixels, pixels), mode="reflect")
@@ -74,10 +73,8 @@ def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor |
 
 @torch.no_grad()
 def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
-    """The model's logits averaged over test-time views of normalized images (N, C, H, W), by level (a TTALevel):
-    0 the images as they are; 1 averaged with their mirror images; 2 also with the images shifted one pixel up-left
-    and down-right (reflect padding), each with its mirror (airbench's: the unshifted pair weighs 1/2, the four
-    shifted views 1/8 each)."""
+    """Logits averaged over test-time views of normalized images: level 0 none, 1 with mirror images, 2 also shifted
+    one pixel up-left and down-right, each with its mirror (airbench's weights: 1/2 unshifted, 1/8 each shifted)."""
 
     def with_mirror(x: Tensor) -> Tensor:
         return 0.5 * model(x) + 0.5 * model(x.flip(3)) if level >= 1 else model(x)

@@ -1,6 +1,5 @@
-"""The evaluation job behind evaluate.py: load a train.py checkpoint, predict the 10,000 CIFAR-10 test images,
-measure, and write the metrics, figures, Grad-CAM overlays, OOD detection and a one-page report. Predicting and
-measuring work on plain tensors, so other analyses reuse them on any uint8 images."""
+"""The evaluation job behind evaluate.py: load a train.py checkpoint, predict and measure the CIFAR-10 test set,
+and write the metrics, figures, Grad-CAM overlays, OOD detection and a one-page report."""
 
 from __future__ import annotations
 
@@ -58,9 +57,8 @@ class Evaluation:
 
 
 def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: Any = None) -> CIFAR10DataModule:
-    """The test data, normalized with the checkpoint's training statistics (not recomputed), split as the run
-    was (run_data: its data config; see held_out_split; datamodule.val_trained_on says whether the held-out
-    images were trained on)."""
+    """The test data, normalized with the checkpoint's statistics and split as the run was (run_data: its data
+    config; datamodule.val_trained_on: whether the held-out images were trained on, see held_out_split)."""
     split, val_trained_on = held_out_split(run_data)
     if val_trained_on:
         note = f"OOD thresholds are set on {100 * split['val_fraction']:.0f}% of its training images"
@@ -74,8 +72,7 @@ def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: 
 
 
 def measure(predictions: Predictions, labels: Tensor) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy, per-class accuracy/precision/recall/F1 and the confusion matrix (rows = true
-    class, columns = predicted class)."""
+    """Accuracy, mean cross-entropy, per-class accuracy/precision/recall/F1 and the confusion matrix (rows = true)."""
     logits, classes = predictions.logits, predictions.logits.shape[1]
 
     def per_class(metric: type) -> list[float]:
@@ -163,8 +160,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
 
 
 def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> Sections:
-    """correct.png or wrong.png (most confident first), and Grad-CAM overlays of the first `gradcam.count` of them,
-    each captioned with its true and predicted class, the confidence and the class its map explains."""
+    """correct.png or wrong.png (most confident first), and captioned Grad-CAM overlays of the first of them."""
     summary, predictions, labels = evaluation.summary, evaluation.predictions, evaluation.labels
     out, classes = evaluation.output_dir, summary["classes"]
     name, heading = ("correct", "Correctly classified") if correct else ("wrong", "Mistakes")
@@ -213,8 +209,7 @@ def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
 
 
 def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> Sections:
-    """OOD detection on the run's own split: detectors fitted on (a subset of) its training split, thresholded on
-    its validation split, measured on the test set against the loaded OOD sets."""
+    """OOD detection fitted on the run's training split, thresholded on its validation split, tested on the rest."""
     datamodule, arrays = evaluation.datamodule, evaluation.datamodule.arrays
     fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, cfg.ood.fit_images, cfg.seed)]
     subject = f"{evaluation.summary.get('experiment') or 'model'} ({evaluation.classifier.checkpoint_path})"

@@ -1,6 +1,5 @@
-"""Figures as PNG files: confusion matrices, galleries of predictions and training curves, of one model or of
-several side by side (an ablation's configurations), each kind of panel drawn by one function (draw_matrix,
-draw_curves). Drawn on matplotlib's Figure with the Agg canvas, never pyplot: no display or global state."""
+"""Figures as PNG files: confusion matrices, galleries and training curves, of one model or several side by side.
+Drawn on matplotlib's Figure with the Agg canvas, never pyplot: no display or global state."""
 
 from __future__ import annotations
 
@@ -54,8 +53,7 @@ def draw_matrix(ax, values: np.ndarray, labels: np.ndarray, classes: Sequence[st
 
 
 def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: Path) -> Path:
-    """Counts (where the test images went, left) and % of each true class (to compare classes of different
-    sizes, right); rows = true class, columns = predicted class."""
+    """Counts (left) and % of each true class (right); rows = true class, columns = predicted class."""
     counts = np.asarray(confusion)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.size == 0:
         raise ValueError(f"the confusion matrix must be square (classes x classes), got shape {counts.shape}")
@@ -73,14 +71,12 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str], path: P
 
 
 def percent_labels(shares: np.ndarray) -> np.ndarray:
-    """Row percentages as cell labels, rounded to whole percent."""
     return np.vectorize(lambda share: f"{share:.0f}")(shares)
 
 
 @dataclass(frozen=True)
 class ConfusionPanel:
-    """One matrix of a grid: its title, counts (rows = true class; None when there is none to show) and
-    class names."""
+    """One matrix of a grid: its title, counts (rows = true class; None: none recorded) and class names."""
 
     title: str
     counts: np.ndarray | None
@@ -88,8 +84,7 @@ class ConfusionPanel:
 
 
 def plot_confusion_grid(panels: Sequence[ConfusionPanel], title: str, path: Path) -> Path:
-    """Several confusion matrices side by side, each row-normalized (% of each true class), so models
-    tested on different numbers of images compare; a panel without counts says so."""
+    """Several confusion matrices side by side, each as % of each true class so that models compare."""
     columns = max(1, min(GRID_COLUMNS, len(panels)))
     lines = max(1, math.ceil(len(panels) / columns))
     figure = new_figure(4.3 * columns, 4.3 * lines + 0.6)
@@ -126,8 +121,8 @@ def plot_gallery(
     title: str,
     path: Path,
 ) -> Path:
-    """A grid of uint8 images (N, 3, H, W), each captioned "true -> predicted confidence", mistakes in red with a
-    red frame; with N = 0 a figure that says there is nothing to show, so a report section never lacks its file."""
+    """A grid of uint8 images (N, 3, H, W) captioned "true -> predicted confidence", mistakes framed in red; with
+    N = 0 a figure that says so, so a report section never lacks its file."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 with shape (N, 3, H, W), got shape {images.shape}")
@@ -185,8 +180,7 @@ class Curve:
 
 
 def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: str | None = None, legend=True) -> None:
-    """The curves of one metric on one panel, values times `scale`, integer epochs on x; a panel without
-    any point says `no <what> recorded` instead of staying blank."""
+    """The curves of one metric on one panel, values times `scale`; an empty panel says `no <what> recorded`."""
     for index, curve in enumerate(curves):
         if not len(curve.epochs):
             continue
@@ -204,8 +198,7 @@ def draw_curves(ax, curves: Sequence[Curve], scale: float, what: str, marker: st
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, train vs val, plus the learning rate when the history has it; rows like
-    {"epoch": 1, "train_loss": ..., "val_acc": ..., "lr": ...}, a missing key leaving its line out."""
+    """Loss and accuracy per epoch, train vs val, and the learning rate when the history rows have it."""
     lr_epochs, lr_values = series(history, "lr")
     has_lr = bool(lr_epochs)
     figure = new_figure(4.2 * (len(CURVE_METRICS) + has_lr), 3.6)
@@ -226,8 +219,7 @@ def plot_curves(history: Sequence[dict], path: Path) -> Path:
 
 
 def plot_curve_grid(columns: Mapping[str, Mapping[str, Sequence[Curve]]], title: str, path: Path) -> Path:
-    """Training curves of several models side by side: one column per title, loss on top and accuracy
-    below (`columns[title]["loss"]`, `["acc"]`), each row on one y axis so the columns compare."""
+    """Training curves of several models: a column per title, loss above accuracy, each row on one y axis."""
     figure = new_figure(3.2 * len(columns) + 0.8, 6.2)
     axes = figure.subplots(len(CURVE_METRICS), max(1, len(columns)), sharey="row", squeeze=False)
     for column, (heading, curves) in enumerate(columns.items()):

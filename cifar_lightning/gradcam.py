@@ -1,6 +1,5 @@
-"""Grad-CAM maps of a classifier on uint8 images, as captioned overlay figures or PNG bytes. Grad-CAM weighs a
-conv layer's feature maps by the gradient of one class score, showing which parts of the image raised that class;
-it runs where the model's parameters are and leaves the model as it found it (modes, hooks, gradients)."""
+"""Grad-CAM maps of a classifier on uint8 images, as captioned overlay figures or PNG bytes; it runs where the
+model's parameters are and leaves the model as it found it (modes, hooks, gradients)."""
 
 from __future__ import annotations
 
@@ -35,9 +34,8 @@ class CamResult:
 
 
 def gradcam_layer(model: nn.Module, name: str | None = None) -> str:
-    """The layer Grad-CAM weighs, for every caller (evaluate, serve): the one named, or with None the model's
-    last Conv2d, whose maps are the most semantic that still have a spatial layout. A ValueError lists the
-    model's layers when there is no such layer."""
+    """The layer named, or with None the last Conv2d (the most semantic maps that keep a spatial layout); a
+    ValueError listing the model's layers when there is no such layer."""
     layers = [layer for layer, _ in model.named_modules() if layer]
     convs = [layer for layer, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if name is None and convs:
@@ -124,8 +122,7 @@ def gradcam_overlays(
     prefix: str,
     explained: str = "predicted",
 ) -> list[CamResult]:
-    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name` (see gradcam_layer); saves
-    <out_dir>/<prefix>_<i>.png with `captions[i]` and the class explained ("predicted" or "label") written on it."""
+    """Explain class `targets[i]` on uint8 image i (N, 3, H, W): <out_dir>/<prefix>_<i>.png with `captions[i]`."""
     if explained not in EXPLAINED:
         raise ValueError(f"explained must be one of {', '.join(EXPLAINED)}, got {explained!r}")
     if len(captions) != len(images):
@@ -141,8 +138,7 @@ def gradcam_overlays(
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
-    """The heat-map overlay of one image (H, W, 3 in [0, 1]) as PNG bytes, OVERLAY_SIZE pixels a side: for
-    callers that send it on (serve.py) rather than save a captioned figure."""
+    """The heat-map overlay of one image (H, W, 3 in [0, 1]) as PNG bytes, OVERLAY_SIZE pixels a side."""
     _, big_overlay = overlay(image, cam)
     encoded, png = cv2.imencode(".png", cv2.cvtColor(big_overlay, cv2.COLOR_RGB2BGR))  # OpenCV writes BGR
     if not encoded:
@@ -153,7 +149,6 @@ def overlay_png(image: np.ndarray, cam: np.ndarray) -> bytes:
 def gradcam_pngs(
     model: nn.Module, layer_name: str | None, images: Tensor, normalize: Normalize, targets: Sequence[int]
 ) -> list[bytes]:
-    """Explain class `targets[i]` on uint8 image i (N, 3, H, W) at layer `layer_name`: one overlay PNG per
-    image, in memory (no caption, nothing written). Refuses what gradcam_overlays refuses."""
+    """gradcam_overlays' maps as uncaptioned PNG bytes in memory (serve.py), nothing written."""
     pictures, maps, _ = _explain(model, layer_name, images, normalize, targets)
     return [overlay_png(picture, cam) for picture, cam in zip(pictures, maps)]

@@ -1,6 +1,5 @@
-"""One self-contained HTML page for an evaluation: headline numbers, a per-class table, the model config and the
-figures. Images are embedded as data: URIs and the CSS is inline (no scripts, no external URLs), so the file can
-be mailed, archived or opened offline; all text from the summary is HTML-escaped."""
+"""One self-contained HTML page for an evaluation (images as data: URIs, inline CSS, no scripts or external URLs),
+so it can be mailed or opened offline; all text from the summary is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -185,9 +184,8 @@ def render(summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]])
 
 
 def write_report(out_dir: Path, summary: dict, sections: Sequence[tuple[str, Sequence[SectionItem]]]) -> Path:
-    """Write out_dir/report.html: headline numbers, per-class table and model config from `summary` (the
-    evaluation.json dict; missing keys are left out), then each (heading, items) section, where an item is an
-    image path, a Table or a paragraph of text."""
+    """Write out_dir/report.html: headline numbers, per-class table and model config from `summary` (missing keys
+    left out), then each (heading, items) section."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE

@@ -7,15 +7,15 @@ from pydantic import Field
 
 from cifar_lightning.config.schema import Settings, preset
 
+FLIP = "false, true or alternating"
+
 
 @preset("data", "cifar10_schema")
 class CIFAR10Settings(Settings):
     target = "cifar_lightning.data.CIFAR10DataModule"
     data_dir: str = Field("data/", description="folder holding cifar-10-batches-py/, relative to the launch folder")
     download: bool = Field(True, description="download torchvision's md5-checked copy when files are missing or bad")
-    val_fraction: float = Field(
-        0.1, ge=0, lt=1, description="share of each class held out for validation; 0: none, train on all 50,000"
-    )
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of each class held out for validation; 0: none")
     split_seed: int = Field(0, description="seed of the split alone, so that every run validates on the same images")
     batch_size: int = Field(128, ge=1, description="training images per step")
     eval_batch_size: int = Field(1000, ge=1, description="images per validation and test batch")
@@ -23,9 +23,7 @@ class CIFAR10Settings(Settings):
     crop_padding: int = Field(0, ge=0, description="random crop with this much zero padding; 0: off (4 is usual)")
     translate: int = Field(0, ge=0, le=16, description="random shift by up to this many pixels, reflect padding")
     flip: bool | Literal["alternating"] = Field(
-        False,
-        description="true: random horizontal flip; alternating: each image mirrored every other epoch",
-        json_schema_extra={"must": "false, true or alternating"},
+        False, description="random horizontal flip, or alternating per epoch", json_schema_extra={"must": FLIP}
     )
     cutout: int = Field(0, ge=0, le=32, description="side of a random square set to the training mean; 0: off")
     seed: int = Field(0, description="seed of the shuffling and the augmentation (conf/data/: the run's seed)")

@@ -1,5 +1,4 @@
-"""evaluate.py's own settings (conf/evaluate.yaml extends them); its `data` and `ood` groups have schemas of
-their own."""
+"""evaluate.py's own settings (conf/evaluate.yaml extends them); `data` and `ood` have schemas of their own."""
 
 from typing import Literal
 
@@ -17,9 +16,7 @@ class GradCAMSettings(Settings):
     layer: str | None = Field(None, description="layer whose activations Grad-CAM weighs; null: the last Conv2d")
     count: int = Field(8, ge=0, description="overlays of the first images of each gallery, in gradcam/; 0: none")
     explain: Literal["predicted", "label"] = Field(
-        "predicted",
-        description="the class each map explains: predicted (the model's prediction) or label (the true class); "
-        "not true/false, which Hydra reads as booleans",
+        "predicted", description="the class each map explains; not true/false, which Hydra reads as booleans"
     )
 
 

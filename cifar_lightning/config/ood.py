@@ -65,9 +65,7 @@ class DetectorHyperparameters(Settings):
         None, json_schema_extra={"must": WEIGHTS}, description="WeightedEBO: a weight per class; null = 1 each (energy)"
     )
     react_percentile: PositiveShare = Field(0.9, description="ReAct: clip at this percentile of training activations")
-    ash_variant: Literal["ash-s", "ash-p", "ash-b"] = Field(
-        "ash-b", description="ASH: ash-b binarizes, ash-p prunes, ash-s rescales what it keeps"
-    )
+    ash_variant: Literal["ash-s", "ash-p", "ash-b"] = Field("ash-b", description="ASH: binarize, prune or rescale")
     ash_percentile: Share = Field(0.9, description="ASH: share of each image's penultimate activations pruned")
     scale_percentile: Share = Field(0.85, description="SCALE: share treated as pruned to compute its factor")
     dice_p: Share = Field(0.9, description="DICE: share of the head's weight contributions masked")
@@ -87,9 +85,7 @@ class DetectorHyperparameters(Settings):
 class ThresholdSettings(Settings):
     """How every threshold is chosen on the validation split alone."""
 
-    method: Literal["percentile", "histogram"] = Field(
-        "percentile", description="percentile: keep id_keep of the validation images; histogram: its edge"
-    )
+    method: Literal["percentile", "histogram"] = Field("percentile", description="keep id_keep, or a histogram edge")
     id_keep: PositiveShare = Field(0.95, description="percentile: share of validation images kept as ID")
     bins: Count = Field(50, description="histogram: bins of the validation scores")
     min_fraction: Share = Field(0.001, description="histogram: outer bins under this share are ignored")
@@ -122,9 +118,7 @@ class OODSetSettings(Settings):
     """One OOD set: a file or folder (`path`), or seeded noise (`noise`, `n`)."""
 
     path: str | None = Field(None, description="an .npz with uint8 `images`, or a folder of images")
-    fetch: Literal["cifar100", "mnist", "fashion_mnist"] | None = Field(
-        None, description="torchvision's test split that builds a missing .npz `path`"
-    )
+    fetch: Literal["cifar100", "mnist", "fashion_mnist"] | None = Field(None, description="builds a missing path")
     noise: Literal["gaussian", "uniform"] | None = Field(None, description="synthetic images instead of a path")
     n: int | None = Field(None, gt=0, description="noise images")
     kind: str | None = Field(None, description="near | far | synthetic | custom: the tables' column label")

@@ -1,10 +1,9 @@
-"""train.py's settings: its own top-level keys, and the nodes that build the training objects (module, loss,
-optim, scheduler, averaging, our callbacks), which conf/<group>/<name>.yaml extends; and `built`, which
-instantiates a node, turning what only the object can refuse into the same one-paragraph ConfigError."""
+"""train.py's settings: its own keys and the nodes that build the training objects (conf/<group>/<name>.yaml
+extends them); and `built`, which instantiates a node, what only the object can refuse as a ConfigError."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
@@ -15,6 +14,9 @@ from pydantic import Field, model_validator
 
 from cifar_lightning.config.schema import NODE_SCHEMAS, SCHEMAS, Settings, defaults, preset
 from cifar_lightning.errors import CifarLightningError, ConfigError, one_line
+
+LabelSmoothing = Annotated[float, Field(ge=0, lt=1, description="share of each target spread evenly over all classes")]
+Gamma = Annotated[float, Field(gt=0, description="the factor the rate is multiplied by")]
 
 
 class TrainSettings(Settings):
@@ -64,29 +66,23 @@ class ClassifierSettings(Settings):
 
     target = "cifar_lightning.module.ClassifierModule"
     channels_last: bool = Field(True, description="run the model in channels-last memory format (faster convolutions)")
-    compile: bool = Field(
-        False, description="compile the model with torch.compile (faster GPU steps after a slow first)"
-    )
-    test_tta: Literal[0, 1, 2] = Field(
-        0, description="test-time augmentation of test_acc: 0 none, 1 with mirror images, 2 also one-pixel shifts"
-    )
+    compile: bool = Field(False, description="torch.compile the model (faster GPU steps after a slow first)")
+    test_tta: Literal[0, 1, 2] = Field(0, description="test-time augmentation of test_acc (augment.tta_logits)")
     norm_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of batch-norm parameters")
-    weight_decay_scope: Literal["weights", "all"] = Field(
-        "weights", description="weights: decay conv/linear weights only; all: every parameter, by the same factor"
-    )
+    weight_decay_scope: Literal["weights", "all"] = Field("weights", description="decay conv/linear weights or all")
 
 
 @preset("loss", "cross_entropy_schema")
 class CrossEntropySettings(Settings):
     target = "torch.nn.CrossEntropyLoss"
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread evenly over all classes")
+    label_smoothing: LabelSmoothing = 0.0
 
 
 @preset("loss", "logitnorm_schema")
 class LogitNormSettings(Settings):
     target = "cifar_lightning.losses.logitnorm"
     temperature: float = Field(0.04, gt=0, description="LogitNorm's tau: the logits are scaled to norm 1/tau")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread evenly over all classes")
+    label_smoothing: LabelSmoothing = 0.0
 
 
 @preset("optim", "sgd_schema")
@@ -108,14 +104,14 @@ class SGDSettings(Settings):
 class StepSettings(Settings):
     target = "cifar_lightning.schedules.StepLR"
     step_size: int = Field(16, ge=1, description="epochs between multiplications by gamma")
-    gamma: float = Field(0.1, gt=0, description="the factor the rate is multiplied by")
+    gamma: Gamma = 0.1
 
 
 @preset("scheduler", "multistep_schema")
 class MultiStepSettings(Settings):
     target = "cifar_lightning.schedules.MultiStepLR"
     milestones: list[int] = Field([16], description="epochs at which the rate is multiplied by gamma")
-    gamma: float = Field(0.1, gt=0, description="the factor the rate is multiplied by")
+    gamma: Gamma = 0.1
 
 
 @preset("scheduler", "warmup_schema")

@@ -5,4 +5,3 @@ modules use are importable from here."""
 from cifar_lightning.data.files import CIFAR10_CLASSES, find_cifar10_problems, load_cifar10  # noqa: F401
 from cifar_lightning.data.loader import TensorBatchLoader  # noqa: F401
 from cifar_lightning.data.module import CIFAR10DataModule, normalize  # noqa: F401
-from cifar_lightning.held_out import held_out_split  # noqa: F401  (ood/saved.py's import, until it moves)

@@ -63,8 +63,7 @@ def _fingerprint(folder: Path) -> tuple:
 
 
 def ensure_cifar10(data_dir: str | Path, download: bool) -> None:
-    """Make sure every CIFAR-10 file is present with its official md5, downloading if allowed; else a DataError
-    naming each missing or corrupt file and the fix."""
+    """Every CIFAR-10 file present with its official md5 (downloaded if allowed), or a DataError naming each."""
     folder = cifar10_folder(data_dir)
     if all((folder / name).is_file() for name, _ in CIFAR10_FILES) and _fingerprint(folder) in _verified:
         return

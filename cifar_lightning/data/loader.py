@@ -11,14 +11,11 @@ from torch import Tensor
 
 
 class TensorBatchLoader:
-    """Shuffled loaders draw each epoch's permutation from `seed + epoch` on the CPU (the same on every device and
-    rank). Under DDP each rank takes every world_size-th index and all ranks yield as many batches, or collectives
-    hang: training drops the permutation's last len % world_size indices (drop_remainder, as DistributedSampler
-    does) and, with drop_last, each epoch's incomplete batch; evaluation scores every image once, a shorter shard
-    ending with an empty batch that the module skips. epoch_source: the trainer's epoch (None: counted here);
-    epoch_transform(images, epoch): applied to the whole split in its fixed order (the alternating flip); device:
-    where the tensors move on the first epoch and stay. Resume: the state is the epoch and the batches of it
-    trained on (counted through batch_taken by whoever takes them, as Lightning reads ahead)."""
+    """Shuffled loaders permute each epoch with `seed + epoch` on the CPU (the same on every device and rank). Under
+    DDP each rank takes every world_size-th index and all ranks yield as many batches, or collectives hang: training
+    drops the remainder (as DistributedSampler does); evaluation pads a short shard with an empty batch.
+    epoch_transform(images, epoch) applies to the whole split in its fixed order (the alternating flip). Resume: the
+    state is the epoch and how many of its batches were trained on (batch_taken, as Lightning reads ahead)."""
 
     def __init__(
         self,
@@ -73,7 +70,6 @@ class TensorBatchLoader:
         return order[self.rank :: self.world_size]
 
     def batch_taken(self) -> None:
-        """Count one batch of the current iteration as trained on."""
         self.consumed += 1
 
     def state_dict(self) -> dict[str, int | None]:
@@ -94,11 +90,9 @@ class TensorBatchLoader:
             epoch = self.epoch
             if self.shuffle:
                 self.epoch += 1
-        skip = 0
-        if self._resume_at is not None:
-            resume_epoch, consumed = self._resume_at
-            self._resume_at = None
-            skip = consumed if resume_epoch == epoch else 0
+        resume_epoch, consumed = self._resume_at or (None, 0)
+        self._resume_at = None
+        skip = consumed if resume_epoch == epoch else 0
         self.served_epoch, self.consumed = epoch, skip
         order = self._order(epoch).to(self.labels.device)
         images = self.epoch_transform(self.images, epoch) if self.epoch_transform is not None else self.images

@@ -1,6 +1,5 @@
-"""The LightningDataModule: a seeded stratified validation split of the training set, normalization
-statistics of the training split alone (kept in checkpoints, so evaluation normalizes as training did), and
-uint8 batches augmented (training only) and normalized after they reach the device."""
+"""The LightningDataModule: a seeded stratified validation split, normalization statistics of the training split
+(kept in checkpoints), and uint8 batches augmented (training only) and normalized on the device."""
 
 from __future__ import annotations
 
@@ -36,8 +35,7 @@ def stratified_split(labels: Tensor, val_fraction: float, seed: int) -> tuple[Te
 
 
 def channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images on the [0, 1] scale, exact: from each channel's
-    256-bin histogram."""
+    """Exact per-channel mean and std of uint8 images on the [0, 1] scale, from each channel's 256-bin histogram."""
     per_channel = images.transpose(0, 1).reshape(images.shape[1], -1)
     counts = torch.stack([torch.bincount(values, minlength=256) for values in per_channel]).double()
     levels = torch.arange(256, dtype=torch.float64) / 255.0
@@ -55,11 +53,9 @@ def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 class CIFAR10DataModule(L.LightningDataModule):
-    """CIFAR-10 with a seeded stratified validation split; settings: cifar_lightning/config/data.py. Training
-    augmentation is drawn per image: crop_padding, translate, flip (alternating: per epoch, by the loader), cutout
-    (the training mean, zero once normalized). The generators' states and the training loader's position travel
-    in state_dict, as Lightning skips loading loader states when something built the training loader before the
-    fit loop was restored (e.g. a per-step schedule asking for trainer.estimated_stepping_batches)."""
+    """CIFAR-10 with a seeded stratified validation split; settings: cifar_lightning/config/data.py. The augmentation
+    generators' states and the training loader's position travel in state_dict, as Lightning skips loading loader
+    states when the training loader was built before the fit loop was restored (e.g. by a per-step schedule)."""
 
     def __init__(
         self,
@@ -118,8 +114,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, **kwargs) -> TensorBatchLoader:
-        """Shuffled (training) loaders give every rank the same number of images; the others score every image
-        exactly once. With on_device the splits live on the training device."""
         rank, world = self._rank_and_world()
         device = self.trainer.strategy.root_device if self.on_device and self.trainer is not None else None
         drops = {"drop_remainder": shuffle, "drop_last": shuffle and self.drop_last}
@@ -129,8 +123,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         a = self.arrays
         images, labels = a.train_images[self.train_idx], a.train_labels[self.train_idx]
         transform = self._alternating_flip_transform(len(labels)) if self.flip == "alternating" else None
-        # The trainer's epoch, read when the epoch's first batch is drawn (Lightning does not read ahead from a
-        # loader with a length), so it is right after a resume too.
+        # The trainer's epoch, read at the epoch's first batch, so it is right after a resume too.
         source = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
         loader = self._loader(images, labels, self.batch_size, True, epoch_transform=transform, epoch_source=source)
         if self._train_loader_state is not None:  # resumed: continue at the checkpoint's batch
@@ -177,8 +170,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         return normalize(images, *self._device_stats[device])
 
     def augment(self, images: Tensor) -> Tensor:
-        """Crop, translate, random flip and cutout, as configured, drawn from a seeded generator on the batch's
-        device; rank 0 draws from the run's seed, every other rank from a seed of its own."""
+        """Crop, translate, flip and cutout as configured, drawn from a generator on the batch's device seeded per
+        rank."""
         random_flips = self.flip is True
         if self.crop_padding == 0 and self.translate == 0 and not random_flips and self.cutout == 0:
             return images
@@ -199,8 +192,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         return images
 
     def _mean_pixel(self, images: Tensor) -> Tensor:
-        """The training mean per channel as a pixel value of `images`' dtype (0-255 for uint8), made once per
-        device and dtype rather than copied from the host each step."""
+        """The training mean per channel in `images`' dtype (0-255 for uint8), once per device and dtype."""
         key = (images.device, images.dtype)
         if key not in self._mean_pixels:
             mean = torch.tensor(self.mean, device=images.device)
@@ -216,8 +208,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self.normalize(images), labels
 
     def state_dict(self) -> dict:
-        """The normalization statistics (evaluation reads them); for resume, the augmentation generators' states
-        and the training loader's position."""
+        """The normalization statistics; for resume, the augmentation generators and the training loader."""
         generators = {str(device): generator.get_state() for device, generator in self._generators.items()}
         loader = self._train_loader.state_dict() if self._train_loader is not None else None
         augment_generators = {**self._generator_states, **generators}

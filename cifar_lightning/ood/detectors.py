@@ -170,39 +170,34 @@ def _predictor(name: str, state: State, progress: bool) -> Scorer:
         pairs = zip(state["classes"], state["dists"], strict=True)
         klm.dists = nn.ParameterDict({str(int(k)): nn.Parameter(d, requires_grad=False) for k, d in pairs})
         return lambda f: klm.predict_logits(f.logits)
+    if name not in DETECTOR_LABELS:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
+    # The rest read the penultimate features; those after vim through the classifier head.
+    head = _linear(state) if name not in (*GAUSSIANS, "knn", "vim") else None
     if name in GAUSSIANS:
         detector = pod.Mahalanobis(None) if name == "mahalanobis" else pod.RMD(None)
         for key in GAUSSIANS[name]:
             setattr(detector, key, state[key])
-        return lambda f: detector.predict_features(f.penultimate)
-    if name == "knn":
-        knn = pod.KNN(None, k=int(state["k"])).fit_features(state["features"], _unlabelled(len(state["features"])))
-        return lambda f: knn.predict_features(f.penultimate)
-    if name == "vim":
-        vim = pod.ViM(None, d=int(state["d"]), w=state["w"], b=state["b"])
-        vim.principal_subspace, vim.alpha = state["principal_subspace"], float(state["alpha"])
-        return lambda f: vim.predict_features(f.penultimate)
-    if name not in DETECTOR_LABELS:
-        raise ValueError(f"unknown detector {name!r}; known: {', '.join(DETECTOR_LABELS)}")
-    head = _linear(state)  # the others read the penultimate features through the classifier head
-    if name == "she":
-        she = pod.SHE(None, head)
-        she.patterns = state["patterns"]
-        return lambda f: she.predict_features(f.penultimate)
-    if name == "nnguide":
+    elif name in ("knn", "nnguide"):
         bank = state["features"]
-        nnguide = pod.NNGuide(None, head, k=int(state["k"])).fit_features(bank, _unlabelled(len(bank)))
-        return lambda f: nnguide.predict_features(f.penultimate)
-    if name == "fdbd":
-        fdbd = pod.fDBD(None, head).fit_features(state["train_mean"][None])
-        return lambda f: fdbd.predict_features(f.penultimate)
+        knn = pod.KNN(None, k=int(state["k"])) if name == "knn" else pod.NNGuide(None, head, k=int(state["k"]))
+        detector = knn.fit_features(bank, _unlabelled(len(bank)))
+    elif name == "vim":
+        detector = pod.ViM(None, d=int(state["d"]), w=state["w"], b=state["b"])
+        detector.principal_subspace, detector.alpha = state["principal_subspace"], float(state["alpha"])
+    elif name == "she":
+        detector = pod.SHE(None, head)
+        detector.patterns = state["patterns"]
+    elif name == "fdbd":
+        detector = pod.fDBD(None, head).fit_features(state["train_mean"][None])
+    elif name == "dice":
+        detector = pod.DICE(None, state["w"], state["b"], p=float(state["p"]))
+        detector.fit_features(state["mean_activation"][None], _unlabelled(1))
+    if name in (*GAUSSIANS, "knn", "nnguide", "vim", "she", "fdbd", "dice"):
+        return lambda f: detector.predict_features(f.penultimate)
     if name == "react":
         react = pod.ReAct(None, head, threshold=float(state["threshold"]))
         return lambda f: react.predict_feature_maps(f.penultimate)
-    if name == "dice":
-        dice = pod.DICE(None, state["w"], state["b"], p=float(state["p"]))
-        dice.fit_features(state["mean_activation"][None], _unlabelled(1))
-        return lambda f: dice.predict_features(f.penultimate)
     if name == "ash":
         ash = pod.ASH(None, _on_maps(head), variant=str(state["variant"]), percentile=float(state["percentile"]))
         return lambda f: ash.predict_feature_maps(f.penultimate[:, :, None, None])

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 
 Sets = Mapping[str, Tensor]
-Paths = list[Path]
 
 
 def plot_value_histogram(
@@ -80,7 +79,7 @@ def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: 
     return save(figure, path)
 
 
-def write_figures(result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int) -> tuple[Paths, ...]:
+def write_figures(result: OODResult, images: Sets, out: Path, gallery_size: int, seed: int) -> tuple[list[Path], ...]:
     """ood_hist_<layer>.png per layer; per gallery detector ood_scores_<name>.png and ood_gallery_<name>.png."""
     direction = result.settings["direction"]
     sign = -1.0 if direction == "below" else 1.0  # outlier score -> mean activation

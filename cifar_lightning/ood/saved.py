@@ -14,8 +14,9 @@ from torch import Tensor
 
 from cifar_lightning.checkpoints import file_sha256
 from cifar_lightning.config.ood import DETECTOR_LABELS, DIRECTIONS, IMAGE_DETECTORS, MEAN_ACTIVATION, OODSettings
-from cifar_lightning.data import CIFAR10DataModule, held_out_split
+from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import CifarLightningError
+from cifar_lightning.held_out import held_out_split
 from cifar_lightning.inference import Classifier, Features
 from cifar_lightning.ood import detectors
 from cifar_lightning.ood.detection import OODResult, check_layers, choose_threshold, fit_subset, mean_activation_name

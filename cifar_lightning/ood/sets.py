@@ -72,20 +72,17 @@ def load_npz(path: str | Path, name: str, kind: str = "custom") -> OODSet:
         raise DataError(f"the OOD set {name!r} was not found: {path} does not exist. {fix}.")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive.files:
-                raise DataError(
-                    f"the OOD set {name!r} in {path} holds no `images` array (it has: {', '.join(archive.files)}). "
-                    f"Fix: save the images with np.savez(path, images=uint8_array), or drop the set with "
-                    f"~ood.sets.{name}."
-                )
-            images = archive["images"]
-    except DataError:
-        raise
+            arrays, images = archive.files, archive["images"] if "images" in archive.files else None
     except Exception as exc:  # not a zip, truncated, pickled objects, ...
         raise DataError(
             f"the OOD set {name!r} could not be read from {path} ({type(exc).__name__}: {exc}). It must be an "
             f".npz written by np.savez with a uint8 `images` array. {fix}."
         ) from exc
+    if images is None:
+        raise DataError(
+            f"the OOD set {name!r} in {path} holds no `images` array (it has: {', '.join(arrays)}). "
+            f"Fix: save the images with np.savez(path, images=uint8_array), or drop the set with ~ood.sets.{name}."
+        )
     try:
         return OODSet(name, to_rgb32(images), kind, str(path))
     except ValueError as exc:
@@ -141,7 +138,6 @@ def load_set(name: str, spec: Spec, seed: int) -> OODSet:
 
 
 def load_sets(specs: Mapping[str, Spec], seed: int) -> list[OODSet]:
-    """Every configured set (entries as conf/ood/ writes them, or OODSetSettings)."""
     return [load_set(name, spec, seed) for name, spec in specs.items()]
 
 
