@@ -72,7 +72,7 @@ class AggregateAblation(Callback):
         log.info(
             "ablation summary of %d configurations (%d runs missing, %d diverged) written to %s",
             len(table.rows),
-            sum(row.n_missing for row in table.rows),
-            sum(len(row.diverged) for row in table.rows),
+            table.n_missing,
+            table.n_diverged,
             ", ".join(str(path) for path in table.files.values()),
         )

@@ -61,16 +61,12 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML file as plain containers, interpolations left as their `${...}` text; {} if unreadable."""
-    if not path.is_file():
-        return {}
     try:
-        loaded = OmegaConf.load(path)
+        loaded = OmegaConf.load(path) if path.is_file() else None
     except (OSError, yaml.YAMLError, OmegaConfBaseException) as exc:
         log.warning("cannot read %s (%s): ignored", path, exc)
         return {}
-    if not isinstance(loaded, DictConfig):
-        return {}
-    return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
+    return OmegaConf.to_container(loaded, resolve=False) if isinstance(loaded, DictConfig) else {}  # type: ignore
 
 
 def job_metrics(job_dir: Path) -> tuple[str, dict[str, Any] | None]:

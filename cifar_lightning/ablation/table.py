@@ -77,6 +77,14 @@ class AblationTable:
                 return row
         raise KeyError(f"no configuration {name!r} in the sweep (have: {', '.join(r.name for r in self.rows)})")
 
+    @property
+    def n_missing(self) -> int:
+        return sum(row.n_missing for row in self.rows)
+
+    @property
+    def n_diverged(self) -> int:
+        return sum(len(row.diverged) for row in self.rows)
+
 
 def configuration_order(names: Iterable[str]) -> list[str]:
     """The report's row order, then configurations it does not have, alphabetically."""

@@ -20,17 +20,6 @@ SYNTAX = (
 )
 
 
-def parse_overrides(lines: Sequence[str]) -> list[Override]:
-    """Hydra overrides parsed from `key=value` lines; a syntax error is a SearchError."""
-    try:
-        return OverridesParser.create().parse_overrides(list(lines))
-    except HydraException as exc:
-        raise SearchError(
-            f"the search space cannot be parsed: {one_line(exc)}. Write each parameter as "
-            f"<config key>: {SYNTAX}, e.g. optim.lr: tag(log, interval(0.01, 0.2))."
-        ) from exc
-
-
 def _empty(key: str, what: str) -> SearchError:
     return SearchError(
         f"the search space of `{key}` is empty: {what}. Give it a non-empty range in hydra.sweeper.params "
@@ -87,9 +76,16 @@ def build_space(
     """The distributions (config params, then command-line sweeps, which add to or replace them) and the
     fixed command-line overrides, which hold for every trial."""
     lines = [f"{key}={value}" for key, value in (params or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides([*lines, *arguments])
+    except HydraException as exc:
+        raise SearchError(
+            f"the search space cannot be parsed: {one_line(exc)}. Write each parameter as "
+            f"<config key>: {SYNTAX}, e.g. optim.lr: tag(log, interval(0.01, 0.2))."
+        ) from exc
     space: dict[str, BaseDistribution] = {}
     fixed: list[str] = []
-    for override in parse_overrides([*lines, *arguments]):
+    for override in overrides:
         if override.is_sweep_override():
             space[override.get_key_element()] = distribution(override)
         elif override.input_line in arguments:

@@ -45,17 +45,17 @@ def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int
     """The RDB storage at `url`, reachable and with Optuna's tables. With a heartbeat interval, a killed worker's
     trial fails after two intervals and is enqueued again, at most `max_retry` times."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out writers
-    heartbeat = {}
-    if heartbeat_interval is not None:
-        heartbeat = dict(
-            heartbeat_interval=heartbeat_interval,
-            grace_period=2 * heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
-        )
+    beats = heartbeat_interval is not None
     try:
         if url.startswith("sqlite:///"):  # SQLite creates the file, not its folder
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=2 * heartbeat_interval if beats else None,
+            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=max_retry) if beats else None,
+        )
     except Exception as exc:  # SQLAlchemy reports bad URLs, missing drivers and refused connections many ways
         reason = one_line(exc, 300)
         raise SearchError(
