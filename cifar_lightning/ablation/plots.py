@@ -27,13 +27,8 @@ def epoch_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, 
             if isinstance(entry, dict) and is_number(entry.get("epoch")) and is_number(entry.get(key), finite=True):
                 by_epoch.setdefault(int(entry["epoch"]), []).append(float(entry[key]))
     epochs = sorted(by_epoch)
-    values = [by_epoch[epoch] for epoch in epochs]
-    return (
-        np.array(epochs, dtype=int),
-        np.array([np.mean(v) for v in values]),
-        np.array([np.min(v) for v in values]),
-        np.array([np.max(v) for v in values]),
-    )
+    mean, low, high = (np.array([reduce(by_epoch[epoch]) for epoch in epochs]) for reduce in (np.mean, np.min, np.max))
+    return np.array(epochs, dtype=int), mean, low, high
 
 
 def seed_curves(runs: Sequence[Run], metric: str) -> list[Curve]:

@@ -1,6 +1,2 @@
-"""Hyperparameter search with Optuna through Hydra (python train.py -m hparams_search=<name>).
-
-space.py: the search space in Hydra's sweep syntax; study.py: the study in its RDB storage; sweeper.py:
-the Hydra sweeper that asks, launches and tells trials; trial.py: a trial's own side (reporting and pruning);
-report.py and __main__.py: hpo.md and its plots.
-"""
+"""Hyperparameter search with Optuna through Hydra (python train.py -m hparams_search=<name>): the search
+space (space.py), the study (study.py), the sweeper (sweeper.py), a trial's side (trial.py) and hpo.md."""

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,33 +67,23 @@ class Plan:
     fixed: list[str]
 
 
-class Heartbeat:
-    """Records the heartbeat of the trials this worker runs, so a killed worker's trials go stale."""
+@contextmanager
+def heartbeat(storage: RDBStorage, interval: int | None) -> Iterator[set[int]]:
+    """Beat for the trial ids put in the yielded set (with an interval), so a killed worker's trials go stale."""
+    trial_ids: set[int] = set()
+    stop = threading.Event()
 
-    def __init__(self, storage: RDBStorage, interval: int | None) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: set[int] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name="optuna-heartbeat", daemon=True)
+    def beat() -> None:
+        while not stop.wait(interval):
+            for trial_id in list(trial_ids):
+                storage.record_heartbeat(trial_id)
 
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            for trial_id in list(self.trial_ids):
-                self.storage.record_heartbeat(trial_id)
-
-    def track(self, trial: optuna.trial.Trial) -> None:
-        """Beat for this trial from now on (a trial without any heartbeat never goes stale)."""
-        if self.interval is not None:
-            self.storage.record_heartbeat(trial._trial_id)
-        self.trial_ids.add(trial._trial_id)
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
+    if interval is not None:
+        threading.Thread(target=beat, name="optuna-heartbeat", daemon=True).start()
+    try:
+        yield trial_ids
+    finally:
+        stop.set()
 
 
 class OptunaSearch:
@@ -174,7 +165,7 @@ class OptunaSearch:
         job_idx = 0
         # What makes a train.py job a trial of this study (cifar_lightning.hpo.trial).
         hpo_keys = [f"hpo.study={hydra_value(study.study_name)}", f"hpo.storage={hydra_value(plan.storage_url)}"]
-        with Heartbeat(plan.storage, self.heartbeat_interval) as heartbeat:
+        with heartbeat(plan.storage, self.heartbeat_interval) as beating:
             while True:
                 with warnings.catch_warnings():  # "experimental", "meant for Study.optimize": ask-and-tell uses it too
                     warnings.simplefilter("ignore")
@@ -194,7 +185,9 @@ class OptunaSearch:
                 for trial in batch:
                     overrides = trial_overrides({name: draw(trial, name, dist) for name, dist in plan.space.items()})
                     trial.set_user_attr(OVERRIDES, overrides)
-                    heartbeat.track(trial)
+                    if self.heartbeat_interval is not None:  # beats from now on (none at all never goes stale)
+                        plan.storage.record_heartbeat(trial._trial_id)
+                    beating.add(trial._trial_id)
                     log.info("trial %d: %s", trial.number, " ".join(overrides))
                     jobs.append([*plan.fixed, *overrides, *hpo_keys, f"hpo.trial={trial.number}"])
                 try:
@@ -203,7 +196,7 @@ class OptunaSearch:
                     self.interrupted(study, batch)
                     raise
                 finally:
-                    heartbeat.trial_ids.clear()
+                    beating.clear()
                 for trial, result in zip(batch, results):
                     self.tell(study, trial, result)
                 returns.append(results)
@@ -249,8 +242,7 @@ class OptunaSearch:
     def interrupted(self, study: optuna.Study, batch: Sequence[optuna.trial.Trial]) -> None:
         """The worker is stopping mid-batch (Ctrl-C): fail its unfinished trials and enqueue them again."""
         for trial in batch:
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            if frozen.state != TrialState.RUNNING:
+            if study.get_trials(deepcopy=False)[trial.number].state != TrialState.RUNNING:
                 continue
             trial.set_user_attr(STATUS, INTERRUPTED)
             study.tell(trial, state=TrialState.FAIL)
