@@ -76,8 +76,6 @@ class AveragedWeights(L.Callback):
         if self.average is not None:
             copy_into(float_state(pl_module.model), self.average)
 
-    # Validation sees the average.
-
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.average is None or trainer.sanity_checking:
             return

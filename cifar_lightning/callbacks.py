@@ -189,16 +189,12 @@ class ResumeState(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._stage = stage
 
-    def train_seconds(self) -> float:
-        """Training time of this run so far, over all its processes (up to their last checkpoints)."""
-        running = time.perf_counter() - self._started if self._started is not None else 0.0
-        return self.previous_seconds + running
-
     def state_dict(self) -> dict[str, Any]:
         state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        return {"rng": state, "train_seconds": self.train_seconds()}
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return {"rng": state, "train_seconds": self.previous_seconds + running}  # over all the run's processes
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._stage == "fit":  # not when testing a checkpoint after fit

@@ -118,10 +118,9 @@ def training_position(run: RunDir) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ...
-        reason = one_line(exc, 200)
         raise ResumeError(
             f"cannot resume {run.root}: its last checkpoint {path} is truncated or corrupt "
-            f"({type(exc).__name__}: {reason}). {fix}."
+            f"({type(exc).__name__}: {one_line(exc, 200)}). {fix}."
         ) from exc
     needed = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
     missing = [key for key in needed if not isinstance(checkpoint, dict) or key not in checkpoint]
@@ -178,9 +177,7 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
     try:
         if found := schema_problems(model_config, "model"):  # its schema (cifar_lightning/config/model.py)
             raise ValueError(found[0][1])
-        model = instantiate(model_config)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"it gives a {type(model).__name__}, not a model")
+        model = instantiate(model_config)  # an nn.Module: _checked_model_target allows nothing else
     except (InstantiationException, ValueError, TypeError) as exc:
         cause: BaseException = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ else exc
         raise CheckpointError(

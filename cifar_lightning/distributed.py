@@ -26,8 +26,7 @@ def cluster_plugins() -> list[Any]:
 
 
 def check_launch(trainer: L.Trainer) -> None:
-    """Refuse process layouts that would fail mid-run, hang or scatter one run over several directories (after
-    the Trainer is built, before anything is written)."""
+    """Refuse process layouts that would fail mid-run, hang or scatter one run over several directories."""
     strategy = trainer.strategy
     if not isinstance(strategy, ParallelStrategy) or trainer.world_size == 1:
         return
@@ -52,9 +51,8 @@ def check_launch(trainer: L.Trainer) -> None:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None  # None outside a Hydra app
     mode, hydra_overrides = (hydra.mode.name, list(hydra.overrides.hydra)) if hydra else (None, [])
     # Lightning's launcher re-runs the command line, unless torchrun or srun already started every process.
-    lightning_launches = isinstance(launcher, _SubprocessScriptLauncher)
     external = strategy.cluster_environment is not None and strategy.cluster_environment.creates_processes_externally
-    if mode == "MULTIRUN" and lightning_launches and not external:
+    if mode == "MULTIRUN" and isinstance(launcher, _SubprocessScriptLauncher) and not external:
         raise ConfigError(
             f"trainer=ddp with {trainer.world_size} processes cannot run inside a Hydra multirun launched on this "
             f"machine (-m, hydra/launcher=joblib or submitit_local): Lightning starts the extra processes by "

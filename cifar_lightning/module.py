@@ -90,22 +90,17 @@ class ClassifierModule(L.LightningModule):
         self._unfinished_epoch: dict[str, dict[str, Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.initialize_from_data()
-
-    def initialize_from_data(self) -> None:
-        """Call the model's `init_from_data` (if any) with its `init_images` first normalized training images."""
+        """At a fit's start, call the model's `init_from_data` (if any) with its first `init_images` training images."""
         init = getattr(self.model, "init_from_data", None)
-        if init is None:
+        if stage != "fit" or init is None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None)  # called by the trainer (setup)
+        datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "first_train_images"):
             raise RuntimeError(
                 f"{type(self.model).__name__} initializes from the training data: fit it with "
                 f"datamodule=CIFAR10DataModule(...), as train.py does"
             )
-        images = datamodule.normalize(datamodule.first_train_images(self.model.init_images))
-        init(images)
+        init(datamodule.normalize(datamodule.first_train_images(self.model.init_images)))
 
     def forward(self, images: Tensor) -> Tensor:
         if self.channels_last:
@@ -142,9 +137,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """A fit resumed inside an epoch continues that epoch's loss and accuracy sums."""
-        if self._unfinished_epoch is None:
-            return
-        for name, state in self._unfinished_epoch.items():  # added to the fresh (zero) sums
+        for name, state in (self._unfinished_epoch or {}).items():  # added to the fresh (zero) sums
             getattr(self, name).merge_state({key: value.to(self.device) for key, value in state.items()})
         self._unfinished_epoch = None
 
@@ -205,8 +198,7 @@ class ClassifierModule(L.LightningModule):
             group["lr"] *= group["lr_scale"]
             if group["name"] == "weights":
                 continue
-            # torch's SGD shrinks a parameter by lr * weight_decay per step: divide by the rate's
-            # scale so that scaled groups shrink like the weights (airbench), or not at all.
+            # SGD shrinks by lr * weight_decay per step: scaled groups shrink like the weights (airbench), or not.
             group["weight_decay"] = weight_decay / group["lr_scale"] if self.weight_decay_scope == "all" else 0.0
         return optimizer
 

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar_lightning.checkpoints import training_position
 from cifar_lightning.errors import ResumeError, one_line
-from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, RunDirError, read_metrics
+from cifar_lightning.runs import COMPLETED, DIVERGED, RunDir, readable_metrics
 from cifar_lightning.training import fit_and_record
 
 log = logging.getLogger(__name__)
@@ -122,18 +122,6 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def resumed(run: RunDir, position: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """metrics.json's entry in `resumes` for a resume from the run's last checkpoint (logged)."""
-    log.info(
-        "resuming %s from %s (written in epoch %d, at step %d)%s",
-        run.root,
-        run.last_checkpoint,
-        *position.values(),
-        f" with {', '.join(overrides)}" if overrides else "",
-    )
-    return {**position, "overrides": overrides}
-
-
 def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
     """Continue the run in `run_dir` in place, so that the result equals an uninterrupted run's (CPU); output_dir:
     Hydra's, which must be the run directory. Raises ResumeError before anything changes."""
@@ -168,10 +156,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     position = training_position(run)
     config = OmegaConf.create(OmegaConf.to_container(saved))
     changed = _apply_overrides(run, config, _parse_overrides(run, overrides))
-    try:
-        previous = read_metrics(run)
-    except RunDirError:
-        previous = {}
+    previous = readable_metrics(run)
     if previous.get("status") == DIVERGED:
         raise ResumeError(
             f"cannot resume {run.root}: it diverged (see its metrics.json), and with its own settings it would diverge "
@@ -190,5 +175,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str |
     container["resume"] = new_root
     if container.get("hpo"):  # the study told its trial's outcome already: a resume reports to no study
         container["hpo"] = {key: None for key in container["hpo"]}
-    resumes = [*(previous.get("resumes") or []), resumed(run, position, changed)]
+    logged = (run.root, run.last_checkpoint, *position.values(), f" with {', '.join(changed)}" if changed else "")
+    log.info("resuming %s from %s (written in epoch %d, at step %d)%s", *logged)
+    resumes = [*(previous.get("resumes") or []), {**position, "overrides": changed}]
     return fit_and_record(OmegaConf.create(container), RunDir(new_root), run.last_checkpoint, resumes)

@@ -46,10 +46,9 @@ def check_tracking_server(tracking_uri: str) -> None:
     except urllib.error.HTTPError:
         return  # something answered: MLflow reports what it makes of the answer
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
         raise ConfigError(
-            f"the MLflow tracking server {tracking_uri} does not answer ({reason}); start it (mlflow server), "
-            f"or pass a reachable one, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db"
+            f"the MLflow tracking server {tracking_uri} does not answer ({getattr(exc, 'reason', exc)}); start it "
+            f"(mlflow server), or pass a reachable one, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db"
         ) from exc
 
 
@@ -66,10 +65,9 @@ class MLflowRunLogger(MLFlowLogger):
         try:
             super().__init__(tracking_uri=tracking_uri, tags={**tags, RUN_DIR_TAG: self.run_dir}, **kwargs)
         except Exception as exc:  # MLflow opens the store here: unknown scheme, unwritable path, refused file store
-            reason = one_line(exc)
             raise ConfigError(
-                f"cannot open the MLflow tracking store {tracking_uri} ({type(exc).__name__}: {reason}); pass one "
-                f"that works, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db or http://<host>:5000 "
+                f"cannot open the MLflow tracking store {tracking_uri} ({type(exc).__name__}: {one_line(exc)}); "
+                f"pass one that works, e.g. logger.mlflow.tracking_uri=sqlite:///logs/mlflow.db or http://<host>:5000 "
                 f"(a running mlflow server)"
             ) from exc
 
@@ -114,8 +112,7 @@ class MLflowRunLogger(MLFlowLogger):
 
 def final_figures(metrics: dict[str, Any]) -> dict[str, float]:
     """The FINAL_FIGURES metrics.json has as finite numbers (a diverged run has no test figures)."""
-    figures = {key: metrics.get(key) for key in FINAL_FIGURES}
-    return {key: float(value) for key, value in figures.items() if finite(value)}
+    return {key: float(metrics[key]) for key in FINAL_FIGURES if finite(metrics.get(key))}
 
 
 def log_outcome_to_mlflow(logger: MLFlowLogger, run: RunDir, metrics: dict[str, Any], step: int) -> None:

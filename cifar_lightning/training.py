@@ -1,6 +1,4 @@
-"""The training job behind train.py: check the config, instantiate everything from it, fit, test the kept
-weights, and record the run in its directory (cifar_lightning/runs/). A resume (resume.py) fits from a checkpoint.
-"""
+"""The training job behind train.py: check the config, build everything, fit, test the kept weights, record the run."""
 
 from __future__ import annotations
 
@@ -65,8 +63,7 @@ def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHisto
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job in cfg.paths.output_dir; returns its metrics.json. A requeued cluster job continues
-    from its own last checkpoint (cifar_lightning.distributed), as a resume."""
+    """Run one training job in cfg.paths.output_dir (a requeued cluster job resumes); returns its metrics.json."""
     run = RunDir(cfg.paths.output_dir)
     if (ckpt_path := requeue_checkpoint(run.root)) is None:
         return fit_and_record(cfg, run)
@@ -80,8 +77,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def fit_and_record(
     cfg: DictConfig, run: RunDir, ckpt_path: Path | None = None, resumes: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """Build, fit (from ckpt_path when resuming), test the kept weights, write config.yaml and metrics.json.
-    Raises TrainingDiverged or TrialPruned after writing a metrics.json with that status."""
+    """Build, fit (from ckpt_path when resuming), test the kept weights, write config.yaml and metrics.json (also
+    for a TrainingDiverged or TrialPruned, raised then)."""
     fit = Fit(cfg, run, *build(cfg))
     fit.datamodule.prepare_data()  # missing or corrupt data fails here, before anything is written
     run.root.mkdir(parents=True, exist_ok=True)
@@ -115,8 +112,7 @@ def fit_and_record(
     stopped_early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in fit.trainer.callbacks)
     best = getattr(fit.trainer.checkpoint_callback, "best_model_path", "") if fit.datamodule.has_validation else ""
     if not fit.datamodule.has_validation:
-        # The final (averaged) weights are the run's model: a full checkpoint, saved after the timed fit by
-        # every rank (a collective under DDP; rank 0 writes).
+        # The final (averaged) weights are the run's model, saved by every rank (a collective under DDP).
         fit.trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
         log.info("no validation split (data.val_fraction=0): testing the final weights in %s", run.last_checkpoint)
     elif not best:
@@ -126,13 +122,11 @@ def fit_and_record(
     metrics = record(fit, fit_record(fit, test, seconds, stopped_early, status=COMPLETED, **more))
     kept = f"best epoch {metrics['best_epoch']}" if metrics["best_epoch"] is not None else "final weights"
     figures = [metrics[key] for key in ("test_acc", "test_tta", "test_acc_plain", "test_loss")]
+    figures += [kept, metrics["epochs_run"], run.root]
     log.info(
         "test_acc=%.4f (test-time augmentation level %d; %.4f without) test_loss=%.4f (%s of %s epochs); run "
         "directory: %s",
         *figures,
-        kept,
-        metrics["epochs_run"],
-        run.root,
     )
     return metrics
 

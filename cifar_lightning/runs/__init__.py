@@ -54,49 +54,23 @@ class RunDir:
         """The run directory a checkpoint file lies in (<run>/checkpoints/<file>)."""
         return cls(Path(checkpoint).expanduser().resolve().parent.parent)
 
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / "best.ckpt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.ckpt"
+    # The paths inside it (see the layout above).
+    config = property(lambda self: self.root / CONFIG_FILE)
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    best_checkpoint = property(lambda self: self.checkpoints / "best.ckpt")
+    last_checkpoint = property(lambda self: self.checkpoints / "last.ckpt")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    metrics = property(lambda self: self.root / METRICS_FILE)
+    log = property(lambda self: self.root / LOG_FILE)
+    hydra = property(lambda self: self.root / HYDRA_DIR)
 
     def kept_checkpoint(self) -> Path:
-        """The checkpoint a run keeps as its model: best.ckpt (lowest validation loss), or, for a completed run
-        trained without a validation split (data.val_fraction=0, so no best.ckpt), last.ckpt: its final weights."""
-        if self.best_checkpoint.is_file() or not self.last_checkpoint.is_file() or not self.metrics.is_file():
+        """The run's model: best.ckpt, or last.ckpt (the final weights) for a run trained without a validation split."""
+        if self.best_checkpoint.is_file() or not self.last_checkpoint.is_file():
             return self.best_checkpoint
-        try:
-            metrics = read_metrics(self)
-        except RunDirError:
-            return self.best_checkpoint
+        metrics = readable_metrics(self)
         no_validation = metrics.get("status") == COMPLETED and metrics.get("best_checkpoint") is None
         return self.last_checkpoint if no_validation else self.best_checkpoint
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG_FILE
-
-    @property
-    def hydra(self) -> Path:
-        return self.root / HYDRA_DIR
 
 
 def _resumable(resume: Any) -> RunDir | None:
@@ -159,18 +133,22 @@ def read_metrics(run: RunDir) -> dict[str, Any]:
     return metrics
 
 
+def readable_metrics(run: RunDir) -> dict[str, Any]:
+    """metrics.json as a dict, or {} when it is missing or unreadable."""
+    try:
+        return read_metrics(run)
+    except RunDirError:
+        return {}
+
+
 def history(run: RunDir) -> list[dict[str, Any]]:
     """The per-epoch history of the run's metrics.json; [] when there is none or it is unreadable."""
-    try:
-        rows = read_metrics(run).get("history")
-    except RunDirError:
-        return []
+    rows = readable_metrics(run).get("history")
     return rows if isinstance(rows, list) and all(isinstance(row, dict) for row in rows) else []
 
 
 def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
-    """Hydra's run directory: the run to resume when `resume` names a resumable one, else a new one (where the
-    resume then stops with its error, without touching the folder it named)."""
+    """Hydra's run directory: the run `resume` names if resumable, else a new one (where the resume then fails)."""
     run = _resumable(resume)
     return str(run.root.resolve()) if run else new_run_dir
 

@@ -4,10 +4,12 @@ status and headline figures. A run without a readable metrics.json is a row too:
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +64,8 @@ class RunRow:
     @property
     def name(self) -> str:
         """The run's path relative to the current directory when it lies below it, else absolute."""
-        root = self.run.root.resolve()
-        try:
-            return str(root.relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return str(root)
+        root, cwd = self.run.root.resolve(), Path.cwd().resolve()
+        return str(root.relative_to(cwd) if root.is_relative_to(cwd) else root)
 
 
 @dataclass
@@ -158,9 +157,8 @@ def read_run(run: RunDir) -> RunRow:
         metrics = read_metrics(run)
     except RunDirError as exc:
         return RunRow(run, config, UNREADABLE, {}, [*notes, one_line(exc)])
-    status = metrics.get("status")
     figures = {name: metric_value(metrics.get(name)) for name in METRIC_COLUMNS}
-    return RunRow(run, config, status, figures, notes)
+    return RunRow(run, config, metrics.get("status"), figures, notes)
 
 
 def lies_in_run(value: Any, row: RunRow) -> bool:
@@ -222,17 +220,11 @@ def config_cell(row: RunRow, key: str) -> str:
 
 
 def metric_cell(name: str, value: float | int | None) -> str:
-    if value is None:
-        return ""
-    if not math.isfinite(value):
-        return str(value)
+    if value is None or not math.isfinite(value):
+        return "" if value is None else str(value)
     if name in ACCURACIES:
         return f"{100 * value:.2f}"
-    if name == "best_val_loss":
-        return f"{value:.4f}"
-    if name == "train_seconds":
-        return f"{value:.1f}"
-    return str(value)
+    return format(value, {"best_val_loss": ".4f", "train_seconds": ".1f"}.get(name, ""))
 
 
 def header(comparison: Comparison, markdown: bool) -> list[str]:
@@ -293,3 +285,37 @@ def write_comparison(comparison: Comparison, out_dir: str | Path = DEFAULT_OUT) 
             f"with --out."
         ) from exc
     return markdown, csv_path
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cifar_lightning.runs", description="Tools for run directories.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    leaderboard = commands.add_parser(
+        "compare",
+        help="a table of runs: the config keys that differ, status and headline metrics",
+        description="One row per run: the config keys that differ between the runs, its status and headline "
+        "figures, sorted by a metric. Prints the Markdown table and writes compare.md and compare.csv.",
+    )
+    leaderboard.add_argument(
+        "paths", nargs="+", metavar="PATH", help="run directories, folders holding runs at any depth, or quoted globs"
+    )
+    sense = f"{' and '.join(HIGHER_IS_BETTER)} descending, the others ascending; missing values last"
+    leaderboard.add_argument("--sort", choices=METRIC_COLUMNS, default=DEFAULT_SORT, help=f"the metric ({sense})")
+    order = leaderboard.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="descending", action="store_false", default=None, help="smallest first")
+    order.add_argument("--descending", dest="descending", action="store_true", default=None, help="largest first")
+    leaderboard.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        comparison = compare(args.paths, args.sort, args.descending)
+        markdown, csv_path = write_comparison(comparison, args.out)
+    except CifarLightningError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    print(render_table(comparison), end="")
+    print(f"\nWrote {markdown} and {csv_path}")
+    return 0

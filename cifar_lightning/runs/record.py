@@ -1,7 +1,4 @@
-"""metrics.json, declared once: every field of a run's record, in the file's order, and how a finished fit fills it.
-
-train, resume and the diverged and pruned paths all write a RunRecord; read_metrics reads it back as a dict.
-"""
+"""metrics.json, declared once: every field of a run's record, in the file's order, and how a finished fit fills it."""
 
 from __future__ import annotations
 
@@ -63,8 +60,8 @@ class RunRecord:
 
     def fields(self) -> dict[str, Any]:
         """The record as metrics.json holds it (before `schema_version`): divergence and pruned only where set."""
-        record = asdict(self)
-        return {key: value for key, value in record.items() if value is not None or key not in ("divergence", "pruned")}
+        optional = ("divergence", "pruned")
+        return {key: value for key, value in asdict(self).items() if value is not None or key not in optional}
 
 
 def library_versions() -> dict[str, str]:
@@ -112,8 +109,7 @@ class Fit:
 
 
 def fit_record(fit: Fit, test: dict[str, float], train_seconds: float, stopped_early: bool, **more: Any) -> RunRecord:
-    """The record of a fit: `test` holds the test figures (none unless completed), `more` the status and the
-    fields only the caller knows (resumes, hpo, divergence, pruned)."""
+    """The record of a fit: `test` its test figures (if completed), `more` the status and the caller's fields."""
     cfg, trainer, datamodule = fit.cfg, fit.trainer, fit.datamodule
     # Only epochs that validated can be best (check_val_every_n_epoch > 1 leaves others without val_loss).
     validated = [row for row in fit.history.history if "val_loss" in row]
