@@ -1,9 +1,5 @@
-"""Aggregate ablation sweeps (the report's configurations x several seeds) into Table 1: each
-configuration's mean and spread over seeds, its difference to the improved recipe (Welch's t-test and
-a confidence interval), learning curves and confusion matrix, since one run per configuration cannot
-tell an effect from seed noise. `python -m cifar_lightning.ablation SWEEP_DIR [...] [--out DIR]`, or
-the AggregateAblation Hydra callback when a multirun ends.
-"""
+"""Aggregate ablation sweeps into Table 1: per configuration the mean and spread over seeds and the difference
+to the improved recipe (Welch), since one run per configuration cannot tell an effect from seed noise."""
 
 from cifar_lightning.ablation.plots import epoch_curve, summed_confusion
 from cifar_lightning.ablation.render import CSV_COLUMNS, render_markdown

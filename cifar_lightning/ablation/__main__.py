@@ -30,7 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
         metavar="DIR",
         help="where to write the files (default: the sweep directory; required with several)",
     )

@@ -1,6 +1,5 @@
-"""The table's figures: curves.png (train and validation curves per configuration, mean over seeds with a
-min-max band) and confusion.png (each configuration's test confusion matrix, summed over seeds). This
-module reduces the runs to what is drawn; cifar_lightning.figures draws it."""
+"""The table's figures, curves.png and confusion.png: this module reduces the runs to what is drawn (means and
+min-max bands over seeds, confusion counts summed over seeds); cifar_lightning.figures draws it."""
 
 from __future__ import annotations
 

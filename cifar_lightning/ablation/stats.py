@@ -30,8 +30,7 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Difference | None:
-    """Difference of means with Welch's p-value and 95% CI; None without values on a side, delta alone when a
-    side has one value or neither side spreads (the test is undefined)."""
+    """Difference of means, with Welch's p-value and 95% CI where each side has 2+ values and some spread."""
     if not len(values) or not len(reference):
         return None
     delta = float(np.mean(values) - np.mean(reference))

@@ -20,23 +20,15 @@ from cifar_lightning.errors import CifarLightningError
 log = logging.getLogger(__name__)
 
 
-def output_dir(sweep_dirs: tuple[Path, ...], out_dir: str | Path | None) -> Path:
-    """`out_dir`, else the only sweep directory; several sweeps without one is a SweepError (no sweep owns
-    a table of all of them, and writing into one would overwrite its own summary)."""
-    if out_dir is not None:
-        return Path(out_dir)
-    if len(sweep_dirs) == 1:
-        return sweep_dirs[0]
-    raise SweepError(
-        f"{len(sweep_dirs)} sweep directories given ({', '.join(map(str, sweep_dirs))}) but no output directory: "
-        f"the combined table belongs to none of them. Fix: add --out DIR, e.g. --out logs/train/ablation_table."
-    )
-
-
 def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> AblationTable:
     """Read one or several sweeps as one table and write its files into out_dir (default: the only sweep)."""
     paths = as_sweep_dirs(sweep_dirs)
-    out = output_dir(paths, out_dir)
+    if out_dir is None and len(paths) > 1:  # writing into one sweep would overwrite its own summary
+        raise SweepError(
+            f"{len(paths)} sweep directories given ({', '.join(map(str, paths))}) but no output directory: "
+            f"the combined table belongs to none of them. Fix: add --out DIR, e.g. --out logs/train/ablation_table."
+        )
+    out = paths[0] if out_dir is None else Path(out_dir)
     table = build_table(collect_runs(paths))
     finished_rows = [row for row in table.rows if row.n]  # the figures only when some run finished
     try:
@@ -54,8 +46,7 @@ def aggregate(sweep_dirs: str | Path | Sequence[str | Path], out_dir: str | Path
 
 
 class AggregateAblation(Callback):
-    """Hydra callback: aggregate the sweep when a multirun ends. It never raises (a failed summary must not
-    fail the jobs that finished): it logs the error and the command that retries it."""
+    """Hydra callback: aggregate the sweep when a multirun ends; it only logs failures, never fails the jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = None

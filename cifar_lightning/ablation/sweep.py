@@ -29,8 +29,7 @@ class SweepError(CifarLightningError):
 
 @dataclass(frozen=True)
 class Run:
-    """One job of a sweep: completed, diverged (a result of its settings, not a missing run) or unfinished
-    (metrics None)."""
+    """One job of a sweep: completed, diverged (its settings' result, not missing) or unfinished (no metrics)."""
 
     name: str
     seed: int | None
@@ -66,7 +65,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError, OmegaConfBaseException) as exc:
         log.warning("cannot read %s (%s): ignored", path, exc)
         return {}
-    return OmegaConf.to_container(loaded, resolve=False) if isinstance(loaded, DictConfig) else {}  # type: ignore
+    if not isinstance(loaded, DictConfig):
+        return {}
+    return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
 
 
 def job_metrics(job_dir: Path) -> tuple[str, dict[str, Any] | None]:
@@ -156,15 +157,11 @@ def as_sweep_dirs(sweep_dirs: str | Path | Sequence[str | Path]) -> tuple[Path, 
 
 
 def refuse_repeated_seeds(runs: Sequence[Run]) -> None:
-    """A SweepError when a configuration and seed finished in two jobs (its mean would count it twice);
-    diverged jobs never enter the mean, so they are no repeat."""
+    """A SweepError when a configuration and seed finished in two jobs (diverged ones never enter the mean)."""
     first_job: dict[tuple[str, int], Run] = {}
     repeated: list[tuple[Run, Run]] = []
-    for run in runs:
-        if run.status != COMPLETED or run.seed is None:
-            continue
-        other = first_job.setdefault((run.name, run.seed), run)
-        if other is not run:
+    for run in (run for run in runs if run.status == COMPLETED and run.seed is not None):
+        if (other := first_job.setdefault((run.name, run.seed), run)) is not run:
             repeated.append((other, run))
     if not repeated:
         return

@@ -1,8 +1,5 @@
-"""Table 1 as data: one row per configuration, the report's figures beside it, the runs that count and
-the runs that are missing. A configuration is planned max(ablation.seeds of its jobs, or of any job; the
-number of distinct seeds in all the sweeps) runs, so one-seed sweeps of `+ablation=all` combine; a
-diverged run is not missing: it ran, and its settings made it diverge.
-"""
+"""Table 1 as data: one row per configuration beside the report's figure, the runs that count and the missing
+ones (planned: max(ablation.seeds, the distinct seeds of all the sweeps); a diverged run is not missing)."""
 
 from __future__ import annotations
 

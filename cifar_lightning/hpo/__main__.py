@@ -1,7 +1,5 @@
 """Write a study's hpo.md and plots on demand.
-
-python -m cifar_lightning.hpo <sweep dir or storage URL> [--study NAME] [--out DIR]
-"""
+python -m cifar_lightning.hpo <sweep dir or storage URL> [--study NAME] [--out DIR]"""
 
 from __future__ import annotations
 

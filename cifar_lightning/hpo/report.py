@@ -24,7 +24,6 @@ from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "hpo.md"
-#: The plots, each drawn by one of Optuna's matplotlib visualizations.
 PLOTS: dict[str, Callable[[optuna.Study], Any]] = {
     "optimization_history.png": optuna_plots.plot_optimization_history,
     "intermediate_values.png": optuna_plots.plot_intermediate_values,  # the per-epoch curves the pruner saw
@@ -35,8 +34,7 @@ PLOTS: dict[str, Callable[[optuna.Study], Any]] = {
 
 
 def command(overrides: Sequence[str], trial: FrozenTrial) -> str:
-    """The train.py command that trains a trial's configuration alone: the sweep's own overrides (without the
-    search's) and the trial's drawn values."""
+    """The train.py command that trains a trial alone: the sweep's own overrides and the trial's values."""
     return " ".join(["python train.py", *overrides, *trial.user_attrs.get(OVERRIDES, [])])
 
 

@@ -1,6 +1,5 @@
-"""The search space: config keys (or groups, as on the command line) and the Optuna distributions their values
-are drawn from, in Hydra's sweep syntax as hydra-optuna-sweeper and lightning-hydra-template write it (SYNTAX;
-the README lists what each form draws). A trial's overrides are `key=value` for each drawn value."""
+"""The search space: config keys or groups and the Optuna distributions their values are drawn from, in Hydra's
+sweep syntax (SYNTAX, as hydra-optuna-sweeper writes it). A trial's overrides are `key=value` per value."""
 
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ def distribution(override: Override) -> BaseDistribution:
 def build_space(
     params: Mapping[str, Any] | None, arguments: Sequence[str]
 ) -> tuple[dict[str, BaseDistribution], list[str]]:
-    """The distributions (config params, then command-line sweeps, which add to or replace them) and the
-    fixed command-line overrides, which hold for every trial."""
+    """The distributions (config params, then command-line sweeps) and the fixed overrides of every trial."""
     lines = [f"{key}={value}" for key, value in (params or {}).items()]
     try:
         overrides = OverridesParser.create().parse_overrides([*lines, *arguments])

@@ -1,6 +1,5 @@
-"""An Optuna study in its RDB storage, the one thing all workers of a search share: every process that asks,
-runs, prunes or reports on a trial opens it here by URL and name. Its user attributes say what it optimizes
-and how it prunes, so a trial's own process (a launcher's, a Slurm job) needs nothing else."""
+"""An Optuna study in its RDB storage, which all workers and trials share: its user attributes say what it
+optimizes and how it prunes, so a trial's own process (a launcher's, a Slurm job) needs nothing else."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ def shown_url(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int = 1) -> RDBStorage:
-    """The RDB storage at `url`, reachable and with Optuna's tables. With a heartbeat interval, a killed worker's
-    trial fails after two intervals and is enqueued again, at most `max_retry` times."""
+    """The RDB storage at `url`; with a heartbeat, a killed worker's trial fails and is retried max_retry times."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out writers
     beats = heartbeat_interval is not None
     try:
@@ -147,7 +145,6 @@ def trial_id(study: optuna.Study, number: int) -> int:
 
 
 def counted(trials: Sequence[FrozenTrial]) -> int:
-    """Trials that count towards n_trials: those that ran to an outcome or are running; one whose worker died
-    (no `status`) or was interrupted does not count: its retry does."""
+    """Trials that count towards n_trials: ran to an outcome or running (a died or interrupted one's retry counts)."""
     ran = (None, INTERRUPTED)
     return sum(1 for t in trials if t.state == TrialState.RUNNING or t.user_attrs.get(STATUS) not in ran)

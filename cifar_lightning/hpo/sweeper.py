@@ -1,11 +1,8 @@
 """A Hydra sweeper that runs an Optuna study: ask trials, launch them as train.py jobs, tell their outcome.
 
-It replaces hydra-optuna-sweeper (pinned to optuna<3, broken with SQLAlchemy 2; the README says more) on
-Optuna's ask-and-tell API, with pruning, a shared RDB storage and resuming. Every worker asks its trials
-from the one storage; a sampler `seed` is offset by the number of the worker's first trial, so a lone
-worker on a new study is reproducible and two workers started together do not draw alike. Loaded through
-hydra_plugins/cifar_lightning_optuna (Hydra only instantiates sweepers of that package).
-"""
+It replaces hydra-optuna-sweeper (see the README) on Optuna's ask-and-tell API. A sampler `seed` is offset by
+the number of the worker's first trial: a lone worker on a new study is reproducible, and two workers started
+together do not draw alike. Loaded through hydra_plugins/cifar_lightning_optuna."""
 
 from __future__ import annotations
 
@@ -116,8 +113,7 @@ class OptunaSearch:
         return self.run(plan)
 
     def check_composes(self, space: Mapping[str, BaseDistribution], fixed: Sequence[str]) -> None:
-        """Every parameter, at each end of its range and at each of its choices, must compose into a train.py
-        config: an unknown key or a missing config-group option stops the search here."""
+        """Each end of each range and each choice must compose into a train.py config (no unknown key or option)."""
         for name, dist in space.items():
             for value in probe_values(dist):
                 override = trial_overrides({name: value})[0]
@@ -205,8 +201,7 @@ class OptunaSearch:
         return returns
 
     def wait_for_others(self, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
-        """With n_trials reached: wait (True) while other workers' trials run; False when none do, or without
-        a heartbeat (a killed worker's trial would look running forever)."""
+        """With n_trials reached: wait (True) while other workers' trials run, if a heartbeat can tell them alive."""
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         if not running or self.heartbeat_interval is None:
             if running:

@@ -1,6 +1,5 @@
-"""The trial side of a search: a train.py job that is trial `hpo.trial` of study `hpo.study` (the sweeper's
-overrides) reports its validation metric every epoch and may be pruned; the metric and pruner are read from
-the study, so the job can run in any process a launcher starts."""
+"""The trial side of a search: a train.py job that is trial `hpo.trial` of study `hpo.study` reports its
+validation metric every epoch and may be pruned; the metric and pruner are read from the study."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from cifar_lightning.hpo.study import OBJECTIVE, load_study, shown_url, trial_id
 
 
 class PruneUnpromisingTrial(PyTorchLightningPruningCallback):
-    """Optuna's pruning callback, stopping with cifar_lightning's TrialPruned so training.py records the run
-    as pruned (on one process it raises at the epoch's end; under DDP it stops the fit, see check_pruned)."""
+    """Optuna's pruning callback, raising cifar_lightning's TrialPruned so training.py records the run as pruned."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         try:
