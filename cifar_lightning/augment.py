@@ -1,6 +1,5 @@
-"""Batch-wise data augmentation on the training device, and test-time augmentation. Each random function takes a
-whole batch (N, C, H, W) and a seeded `torch.Generator` on its device and draws once per image (torchvision's
-transforms draw once per call, i.e. per batch); they move, mirror or blank pixels, so labels stay valid."""
+"""Batch-wise data augmentation on the training device, drawn once per image from a seeded generator on the batch's
+device (torchvision's transforms draw once per batch), and test-time augmentation."""
 
 import torch
 import torch.nn.functional as F

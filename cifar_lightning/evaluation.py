@@ -166,7 +166,6 @@ def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> 
     name, heading = ("correct", "Correctly classified") if correct else ("wrong", "Mistakes")
 
     def shown_as(indices: Tensor) -> tuple[list, list, list]:
-        """The true and predicted classes and the confidence of these images."""
         return tuple(t[indices].tolist() for t in (labels, predictions.predicted, predictions.confidence))
 
     order = ranked(predictions, labels, correct)

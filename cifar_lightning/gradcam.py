@@ -75,10 +75,6 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return big_image, show_cam_on_image(big_image, big_cam, use_rgb=True)
 
 
-def class_name(target: int, num_classes: int) -> str:
-    return CIFAR10_CLASSES[target] if num_classes == len(CIFAR10_CLASSES) else f"class {target}"
-
-
 def save_overlay(image: np.ndarray, cam: np.ndarray, caption: str, path: Path) -> Path:
     """The image and its overlay side by side, with the caption underneath."""
     big_image, big_overlay = overlay(image, cam)
@@ -131,7 +127,8 @@ def gradcam_overlays(
     results = []
     for i, (picture, cam, target, caption) in enumerate(zip(pictures, maps, targets, captions)):
         if "explains:" not in caption:  # callers may have written it themselves
-            caption = f"{caption}\nexplains: {class_name(int(target), num_classes)} ({EXPLAINED_TEXT[explained]})"
+            name = CIFAR10_CLASSES[int(target)] if num_classes == len(CIFAR10_CLASSES) else f"class {int(target)}"
+            caption = f"{caption}\nexplains: {name} ({EXPLAINED_TEXT[explained]})"
         path = save_overlay(picture, cam, caption, Path(out_dir) / f"{prefix}_{i}.png")
         results.append(CamResult(path=path, cam=cam, target=int(target), explained=explained))
     return results

@@ -1,6 +1,6 @@
 """The `model` group: one schema per network (conf/model/<name>.yaml extends it)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -8,6 +8,12 @@ from cifar_lightning.config.schema import Settings, preset
 
 NumClasses = Annotated[int, Field(ge=2, description="outputs of the last layer (10 for CIFAR-10)")]
 Width = Annotated[int, Field(ge=1)]
+
+
+def channel_widths(default: list[int], must: str, description: str) -> Any:
+    """A field holding exactly len(default) positive channel counts."""
+    n = len(default)
+    return Field(default, min_length=n, max_length=n, description=description, json_schema_extra={"must": must})
 
 
 @preset("model", "report_cnn_schema")
@@ -24,13 +30,7 @@ class ReportCNNSettings(Settings):
 class FastNetSettings(Settings):
     target = "cifar_lightning.models.FastNet"
     num_classes: NumClasses = 10
-    widths: list[Width] = Field(
-        [64, 256, 256],
-        min_length=3,
-        max_length=3,
-        description="output channels of the three conv groups",
-        json_schema_extra={"must": "three positive integers"},
-    )
+    widths: list[Width] = channel_widths([64, 256, 256], "three positive integers", "channels of the three conv groups")
     whiten_patch: int = Field(2, ge=1, le=4, description="side of the whitening patches (2: 24 whitening channels)")
     whiten_eps: float = Field(5e-4, ge=0, description="eigenvalue offset of the whitening")
     bn_momentum: float = Field(0.6, ge=0, lt=1, description="share of the old batch-norm statistics kept per step")
@@ -42,10 +42,4 @@ class FastNetSettings(Settings):
 class ResNet18Settings(Settings):
     target = "cifar_lightning.models.ResNet18"
     num_classes: NumClasses = 10
-    widths: list[Width] = Field(
-        [64, 128, 256, 512],
-        min_length=4,
-        max_length=4,
-        description="channels of the four stages",
-        json_schema_extra={"must": "four positive integers"},
-    )
+    widths: list[Width] = channel_widths([64, 128, 256, 512], "four positive integers", "channels of the four stages")

@@ -1,6 +1,5 @@
-"""The `ood` group: evaluate.py's out-of-distribution detection (conf/ood/default.yaml extends it). OODSettings is
-what detection needs; OODConfig adds evaluate.py's own keys. Hyperparameters: the papers' (or OpenOOD's) values
-for CIFAR-10."""
+"""The `ood` group (conf/ood/default.yaml extends it): OODSettings is what detection needs, OODConfig adds evaluate.py's
+own keys. Hyperparameters: the papers' (or OpenOOD's) values for CIFAR-10."""
 
 import typing
 from typing import Annotated, Literal
@@ -47,6 +46,7 @@ Count = Annotated[int, Field(gt=0)]
 WEIGHTS = "null or 10 numbers >= 0 (one per class, not all 0)"
 Weights = Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(min_length=10, max_length=10)]
 LAYERS = {"must": "a list of layer names (or null)"}
+SETS = "a mapping of set names to {path: ...} or {noise: gaussian|uniform, n: ...}"
 NAMES = ", ".join(DETECTOR_LABELS)
 Detectors = Annotated[list[DetectorName], Field(json_schema_extra={"must": f"a list of distinct names among {NAMES}"})]
 Featured = Annotated[
@@ -145,9 +145,7 @@ class OODConfig(OODSettings):
         "${data.download}", description="build a missing standard set from torchvision, downloading its files"
     )
     sets: dict[str, OODSetSettings] = Field(
-        {},
-        description="the OOD test sets by name",
-        json_schema_extra={"must": "a mapping of set names to {path: ...} or {noise: gaussian|uniform, n: ...}"},
+        {}, description="the OOD test sets by name", json_schema_extra={"must": SETS}
     )
     fit_images: int | None = Field(None, gt=0, description="training images the detectors learn from; null = all")
     gallery_size: int = Field(8, ge=0, description="images per half-row of each gallery; 0 = no galleries")

@@ -31,7 +31,6 @@ class CIFAR10Arrays:
 
 
 def cifar10_folder(data_dir: str | Path) -> Path:
-    """The `cifar-10-batches-py` folder inside `data_dir` (torchvision's layout)."""
     return Path(data_dir).expanduser() / CIFAR10.base_folder
 
 

@@ -91,7 +91,6 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     @property
     def has_validation(self) -> bool:
-        """Whether a validation split is held out (val_fraction > 0)."""
         return self.val_fraction > 0
 
     @property

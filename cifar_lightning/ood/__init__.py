@@ -1,6 +1,5 @@
-"""Out-of-distribution detection: the course report's mean-activation method for every activation layer, and
-every post-hoc detector of pytorch-ood 0.4 (MSP, energy, KNN, ViM, ReAct, ASH, ODIN, ...), on real OOD sets, with
-thresholds chosen on the validation split alone. evaluate.py runs it (conf/ood/); from Python, see detect_ood."""
+"""Out-of-distribution detection: the report's mean-activation method per activation layer and every post-hoc detector
+of pytorch-ood 0.4, thresholds chosen on the validation split alone. evaluate.py runs it; from Python, detect_ood."""
 
 from cifar_lightning.config.ood import OODSettings
 from cifar_lightning.ood.detection import OODResult, detect_ood, score_ood

@@ -1,9 +1,6 @@
-"""OOD detection for one classifier: extract features once per data set, fit the detectors on the training split,
-choose every threshold on the validation split alone (so changing the test or OOD sets leaves them unchanged), and
-measure each detector and each activation layer against each OOD set, the CIFAR-10 test set being in-distribution.
-AUROC, AUPR-IN, AUPR-OUT and FPR@95%TPR are pytorch-ood's; FPR@95%TPR takes in-distribution as the positive class,
-as the OOD literature does (ODIN, KNN, OpenOOD): the share of OOD images accepted when 95% of ID images are kept.
-"""
+"""OOD detection for one classifier: features extracted once per set, detectors fitted on the training split, every
+threshold chosen on the validation split alone, each detector and activation layer measured against each OOD set.
+Metrics are pytorch-ood's; FPR@95%TPR takes in-distribution as the positive class, as the OOD literature does."""
 
 import logging
 import math

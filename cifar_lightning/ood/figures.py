@@ -62,8 +62,7 @@ def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: 
     figure = new_figure(1.1 * 2 * count + 1.6, 1.25 * len(names) + 0.9)
     axes = figure.subplots(len(names), 2 * count, squeeze=False)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         ax.axis("off")
     for row, name in enumerate(names):
         flags = is_ood[name]

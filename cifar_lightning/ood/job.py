@@ -1,6 +1,5 @@
-"""OOD detection as a step of evaluate.py, on the run's own training/validation split and the OOD sets of conf/ood/:
-ood.json, the figures, ood_detectors.pt, ood.md (a near/far summary per detector as OpenOOD reports it, then detector
-x OOD set, a table per metric) and ood_layers.md (the report's Table 2: a row per activation layer)."""
+"""OOD detection as a step of evaluate.py: ood.json, the figures, ood_detectors.pt, ood.md (a near/far summary, then
+detector x OOD set per metric) and ood_layers.md (the report's Table 2: a row per activation layer)."""
 
 import json
 import logging
