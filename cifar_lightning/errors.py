@@ -53,15 +53,6 @@ class TrialPruned(CifarLightningError):
         self.epoch, self.value = epoch, value
 
 
-def invalid_setting(entry: str, outcome: str, key: str, problem: str, example: str) -> ConfigError:
-    """The error for a bad value of an entry point's own setting: `entry` names the script and its config
-    (python <entry>.py, conf/<entry>.yaml), `outcome` what did not happen (e.g. "nothing was predicted")."""
-    return ConfigError(
-        f"invalid `{key}` config: {problem}. Fix the value on the command line (python {entry}.py {example}) "
-        f"or in conf/{entry}.yaml; {outcome}."
-    )
-
-
 def one_line(text: object, limit: int | None = None) -> str:
     """An exception or message on one line (whitespace runs become one space), cut to `limit` characters: how
     a library's multi-line error is quoted inside one of ours."""
@@ -70,19 +61,11 @@ def one_line(text: object, limit: int | None = None) -> str:
 
 
 def is_number(value: object, finite: bool = False) -> bool:
-    """True for an int or float (not a bool); with finite, also not inf or nan."""
+    """True for an int or float (not a bool); with finite, also not inf or nan (a value read from a JSON record)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return number and (not finite or math.isfinite(value))
 
 
 def is_int(value: object, minimum: int | None = None) -> bool:
-    """True for an integer (not a bool), >= minimum when one is given: the check behind many config errors."""
+    """True for an integer (not a bool), >= minimum when one is given (a value read from a record or a search space)."""
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
-
-
-def is_fraction(value: object, zero: bool = False, one: bool = True) -> bool:
-    """True for a number between 0 and 1; `zero` and `one` say whether each end itself is allowed
-    (the default, (0, 1], fits a share to keep; zero=True, one=False, [0, 1), a dropout or smoothing rate)."""
-    if not is_number(value, finite=True):
-        return False
-    return (0.0 < value or (zero and value == 0.0)) and (value < 1.0 or (one and value == 1.0))

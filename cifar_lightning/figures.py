@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifar_lightning.errors import is_number
+
 GALLERY_COLUMNS = 8
 GRID_COLUMNS = 3  # confusion matrices per row of a grid
 #: The panels of training curves: history key suffix, scale, y label (accuracy is stored as a fraction).
@@ -161,11 +163,6 @@ def series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]
             epochs.append(epoch if is_number(epoch) else index)
             values.append(float(value))
     return epochs, values
-
-
-def is_number(value: object, finite: bool = False) -> bool:
-    """An int or float, not a bool (which Python counts as an int); with finite, also not inf or nan."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
 
 
 @dataclass(frozen=True)
