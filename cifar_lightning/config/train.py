@@ -90,6 +90,7 @@ class SGDSettings(Settings):
     target = "torch.optim.SGD"
     lr: float = Field(0.001, ge=0, description="the learning rate")
     momentum: float = Field(0.9, ge=0, description="momentum factor")
+    dampening: float = Field(0.0, ge=0, lt=1, description="each gradient enters the momentum as (1 - dampening) x")
     nesterov: bool = Field(False, description="Nesterov momentum")
     weight_decay: float = Field(0.0, ge=0, description="L2 factor (on conv/linear weights unless module says all)")
 
