@@ -94,10 +94,18 @@ def validation_accuracy(module, datamodule, tta: int) -> float:
 
 def run_candidate(name: str, overrides: list[str], args: argparse.Namespace, output: Path) -> dict:
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[
-            "experiment=fast94_cpu", f"data.data_dir={args.data_dir}", "data.download=false",
-            f"data.val_fraction={args.val_fraction}", f"seed={args.seed}", *QUIET, *overrides,
-        ])  # fmt: skip
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=fast94_cpu",
+                f"data.data_dir={args.data_dir}",
+                "data.download=false",
+                f"data.val_fraction={args.val_fraction}",
+                f"seed={args.seed}",
+                *QUIET,
+                *overrides,
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = str(output / name)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -110,17 +118,24 @@ def run_candidate(name: str, overrides: list[str], args: argparse.Namespace, out
     steps_ratio = (50000 // cfg.data.batch_size) / len(datamodule.train_dataloader())
     curve = [(m, row.get("val_acc")) for m, row in zip(clock.minutes, history.history)]
     result = {
-        "name": name, "overrides": " ".join(overrides) or "(fast94_cpu as it is)", "widths": list(cfg.model.widths),
-        "epochs": len(history.history), "batch": cfg.data.batch_size, "minutes": minutes,
+        "name": name,
+        "overrides": " ".join(overrides) or "(fast94_cpu as it is)",
+        "widths": list(cfg.model.widths),
+        "epochs": len(history.history),
+        "batch": cfg.data.batch_size,
+        "minutes": minutes,
         "projected": minutes * steps_ratio,
         "val_acc": validation_accuracy(module, datamodule, 0),
         "val_acc_tta": validation_accuracy(module, datamodule, 2),
         "curve": curve,
-    }  # fmt: skip
+    }
     points = "  ".join(f"{m:.1f} min {acc:.4f}" for m, acc in curve if acc is not None)
-    print(f"{name}: {minutes:.1f} min of training ({result['projected']:.1f} projected on 50,000 images), "
-          f"validation accuracy {result['val_acc']:.4f}, with TTA {result['val_acc_tta']:.4f}\n"
-          f"  after each epoch (minutes, val acc): {points}", flush=True)  # fmt: skip
+    print(
+        f"{name}: {minutes:.1f} min of training ({result['projected']:.1f} projected on 50,000 images), "
+        f"validation accuracy {result['val_acc']:.4f}, with TTA {result['val_acc_tta']:.4f}\n"
+        f"  after each epoch (minutes, val acc): {points}",
+        flush=True,
+    )
     return result
 
 
@@ -128,8 +143,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data/", help="folder holding cifar-10-batches-py/")
     parser.add_argument("--only", nargs="*", default=None, help=f"candidates to run, of {', '.join(CANDIDATES)}")
-    parser.add_argument("--candidate", nargs="+", action="append", default=[], metavar=("NAME", "OVERRIDE"),
-                        help="an extra candidate: a name and fast94_cpu overrides")  # fmt: skip
+    parser.add_argument(
+        "--candidate",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDE"),
+        help="an extra candidate: a name and fast94_cpu overrides",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the training images held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=str(ROOT / "logs" / "benchmarks" / "cpu_recipe_search"))
@@ -144,14 +165,26 @@ def main() -> None:
     chosen.update({name: overrides for name, *overrides in args.candidate})
 
     output = Path(args.output_dir)
-    print(f"{torch.get_num_threads()} threads; validation split {args.val_fraction}; seed {args.seed}; "
-          f"candidates {', '.join(chosen)}", flush=True)  # fmt: skip
+    print(
+        f"{torch.get_num_threads()} threads; validation split {args.val_fraction}; seed {args.seed}; "
+        f"candidates {', '.join(chosen)}",
+        flush=True,
+    )
     results = [run_candidate(name, overrides, args, output) for name, overrides in chosen.items()]
     table = markdown_table(
         ["candidate", "overrides of fast94_cpu", "train min", "on 50,000 (min)", "val acc (%)", "val acc, TTA (%)"],
-        [[r["name"], r["overrides"], f"{r['minutes']:.1f}", f"{r['projected']:.1f}", f"{100 * r['val_acc']:.2f}",
-          f"{100 * r['val_acc_tta']:.2f}"] for r in results],
-    )  # fmt: skip
+        [
+            [
+                r["name"],
+                r["overrides"],
+                f"{r['minutes']:.1f}",
+                f"{r['projected']:.1f}",
+                f"{100 * r['val_acc']:.2f}",
+                f"{100 * r['val_acc_tta']:.2f}",
+            ]
+            for r in results
+        ],
+    )
     print("\n" + table)
     if args.out:
         Path(args.out).write_text(table + "\n")

@@ -40,13 +40,25 @@ def measure(args: argparse.Namespace) -> None:
     from cifar_lightning.training import build
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[
-            "experiment=report_improved", f"data.data_dir={args.data_dir}", "data.download=false",
-            "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={args.devices}", "trainer.max_epochs=1",
-            f"trainer.limit_train_batches={args.warmup + args.steps}", "trainer.limit_val_batches=0",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            "trainer.enable_checkpointing=false", "~callbacks", "~logger",
-        ])  # fmt: skip
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=report_improved",
+                f"data.data_dir={args.data_dir}",
+                "data.download=false",
+                "trainer=ddp",
+                "trainer.accelerator=cpu",
+                f"trainer.devices={args.devices}",
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={args.warmup + args.steps}",
+                "trainer.limit_val_batches=0",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                "trainer.enable_checkpointing=false",
+                "~callbacks",
+                "~logger",
+            ],
+        )
     with open_dict(cfg):
         cfg.paths.output_dir = args.output_dir
     import lightning as L
@@ -58,14 +70,31 @@ def measure(args: argparse.Namespace) -> None:
     trainer.fit(module, datamodule=datamodule)
     if trainer.is_global_zero:
         images = timer.steps * cfg.data.batch_size * trainer.world_size
-        figures = {"devices": trainer.world_size, "threads": threads, "batch_size": cfg.data.batch_size,
-                   "images_per_s": images / timer.seconds}  # fmt: skip
+        figures = {
+            "devices": trainer.world_size,
+            "threads": threads,
+            "batch_size": cfg.data.batch_size,
+            "images_per_s": images / timer.seconds,
+        }
         print(RESULT + json.dumps(figures), flush=True)
 
 
 def run_setting(args: argparse.Namespace, devices: int, output_dir: str) -> dict:
-    command = [sys.executable, __file__, "--measure", "--devices", str(devices), "--data-dir", args.data_dir,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--output-dir", output_dir]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        "--devices",
+        str(devices),
+        "--data-dir",
+        args.data_dir,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--output-dir",
+        output_dir,
+    ]
     env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
@@ -96,11 +125,16 @@ def main() -> None:
                 figures = run_setting(args, devices, f"{scratch}/{devices}-{repeat}")
                 rates[devices].append(figures["images_per_s"])
                 batch_size = figures["batch_size"]
-                print(f"{devices} process(es), {figures['threads']} torch thread(s) each: "
-                      f"{figures['images_per_s']:.0f} images/s", flush=True)  # fmt: skip
+                print(
+                    f"{devices} process(es), {figures['threads']} torch thread(s) each: "
+                    f"{figures['images_per_s']:.0f} images/s",
+                    flush=True,
+                )
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"median over {args.repeats}: 1 process {one:.0f} images/s, 2 processes {two:.0f} images/s "
-          f"(batch {batch_size} per process), 2/1 ratio: {two / one:.2f}")  # fmt: skip
+    print(
+        f"median over {args.repeats}: 1 process {one:.0f} images/s, 2 processes {two:.0f} images/s "
+        f"(batch {batch_size} per process), 2/1 ratio: {two / one:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -208,9 +208,11 @@ def bare_run(cfg: DictConfig, device: torch.device, tta: int) -> dict:
     # weight decay on everything, the same per-step shrink).
     scale, scope = cfg.module.norm_lr_scale, cfg.module.weight_decay_scope
     norm_ids = {
-        id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase)
         for p in m.parameters(recurse=False)
-    }  # fmt: skip
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     weights = [p for p in params if p.ndim > 1 and id(p) not in norm_ids]
     norms = [p for p in params if id(p) in norm_ids]
@@ -314,8 +316,10 @@ def report(side: str, results: list[dict], seeds: list[int], target: float) -> N
         )
         print(f"    accuracy after each epoch (training minutes, test acc): {curve}")
     print(f"  test acc {mean_std([r['acc'] for r in results])}; with TTA {mean_std([r['acc_tta'] for r in results])}")
-    print(f"  train time {mean_std([r['seconds'] for r in results])} s; reached {target:.0%} in "
-          f"{sum(time_to(r, target) is not None for r in results)} of {len(results)} runs")  # fmt: skip
+    print(
+        f"  train time {mean_std([r['seconds'] for r in results])} s; reached {target:.0%} in "
+        f"{sum(time_to(r, target) is not None for r in results)} of {len(results)} runs"
+    )
 
 
 def main() -> None:

@@ -51,8 +51,15 @@ def run(accelerator: str, every_n_train_steps: int) -> tuple[int, int, list[tupl
     data = TensorDataset(torch.randn(64 * 40, 32), torch.randint(0, 10, (64 * 40,)))
     folder = Path(tempfile.mkdtemp())
     saver = ModelCheckpoint(dirpath=folder, every_n_train_steps=every_n_train_steps, save_top_k=-1)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[DivergenceGuard(), saver])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DivergenceGuard(), saver],
+    )
     try:
         trainer.fit(Poisoned(), DataLoader(data, batch_size=64))
         named = -1
@@ -78,8 +85,10 @@ def main() -> int:
         named, stopped, kept = run(accelerator, every)
         ok = named == BAD_STEP and stopped == expected_stop and kept and all(finite for *_, finite in kept)
         failures += not ok
-        print(f"{accelerator} checkpoint every {every} steps: error names step {named}, stopped at step {stopped} "
-              f"(expected {expected_stop}), checkpoints {kept}: {'ok' if ok else 'FAILED'}")  # fmt: skip
+        print(
+            f"{accelerator} checkpoint every {every} steps: error names step {named}, stopped at step {stopped} "
+            f"(expected {expected_stop}), checkpoints {kept}: {'ok' if ok else 'FAILED'}"
+        )
     return 1 if failures else 0
 
 

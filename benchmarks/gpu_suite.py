@@ -116,8 +116,10 @@ class Suite:
         runs = []
         for seed in seeds:
             metrics = train(self.config(f"{tag}-seed{seed}", ["experiment=fast94", f"seed={seed}", *extra]))
-            print(f"{tag} seed {seed}: test_acc {metrics['test_acc']:.4f} (TTA), {metrics['train_seconds']:.2f} s",
-                  flush=True)  # fmt: skip
+            print(
+                f"{tag} seed {seed}: test_acc {metrics['test_acc']:.4f} (TTA), {metrics['train_seconds']:.2f} s",
+                flush=True,
+            )
             runs.append(metrics)
         return runs
 
@@ -137,8 +139,9 @@ class Suite:
             "",
             f"Runs at >= 94% (TTA): {reached} of {len(runs)}. Time to 94% (mean train time, where the mean "
             f"reaches 94%): {time_to}. Per seed (TTA %, s): "
-            + ", ".join(f"{percent(r['test_acc'])} in {r['train_seconds']:.2f}" for r in runs) + ".",
-        ]  # fmt: skip
+            + ", ".join(f"{percent(r['test_acc'])} in {r['train_seconds']:.2f}" for r in runs)
+            + ".",
+        ]
 
     def bare_runs(self) -> list[dict[str, Any]]:
         """benchmarks/fast94.py's bare loop: an untimed 50-step warm-up, then one run per seed."""
@@ -153,10 +156,13 @@ class Suite:
     def resnet18_throughput(self, warmup: int, steps: int) -> tuple[float, DictConfig]:
         """Images/s of the framework's resnet18 training steps after `warmup` steps (no validation)."""
         overrides = [
-            "experiment=resnet18", "data.val_fraction=0", "callbacks.model_checkpoint=null",
-            "trainer.enable_checkpointing=false", "trainer.max_epochs=1",
+            "experiment=resnet18",
+            "data.val_fraction=0",
+            "callbacks.model_checkpoint=null",
+            "trainer.enable_checkpointing=false",
+            "trainer.max_epochs=1",
             f"trainer.limit_train_batches={warmup + steps}",
-        ]  # fmt: skip
+        ]
         cfg = self.config("resnet18", overrides)
         L.seed_everything(0, verbose=False)
         datamodule, module, trainer, _ = build(cfg)
@@ -164,7 +170,6 @@ class Suite:
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=datamodule)
         return timer.steps * cfg.data.batch_size / timer.seconds, self.config("resnet18-full", ["experiment=resnet18"])
-
 
     # -- the parts: each returns its section's lines --------------------------------------------------
 
@@ -176,15 +181,21 @@ class Suite:
         bare = self.bare_runs()
         acc, times = mean_std_min([r["acc_tta"] for r in bare]), mean_std_min([r["seconds"] for r in bare])
         lines = [
-            markdown_table([f"seeds: {len(bare)}", "mean", "std", "min"], [
-                ["test acc., TTA (%)", *map(percent, acc)],
-                ["train time (s)", *map(seconds, times)],
-            ]).rstrip("\n"),
-        ]  # fmt: skip
+            markdown_table(
+                [f"seeds: {len(bare)}", "mean", "std", "min"],
+                [
+                    ["test acc., TTA (%)", *map(percent, acc)],
+                    ["train time (s)", *map(seconds, times)],
+                ],
+            ).rstrip("\n"),
+        ]
         if self.framework:
             ratio = statistics.mean(r["train_seconds"] for r in self.framework) / times[0]
-            lines += ["", f"Framework/bare train-time ratio: **{ratio:.2f}** (mean train time through train.py over "
-                          "the bare loop's, same seeds, same device, one process).", ]  # fmt: skip
+            lines += [
+                "",
+                f"Framework/bare train-time ratio: **{ratio:.2f}** (mean train time through train.py over "
+                "the bare loop's, same seeds, same device, one process).",
+            ]
         return lines
 
     def part_compiled(self) -> list[str]:
@@ -194,8 +205,11 @@ class Suite:
             ratio = statistics.mean(r["train_seconds"] for r in compiled) / statistics.mean(
                 r["train_seconds"] for r in self.framework
             )
-            lines += ["", f"Compiled/eager train-time ratio: {ratio:.2f} (after a compiling warm-up run; each run's "
-                          "train time still includes tracing its own new model).", ]  # fmt: skip
+            lines += [
+                "",
+                f"Compiled/eager train-time ratio: {ratio:.2f} (after a compiling warm-up run; each run's "
+                "train time still includes tracing its own new model).",
+            ]
         return lines
 
     def part_resnet18(self) -> list[str]:
@@ -212,8 +226,16 @@ class Suite:
 
     def part_report_cnn(self) -> list[str]:
         # --smoke: whole (tiny) epochs, so that validation runs and early stopping finds its val_loss.
-        smoke = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-                 "trainer.limit_test_batches=1"] if self.args.smoke else None  # fmt: skip
+        smoke = (
+            [
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=3",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+            ]
+            if self.args.smoke
+            else None
+        )
         metrics = train(self.config("report_improved", ["experiment=report_improved", "seed=0"], smoke))
         return [
             f"Test accuracy {percent(metrics['test_acc'])}% (best epoch {metrics['best_epoch']} of "
@@ -260,14 +282,17 @@ def main() -> None:
         name = torch.cuda.get_device_name(device)
     started = datetime.now(timezone.utc)
     command = " ".join(["python", "benchmarks/gpu_suite.py", *sys.argv[1:]])
-    report = Report(Path(args.out), [
-        "# GPU figures (benchmarks/gpu_suite.py)" + (" — SMOKE RUN, not a measurement" if args.smoke else ""),
-        "",
-        f"- Device: {name}; {versions_line()}.",
-        f"- Command: `{command}`",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC. Times are wall-clock seconds of `trainer.fit` (train.py's "
-        "`train_seconds`) or of the bare loop's training; accuracies are on the 10,000 test images.",
-    ])  # fmt: skip
+    report = Report(
+        Path(args.out),
+        [
+            "# GPU figures (benchmarks/gpu_suite.py)" + (" — SMOKE RUN, not a measurement" if args.smoke else ""),
+            "",
+            f"- Device: {name}; {versions_line()}.",
+            f"- Command: `{command}`",
+            f"- Date: {started:%Y-%m-%d %H:%M} UTC. Times are wall-clock seconds of `trainer.fit` (train.py's "
+            "`train_seconds`) or of the bare loop's training; accuracies are on the 10,000 test images.",
+        ],
+    )
     scratch = Path(tempfile.mkdtemp(prefix="gpu_suite-"))
     suite = Suite(args, scratch, device)
     clock = time.perf_counter()
@@ -287,8 +312,13 @@ def main() -> None:
             failed.append(title)
             lines = [f"**Failed**: {type(exc).__name__}: {one_line(exc, 400)}"]
         report.add(title, lines)
-    report.add("Suite", [f"Whole suite: {(time.perf_counter() - clock) / 60:.1f} min on {name}."
-                         + (f" Failed parts: {', '.join(failed)}." if failed else "")])  # fmt: skip
+    report.add(
+        "Suite",
+        [
+            f"Whole suite: {(time.perf_counter() - clock) / 60:.1f} min on {name}."
+            + (f" Failed parts: {', '.join(failed)}." if failed else "")
+        ],
+    )
     print(f"wrote {args.out}")
     sys.exit(1 if failed else 0)
 

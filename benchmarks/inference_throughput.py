@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime
 
     print(f"model: {what}, {parameters / 1e6:.2f} M parameters")
-    print(f"cpu, {args.threads} thread(s) per side; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
-          f"{args.warmup} warm-up and {args.repeats} timed runs per batch size and side (medians)")  # fmt: skip
+    print(
+        f"cpu, {args.threads} thread(s) per side; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
+        f"{args.warmup} warm-up and {args.repeats} timed runs per batch size and side (medians)"
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         start = time.perf_counter()
@@ -131,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             images = torch.randint(0, 256, (batch, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, generator=generator)
             order = list(sides) if index % 2 == 0 else list(reversed(sides))
             medians = {name: median_seconds(sides[name], images, args.warmup, args.repeats) for name in order}
-            figures = " | ".join(f"{name}: {1e3 * medians[name]:9.2f} ms/batch {batch / medians[name]:8.0f} images/s"
-                                 for name in sides)  # fmt: skip
+            figures = " | ".join(
+                f"{name}: {1e3 * medians[name]:9.2f} ms/batch {batch / medians[name]:8.0f} images/s" for name in sides
+            )
             speedup = medians["PyTorch eager"] / medians["onnxruntime"]
             print(f"batch {batch:4d} | {figures} | onnxruntime/eager speed {speedup:.2f}")
 

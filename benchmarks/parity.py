@@ -25,9 +25,27 @@ from pathlib import Path
 import numpy as np
 
 #: Keys whose values differ between any two runs (clock times, durations, paths, versions).
-VOLATILE = ("time", "seconds", "date", "path", "dir", "ckpt", "versions", "python", "host", "started", "finished", "git_commit")
+VOLATILE = (
+    "time",
+    "seconds",
+    "date",
+    "path",
+    "dir",
+    "ckpt",
+    "versions",
+    "python",
+    "host",
+    "started",
+    "finished",
+    "git_commit",
+)
 #: Values the recipe rename changes (left out of the comparison as names, compared as a value otherwise).
-RENAMED = {"seed_base": "report_base", "seed_improved": "report_improved", "seed_cnn": "report_cnn", "SeedCNN": "ReportCNN"}
+RENAMED = {
+    "seed_base": "report_base",
+    "seed_improved": "report_improved",
+    "seed_cnn": "report_cnn",
+    "SeedCNN": "ReportCNN",
+}
 
 
 def commands(recipe: str, out: Path, data: str) -> list[tuple[str, list[str]]]:
@@ -39,18 +57,70 @@ def commands(recipe: str, out: Path, data: str) -> list[tuple[str, list[str]]]:
         ("train", [py, "train.py", base, "trainer.max_epochs=2", f"hydra.run.dir={run}", *common]),
         ("resume_first", [py, "train.py", base, "trainer.max_epochs=1", f"hydra.run.dir={out / 'resume'}", *common]),
         ("resume", [py, "train.py", f"resume={out / 'resume'}", "trainer.max_epochs=2"]),
-        ("ddp", [py, "train.py", base, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-                 "trainer.max_epochs=1", f"hydra.run.dir={out / 'ddp'}", *common]),  # fmt: skip
-        ("evaluate", [py, "evaluate.py", f"run_dir={run}", f"data.data_dir={data}", "progress=false",
-                      f"hydra.run.dir={out / 'evaluate'}"]),  # fmt: skip
-        ("predict", [py, "predict.py", f"run_dir={run}", f"inputs={out / 'inputs'}", "progress=false",
-                     f"hydra.run.dir={out / 'predict'}"]),  # fmt: skip
-        ("export_onnx", [py, "export.py", f"run_dir={run}", "format=onnx", f"data.data_dir={data}",
-                         f"hydra.run.dir={out / 'onnx'}"]),  # fmt: skip
-        ("export_pt2", [py, "export.py", f"run_dir={run}", "format=pt2", f"data.data_dir={data}",
-                        f"hydra.run.dir={out / 'pt2'}"]),  # fmt: skip
-        ("search", [py, "train.py", "-m", f"hparams_search={recipe}_cnn", "hydra.sweeper.n_trials=2",
-                    "trainer.max_epochs=1", f"hydra.sweep.dir={out / 'search'}", *common]),  # fmt: skip
+        (
+            "ddp",
+            [
+                py,
+                "train.py",
+                base,
+                "trainer=ddp",
+                "trainer.devices=2",
+                "trainer.accelerator=cpu",
+                "trainer.max_epochs=1",
+                f"hydra.run.dir={out / 'ddp'}",
+                *common,
+            ],
+        ),
+        (
+            "evaluate",
+            [
+                py,
+                "evaluate.py",
+                f"run_dir={run}",
+                f"data.data_dir={data}",
+                "progress=false",
+                f"hydra.run.dir={out / 'evaluate'}",
+            ],
+        ),
+        (
+            "predict",
+            [
+                py,
+                "predict.py",
+                f"run_dir={run}",
+                f"inputs={out / 'inputs'}",
+                "progress=false",
+                f"hydra.run.dir={out / 'predict'}",
+            ],
+        ),
+        (
+            "export_onnx",
+            [
+                py,
+                "export.py",
+                f"run_dir={run}",
+                "format=onnx",
+                f"data.data_dir={data}",
+                f"hydra.run.dir={out / 'onnx'}",
+            ],
+        ),
+        (
+            "export_pt2",
+            [py, "export.py", f"run_dir={run}", "format=pt2", f"data.data_dir={data}", f"hydra.run.dir={out / 'pt2'}"],
+        ),
+        (
+            "search",
+            [
+                py,
+                "train.py",
+                "-m",
+                f"hparams_search={recipe}_cnn",
+                "hydra.sweeper.n_trials=2",
+                "trainer.max_epochs=1",
+                f"hydra.sweep.dir={out / 'search'}",
+                *common,
+            ],
+        ),
     ]
 
 
@@ -119,7 +189,9 @@ def load(path: Path) -> object:
         return comparable(json.loads(path.read_text()))
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
-    return comparable([[float(c) if c.replace(".", "", 1).replace("-", "", 1).isdigit() else c for c in r] for r in rows])
+    return comparable(
+        [[float(c) if c.replace(".", "", 1).replace("-", "", 1).isdigit() else c for c in r] for r in rows]
+    )
 
 
 def diff(old_root: Path, new_root: Path) -> int:

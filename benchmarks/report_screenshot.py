@@ -30,10 +30,18 @@ from matplotlib.image import imread
 
 CHROMIUM_NAMES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
     "--virtual-time-budget=10000",  # let the page load and images decode before dumping or shooting
-)  # fmt: skip
+)
 TIMEOUT_S = 120
 MAX_HEIGHT = 16384  # Chromium's largest screenshot side
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -134,8 +142,9 @@ def take_screenshot(chromium: str, report: Path, out: Path, width: int, height: 
     """Screenshot the report itself (not the checked copy); a blank or missing PNG is a problem."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    result = run_chromium(chromium, report.resolve().as_uri(), f"--screenshot={out.resolve()}",
-                          f"--window-size={width},{height}")  # fmt: skip
+    result = run_chromium(
+        chromium, report.resolve().as_uri(), f"--screenshot={out.resolve()}", f"--window-size={width},{height}"
+    )
     problems = [f"console: {message}" for message in console_messages(result.stderr)]
     if png_size(out) is None:
         return [*problems, f"no screenshot written (exit {result.returncode}): {result.stderr[-500:]}"]
@@ -157,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
 
     chromium = find_chromium(args.chromium)
     if chromium is None:
-        print("error: Chromium not found. Install it with: apt-get update && apt-get install -y chromium "
-              "(or pass --chromium /path/to/chrome)", file=sys.stderr)  # fmt: skip
+        print(
+            "error: Chromium not found. Install it with: apt-get update && apt-get install -y chromium "
+            "(or pass --chromium /path/to/chrome)",
+            file=sys.stderr,
+        )
         return 2
     if not args.report.is_file():
         print(f"error: {args.report} is not a file; pass the report.html that evaluate.py wrote", file=sys.stderr)

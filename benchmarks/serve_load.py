@@ -48,8 +48,10 @@ class Load:
         if not done:
             return f"{label}: no request was answered ({self.errors} errors)"
         p50, p95, p99 = np.percentile(np.array(self.latencies) * 1000, [50, 95, 99])
-        return (f"{label}: {done / self.seconds:.1f} requests/s, latency p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-                f"p99 {p99:.1f} ms, errors {self.errors} of {done + self.errors} requests")  # fmt: skip
+        return (
+            f"{label}: {done / self.seconds:.1f} requests/s, latency p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+            f"p99 {p99:.1f} ms, errors {self.errors} of {done + self.errors} requests"
+        )
 
 
 async def run_load(url: str, body: bytes, clients: int, seconds: float, warmup: float, gradcam: bool) -> Load:
@@ -85,10 +87,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(ckpt: str, port: int, batch_size: int, batch_timeout: float, extra: list[str],
-                 log: Path) -> subprocess.Popen:  # fmt: skip
-    command = [sys.executable, "serve.py", f"ckpt={ckpt}", f"port={port}", f"max_batch_size={batch_size}",
-               f"batch_timeout={batch_timeout}", "log_level=warning", *extra]  # fmt: skip
+def start_server(
+    ckpt: str, port: int, batch_size: int, batch_timeout: float, extra: list[str], log: Path
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "serve.py",
+        f"ckpt={ckpt}",
+        f"port={port}",
+        f"max_batch_size={batch_size}",
+        f"batch_timeout={batch_timeout}",
+        "log_level=warning",
+        *extra,
+    ]
     print("$", " ".join(command[1:]), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
@@ -140,16 +151,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring")
     parser.add_argument("--gradcam", action="store_true", help="ask for the Grad-CAM overlay too (?gradcam=1)")
     parser.add_argument("--image", help="the image file to post; default: the first CIFAR-10 test image")
-    parser.add_argument("--data-dir", default=os.environ.get("CIFAR10_DATA_DIR", "data"),
-                        help="folder holding cifar-10-batches-py/ (for the default image)")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("CIFAR10_DATA_DIR", "data"),
+        help="folder holding cifar-10-batches-py/ (for the default image)",
+    )
     parser.add_argument("--log-dir", default="/tmp", help="where the started servers' logs go")
     parser.add_argument("serve_args", nargs="*", help="after --: more serve.py overrides")
     args = parser.parse_args()
     body = image_bytes(args)
     what = f"{args.clients} clients, {args.seconds:g} s" + (", with Grad-CAM" if args.gradcam else "")
     if args.url:
-        print(asyncio.run(run_load(args.url, body, args.clients, args.seconds, args.warmup, args.gradcam)).report(
-            f"{args.url} ({what})"))  # fmt: skip
+        print(
+            asyncio.run(run_load(args.url, body, args.clients, args.seconds, args.warmup, args.gradcam)).report(
+                f"{args.url} ({what})"
+            )
+        )
         return
     for batch_size in args.batch_sizes:
         port = free_port()

@@ -15,11 +15,35 @@ from tests.conftest import ROOT
 @pytest.mark.slow  # about a minute of training on 2 CPU cores
 def test_fast94_benchmark_runs_both_sides_and_they_agree(data_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/fast94.py", "--data-dir", str(data_dir), "--seeds", "1", "--epochs", "2",
-         "--train-batches", "2", "--bare", "yes", "--tta", "0", "--target", "0.05", "--experiment", "fast94_cpu",
-         "--output-dir", str(tmp_path / "out"), "--", "data.batch_size=128"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/fast94.py",
+            "--data-dir",
+            str(data_dir),
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--train-batches",
+            "2",
+            "--bare",
+            "yes",
+            "--tta",
+            "0",
+            "--target",
+            "0.05",
+            "--experiment",
+            "fast94_cpu",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--",
+            "data.batch_size=128",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     framework, bare = out.split("bare PyTorch loop, same recipe:")
@@ -38,8 +62,13 @@ def test_fast94_benchmark_runs_both_sides_and_they_agree(data_dir, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_suite_refuses_without_a_gpu_and_writes_nothing(tmp_path):
     out = tmp_path / "gpu.md"
-    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--out", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     (message,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # one paragraph
     assert message.startswith("error: benchmarks/gpu_suite.py measures GPU figures") and "Fix:" in message
@@ -50,10 +79,26 @@ def test_gpu_suite_refuses_without_a_gpu_and_writes_nothing(tmp_path):
 def test_gpu_suite_smoke_run_goes_through_every_part(data_dir, tmp_path):
     out = tmp_path / "gpu.md"
     result = subprocess.run(
-        [sys.executable, "benchmarks/gpu_suite.py", "--smoke", "--data-dir", str(data_dir), "--seeds", "2",
-         "--compile-seeds", "1", "--resnet-steps", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/gpu_suite.py",
+            "--smoke",
+            "--data-dir",
+            str(data_dir),
+            "--seeds",
+            "2",
+            "--compile-seeds",
+            "1",
+            "--resnet-steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = out.read_text()
     assert report.startswith("# GPU figures (benchmarks/gpu_suite.py) — SMOKE RUN, not a measurement")
@@ -64,19 +109,38 @@ def test_gpu_suite_smoke_run_goes_through_every_part(data_dir, tmp_path):
 
 
 def test_gpu_suite_smoke_never_writes_the_committed_report():
-    result = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--smoke"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2 and "--smoke writes no measured figures" in result.stderr
 
 
 @pytest.mark.slow  # a two-step candidate and its validation scores on 2 CPU cores
 def test_cpu_recipe_search_scores_candidates_on_the_validation_split_only(data_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "benchmarks/cpu_recipe_search.py", "--data-dir", str(data_dir), "--only",
-         "--candidate", "tiny", "model.widths=[8,8,8]", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
-         "--val-fraction", "0.02", "--output-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "table.md")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/cpu_recipe_search.py",
+            "--data-dir",
+            str(data_dir),
+            "--only",
+            "--candidate",
+            "tiny",
+            "model.widths=[8,8,8]",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2",
+            "--val-fraction",
+            "0.02",
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "table.md"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"tiny: \d+\.\d min of training \(\d+\.\d projected on 50,000 images\)", result.stdout)
     assert len(re.findall(r"\d+\.\d min 0\.\d{4}", result.stdout)) == 2  # one point per epoch
@@ -86,18 +150,26 @@ def test_cpu_recipe_search_scores_candidates_on_the_validation_split_only(data_d
 
 
 def test_cpu_recipe_search_refuses_unknown_candidates_and_no_validation_split():
-    for args, message in ((["--only", "w99x1"], "unknown candidates w99x1"),
-                          (["--val-fraction", "0"], "--val-fraction must be in (0, 1)")):  # fmt: skip
-        result = subprocess.run([sys.executable, "benchmarks/cpu_recipe_search.py", *args], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    for args, message in (
+        (["--only", "w99x1"], "unknown candidates w99x1"),
+        (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "benchmarks/cpu_recipe_search.py", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 2 and message in result.stderr
 
 
 def test_gpu_divergence_check_passes_its_cpu_control():
     """benchmarks/gpu_divergence_check.py (run on a lent GPU) imports and runs here too: its CPU control cases must
     stop at the poisoned step itself, with only finite checkpoints left."""
-    result = subprocess.run([sys.executable, "benchmarks/gpu_divergence_check.py"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_divergence_check.py"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("cpu ")]
     assert len(lines) == 2 and all(line.endswith(": ok") and "stopped at step 17" in line for line in lines), lines

@@ -65,11 +65,28 @@ def test_only_a_submitit_job_continues_from_its_last_checkpoint(tmp_path, monkey
 def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_directory(data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "train.py", "-m", "hydra/launcher=local", "seed=0,1", "experiment=report_base",
-         "model.batch_norm=all", "optim.lr=0.05", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-         "trainer.limit_val_batches=1", f"data.data_dir={data_dir}", f"paths.log_dir={tmp_path}", *QUIET],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "hydra/launcher=local",
+            "seed=0,1",
+            "experiment=report_base",
+            "model.batch_norm=all",
+            "optim.lr=0.05",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=1",
+            f"data.data_dir={data_dir}",
+            f"paths.log_dir={tmp_path}",
+            *QUIET,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     assert "Submitit 'local' sweep output dir" in result.stdout + result.stderr
@@ -101,8 +118,14 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-REQUEUE_RUN = ["seed=0", "experiment=report_base", "trainer.max_epochs=3", "trainer.limit_train_batches=60",
-               "trainer.limit_val_batches=2", *QUIET]  # fmt: skip
+REQUEUE_RUN = [
+    "seed=0",
+    "experiment=report_base",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=60",
+    "trainer.limit_val_batches=2",
+    *QUIET,
+]
 
 
 @pytest.mark.slow
@@ -112,10 +135,20 @@ def test_a_preempted_submitit_job_is_requeued_and_ends_as_the_uninterrupted_run(
     def start(name: str, *args: str) -> subprocess.Popen:
         with open(tmp_path / f"{name}.out", "w") as out:  # files, not pipes: nothing blocks on a full pipe
             return subprocess.Popen(
-                [sys.executable, "train.py", *args, *REQUEUE_RUN, f"data.data_dir={data_dir}",
-                 f"paths.log_dir={tmp_path / name}"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "train.py",
+                    *args,
+                    *REQUEUE_RUN,
+                    f"data.data_dir={data_dir}",
+                    f"paths.log_dir={tmp_path / name}",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def output(name: str) -> str:
         return (tmp_path / f"{name}.out").read_text()[-3000:]

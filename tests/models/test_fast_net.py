@@ -22,8 +22,14 @@ def test_shapes_follow_airbench94():
     assert sizes["block1"] == (2, 64, 15, 15) and sizes["block2"] == (2, 256, 7, 7)
     assert sizes["block3"] == (2, 256, 3, 3) and sizes["flatten"] == (2, 256)
     assert [name for name, _ in model.block1.named_children()] == [
-        "conv1", "pool", "bn1", "act1", "conv2", "bn2", "act2",
-    ]  # fmt: skip
+        "conv1",
+        "pool",
+        "bn1",
+        "act1",
+        "conv2",
+        "bn2",
+        "act2",
+    ]
 
 
 def test_head_is_the_last_linear_its_output_the_logits_and_the_scale_comes_before_it():
@@ -42,8 +48,15 @@ def test_head_is_the_last_linear_its_output_the_logits_and_the_scale_comes_befor
 def test_frozen_parts_do_not_train():
     model = FastNet(widths=[8, 16, 32])
     frozen = sorted(name for name, p in model.named_parameters() if not p.requires_grad)
-    assert frozen == ["block1.bn1.weight", "block1.bn2.weight", "block2.bn1.weight", "block2.bn2.weight",
-                      "block3.bn1.weight", "block3.bn2.weight", "whiten.weight"]  # fmt: skip
+    assert frozen == [
+        "block1.bn1.weight",
+        "block1.bn2.weight",
+        "block2.bn1.weight",
+        "block2.bn2.weight",
+        "block3.bn1.weight",
+        "block3.bn2.weight",
+        "whiten.weight",
+    ]
     assert model.whiten.bias.requires_grad
     assert model.block1.bn1.momentum == pytest.approx(0.4)  # keeps 0.6 of the old statistics
 

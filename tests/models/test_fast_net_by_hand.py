@@ -140,10 +140,16 @@ def smoothed_cross_entropy_by_hand(logits: torch.Tensor, labels: torch.Tensor) -
 def build_recipe(tmp_path, total_steps: int | None = None):
     """The fast94 recipe built as train.py builds it, with a tiny FastNet whitened from tiny images."""
     cfg = compose_train(
-        ["experiment=fast94", f"model.widths=[{','.join(map(str, TINY_WIDTHS))}]", "model.init_images=8",
-         f"data.data_dir={tmp_path}", "~logger", *QUIET],
+        [
+            "experiment=fast94",
+            f"model.widths=[{','.join(map(str, TINY_WIDTHS))}]",
+            "model.init_images=8",
+            f"data.data_dir={tmp_path}",
+            "~logger",
+            *QUIET,
+        ],
         tmp_path / "run",
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     _, module, trainer, _ = build(cfg)
     module.model.init_from_data(correlated_images(8, seed=1))  # what setup("fit") does with training images
@@ -269,9 +275,12 @@ def test_recipe_rates_are_airbenchs_for_a_mean_loss():
                 airbench_param, AIRBENCH_BATCH * mean_grad, airbench_buffer, group_lr * factor, airbench_wd / group_lr
             )
             recipe_param, recipe_buffer = nesterov_sgd_by_hand(
-                recipe_param, mean_grad, recipe_buffer, cfg.optim.lr * recipe_scale * factor,
+                recipe_param,
+                mean_grad,
+                recipe_buffer,
+                cfg.optim.lr * recipe_scale * factor,
                 cfg.optim.weight_decay / recipe_scale,
-            )  # fmt: skip
+            )
         assert np.abs(recipe_param - start).min() > 1e-3
         np.testing.assert_allclose(recipe_param, airbench_param, rtol=1e-6, atol=1e-9)
 
@@ -284,8 +293,10 @@ def test_recipe_schedule_is_the_papers_triangle_over_its_476_steps(tmp_path):
         rates.append([group["lr"] for group in optimizer.param_groups])
         optimizer.step()  # no gradients: nothing moves; keeps the scheduler's order-of-calls check quiet
         scheduler.step()
-    expected = [[LR * factor_by_hand(t, total) * (BIAS_SCALER if g["name"] == "norm" else 1.0)
-                 for g in optimizer.param_groups] for t in range(total)]  # fmt: skip
+    expected = [
+        [LR * factor_by_hand(t, total) * (BIAS_SCALER if g["name"] == "norm" else 1.0) for g in optimizer.param_groups]
+        for t in range(total)
+    ]
     np.testing.assert_allclose(rates, expected, rtol=1e-9)
     assert rates[0][0] == pytest.approx(0.3) and max(r[0] for r in rates) == pytest.approx(1.5)
 
@@ -343,8 +354,10 @@ def test_lookahead_averages_every_fifth_step_and_resets_the_live_weights(tmp_pat
     total = 6  # the decay at step 5 is then 0.95^5 x (5/6)^3 = 0.448: far from both 0 and 1
     cfg, module, averaging, optimizer, scheduler = build_recipe(tmp_path, total_steps=total)
     assert (averaging.mode, averaging.every_n_steps, averaging.ramp_power) == (
-        "lookahead", LOOKAHEAD_EVERY, LOOKAHEAD_POWER,
-    )  # fmt: skip
+        "lookahead",
+        LOOKAHEAD_EVERY,
+        LOOKAHEAD_POWER,
+    )
     assert cfg.averaging.decay == pytest.approx(LOOKAHEAD_DECAY, abs=1e-5)  # 0.77378: 0.95^5
     base_decay = cfg.averaging.decay  # the rounded figure: the average differs by 2e-5 of a step with 0.95^5
     model = module.model

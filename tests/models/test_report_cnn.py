@@ -43,9 +43,24 @@ def test_shapes_follow_unpadded_pooling():
 def test_layer_names_are_stable():
     names = [name for name, _ in ReportCNN(batch_norm="all").named_children()]
     assert names == [
-        "conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2",
-        "conv3", "bn3", "relu3", "pool3", "flatten", "fc1", "relu4", "dropout", "fc2",
-    ]  # fmt: skip
+        "conv1",
+        "bn1",
+        "relu1",
+        "pool1",
+        "conv2",
+        "bn2",
+        "relu2",
+        "pool2",
+        "conv3",
+        "bn3",
+        "relu3",
+        "pool3",
+        "flatten",
+        "fc1",
+        "relu4",
+        "dropout",
+        "fc2",
+    ]
     first = [name for name, _ in ReportCNN(batch_norm="first").named_children()]
     assert "bn1" in first and "bn2" not in first and "bn3" not in first
 

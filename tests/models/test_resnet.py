@@ -41,8 +41,17 @@ def test_head_is_the_last_linear_and_gives_the_logits():
     logits = model(x)
     assert torch.equal(features["output"], logits) and features["input"].shape == (3, 512)
     assert [name for name, _ in model.named_children()] == [
-        "conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4", "avgpool", "flatten", "fc",
-    ]  # fmt: skip
+        "conv1",
+        "bn1",
+        "relu",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "avgpool",
+        "flatten",
+        "fc",
+    ]
 
 
 def test_blocks_add_the_shortcut():
