@@ -38,6 +38,7 @@ VOLATILE = (
     "started",
     "finished",
     "git_commit",
+    "per_second",
 )
 #: Values the recipe rename changes (left out of the comparison as names, compared as a value otherwise).
 RENAMED = {
