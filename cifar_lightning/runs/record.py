@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 COMPLETED, DIVERGED, PRUNED = "completed", "diverged", "pruned"
-VERSIONED_PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics", "numpy")
+VERSIONED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "torchmetrics",
+    "numpy",
+    "cifar-lightning",
+)
 
 
 @dataclass
@@ -65,15 +74,12 @@ class RunRecord:
 
 
 def library_versions() -> dict[str, str]:
-    from cifar_lightning import __version__  # here: the package imports runs/ while it starts
-
     versions = {"python": platform.python_version()}
     for package in VERSIONED_PACKAGES:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = "not installed"
-    versions["cifar-lightning"] = __version__
     return versions
 
 
