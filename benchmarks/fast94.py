@@ -2,7 +2,7 @@
 
     python benchmarks/fast94.py --data-dir ../shared/data --seeds 8                    # on a GPU
     python benchmarks/fast94.py --data-dir ../shared/data --seeds 1 --experiment fast94_cpu   # on a CPU
-    python benchmarks/fast94.py --data-dir ../shared/data --seeds 2 -- compile=true    # any train.py override
+    python benchmarks/fast94.py --data-dir ../shared/data --seeds 2 -- module.compile=true    # any train.py override
 
 Framework side: the experiment's config, built with train.py's own `build` (the same data
 module, model, Lightning module, Trainer and callbacks, checkpoints included) and fitted. After
@@ -340,7 +340,7 @@ def main() -> None:
     parser.add_argument(
         "--output-dir", default=None, help="checkpoints and logs (default logs/benchmarks/fast94/<time>)"
     )
-    parser.add_argument("overrides", nargs="*", help="train.py overrides after --, e.g. -- compile=true")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides after --, e.g. -- module.compile=true")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
