@@ -24,9 +24,8 @@ from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.evaluate import EvaluateSettings
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.errors import ConfigError
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
-from cifar_lightning.gradcam import EXPLAINED_TEXT, gradcam_layer, gradcam_overlays
+from cifar_lightning.gradcam import EXPLAINED_TEXT, configured_layer, gradcam_overlays
 from cifar_lightning.held_out import held_out_split
 from cifar_lightning.inference import Classifier, Predictions, pick_device
 from cifar_lightning.losses import loss_name
@@ -124,13 +123,7 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     L.seed_everything(cfg.seed, verbose=False)
     path = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "evaluate.py")
     classifier = Classifier.load(path, pick_device(cfg.device), cfg.tta)
-    try:
-        layer = gradcam_layer(classifier.model, cfg.gradcam.layer)
-    except ValueError as exc:
-        raise ConfigError(
-            f"invalid `gradcam` config: {exc}. Fix the value on the command line (python evaluate.py "
-            f"gradcam.layer=<one of them>, or gradcam.layer=null for the last Conv2d); nothing was evaluated."
-        ) from exc
+    layer = configured_layer(classifier.model, cfg.gradcam.layer, "evaluate", "nothing was evaluated")
     if ood is not None:
         check_model_layers(classifier.model, ood)  # a layer the model lacks fails before any work
     datamodule = build_datamodule(cfg.data, classifier.normalization, classifier.config.get("data"))

@@ -16,6 +16,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from cifar_lightning.data import CIFAR10_CLASSES
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.figures import new_figure, save
 
 EXPLAINED = ("predicted", "label")
@@ -44,6 +45,17 @@ def gradcam_layer(model: nn.Module, name: str | None = None) -> str:
         missing = "no Conv2d layer" if name is None else f"no layer {name!r}"
         raise ValueError(f"the model has {missing}; its layers are: {', '.join(layers)}")
     return name
+
+
+def configured_layer(model: nn.Module, name: str | None, entry: str, outcome: str) -> str:
+    """gradcam_layer for an entry point's `gradcam.layer` setting: a missing layer is a ConfigError (exit 2)."""
+    try:
+        return gradcam_layer(model, name)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid `gradcam` config: {exc}. Fix the value on the command line (python {entry}.py "
+            f"gradcam.layer=<one of them>, or gradcam.layer=null for the last Conv2d); {outcome}."
+        ) from exc
 
 
 def compute_cams(model: nn.Module, layer: nn.Module, inputs: Tensor, targets: Sequence[int]) -> tuple[np.ndarray, int]:

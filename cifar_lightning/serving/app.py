@@ -22,7 +22,7 @@ from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.inference import REQUEST_TIMEOUT, ServeSettings
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.gradcam import gradcam_layer, gradcam_pngs
+from cifar_lightning.gradcam import configured_layer, gradcam_pngs
 from cifar_lightning.inference import Classifier, pick_device
 from cifar_lightning.ood.runtime import choose_detector, classify, detector_record
 from cifar_lightning.ood.saved import OODDetector
@@ -155,13 +155,7 @@ def serve(cfg: DictConfig) -> None:
     # detector; the workers load their own copy. Only fitting needs the configured device.
     device = settings.device if settings.ood.enabled and settings.ood.fit else "cpu"
     classifier = Classifier.load(checkpoint, device=device, tta=settings.tta)
-    try:
-        layer = gradcam_layer(classifier.model, settings.gradcam.layer)
-    except ValueError as exc:
-        raise ConfigError(
-            f"invalid `gradcam` config: {exc}. Fix: python serve.py gradcam.layer=<one of them>, or gradcam.layer=null "
-            f"for the last conv layer; nothing was served."
-        ) from exc
+    layer = configured_layer(classifier.model, settings.gradcam.layer, "serve", "nothing was served")
     detector = choose_detector(cfg, classifier, "serve")
     server = build_server(settings, classifier, layer, detector)
     del classifier
