@@ -5,9 +5,11 @@ image decodes and that the console stays quiet, and save a screenshot of the who
 
 Checks, each printed with its result:
 - the page's own HTML: every <img> has a data: URI, no <script>, no external (http/https) URL;
-- in Chromium: every image decoded (naturalWidth > 0) and no console message. The report has
-  no scripts by design, so the decode check runs on a temporary copy with a small script
-  appended; the report itself is only read;
+- in Chromium: every image decoded (naturalWidth > 0), no console message, and no raw data
+  block: no <pre> element and no JSON-looking text ({", ": or [0.49, ...) in what the page
+  shows (the report's settings are labelled tables). The report has no scripts by design, so
+  these checks run on a temporary copy with a small script appended; the report itself is
+  only read;
 - the screenshot: a PNG of the page's full height, not blank.
 
 Exits 0 when all pass, 1 when one fails, 2 when Chromium is missing (it prints how to install it).
@@ -46,14 +48,18 @@ TIMEOUT_S = 120
 MAX_HEIGHT = 16384  # Chromium's largest screenshot side
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-# Appended to a temporary copy only: reports, once the page has loaded, how many images decoded.
+# Appended to a temporary copy only: reports, once the page has loaded, how many images decoded, how many
+# <pre> elements the page has and the JSON-looking bits of its visible text (an object's opening brace and
+# key, a key's closing quote and colon, a list of numbers in brackets), before adding its own verdict.
 CHECK_SCRIPT = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const broken = images.filter((img) => !(img.complete && img.naturalWidth > 0))
     .map((img) => img.alt || img.src.slice(0, 40));
-  const result = {images: images.length, broken: broken, height: document.documentElement.scrollHeight};
-  const out = document.createElement("pre");
+  const json = document.body.innerText.match(/\\{\\s*"|"\\s*:\\s|\\[\\s*-?[\\d.]+\\s*,/g) || [];
+  const result = {images: images.length, broken: broken, height: document.documentElement.scrollHeight,
+                  pre: document.querySelectorAll("pre").length, json: json.slice(0, 5)};
+  const out = document.createElement("div");
   out.id = "render-check";
   out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
@@ -124,13 +130,20 @@ def check_rendering(chromium: str, html: str, width: int) -> tuple[list[str], di
         copy = Path(folder) / "report.html"
         copy.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>") if "</body>" in html else html + CHECK_SCRIPT)
         result = run_chromium(chromium, copy.as_uri(), "--dump-dom", f"--window-size={width},1000")
-    match = re.search(r'<pre id="render-check">(.*?)</pre>', result.stdout, re.S)
+    match = re.search(r'<div id="render-check">(.*?)</div>', result.stdout, re.S)
     if result.returncode != 0 or not match:
         return [f"Chromium did not render the page (exit {result.returncode}): {result.stderr[-500:]}"], {}
     verdict = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     problems = [f"{len(verdict['broken'])} image(s) did not decode: {verdict['broken']}"] if verdict["broken"] else []
+    problems += raw_data_problems(verdict)
     problems += [f"console: {message}" for message in console_messages(result.stderr)]
     return problems, verdict
+
+
+def raw_data_problems(verdict: dict) -> list[str]:
+    """A <pre> block or JSON-looking text on the page: the report shows its data as labelled tables, never raw."""
+    problems = [f"{verdict['pre']} <pre> element(s): a raw block, not a labelled table"] if verdict["pre"] else []
+    return problems + ([f"JSON-looking text on the page: {verdict['json']}"] if verdict["json"] else [])
 
 
 def png_size(path: Path) -> tuple[int, int] | None:
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"page source:     {image_count} <img>, {'ok' if not source_problems else '; '.join(source_problems)}")
     print(f"decoded:         {decoded}/{image_count} images in {chromium}" if verdict else "decoded:         n/a")
     print(f"console errors:  {len(console)}")
+    if verdict:
+        print(f"raw data blocks: {verdict['pre']} <pre>, {len(verdict['json'])} JSON-looking text(s)")
     if size:
         print(f"screenshot:      {out} ({size[0]}x{size[1]} px, {out.stat().st_size / 1024:,.0f} KiB)")
     problems = source_problems + render_problems + shot_problems

@@ -9,6 +9,8 @@ is also what benchmarks/report_screenshot.py was checked on:
 """
 
 import base64
+import re
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,9 @@ def summary() -> dict:
         "normalization": {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]},
         "device": "cpu",
         "gradcam": {"layer": "conv3", "explain": "predicted"},
+        "loss": "cross_entropy",
+        "tta": 2,
+        "seconds": 82.614,
     }
 
 
@@ -104,10 +109,49 @@ def test_report_shows_the_summary(tmp_path):
     page = sample_report(tmp_path).read_text(encoding="utf-8")
     assert "69.20%" in page and "0.8914" in page and "10,000" in page
     assert "logs/train/runs/2026-11-27_10-00-00/checkpoints/best.ckpt" in page
-    assert "<pre>" in page and "&quot;batch_norm&quot;: &quot;all&quot;" in page  # the model config
+    assert row("batch_norm", "all") in page and row("class", "ReportCNN (cifar_lightning.models)") in page
     assert "automobile" in page and "62.0%" in page and "1,000" in page  # per-class table, test images per class
     assert "&lt;b&gt;plane&lt;/b&gt;" in page and "<b>" not in page
-    assert "normalization" in page  # fields without a place of their own still show
+    assert row("evaluation time", "82.6 s (1 min 23 s)") in page
+    assert row("test-time augmentation", "2 (with mirror images and one-pixel shifts)") in page
+    assert row("Grad-CAM layer", "conv3") in page and row("Grad-CAM explains", "predicted class") in page
+
+
+def row(*cells: str) -> str:
+    """A table row as html_table writes it."""
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def shown_text(page: str) -> str:
+    """The page's text as a reader sees it: tags and the <style> block dropped, entities unescaped."""
+    return unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<style>.*?</style>", "", page, flags=re.S)))
+
+
+def test_no_raw_json_anywhere(tmp_path):
+    """Every field is in a labelled table: no <pre> block and no JSON-looking text, nested dicts included."""
+    data = summary() | {"ood_extra": {"sets": ["svhn", "textures"], "counts": {"svhn": 10, "nested": [{"a": 1}]}}}
+    page = write_report(tmp_path, data, []).read_text(encoding="utf-8")
+    text = shown_text(page)
+    assert "<pre" not in page
+    assert not re.search(r'\{\s*"|"\s*:\s|\[\s*-?[\d.]+\s*,|\{\}', text), "JSON-looking text on the page"
+    assert row("ood_extra.sets", "svhn, textures") in page and row("ood_extra.counts.nested.0.a", "1") in page
+
+
+def test_normalization_is_a_table_by_channel(tmp_path):
+    page = write_report(tmp_path, summary(), []).read_text(encoding="utf-8")
+    assert "<tr><th></th><th>R</th><th>G</th><th>B</th></tr>" + row("mean", "0.4900", "0.4800", "0.4500") in page
+    assert row("std", "0.2500", "0.2400", "0.2600") in page
+
+
+def test_unknown_fields_are_shown_under_their_key(tmp_path):
+    """A field the page has no label for (a newer evaluation.py's) is a row of its own, dotted when nested; a
+    normalization of another shape than mean/std per channel is shown as rows too, not dropped."""
+    data = {"future": {"flag": True, "empty": {}, "none": None}, "normalization": {"mean": [0.5], "scale": 2.0}}
+    page = write_report(tmp_path, data, []).read_text(encoding="utf-8")
+    assert row("future.flag", "true") in page and row("future.empty", "(empty)") in page
+    assert row("future.none", "n/a") in page
+    assert row("normalization.mean", "0.5") in page and row("normalization.scale", "2.0") in page
+    assert "<th>R</th>" not in page
 
 
 def test_missing_image_is_noted_not_fatal(tmp_path):
