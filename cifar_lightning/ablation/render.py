@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,10 @@ def describe_diverged(row: AblationRow, table: AblationTable) -> str:
 
 
 def sources(table: AblationTable) -> str:
-    """The sweep directories read, so the table says where its numbers come from."""
-    if len(table.sweep_dirs) == 1:
-        return f"sweep {table.sweep_dirs[0]}"
-    return f"{len(table.sweep_dirs)} sweeps: {', '.join(str(path) for path in table.sweep_dirs)}"
+    """The sweep directories read, so the table says where its numbers come from: relative to the folder the
+    command ran in, so that a table copied into docs names no machine's absolute path."""
+    shown = [os.path.relpath(path) for path in table.sweep_dirs]
+    return f"sweep {shown[0]}" if len(shown) == 1 else f"{len(shown)} sweeps: {', '.join(shown)}"
 
 
 def render_markdown(table: AblationTable) -> str:

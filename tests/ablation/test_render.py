@@ -2,6 +2,7 @@
 they draw from, and the names of several sweeps and their jobs."""
 
 import csv
+import os
 import json
 
 import numpy as np
@@ -30,7 +31,7 @@ def read_csv(path) -> dict[str, dict[str, str]]:
 def test_markdown_and_csv_report_the_values(full_sweep):
     sweep, table = full_sweep
     markdown = (sweep / "ablation.md").read_text()
-    assert markdown.startswith(f"Test accuracy per configuration over seeds, sweep {sweep}\n")
+    assert markdown.startswith(f"Test accuracy per configuration over seeds, sweep {os.path.relpath(sweep)}\n")
     assert "| Base | 61.00 ± 1.00 | 60.92 | -5.50 |" in markdown
     assert "| Improved | 66.50 ± 0.50 | 66.60 | n/a | n/a | n/a | 2.7 | 61 s | 3/3 |" in markdown
     assert "Missing runs: none." in markdown and "Diverged runs: none." in markdown
@@ -125,10 +126,12 @@ def test_no_finished_run_still_writes_the_table_of_missing_runs(tmp_path):
     assert not (tmp_path / "curves.png").exists() and not (tmp_path / "confusion.png").exists()
 
 
-def test_several_sweeps_are_named_with_their_jobs(tmp_path):
+def test_several_sweeps_are_named_with_their_jobs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")
     first, second = write_seed_sweep(tmp_path / "seed0", 0, ["base", "improved"]), tmp_path / "seed1"
     write_job(second, 0, "base", 1, None)
     write_job(second, 1, "improved", 1, 0.67)
     markdown = render_markdown(build_table(collect_runs([first, second])))
-    assert markdown.startswith(f"Test accuracy per configuration over seeds, 2 sweeps: {first}, {second}\n")
+    shown = f"{tmp_path.name}/seed0, {tmp_path.name}/seed1"  # relative to the folder the command ran in
+    assert markdown.startswith(f"Test accuracy per configuration over seeds, 2 sweeps: {shown}\n")
     assert "Base: seed 1 (job seed1/0/ unfinished), 1 more (seed unknown)" in markdown
