@@ -1,7 +1,8 @@
 """The runs leaderboard (cifar_lightning/runs/compare.py, python -m cifar_lightning.runs compare) on real run
 directories: two tiny trainings that differ in optim.lr and model.dropout, in a sweep-like folder with copies of
 them marked as an Optuna-pruned trial and a diverged run (status rewritten with runs.write_metrics), a killed run
-(config.yaml only) and one whose metrics.json is broken."""
+(config.yaml only) and one whose metrics.json is broken; and two runs of different recipes (report_improved,
+fast94_cpu) composed from the real configs with their own overrides, for the printed table's width and columns."""
 
 import csv
 import json
@@ -9,16 +10,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from cifar_lightning.runs import DIVERGED, PRUNED, RunDir, read_metrics, write_metrics
 from cifar_lightning.runs.__main__ import main
 from cifar_lightning.runs.compare import (
+    HEADINGS,
+    METRIC_COLUMNS,
     UNFINISHED,
     UNREADABLE,
     CompareError,
     compare,
     find_run_dirs,
     render_markdown,
+    render_table,
     write_comparison,
 )
 from cifar_lightning.tables import markdown_table, write_csv
@@ -104,33 +109,23 @@ def test_csv_and_markdown_files(sweep, monkeypatch, tmp_path):
     markdown, csv_path = write_comparison(comparison, tmp_path / "out")
     with csv_path.open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == [
-        "run",
-        "model.dropout",
-        "optim.lr",
-        "status",
-        "best_val_loss",
-        "best_val_acc",
-        "test_acc",
-        "best_epoch",
-        "epochs_run",
-        "train_seconds",
-    ]
+    assert list(rows[0]) == ["run", "recipe", "status", *METRIC_COLUMNS, "model.dropout", "optim.lr"]
     by_name = {row["run"]: row for row in rows}
     assert list(by_name) == [row.name for row in comparison.rows] and len(rows) == 4
     low = json.loads(RunDir(sweep / "lr_low").metrics.read_text())
     assert float(by_name["lr_low"]["test_acc"]) == low["test_acc"]  # the raw fraction, full precision
+    assert by_name["lr_low"]["recipe"] == "report_base" and by_name["nested/killed"]["recipe"] == "report_base"
     assert by_name["lr_low"]["optim.lr"] == "0.001" and by_name["lr_high"]["model.dropout"] == "0.3"
     assert by_name["nested/killed"]["status"] == UNFINISHED and by_name["nested/killed"]["test_acc"] == ""
     assert by_name["diverged"]["best_val_loss"] == "nan"
 
     text = markdown.read_text()
     assert "4 runs from `lr_*`, `nested`, `diverged`, sorted by test_acc (descending" in text
-    assert (
-        f"| lr_low | 0.0 | 0.001 | completed | {low['best_val_loss']:.4f} | {100 * low['best_val_acc']:.2f} |" in text
-    )
-    assert "| diverged | 0.0 | 0.001 | diverged | nan |" in text
-    assert "test_acc (%)" in text and "choose a configuration on validation" in text
+    low_figures = f"{low['best_val_loss']:.4f} | {100 * low['best_val_acc']:.2f} | {100 * low['test_acc']:.2f}"
+    assert f"| lr_low | report_base | completed | {low_figures} | {low['best_epoch']} | {low['epochs_run']} | " in text
+    assert text.count(" | 0.0 | 0.001 |") == 3  # the config keys after the figures (diverged, killed, lr_low)
+    assert "| diverged | report_base | diverged | nan |" in text
+    assert "test_acc% is test_acc" in text and "choose a configuration on validation" in text
     assert text == render_markdown(comparison)
 
 
@@ -139,9 +134,12 @@ def test_the_command_line(sweep, monkeypatch, tmp_path, capsys):
     out = tmp_path / "board"
     assert main(["compare", str(sweep / "lr_high"), str(sweep / "lr_low" / "metrics.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| run | model.dropout | optim.lr | status |")
+    caption, header = printed.splitlines()[:2]
+    # Not below the current directory: the runs' folder is absolute, the runs are named from it.
+    assert caption == f"2 runs in {sweep}, by best_val_acc (highest first, missing last):"
+    assert header == "| run | recipe | status | " + " | ".join(HEADINGS.values()) + " | model.dropout | optim.lr |"
     assert f"Wrote {out / 'compare.md'} and {out / 'compare.csv'}" in printed and (out / "compare.csv").is_file()
-    assert f"| {sweep / 'lr_high'} |" in printed  # not below the current directory: an absolute path
+    assert "| lr_high | report_base | completed |" in printed
 
     assert main(["compare", str(sweep / "*"), "--sort", "train_seconds", "--descending", "--out", str(out)]) == 0
     seconds = [row["train_seconds"] for row in csv.DictReader((out / "compare.csv").open())]
@@ -179,3 +177,62 @@ def test_the_table_renderer(tmp_path):
     assert path.read_bytes() == b"name,acc\r\na|b,0.123456789\r\nc,\r\n"
     with pytest.raises(ValueError, match="2 cells, the header 3"):
         markdown_table(["a", "b", "c"], [[1, 2]])
+
+
+def fake_run(run: RunDir, overrides: list[str], **figures) -> None:
+    """A run directory as `python train.py <overrides>` leaves it, without the training: the composed config.yaml,
+    Hydra's .hydra/overrides.yaml and a metrics.json written by runs.write_metrics."""
+    cfg = compose_train(overrides, run.root)
+    run.hydra.mkdir(parents=True)
+    run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    OmegaConf.save(OmegaConf.create(overrides), run.hydra / "overrides.yaml")
+    write_metrics(run, {"status": "completed", "experiment": cfg.experiment_name, "best_epoch": 9, **figures})
+
+
+def test_two_recipes_fit_a_terminal(tmp_path, monkeypatch, capsys):
+    """report_improved against fast94_cpu: ~60 keys differ, only the overrides that differ are printed, after the
+    metrics, shortened to 120 columns; compare.csv keeps every differing key and full values."""
+    monkeypatch.chdir(tmp_path)
+    runs = Path("logs/train/runs")
+    long_data_dir = str(tmp_path / "a" / "much" / "longer" / "copy" / "of" / "the" / "cifar10" / "data")
+    fake_run(
+        RunDir(runs / "2026-12-06_10-00-00"),
+        ["experiment=report_improved", "optim.lr=0.02", "trainer.max_epochs=30", "data.data_dir=data"],
+        best_val_loss=0.61,
+        best_val_acc=0.8123,
+        test_acc=0.8061,
+        epochs_run=30,
+        train_seconds=1834.5,
+    )
+    fake_run(
+        RunDir(runs / "2026-12-06_11-00-00"),
+        ["experiment=fast94_cpu", "optim.lr=0.3", "trainer.max_epochs=30", f"data.data_dir={long_data_dir}"],
+        best_val_loss=0.25,
+        best_val_acc=0.9302,
+        test_acc=0.9311,
+        epochs_run=30,
+        train_seconds=912.0,
+    )
+    assert main(["compare", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert all(len(line) <= 120 for line in lines), max(lines, key=len)
+    assert lines[0] == "2 runs in logs/train/runs, by best_val_acc (highest first, missing last):"
+    header = [cell.strip() for cell in lines[1].strip("|").split("|")]
+    assert header[:9] == ["run", "recipe", "status", *HEADINGS.values()]
+    assert header[9:] == ["data.data_dir", "optim.lr"]  # set by both runs' overrides and different
+    assert lines[3].startswith("| 2026-12-06_11-00-00 | fast94_cpu | completed | 0.2500 | 93.02 | 93.11 | 9 | 30 |")
+    assert "| 2026-12-06_10-00-00 | report_improved | completed |" in lines[4]
+    assert long_data_dir not in printed and "…" in lines[3]  # shortened in print, whole in compare.csv
+
+    with Path("logs/compare/compare.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    recipe_only = ["model.widths", "scheduler._target_", "data.batch_size", "module.test_tta"]
+    for key in recipe_only:
+        assert key in rows[0] and f" {key} " not in printed  # a recipe switch changes it: compare.csv only
+    assert rows[0]["data.data_dir"] == long_data_dir and rows[0]["run"] == str(runs / "2026-12-06_11-00-00")
+    assert "trainer.max_epochs" not in rows[0] and "experiment_name" not in rows[0]  # equal; the recipe column
+    unshown = len(rows[0]) - 3 - len(METRIC_COLUMNS) - 2
+    assert f"{unshown} more config keys differ only through the recipe or defaults" in printed
+    markdown = Path("logs/compare/compare.md").read_text()
+    assert render_table(compare([str(runs)])) in markdown and lines[1] in markdown

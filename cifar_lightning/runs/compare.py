@@ -1,15 +1,16 @@
-"""The runs leaderboard (python -m cifar_lightning.runs compare): one row per run, its differing config keys,
-status and headline figures. A run without a readable metrics.json is a row too: a running sweep must not crash it.
+"""The runs leaderboard (python -m cifar_lightning.runs compare): one row per run, its recipe, status and headline
+figures first, then the config keys that differ. A run without a readable metrics.json is a row too: a running sweep
+must not crash it. The printed table (and compare.md) fits a terminal: it shows only the differing keys that a run's
+own overrides set, shortened; compare.csv keeps every differing key and full values.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math
 import os
-import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,16 @@ METRIC_COLUMNS = ("best_val_loss", "best_val_acc", "test_acc", "best_epoch", "ep
 HIGHER_IS_BETTER = ("best_val_acc", "test_acc")
 ACCURACIES = ("best_val_acc", "test_acc")
 DEFAULT_SORT = "best_val_acc"
+#: The printed table's short headings (compare.csv keeps metrics.json's names).
+HEADINGS = dict(zip(METRIC_COLUMNS, ("val_loss", "val_acc%", "test_acc%", "best_ep", "epochs", "train_s")))
+#: The recipe: metrics.json's `experiment`, else this config key; shown as its own column, not as a differing key.
+RECIPE_KEY = "experiment_name"
+#: Hydra's record of the command line's overrides, in the run's .hydra/.
+OVERRIDES_FILE = "overrides.yaml"
+#: The printed table's width (a terminal) and its longest cells; longer ones are shortened with an ellipsis.
+WIDTH = 120
+CELL_LIMITS = {"run": 28, "recipe": 16, "note": 40}
+VALUE_LIMIT = 18
 #: Config keys that differ between runs by construction, not by choice.
 IGNORED_KEYS = ("resume", "hpo.trial")
 #: Statuses of runs whose metrics.json is missing, or present but unreadable.
@@ -60,12 +71,14 @@ class RunRow:
     status: str
     metrics: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    recipe: str = ""
+    #: The config keys the run's own overrides set (.hydra/overrides.yaml); None when the run has no such record.
+    overrides: list[str] | None = None
 
     @property
     def name(self) -> str:
         """The run's path relative to the current directory when it lies below it, else absolute."""
-        root, cwd = self.run.root.resolve(), Path.cwd().resolve()
-        return str(root.relative_to(cwd) if root.is_relative_to(cwd) else root)
+        return shown_name(self.run.root)
 
 
 @dataclass
@@ -75,6 +88,8 @@ class Comparison:
     keys: list[str]
     sort: str
     descending: bool
+    #: The differing keys that some run's overrides set: the ones the printed table shows (when they fit).
+    shown: list[str] = field(default_factory=list)
 
 
 def runs_below(folder: Path) -> list[Path]:
@@ -148,17 +163,34 @@ def metric_value(value: Any) -> float | int | None:
     return None
 
 
+def read_overrides(run: RunDir) -> list[str] | None:
+    """The config keys set on the run's command line (`optim.lr=0.1` sets optim.lr, `model=resnet18` the model
+    group, `+x=1` and `~x` x), from Hydra's .hydra/overrides.yaml; None when it is missing or unreadable."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(run.hydra / OVERRIDES_FILE))
+    except (OSError, YAMLError, OmegaConfBaseException):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    return [str(item).split("=", 1)[0].lstrip("+~").split("@", 1)[0] for item in overrides]
+
+
 def read_run(run: RunDir) -> RunRow:
     config, config_problem = read_config(run)
     notes = [config_problem] if config_problem else []
+    recipe = (config or {}).get(RECIPE_KEY)
+    row = RunRow(run, config, UNFINISHED, {}, notes, "" if recipe is None else str(recipe), read_overrides(run))
     if not run.metrics.exists():
-        return RunRow(run, config, UNFINISHED, {}, notes)
+        return row
     try:
         metrics = read_metrics(run)
     except RunDirError as exc:
-        return RunRow(run, config, UNREADABLE, {}, [*notes, one_line(exc)])
-    figures = {name: metric_value(metrics.get(name)) for name in METRIC_COLUMNS}
-    return RunRow(run, config, metrics.get("status"), figures, notes)
+        row.status, row.notes = UNREADABLE, [*notes, one_line(exc)]
+        return row
+    row.status = metrics.get("status")
+    row.metrics = {name: metric_value(metrics.get(name)) for name in METRIC_COLUMNS}
+    row.recipe = str(metrics["experiment"]) if metrics.get("experiment") is not None else row.recipe
+    return row
 
 
 def lies_in_run(value: Any, row: RunRow) -> bool:
@@ -184,7 +216,7 @@ def differing_keys(rows: Sequence[RunRow]) -> list[str]:
     missing = object()
     differing = []
     for key in keys:
-        if key in IGNORED_KEYS:
+        if key in IGNORED_KEYS or key == RECIPE_KEY:
             continue
         values = [row.config.get(key, missing) for row in configs]
         if any(lies_in_run(value, row) for value, row in zip(values, configs)):
@@ -192,6 +224,15 @@ def differing_keys(rows: Sequence[RunRow]) -> list[str]:
         if len({"<missing>" if value is missing else json.dumps(value, default=str) for value in values}) > 1:
             differing.append(key)
     return differing
+
+
+def set_by_overrides(keys: Sequence[str], rows: Sequence[RunRow]) -> list[str]:
+    """The keys some run's own overrides set (a group override such as model=resnet18 sets the keys below it), not
+    those that differ only because the runs chose different recipes; every key when no run records its overrides."""
+    recorded = [key for row in rows if row.overrides is not None for key in row.overrides]
+    if not any(row.overrides is not None for row in rows):
+        return list(keys)
+    return [key for key in keys if any(key == set_key or key.startswith(set_key + ".") for set_key in recorded)]
 
 
 def sort_rows(rows: Sequence[RunRow], metric: str, descending: bool) -> list[RunRow]:
@@ -208,7 +249,9 @@ def compare(arguments: Sequence[str], sort: str = DEFAULT_SORT, descending: bool
         raise CompareError(f"cannot sort by {sort!r}: choose one of {', '.join(METRIC_COLUMNS)}.")
     rows = [read_run(run) for run in find_run_dirs(arguments)]
     descending = sort in HIGHER_IS_BETTER if descending is None else descending
-    return Comparison(list(arguments), sort_rows(rows, sort, descending), differing_keys(rows), sort, descending)
+    keys = differing_keys(rows)
+    sorted_rows = sort_rows(rows, sort, descending)
+    return Comparison(list(arguments), sorted_rows, keys, sort, descending, set_by_overrides(keys, rows))
 
 
 def config_cell(row: RunRow, key: str) -> str:
@@ -227,46 +270,118 @@ def metric_cell(name: str, value: float | int | None) -> str:
     return format(value, {"best_val_loss": ".4f", "train_seconds": ".1f"}.get(name, ""))
 
 
-def header(comparison: Comparison, markdown: bool) -> list[str]:
-    metrics = [f"{name} (%)" if markdown and name in ACCURACIES else name for name in METRIC_COLUMNS]
+def shorten(text: str, limit: int, keep_end: bool = False) -> str:
+    """The text in at most `limit` characters: its middle (or, for a path, its start) replaced by an ellipsis."""
+    if len(text) <= limit:
+        return text
+    if keep_end:
+        return "…" + text[len(text) - limit + 1 :]
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head) :]
+
+
+def shown_name(path: Path) -> str:
+    """A path relative to the current directory when it lies below it, else absolute."""
+    path, cwd = path.resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd) if path.is_relative_to(cwd) else path)
+
+
+def runs_folder(comparison: Comparison) -> Path:
+    """The deepest folder that holds every run (there is one at least): the printed table names runs from it."""
+    return Path(os.path.commonpath([row.run.root.resolve().parent for row in comparison.rows]))
+
+
+def csv_table(comparison: Comparison) -> tuple[list[str], list[list[Any]]]:
+    """compare.csv: every differing key, raw figures (fractions, full precision), full values and run paths."""
     notes = ["note"] if any(row.notes for row in comparison.rows) else []
-    return ["run", *comparison.keys, "status", *metrics, *notes]
-
-
-def table_rows(comparison: Comparison, markdown: bool) -> list[list[Any]]:
-    """Markdown: accuracies in % with 2 decimals; CSV: the raw figures (fractions, full precision)."""
-    with_notes = any(row.notes for row in comparison.rows)
+    header = ["run", "recipe", "status", *METRIC_COLUMNS, *comparison.keys, *notes]
     rows = []
     for row in comparison.rows:
-        values = [row.metrics.get(name) for name in METRIC_COLUMNS]
-        figures = [metric_cell(name, value) for name, value in zip(METRIC_COLUMNS, values)] if markdown else values
-        notes = ["; ".join(row.notes)] if with_notes else []
-        rows.append([row.name, *(config_cell(row, key) for key in comparison.keys), row.status, *figures, *notes])
-    return rows
+        figures = [row.metrics.get(name) for name in METRIC_COLUMNS]
+        values = [config_cell(row, key) for key in comparison.keys]
+        rows.append([row.name, row.recipe, row.status, *figures, *values, *(["; ".join(row.notes)] if notes else [])])
+    return header, rows
+
+
+def printed_table(comparison: Comparison, keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """The printed table with these config keys: short headings, accuracies in %, run paths relative to the
+    runs' folder, and long cells shortened."""
+    folder = runs_folder(comparison)
+    notes = ["note"] if any(row.notes for row in comparison.rows) else []
+    header = ["run", "recipe", "status", *(HEADINGS[name] for name in METRIC_COLUMNS), *keys, *notes]
+    rows = []
+    for row in comparison.rows:
+        run = shorten(str(row.run.root.resolve().relative_to(folder)), CELL_LIMITS["run"], keep_end=True)
+        figures = [metric_cell(name, row.metrics.get(name)) for name in METRIC_COLUMNS]
+        values = [shorten(config_cell(row, key), VALUE_LIMIT) for key in keys]
+        note = [shorten("; ".join(row.notes), CELL_LIMITS["note"])] if notes else []
+        rows.append([run, shorten(row.recipe, CELL_LIMITS["recipe"]), row.status, *figures, *values, *note])
+    return header, rows
+
+
+def fitting_keys(comparison: Comparison) -> list[str]:
+    """The shown keys, in order, while the table fits WIDTH columns (the metrics are always there)."""
+    keys: list[str] = []
+    for key in comparison.shown:
+        table = markdown_table(*printed_table(comparison, [*keys, key]))
+        if max(map(len, table.splitlines())) <= WIDTH:
+            keys.append(key)
+    return keys
 
 
 def render_table(comparison: Comparison) -> str:
-    """The leaderboard as a Markdown table (what the CLI prints)."""
-    return markdown_table(header(comparison, True), table_rows(comparison, True))
+    """The leaderboard as a Markdown table of at most WIDTH columns (what the CLI prints, and compare.md holds)."""
+    return markdown_table(*printed_table(comparison, fitting_keys(comparison)))
+
+
+def caption(comparison: Comparison) -> str:
+    """Which runs, in which order: the line above the printed table."""
+    count = len(comparison.rows)
+    folder = shown_name(runs_folder(comparison))
+    order = "highest" if comparison.descending else "lowest"
+    place = f" in {folder}" if folder != "." else ""
+    return f"{count} run{'s' if count != 1 else ''}{place}, by {comparison.sort} ({order} first, missing last):"
+
+
+def left_out(comparison: Comparison) -> str:
+    """What the table leaves out of the differing keys, wrapped to WIDTH; empty when it shows them all."""
+    shown = fitting_keys(comparison)
+    too_wide = [key for key in comparison.shown if key not in shown]
+    unset = len(comparison.keys) - len(comparison.shown)
+    lines = []
+    if unset:
+        lines.append(
+            f"{unset} more config key{'s differ' if unset != 1 else ' differs'} only through the recipe or defaults "
+            f"(no run's overrides set {'them' if unset != 1 else 'it'}): see {CSV_FILE}."
+        )
+    if too_wide:
+        lines.append(f"Left out to fit {WIDTH} columns (in {CSV_FILE}): {', '.join(too_wide)}.")
+    return "".join(textwrap.fill(line, WIDTH) + "\n" for line in lines)
 
 
 def render_markdown(comparison: Comparison) -> str:
-    """compare.md: what was compared and how it is sorted, the table, and the note on test accuracy."""
+    """compare.md: what was compared and how it is sorted, the printed table, and the note on test accuracy."""
     count = len(comparison.rows)
     sources = ", ".join(f"`{argument}`" for argument in comparison.arguments)
     order = "descending" if comparison.descending else "ascending"
+    folder, unshown = shown_name(runs_folder(comparison)), left_out(comparison)
+    folder = f"`{folder}`" if folder != "." else "the current folder"
     ignored = "paths inside each run's own directory, `resume` and `hpo.trial`"
     keys = (
-        "The columns before `status` are the config keys that differ between the runs (empty: the run's "
-        f"config.yaml lacks the key); {ignored} are left out."
+        "The columns after the metrics are the config keys that differ between the runs and that a run's own "
+        "overrides set (.hydra/overrides.yaml; every differing key when no run has one; empty: the run's config.yaml "
+        "lacks the key); "
         if comparison.keys
-        else f"The runs' configs do not differ (apart from {ignored})."
+        else f"The runs' configs do not differ (apart from {ignored}). "
     )
+    headings = ", ".join(f"{short} is {name}" for name, short in HEADINGS.items())
     return (
         f"# Run comparison\n\n"
         f"{count} run{'s' if count != 1 else ''} from {sources}, sorted by {comparison.sort} ({order}; "
-        f"missing values last). {keys}\n\n"
+        f"missing values last); run paths are relative to {folder}. recipe is the run's experiment, and {headings} "
+        f"(accuracies in %). {keys}{CSV_FILE} has every differing key (apart from {ignored}) and full values.\n\n"
         f"{render_table(comparison)}\n"
+        f"{unshown + chr(10) if unshown else ''}"
         f"{TEST_NOTE}\n"
     )
 
@@ -278,44 +393,10 @@ def write_comparison(comparison: Comparison, out_dir: str | Path = DEFAULT_OUT) 
         out_dir.mkdir(parents=True, exist_ok=True)
         markdown = out_dir / MARKDOWN_FILE
         markdown.write_text(render_markdown(comparison))
-        csv_path = write_csv(out_dir / CSV_FILE, header(comparison, False), table_rows(comparison, False))
+        csv_path = write_csv(out_dir / CSV_FILE, *csv_table(comparison))
     except OSError as exc:
         raise CompareError(
             f"cannot write the comparison into {out_dir} ({exc.strerror or exc}). Fix: pass a writable folder "
             f"with --out."
         ) from exc
     return markdown, csv_path
-
-
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cifar_lightning.runs", description="Tools for run directories.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    leaderboard = commands.add_parser(
-        "compare",
-        help="a table of runs: the config keys that differ, status and headline metrics",
-        description="One row per run: the config keys that differ between the runs, its status and headline "
-        "figures, sorted by a metric. Prints the Markdown table and writes compare.md and compare.csv.",
-    )
-    leaderboard.add_argument(
-        "paths", nargs="+", metavar="PATH", help="run directories, folders holding runs at any depth, or quoted globs"
-    )
-    sense = f"{' and '.join(HIGHER_IS_BETTER)} descending, the others ascending; missing values last"
-    leaderboard.add_argument("--sort", choices=METRIC_COLUMNS, default=DEFAULT_SORT, help=f"the metric ({sense})")
-    order = leaderboard.add_mutually_exclusive_group()
-    order.add_argument("--ascending", dest="descending", action="store_false", default=None, help="smallest first")
-    order.add_argument("--descending", dest="descending", action="store_true", default=None, help="largest first")
-    leaderboard.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        comparison = compare(args.paths, args.sort, args.descending)
-        markdown, csv_path = write_comparison(comparison, args.out)
-    except CifarLightningError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return exc.exit_code
-    print(render_table(comparison), end="")
-    print(f"\nWrote {markdown} and {csv_path}")
-    return 0
