@@ -36,6 +36,12 @@ def require_chromium() -> None:
     pytest.skip(problem)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def browser() -> None:
+    """Checked first, before the tiny run is trained for the report."""
+    require_chromium()
+
+
 def screenshot(report: Path) -> subprocess.CompletedProcess:
     """benchmarks/report_screenshot.py as a person runs it, on `report`, with this machine's Chromium."""
     command = [sys.executable, "benchmarks/report_screenshot.py", str(report), "--chromium", str(chromium())]
@@ -45,7 +51,6 @@ def screenshot(report: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tiny_run, data_dir, tmp_path_factory) -> Path:
     """evaluate.py's report.html for the tiny run: small galleries and 2 Grad-CAM overlays keep it quick."""
-    require_chromium()
     out = tmp_path_factory.mktemp("report_browser") / "out"
     overrides = [f"run_dir={tiny_run[0]}", f"data.data_dir={data_dir}", "gallery.size=8", "gradcam.count=2"]
     cfg = compose_evaluate(overrides, out)
