@@ -37,6 +37,36 @@ class MissingDoc(ValueError):
     """A declared setting without a description: the reference would show an empty cell."""
 
 
+def declared_schemas() -> list[type[Settings]]:
+    """Every schema a setting is declared in: the registered ones and every schema nested in them."""
+    found: list[type[Settings]] = []
+    pending = [*LOCATIONS, *SCHEMAS.values(), *NODE_SCHEMAS.values(), TrainSettings]
+    while pending:
+        schema = pending.pop()
+        if schema in found:
+            continue
+        found.append(schema)
+        for field in schema.model_fields.values():
+            for inner in (field.annotation, *get_args(field.annotation), mapped_schema(field.annotation)):
+                if isinstance(inner, type) and issubclass(inner, Settings):
+                    pending.append(inner)
+    return sorted(found, key=lambda schema: (schema.__module__, schema.__name__))
+
+
+def undocumented() -> list[str]:
+    """`module.Class.field` of every declared setting without a description."""
+    return [
+        f"{schema.__module__}.{schema.__name__}.{name}"
+        for schema in declared_schemas()
+        for name, field in schema.model_fields.items()
+        if not (field.description or "").strip() and not _is_schema(field.get_default(call_default_factory=True))
+    ]
+
+
+def _is_schema(value: Any) -> bool:
+    return isinstance(value, Settings)
+
+
 def doc_of(schema: type[Settings], name: str, prefix: str) -> str:
     description = (schema.model_fields[name].description or "").strip()
     if not description:
@@ -44,7 +74,12 @@ def doc_of(schema: type[Settings], name: str, prefix: str) -> str:
             f"{schema.__module__}.{schema.__name__}.{name} (`{prefix}{name}`) has no description: give its Field "
             f'a description="..." (one line: what the setting does), then run {COMMAND}'
         )
-    return description.replace("|", "\\|")
+    return markdown_text(description)
+
+
+def markdown_text(text: str) -> str:
+    """Plain text as a Markdown table cell shows it: no HTML tag from `<run dir>`, no bold from `__init__`."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("_", "\\_").replace("*", "\\*")
 
 
 def shown(value: Any) -> str:
@@ -75,7 +110,8 @@ def rows(schema: type[Settings], prefix: str = "") -> list[str]:
             out += rows(type(default), f"{prefix}{name}.")
             continue
         cell = shown(default).replace("|", "\\|")
-        out.append(f"| `{prefix}{name}` | `{cell}` | {must_be(schema, name)} | {doc_of(schema, name, prefix)} |")
+        allowed, doc = markdown_text(must_be(schema, name)), doc_of(schema, name, prefix)
+        out.append(f"| `{prefix}{name}` | `{cell}` | {allowed} | {doc} |")
         if (inner := mapped_schema(field.annotation)) is not None:
             out += rows(inner, f"{prefix}{name}.<name>.")
     return out
@@ -158,15 +194,22 @@ def group_section(group: str, schemas: list[type[Settings]]) -> list[str]:
         name = LOCATIONS[schema].rsplit("/", 1)[1].removesuffix("_schema")
         built = f", builds `{schema.target}`" if schema.target else ""
         key = "hydra.sweeper" if group == "hydra/sweeper" else "ood" if group == "ood_runtime" else group
-        parts += [f"Keys of `{name}`{built} (as `{key}.<key>=<value>`):", "", *table(schema)]
+        parts += [f"Keys of `{name}`{built}:", "", *table(schema, f"{key}.")]
     return parts
 
 
 def callback_tables() -> list[str]:
+    """The project's own callbacks, under the name conf/callbacks/default.yaml gives them (`<name>` if none)."""
+    named = {
+        node.get("_target_"): name
+        for name, node in (yaml.safe_load(options("callbacks")[0].read_text()) or {}).items()
+        if isinstance(node, dict)
+    }
     parts = []
     for target, schema in sorted(SCHEMAS.items()):
         if schema not in LOCATIONS and target.startswith("cifar_lightning.callbacks"):
-            parts += [f"Keys of a `{target}` callback:", "", *table(schema)]
+            prefix = f"callbacks.{named.get(target, '<name>')}."
+            parts += [f"Keys of a `{target}` callback:", "", *table(schema, prefix)]
     return parts
 
 
