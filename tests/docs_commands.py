@@ -20,6 +20,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 PROGRAMS = tuple(
@@ -178,3 +180,64 @@ def fill(text: str, data_dir: Path) -> list[str]:
     if unknown := UNKNOWN.search(text):
         raise ValueError(f"a placeholder the tests do not know: {unknown.group(0)!r}")
     return shlex.split(text)
+
+
+# Which test runs a command.
+ENTRY_NAMES = ("train", "evaluate", "predict", "export", "serve")
+MODULES = ("cifar_lightning.runs", "cifar_lightning.ablation", "cifar_lightning.hpo", "cifar_lightning.ood.openood")
+MODULES += ("cifar_lightning.config",)
+SERVERS = (("tensorboard",), ("mlflow", "ui"), ("mkdocs", "serve"))
+EXIT_STATUS = re.compile(r"exit status (\d+)")
+
+
+def entry_of(command: Command) -> str | None:
+    """train, evaluate, ... for `python <entry>.py ...`, else None."""
+    args = command.args
+    if len(args) >= 2 and args[0] == "python" and args[1] in [f"{name}.py" for name in ENTRY_NAMES]:
+        return args[1].removesuffix(".py")
+    return None
+
+
+def runner_of(command: Command) -> str | None:
+    """The name of the runner that handles the command, None if none does."""
+    args = command.args
+    if entry_of(command):
+        return "entry"
+    if args[:2] == ["python", "-m"] and len(args) > 2 and args[2] in MODULES:
+        return "module"
+    if any(tuple(args[: len(server)]) == server for server in SERVERS):
+        return "server"
+    if args[:3] == ["pip", "install", "-e"]:
+        return "pip"
+    if [arg for arg in args if "=" not in arg or arg.startswith("-")][:1] == ["pytest"]:
+        return "pytest"
+    if args[:1] == ["curl"]:
+        return "curl"
+    return None
+
+
+def expected_status(command: Command) -> int:
+    """The exit status the page's comment promises ("exit status 2"), 0 if it promises none."""
+    match = EXIT_STATUS.search(command.comment)
+    return int(match.group(1)) if match else 0
+
+
+COMMANDS = all_commands()
+RUN = [command for command in COMMANDS if command.note is None]
+NOTED = [command for command in COMMANDS if command.note is not None]
+
+
+def by_runner(name: str, entry: str | None = None) -> list:
+    """One param per distinct command of that runner (and entry point), at the first place it is shown, named by
+    page:line; commands that differ only in their data or log folder are one."""
+    seen: dict[str, Command] = {}
+    for command in RUN:
+        if runner_of(command) == name and (entry is None or entry_of(command) == entry):
+            seen.setdefault(same_run(command), command)
+    return [pytest.param(command, id=f"{command.page}:{command.line}") for command in seen.values()]
+
+
+def same_run(command: Command) -> str:
+    """The command without its data.data_dir and paths.log_dir (the tests set their own)."""
+    words = command.text.split()
+    return " ".join(word for word in words if not word.startswith(("data.data_dir=", "paths.log_dir=")))

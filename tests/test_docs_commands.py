@@ -13,22 +13,24 @@ Default suite (seconds, no training):
   that every extra named exists in pyproject.toml and is in [dev], that .ci/run installs `.[dev]` and runs
   `pytest` and `pytest -m slow` with CIFAR10_DATA_DIR set.
 
-Slow suite (`pytest -m slow`, which CI runs too): every command is run as a subprocess, in a workspace folder
-holding a copy of the tiny run as logs/train/runs/<RUN_NAME>, a synthetic ablation sweep as
-logs/train/multiruns/<RUN_NAME>, a 2-trial study as logs/train/hpo/report_cnn, CIFAR-10 test images as photos/
-(JPEGs, one in a subfolder) and cat.jpg, and small OOD sets:
-- train.py, shortened by appending SHORT (trainer.max_steps=2, limit_val_batches=2, limit_test_batches=2, no
-  progress bar, this machine's data, a log folder of its own), ablation.seeds=1 for +ablation=all,
-  hydra.sweeper.n_trials=2 for searches, and each swept key of the command line cut to its first value (the
-  default suite composes all of them); it must exit 0 and leave a metrics.json in every job folder.
-  Identical commands run once.
-- evaluate.py, predict.py, export.py as written plus this machine's data folder, an output folder, and for
-  OOD detection the small sets and 500 fitting images (evaluate.py); each must exit 0.
+Slow suite (`pytest -m slow`, which CI runs too; tests/test_docs_commands_run.py): every command runs as a
+subprocess, in a workspace folder holding a copy of the tiny run as logs/train/runs/<RUN_NAME>, a synthetic
+ablation sweep as logs/train/multiruns/<RUN_NAME>, a 2-trial study as logs/train/hpo/report_cnn, CIFAR-10 test
+images as photos/ (JPEGs, one in a subfolder), cat.jpg and my_images/, and small OOD sets:
+- train.py, shortened by appending trainer.max_epochs=1, trainer.limit_train_batches=2, limit_val_batches=2,
+  limit_test_batches=2, no progress bar or model summary, this machine's data and a log folder of its own;
+  ablation.seeds=1 for +ablation=all, hydra.sweeper.n_trials=2 for searches; each swept key of the command
+  line at its first value (the default suite composes all of them). It must exit 0 and leave a metrics.json
+  in every job folder. A resume continues a fresh copy of the tiny run for one more epoch
+  (trainer.max_epochs=2 in place of the command's). Commands that differ only in data.data_dir or
+  paths.log_dir run once.
+- evaluate.py, predict.py, export.py as written plus this machine's data folder and an output folder; for
+  evaluate.py's OOD detection the small sets, 500 fitting images and 200 noise images. Each must exit 0;
+  evaluate.py's report must show the Grad-CAM settings, TTA or added OOD set the command asks for.
 - serve.py on a free port (port= appended): it must answer GET /health and POST /predict, then stop on SIGTERM;
-  the pages' curl commands run against one such server (their port rewritten).
+  the pages' curl commands run against one such server (their port rewritten, -sS --fail-with-body added).
 - python -m cifar_lightning.<runs|ablation|hpo|ood.openood|config> on the workspace's folders (an --out path
-  lands in the workspace, never in docs/); tensorboard, mlflow ui and mkdocs serve on a free port until they
-  answer HTTP 200.
+  lands in the workspace, never in docs/); tensorboard and mlflow ui on a free port until they answer HTTP 200.
 """
 
 from __future__ import annotations
@@ -51,55 +53,11 @@ from cifar_lightning.config.schema import check
 from cifar_lightning.config.train import TrainSettings
 from cifar_lightning.errors import ConfigError
 from tests.conftest import CONF_DIR, DATA_DIR
-from tests.docs_commands import Command, all_commands, fill
+from tests.docs_commands import COMMANDS, NOTED, RUN, Command, by_runner, entry_of, expected_status, fill, runner_of
 from tests.helpers import ROOT
 
 ENTRIES = {"train": TrainSettings, "evaluate": EvaluateSettings, "predict": PredictSettings}
 ENTRIES |= {"export": ExportSettings, "serve": ServeSettings}
-MODULES = ("cifar_lightning.runs", "cifar_lightning.ablation", "cifar_lightning.hpo", "cifar_lightning.ood.openood")
-MODULES += ("cifar_lightning.config",)
-SERVERS = (("tensorboard",), ("mlflow", "ui"), ("mkdocs", "serve"))
-EXIT_STATUS = re.compile(r"exit status (\d+)")
-
-
-def entry_of(command: Command) -> str | None:
-    """train, evaluate, ... for `python <entry>.py ...`, else None."""
-    args = command.args
-    if len(args) >= 2 and args[0] == "python" and args[1].removesuffix(".py") in ENTRIES and args[1].endswith(".py"):
-        return args[1].removesuffix(".py")
-    return None
-
-
-def runner_of(command: Command) -> str | None:
-    """The name of the runner that handles the command, None if none does."""
-    args = command.args
-    if entry_of(command):
-        return "entry"
-    if args[:2] == ["python", "-m"] and len(args) > 2 and args[2] in MODULES:
-        return "module"
-    if any(tuple(args[: len(server)]) == server for server in SERVERS):
-        return "server"
-    if args[:3] == ["pip", "install", "-e"]:
-        return "pip"
-    if [arg for arg in args if "=" not in arg or arg.startswith("-")][:1] == ["pytest"]:
-        return "pytest"
-    if args[:1] == ["curl"]:
-        return "curl"
-    return None
-
-
-COMMANDS = all_commands()
-RUN = [command for command in COMMANDS if command.note is None]
-NOTED = [command for command in COMMANDS if command.note is not None]
-
-
-def by_runner(name: str) -> list:
-    """One param per distinct command text of that runner (the first place it is shown), named by page:line."""
-    seen: dict[str, Command] = {}
-    for command in RUN:
-        if runner_of(command) == name:
-            seen.setdefault(command.text, command)
-    return [pytest.param(command, id=f"{command.page}:{command.line}") for command in seen.values()]
 
 
 def test_the_pages_show_commands():
@@ -184,12 +142,6 @@ def sweep_jobs(entry: str, overrides: list[str], multirun: bool) -> tuple[list[l
         _, from_config = parsed([f"{key}={value}" for key, value in params.items()])
         swept = from_config | swept  # the command line's own values win
     return jobs(plain, swept), mode
-
-
-def expected_status(command: Command) -> int:
-    """The exit status the page's comment promises ("exit status 2"), 0 if it promises none."""
-    match = EXIT_STATUS.search(command.comment)
-    return int(match.group(1)) if match else 0
 
 
 def compose_and_check(command: Command, tmp_path) -> None:

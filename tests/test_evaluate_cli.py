@@ -1,21 +1,17 @@
 """evaluate.py as a user runs it: a bad checkpoint or a missing one stops with one `error:` line
-and exit status 2; a real checkpoint gives a run directory under logs/evaluate/runs/; every
-`python evaluate.py ...` command in README.md runs as written."""
+and exit status 2; a real checkpoint gives a run directory under logs/evaluate/runs/. The
+`python evaluate.py ...` commands README.md and docs/ show run in tests/test_docs_commands_run.py."""
 
 import csv
 import json
-import shlex
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cifar_lightning.models import ReportCNN
-from tests.conftest import DATA_DIR
-from tests.helpers import ROOT, assert_refused, assert_report_shows, only_run_dir, run_entry_point
+from tests.helpers import assert_refused, assert_report_shows, only_run_dir, run_entry_point
 
 
 def run_evaluate(*overrides: str, log_dir: Path) -> subprocess.CompletedProcess:
@@ -109,109 +105,3 @@ def test_offline_without_the_ood_sets_nothing_is_written(tmp_path, tiny_run, dat
         "ood=none",
         "data.download=true",
     )
-
-
-def readme_evaluate_commands() -> list[list[str]]:
-    """Every `python evaluate.py ...` line in README.md's fenced code blocks, split as a shell splits it (its
-    trailing comment dropped)."""
-    commands, fenced = [], False
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        elif fenced and line.strip().startswith("python evaluate.py"):
-            commands.append(shlex.split(line, comments=True))
-    return commands
-
-
-README_COMMANDS = readme_evaluate_commands()
-
-
-def test_readme_has_evaluate_commands():
-    assert len(README_COMMANDS) >= 5 and any("gradcam.explain=label" in command for command in README_COMMANDS)
-
-
-@pytest.fixture(scope="module")
-def readme_inputs(tmp_path_factory) -> tuple[Path, Path]:
-    """Small OOD sets in the documented .npz form (an ood.data_dir for speed), and a folder standing in for
-    README's /data/my_images/."""
-    ood_dir, images = tmp_path_factory.mktemp("ood_sets"), tmp_path_factory.mktemp("my_images")
-    rng = np.random.default_rng(0)
-    for name, shape in (("cifar100", (32, 32, 3)), ("mnist", (28, 28)), ("fashion_mnist", (28, 28))):
-        np.savez_compressed(
-            ood_dir / f"{name}_test.npz",
-            images=rng.integers(0, 256, (200, *shape), dtype=np.uint8),
-            labels=rng.integers(0, 10, 200),
-        )
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{index}.png")
-    return ood_dir, images
-
-
-def substitute(arg: str, run: Path, my_images: Path) -> str:
-    """README's placeholders -> a real run directory (or its checkpoint) and image folder; the rest verbatim."""
-    arg = arg.replace("logs/train/runs/<date>_<time>", str(run)).replace("<run>", str(run))
-    arg = arg.replace("/data/my_images/", f"{my_images}/")
-    if arg.endswith("=..."):
-        arg = arg[: -len("...")] + str(run)
-    assert "<" not in arg and "..." not in arg, f"README.md has a placeholder this test does not know: {arg!r}"
-    return arg
-
-
-def readme_run(command: list[str], run: Path, ood_dir: Path, my_images: Path, out: Path) -> tuple[list[str], str]:
-    """Run README's command with its overrides as written (placeholders filled in), plus this machine's data
-    folder, an output folder and, where OOD detection is on, small OOD sets and fewer fitting images; returns
-    the overrides it ran with and, if it failed, why."""
-    args = [substitute(arg, run, my_images) for arg in command[2:]]
-    environment = [f"data.data_dir={DATA_DIR}", f"hydra.run.dir={out}", "progress=false"]
-    if "ood=none" not in args:
-        dropped = {arg.removeprefix("~ood.sets.") for arg in args if arg.startswith("~ood.sets.")}
-        noise = [f"ood.sets.{name}.n=200" for name in ("gaussian_noise", "uniform_noise") if name not in dropped]
-        environment += [f"ood.data_dir={ood_dir}", "ood.fit_images=500", *noise]
-    result = run_entry_point("evaluate.py", *args, *environment, timeout=900)
-    failure = "" if result.returncode == 0 else f"exit status {result.returncode}\n{result.stderr[-3000:]}"
-    return args, failure
-
-
-@pytest.fixture(scope="module")
-def readme_result(tiny_run, readme_inputs, tmp_path_factory):
-    """Runs README's command number `index` (once) and returns its overrides, why it failed ("" if it did
-    not), and its output folder."""
-    root, done = tmp_path_factory.mktemp("readme"), {}
-
-    def result(index: int) -> tuple[list[str], str, Path]:
-        if index not in done:
-            out = root / str(index)
-            done[index] = (*readme_run(README_COMMANDS[index], tiny_run[0], *readme_inputs, out), out)
-        return done[index]
-
-    return result
-
-
-def readme_params() -> list:
-    """One case per README command, each run with the slow tests (about 40 s each on 2 cores); the default
-    suite evaluates a real checkpoint through the CLI once (test_a_real_checkpoint_is_evaluated)."""
-    return [
-        pytest.param(index, id=" ".join(command[2:]), marks=pytest.mark.slow)  # each a full evaluate.py run (20-40 s)
-        for index, command in enumerate(README_COMMANDS)
-    ]
-
-
-@pytest.mark.parametrize("index", readme_params())
-def test_readme_evaluate_command(index, readme_result):
-    """README's evaluate commands exit 0 and do what they say."""
-    args, failure, out = readme_result(index)
-    assert not failure, f"{shlex.join(README_COMMANDS[index])} failed: {failure}"
-    summary = json.loads((out / "evaluation.json").read_text())
-    assert (out / "report.html").is_file() and (out / "ood.json").is_file() == ("ood=none" not in args)
-    settings = dict(arg.split("=", 1) for arg in args if "=" in arg)
-    if "gradcam.explain" in settings:
-        explained = {"label": "true label", "predicted": "predicted class"}[settings["gradcam.explain"]]
-        assert summary["gradcam"] == {
-            "layer": settings.get("gradcam.layer", "conv3"),
-            "explain": settings["gradcam.explain"],
-        }
-        assert f"({explained}, layer" in (out / "report.html").read_text()
-    if "+ood.sets.mine.path" in settings:
-        assert json.loads((out / "ood.json").read_text())["sets"]["mine"]["n"] == 3
-    if "tta" in settings:
-        assert summary["tta"] == int(settings["tta"])
