@@ -4,8 +4,9 @@
 
 What counts as a command: each line of a fenced ```bash block (a `\\` continuation joined to its next line, `a && b`
 two commands, a line that is only a `# comment` none), and an inline code span outside fences that is a whole
-command (it starts with one of PROGRAMS). Spans that show the syntax, not a command (`python train.py
-<key>=<value>`), are left out. Other fences (python, json, plain) hold no commands.
+command (it starts with one of PROGRAMS and has arguments, or is `python train.py`). Spans that name a program
+in prose (`python evaluate.py`, `python -m cifar_lightning.ood.openood`) or show the syntax, not a command
+(`python train.py <key>=<value>`), are left out. Other fences (python, json, plain) hold no commands.
 
 A note is either the command's trailing comment holding "not run by the tests: <why>", or an admonition whose
 title starts with "Not run by the tests" (`!!! note "Not run by the tests: <why>"`): it covers the next block
@@ -78,7 +79,10 @@ def split_comment(line: str) -> tuple[str, str]:
 def note_of(text: str) -> str | None:
     """The reason a "not run by the tests: <why>" text gives ('' if none), None when it holds no such note."""
     match = NOTE.search(text)
-    return None if match is None else match.group(1).strip(" .)")
+    if match is None:
+        return None
+    reason = match.group(1).strip().rstrip(".")
+    return reason[:-1] if reason.endswith(")") and reason.count(")") > reason.count("(") else reason
 
 
 def fence_commands(page: str, lines: list[tuple[int, str]], block_note: str | None) -> list[Command]:
@@ -98,17 +102,21 @@ def fence_commands(page: str, lines: list[tuple[int, str]], block_note: str | No
     return commands
 
 
+def is_command(span: str) -> bool:
+    """A code span that is a whole command: a program of PROGRAMS with arguments, or `python train.py` alone."""
+    program = next((p for p in PROGRAMS if span == p or span.startswith((p + " ", p + "."))), None)
+    arguments = program is not None and len(span.split()) > len(program.split()) + program.endswith(
+        "-m cifar_lightning"
+    )
+    return TEMPLATE not in span and (arguments or span == "python train.py")
+
+
 def inline_commands(page: str, number: int, line: str, block_note: str | None) -> list[Command]:
     """The whole commands among a line's code spans (a note on the line or the block's covers them)."""
     line_note = note_of(SPAN.sub("", line))
     note = block_note if line_note is None else line_note
     spans = (span.strip() for span in SPAN.findall(line))
-    return [
-        Command(page, number, span, "", note)
-        for span in spans
-        if any(span == p or span.startswith(p + " ") or span.startswith(p + ".") for p in PROGRAMS)
-        and TEMPLATE not in span
-    ]
+    return [Command(page, number, span, "", note) for span in spans if is_command(span)]
 
 
 def page_commands(path: Path) -> list[Command]:
@@ -156,13 +164,13 @@ def all_commands(pages: list[Path] | None = None) -> list[Command]:
 
 
 # Placeholders, in the order they are filled; paths are relative to the workspace the commands run in.
-RUN = f"logs/train/runs/{RUN_NAME}"
+RUN_PATH = f"logs/train/runs/{RUN_NAME}"
 PLACEHOLDERS = [
-    ("logs/train/runs/<date>_<time>", RUN),
+    ("logs/train/runs/<date>_<time>", RUN_PATH),
     ("logs/train/multiruns/<date>_<time>", f"logs/train/multiruns/{RUN_NAME}"),
     ("<date>_<time>", RUN_NAME),
     ("<study>", STUDY),
-    ("<run>", RUN),
+    ("<run>", RUN_PATH),
     ("data.data_dir=<folder>", "data.data_dir=<data>"),
     ("<folder>", "photos/"),
 ]
@@ -175,8 +183,8 @@ def fill(text: str, data_dir: Path) -> list[str]:
     for placeholder, value in PLACEHOLDERS:
         text = text.replace(placeholder, value)
     text = text.replace("<data>", str(data_dir)).replace("../shared/data", str(data_dir))
-    text = re.sub(r"\brun_dir=\.\.\.(?=\s|$)", f"run_dir={RUN}", text)
-    text = re.sub(r"\bckpt=\.\.\.(?=\s|$)", f"ckpt={RUN}/checkpoints/best.ckpt", text)
+    text = re.sub(r"\brun_dir=\.\.\.(?=\s|$)", f"run_dir={RUN_PATH}", text)
+    text = re.sub(r"\bckpt=\.\.\.(?=\s|$)", f"ckpt={RUN_PATH}/checkpoints/best.ckpt", text)
     if unknown := UNKNOWN.search(text):
         raise ValueError(f"a placeholder the tests do not know: {unknown.group(0)!r}")
     return shlex.split(text)

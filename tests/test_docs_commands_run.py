@@ -124,10 +124,19 @@ def first_values(args: list[str]) -> list[str]:
     return out
 
 
+def hydra_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (-m, --cfg job, ...) apart from the overrides."""
+    flags, overrides, takes_value = [], [], False
+    for arg in args:
+        (flags if arg.startswith("-") or takes_value else overrides).append(arg)
+        takes_value = arg in ("--cfg", "-c", "--package", "-p", "--info", "-i") and not takes_value
+    return flags, overrides
+
+
 def shortened(args: list[str], log_dir: Path) -> list[str]:
     """train.py's overrides, shortened as the module docstring says."""
-    flags = [arg for arg in args if arg.startswith("-")]
-    overrides = first_values([arg for arg in args if not arg.startswith("-")])
+    flags, overrides = hydra_flags(args)
+    overrides = first_values(overrides)
     if any(arg.startswith("resume=") for arg in overrides):
         kept = [arg for arg in overrides if not arg.startswith("trainer.max_epochs=")]
         return [*flags, *kept, "trainer.max_epochs=2", *SHORT_RESUME, f"data.data_dir={DATA_DIR}"]
@@ -154,6 +163,9 @@ def test_train_command_runs(command, workspace, tmp_path):
     result = run([*args[:2], *shortened(args[2:], log_dir)], cwd)
     assert_status(command, result)
     if result.returncode:
+        return
+    if {"--cfg", "-c", "--info", "-i", "--help", "-h"} & set(args):  # Hydra prints, and runs nothing
+        assert result.stdout.strip(), f"{command}: printed nothing"
         return
     jobs = job_folders(cwd / "logs/train/runs" if cwd == tmp_path else log_dir)
     assert jobs, f"{command}: no job folder under {log_dir}"
