@@ -170,10 +170,13 @@ def options_list(group: str, values: bool = True) -> list[str]:
 
 
 def schemas_by_group() -> dict[str, list[type[Settings]]]:
+    """conf/'s groups and the schemas their presets extend (a schema registered for a group conf/ lacks, as a
+    test's, is no setting of the project)."""
     groups: dict[str, list[type[Settings]]] = {}
     for schema, where in sorted(LOCATIONS.items(), key=lambda item: item[1]):
-        if "/" in where:
-            groups.setdefault(where.rsplit("/", 1)[0], []).append(schema)
+        group = where.rsplit("/", 1)[0] if "/" in where else None
+        if group is not None and (CONF_DIR / group).is_dir():
+            groups.setdefault(group, []).append(schema)
     return groups
 
 

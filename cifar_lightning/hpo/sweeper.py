@@ -1,8 +1,8 @@
 """A Hydra sweeper that runs an Optuna study: ask trials, launch them as train.py jobs, tell their outcome.
 
-It replaces hydra-optuna-sweeper (see docs/search-and-tracking.md) on Optuna's ask-and-tell API. A sampler `seed` is offset by
-the number of the worker's first trial: a lone worker on a new study is reproducible, and two workers started
-together do not draw alike. Loaded through hydra_plugins/cifar_lightning_optuna."""
+It replaces hydra-optuna-sweeper (see docs/search-and-tracking.md) on Optuna's ask-and-tell API. A sampler
+`seed` is offset by the number of the worker's first trial: a lone worker on a new study is reproducible, and
+two workers started together do not draw alike. Loaded through hydra_plugins/cifar_lightning_optuna."""
 
 from __future__ import annotations
 

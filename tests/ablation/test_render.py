@@ -2,8 +2,8 @@
 they draw from, and the names of several sweeps and their jobs."""
 
 import csv
-import os
 import json
+import os
 
 import numpy as np
 import pytest
