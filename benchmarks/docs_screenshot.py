@@ -70,14 +70,13 @@ def why_not() -> str:
     return ""
 
 
-def build_site(out: Path) -> None:
-    """mkdocs build --strict into `out`: a warning (a broken link, a page outside the nav) fails the build."""
+def build_site(out: Path) -> str:
+    """mkdocs build --strict into `out` (a warning, e.g. a broken link or a page outside the nav, fails it): the
+    build's output when it failed, '' when it passed."""
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)]
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"error: mkdocs build --strict failed:\n{result.stdout}{result.stderr}")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    return "" if result.returncode == 0 else f"{result.stdout}{result.stderr}"
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -149,8 +148,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as scratch:
         site = args.site or Path(scratch) / "site"
-        if args.site is None:
-            build_site(site)
+        if args.site is None and (failure := build_site(site)):
+            print(f"error: mkdocs build --strict failed:\n{failure}", file=sys.stderr)
+            return 1
         results = check_site(site, args.out)
     for name, problems in results.items():
         status = "ok" if not problems else "FAILED: " + "; ".join(problems)

@@ -6,7 +6,6 @@ absolute path, and the output-files page describes every key the commands write.
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -79,15 +78,22 @@ def test_the_absolute_path_check_finds_one():
     assert not ABSOLUTE_PATH.search("open http://127.0.0.1:8000/predict or data.data_dir=../shared/data")
 
 
+def docs_screenshot():
+    """benchmarks/docs_screenshot.py, which builds the site and opens it in Chromium (a script, not a package)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import docs_screenshot
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return docs_screenshot
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The site, built as CI builds it: mkdocs build --strict (a warning fails it)."""
     out = tmp_path_factory.mktemp("site")
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)]
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    )
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}{result.stderr}"
+    failure = docs_screenshot().build_site(out)
+    assert not failure, f"mkdocs build --strict failed:\n{failure}"
     return out
 
 
@@ -103,16 +109,12 @@ def test_the_site_builds_strict_with_every_page_and_the_api(site):
 def test_the_site_renders_in_chromium(site, tmp_path):
     """The home page and the configuration reference, opened in headless Chromium: no console error, no failed
     request (the site works offline), the picture decoded, the reference's tables there; screenshots in tmp_path."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import docs_screenshot
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    if problem := docs_screenshot.why_not():
+    screenshots = docs_screenshot()
+    if problem := screenshots.why_not():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and the browser check cannot run: {problem}", pytrace=False)
         pytest.skip(problem)
-    results = docs_screenshot.check_site(site, tmp_path)
+    results = screenshots.check_site(site, tmp_path)
     assert not any(results.values()), f"pages with problems (screenshots in {tmp_path}): {results}"
     assert sorted(path.name for path in tmp_path.glob("*.png")) == ["docs_configuration.png", "docs_home.png"]
 

@@ -59,12 +59,9 @@ def undocumented() -> list[str]:
         f"{schema.__module__}.{schema.__name__}.{name}"
         for schema in declared_schemas()
         for name, field in schema.model_fields.items()
-        if not (field.description or "").strip() and not _is_schema(field.get_default(call_default_factory=True))
+        if not (field.description or "").strip()
+        and not isinstance(field.get_default(call_default_factory=True), Settings)
     ]
-
-
-def _is_schema(value: Any) -> bool:
-    return isinstance(value, Settings)
 
 
 def doc_of(schema: type[Settings], name: str, prefix: str) -> str:
@@ -157,12 +154,12 @@ def options(group: str) -> list[Path]:
     return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def options_list(group: str, values: bool = True) -> list[str]:
+def options_list(group: str) -> list[str]:
     """The group's presets, one bullet each: its name, what it is for, and what it sets."""
     bullets = []
     for path in options(group):
         doc = header_doc(path)
-        sets = own_values(path) if values and "@package _global_" not in path.read_text() else ""
+        sets = own_values(path) if "@package _global_" not in path.read_text() else ""
         parts = [part for part in (doc, f"sets {sets}" if sets else "") if part]
         plus = "+" if group in ADDED else ""
         bullets.append(f"- `{plus}{group}={path.stem}`" + (f": {'; '.join(parts)}" if parts else ""))
@@ -196,7 +193,8 @@ def group_section(group: str, schemas: list[type[Settings]]) -> list[str]:
     for schema in schemas:
         name = LOCATIONS[schema].rsplit("/", 1)[1].removesuffix("_schema")
         built = f", builds `{schema.target}`" if schema.target else ""
-        key = "hydra.sweeper" if group == "hydra/sweeper" else "ood" if group == "ood_runtime" else group
+        # Its place in the composed config: the folder's, but predict.yaml and serve.yaml load ood_runtime@ood.
+        key = "ood" if group == "ood_runtime" else group.replace("/", ".")
         parts += [f"Keys of `{name}`{built}:", "", *table(schema, f"{key}.")]
     return parts
 
@@ -242,5 +240,5 @@ def reference() -> str:
             parts += callback_tables() if group == "callbacks" else []
     parts += ["## Recipes and studies", "", "Presets that set keys of several groups at once.", ""]
     for group in RECIPES:
-        parts += [f"### `{group}`", "", *options_list(group, values=False)]
+        parts += [f"### `{group}`", "", *options_list(group)]
     return "\n".join(parts).rstrip() + "\n"

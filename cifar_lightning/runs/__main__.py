@@ -9,9 +9,9 @@ from pathlib import Path
 
 from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.runs.compare import (
+    ACCURACIES,
     DEFAULT_OUT,
     DEFAULT_SORT,
-    HIGHER_IS_BETTER,
     METRIC_COLUMNS,
     caption,
     compare,
@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     leaderboard.add_argument(
         "paths", nargs="+", metavar="PATH", help="run directories, folders holding runs at any depth, or quoted globs"
     )
-    sense = f"{' and '.join(HIGHER_IS_BETTER)} descending, the others ascending; missing values last"
+    sense = f"{' and '.join(ACCURACIES)} descending, the others ascending; missing values last"
     leaderboard.add_argument("--sort", choices=METRIC_COLUMNS, default=DEFAULT_SORT, help=f"the metric ({sense})")
     order = leaderboard.add_mutually_exclusive_group()
     order.add_argument("--ascending", dest="descending", action="store_false", default=None, help="smallest first")

@@ -13,6 +13,7 @@ import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,7 @@ from cifar_lightning.tables import markdown_table, write_csv
 
 #: metrics.json's headline figures, in column order; any of them can be the sort key.
 METRIC_COLUMNS = ("best_val_loss", "best_val_acc", "test_acc", "best_epoch", "epochs_run", "train_seconds")
-#: Metrics where higher is better (sorted descending by default); the others sort ascending.
-HIGHER_IS_BETTER = ("best_val_acc", "test_acc")
+#: Accuracies: shown in %, and higher is better (sorted descending by default); the others sort ascending.
 ACCURACIES = ("best_val_acc", "test_acc")
 DEFAULT_SORT = "best_val_acc"
 #: The printed table's short headings (compare.csv keeps metrics.json's names).
@@ -90,6 +90,15 @@ class Comparison:
     descending: bool
     #: The differing keys that some run's overrides set: the ones the printed table shows (when they fit).
     shown: list[str] = field(default_factory=list)
+
+    @cached_property
+    def printed(self) -> list[str]:
+        """The shown keys, in order, while the table fits WIDTH columns (the metrics are always there)."""
+        keys: list[str] = []
+        for key in self.shown:
+            if max(map(len, markdown_table(*printed_table(self, [*keys, key])).splitlines())) <= WIDTH:
+                keys.append(key)
+        return keys
 
 
 def runs_below(folder: Path) -> list[Path]:
@@ -248,7 +257,7 @@ def compare(arguments: Sequence[str], sort: str = DEFAULT_SORT, descending: bool
     if sort not in METRIC_COLUMNS:
         raise CompareError(f"cannot sort by {sort!r}: choose one of {', '.join(METRIC_COLUMNS)}.")
     rows = [read_run(run) for run in find_run_dirs(arguments)]
-    descending = sort in HIGHER_IS_BETTER if descending is None else descending
+    descending = sort in ACCURACIES if descending is None else descending
     keys = differing_keys(rows)
     sorted_rows = sort_rows(rows, sort, descending)
     return Comparison(list(arguments), sorted_rows, keys, sort, descending, set_by_overrides(keys, rows))
@@ -319,19 +328,9 @@ def printed_table(comparison: Comparison, keys: Sequence[str]) -> tuple[list[str
     return header, rows
 
 
-def fitting_keys(comparison: Comparison) -> list[str]:
-    """The shown keys, in order, while the table fits WIDTH columns (the metrics are always there)."""
-    keys: list[str] = []
-    for key in comparison.shown:
-        table = markdown_table(*printed_table(comparison, [*keys, key]))
-        if max(map(len, table.splitlines())) <= WIDTH:
-            keys.append(key)
-    return keys
-
-
 def render_table(comparison: Comparison) -> str:
     """The leaderboard as a Markdown table of at most WIDTH columns (what the CLI prints, and compare.md holds)."""
-    return markdown_table(*printed_table(comparison, fitting_keys(comparison)))
+    return markdown_table(*printed_table(comparison, comparison.printed))
 
 
 def caption(comparison: Comparison) -> str:
@@ -345,8 +344,7 @@ def caption(comparison: Comparison) -> str:
 
 def left_out(comparison: Comparison) -> str:
     """What the table leaves out of the differing keys, wrapped to WIDTH; empty when it shows them all."""
-    shown = fitting_keys(comparison)
-    too_wide = [key for key in comparison.shown if key not in shown]
+    too_wide = [key for key in comparison.shown if key not in comparison.printed]
     unset = len(comparison.keys) - len(comparison.shown)
     lines = []
     if unset:
