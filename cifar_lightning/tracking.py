@@ -21,6 +21,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
+from cifar_lightning.credentials import refuse_password
 from cifar_lightning.errors import ConfigError, one_line
 from cifar_lightning.runs import COMPLETED, RunDir
 from cifar_lightning.runs.compare import finite
@@ -61,6 +62,7 @@ class MLflowRunLogger(MLFlowLogger):
             raise ConfigError(f"logger=mlflow needs the mlflow package, which is not installed: {_INSTALL_FIX}")
         self.run_dir = str(Path(run_dir).expanduser().resolve())
         tags = {key: str(value) for key, value in (kwargs.pop("tags", None) or {}).items() if value is not None}
+        refuse_password(tracking_uri, "logger.mlflow.tracking_uri", stopped="The run stopped before training")
         check_tracking_server(tracking_uri)
         try:
             super().__init__(tracking_uri=tracking_uri, tags={**tags, RUN_DIR_TAG: self.run_dir}, **kwargs)

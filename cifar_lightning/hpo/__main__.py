@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:  # a sweep directory
             url, out = default_storage(args.target), Path(args.out or args.target)
-        path = write_report(load_study(url, args.study), out)
+        path = write_report(load_study(url, args.study, setting="the storage URL argument"), out)
     except CifarLightningError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -14,9 +14,21 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from cifar_lightning.credentials import refuse_password
 from cifar_lightning.errors import SearchError, one_line
 
 STORAGE_FILE = "optuna.db"
+#: The pip package of each SQLAlchemy driver a storage URL may need (postgresql:// is psycopg 3's in SQLAlchemy 2).
+DRIVER_PACKAGES = {
+    "psycopg": '"psycopg[binary]" (pip install -e ".[hpo]" includes it)',
+    "psycopg2": "psycopg2-binary (or postgresql:// for psycopg 3, which the hpo extra installs)",
+    "mysqldb": "mysqlclient (it builds against the MySQL client library: apt-get install libmysqlclient-dev), "
+    "or pymysql with a mysql+pymysql:// URL",
+    "pymysql": "pymysql",
+    "mysqlconnector": "mysql-connector-python",
+    "mariadbconnector": "mariadb",
+    "pg8000": "pg8000",
+}
 
 # Study user attributes (set by the sweeper).
 OBJECTIVE, PRUNER, STORAGE = "objective", "pruner", "storage"
@@ -40,8 +52,29 @@ def shown_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int = 1) -> RDBStorage:
-    """The RDB storage at `url`; with a heartbeat, a killed worker's trial fails and is retried max_retry times."""
+def check_driver(url: str) -> None:
+    """Raise SearchError naming the pip package when the database driver `url` needs is not installed."""
+    try:
+        dialect = make_url(url).get_dialect()
+    except Exception:  # not a URL, or no such database: RDBStorage reports it
+        return
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        package = DRIVER_PACKAGES.get(dialect.driver, f"the package of Python's {dialect.driver} module")
+        raise SearchError(
+            f"the study storage {shown_url(url)} needs the {dialect.name} driver {dialect.driver}, which is not "
+            f"installed ({one_line(exc, 200)}). Fix: pip install {package}; no trial was run."
+        ) from exc
+
+
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, max_retry: int = 1, setting: str = "hydra.sweeper.storage"
+) -> RDBStorage:
+    """The RDB storage at `url` (the value of `setting`), never with a password inside it (cifar_lightning.credentials);
+    with a heartbeat, a killed worker's trial fails and is retried max_retry times."""
+    refuse_password(url, setting, stopped="No trial was run")
+    check_driver(url)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # wait out writers
     beats = heartbeat_interval is not None
     try:
@@ -58,8 +91,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, max_retry: int
         reason = one_line(exc, 300)
         raise SearchError(
             f"the study storage {shown_url(url)} cannot be opened ({type(exc).__name__}: {reason}). Fix "
-            f"hydra.sweeper.storage: a reachable RDB URL such as sqlite:///logs/hpo.db or "
-            f"postgresql://user@host/db (with its driver installed), or null for SQLite in the sweep directory."
+            f"{setting}: a reachable RDB URL such as sqlite:///logs/hpo.db or "
+            f"postgresql://user@host/db (its password in PGPASSWORD or ~/.pgpass), or null for SQLite in the sweep "
+            f"directory."
         ) from exc
 
 
@@ -122,9 +156,9 @@ def open_study(
     return study
 
 
-def load_study(storage_url: str, name: str | None = None) -> optuna.Study:
+def load_study(storage_url: str, name: str | None = None, setting: str = "hpo.storage") -> optuna.Study:
     """An existing study, with the pruner it was created with (a trial's process prunes as its sweeper asked)."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, setting=setting)
     names = optuna.get_all_study_names(storage)
     if name is None and len(names) == 1:
         name = names[0]

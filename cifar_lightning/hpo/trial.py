@@ -45,7 +45,7 @@ class PruneUnpromisingTrial(PyTorchLightningPruningCallback):
 def pruning_callback(cfg: DictConfig) -> PruneUnpromisingTrial:
     """The callback that reports this trial's validation metric to its study every epoch and prunes it."""
     hpo = cfg.hpo  # all three set: checked by cifar_lightning/config/train.py (HpoSettings)
-    study = load_study(hpo.storage, hpo.study)
+    study = load_study(hpo.storage, hpo.study)  # refuses a password inside the URL: see cifar_lightning.credentials
     trial = optuna.trial.Trial(study, trial_id(study, int(hpo.trial)))
     return PruneUnpromisingTrial(trial, monitor=study.user_attrs[OBJECTIVE])
 
