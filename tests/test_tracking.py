@@ -164,6 +164,22 @@ def test_an_unusable_tracking_store_is_refused_before_training(uri, detail, tmp_
     assert detail in str(error.value) and "logger.mlflow.tracking_uri=" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "uri, fix",
+    [
+        ("http://me:s3cret@127.0.0.1:9", "export MLFLOW_TRACKING_USERNAME=<user> and MLFLOW_TRACKING_PASSWORD="),
+        ("postgresql://me:s3cret@127.0.0.1/mlflow", "export PGPASSWORD=<password>"),
+    ],
+)
+def test_a_password_in_the_tracking_uri_is_refused_before_training(uri, fix, tmp_path):
+    log_dir = tmp_path / "logs"
+    cfg = compose_tracked(log_dir, log_dir / "run", "logger=mlflow", f"logger.mlflow.tracking_uri='{uri}'")
+    with pytest.raises(ConfigError, match=r"logger\.mlflow\.tracking_uri holds a password inside its URL") as error:
+        build(cfg)  # before MLflow opens the store or asks the server: nothing is sent or recorded
+    assert fix in str(error.value) and "The run stopped before training" in str(error.value)
+    assert "s3cret" not in str(error.value) and not (log_dir / "mlruns").exists()
+
+
 def test_missing_mlflow_is_refused_with_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "find_spec", lambda name: None)
     cfg = compose_tracked(tmp_path / "logs", tmp_path / "logs" / "run", "logger=mlflow")

@@ -10,6 +10,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna_integration import PyTorchLightningPruningCallback
 
+from cifar_lightning.credentials import refuse_password
 from cifar_lightning.errors import TrialPruned
 from cifar_lightning.hpo.study import OBJECTIVE, load_study, shown_url, trial_id
 
@@ -45,7 +46,8 @@ class PruneUnpromisingTrial(PyTorchLightningPruningCallback):
 def pruning_callback(cfg: DictConfig) -> PruneUnpromisingTrial:
     """The callback that reports this trial's validation metric to its study every epoch and prunes it."""
     hpo = cfg.hpo  # all three set: checked by cifar_lightning/config/train.py (HpoSettings)
-    study = load_study(hpo.storage, hpo.study)  # refuses a password inside the URL: see cifar_lightning.credentials
+    refuse_password(hpo.storage, "hpo.storage", stopped="The run stopped before training")  # see credentials.py
+    study = load_study(hpo.storage, hpo.study)
     trial = optuna.trial.Trial(study, trial_id(study, int(hpo.trial)))
     return PruneUnpromisingTrial(trial, monitor=study.user_attrs[OBJECTIVE])
 

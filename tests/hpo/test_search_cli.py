@@ -1,9 +1,9 @@
 """The search as a user runs it (python train.py -m hparams_search=...), with tiny trials: a killed study
-resumes, two workers share one SQLite study, hpo.md's command retrains the best trial, and bad input stops
-before any trial. Each test starts train.py processes (about 10 s each), so they run with -m slow."""
+resumes, trials run through other launchers, and bad input stops before any trial. Two workers sharing one
+study (and hpo.md's command retraining the best trial) run on PostgreSQL: tests/hpo/test_postgres.py. Each test
+starts train.py processes (about 10 s each), so they run with -m slow."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,12 +13,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from omegaconf import OmegaConf
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from cifar_lightning.hpo.study import STATUS, build_sampler, counted, default_storage, open_storage, open_study
-from tests.conftest import QUIET, compose_train
+from tests.conftest import QUIET
 from tests.helpers import ROOT, assert_refused, run_entry_point
 
 pytestmark = pytest.mark.slow
@@ -104,40 +103,6 @@ def test_a_killed_study_resumes_where_it_stopped(tmp_path, data_dir):
     assert all(t.state != TrialState.RUNNING for t in after)
     assert_no_duplicates(after, sweep_dir)
     assert "## Best trial" in (sweep_dir / "hpo.md").read_text()
-
-
-def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path, data_dir):
-    sweep_dir = tmp_path / "logs" / "train" / "hpo" / "report_cnn"
-    # The study exists before the workers start, as when a first worker created it: two workers creating one
-    # SQLite file at the same instant can both try to create Optuna's tables.
-    open_study(
-        open_storage(default_storage(sweep_dir)), "report_cnn", "val_loss", "minimize", build_sampler(None), None
-    )
-    command = search_command(tmp_path / "logs", data_dir, "hydra.sweeper.n_trials=6")
-    workers = [
-        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    for worker in workers:
-        _, err = worker.communicate(timeout=900)
-        assert worker.returncode == 0, err[-3000:]
-    trials = trials_of(sweep_dir)
-    assert len(trials) in (6, 7)  # both may ask the last trial at the same moment: at most one extra
-    assert [t.number for t in trials] == list(range(len(trials)))
-    assert all(t.state != TrialState.RUNNING for t in trials)
-    assert_no_duplicates(trials, sweep_dir)
-
-    # hpo.md's command trains the best trial's configuration alone: the same config, less the search's keys.
-    report = (sweep_dir / "hpo.md").read_text()
-    best = optuna.load_study(study_name="report_cnn", storage=default_storage(sweep_dir)).best_trial
-    command_line = re.search(r"Retrain it alone, exactly as the trial ran:\n\n    (.+)\n", report).group(1)
-    overrides = command_line.split()[2:]
-    assert not any(o.startswith(("hpo.", "hparams_search", "-m")) for o in overrides)
-    trial_dir = sweep_dir / f"trial_{best.number}"
-    retrained = OmegaConf.to_container(compose_train(overrides, trial_dir), resolve=True)
-    trial_config = yaml.safe_load((trial_dir / "config.yaml").read_text())
-    assert trial_config.pop("hpo")["trial"] == best.number and retrained.pop("hpo")["trial"] is None
-    assert retrained == trial_config
 
 
 @pytest.mark.parametrize(

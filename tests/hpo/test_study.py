@@ -1,10 +1,12 @@
 """The study in its storage: opening it, refusing what cannot work, and what counts towards n_trials."""
 
+import sys
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifar_lightning.errors import SearchError
+from cifar_lightning.errors import ConfigError, SearchError
 from cifar_lightning.hpo.study import (
     INTERRUPTED,
     OBJECTIVE,
@@ -49,6 +51,29 @@ def test_an_unreachable_storage_is_refused(tmp_path):
     for url in (f"sqlite:///{blocked}/sub/optuna.db", "nosuchdialect://host/db"):
         with pytest.raises(SearchError, match="cannot be opened"):
             open_storage(url)
+
+
+@pytest.mark.parametrize(
+    "url, module, package",
+    [
+        ("postgresql://optuna@127.0.0.1/optuna", "psycopg", 'pip install "psycopg[binary]" (pip install -e ".[hpo]"'),
+        ("mysql://optuna@127.0.0.1/optuna", "MySQLdb", "pip install mysqlclient"),
+        ("mysql+pymysql://optuna@127.0.0.1/optuna", "pymysql", "pip install pymysql"),
+    ],
+)
+def test_a_missing_database_driver_is_named_with_its_pip_package(url, module, package, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails, as where the package is not installed
+    with pytest.raises(SearchError, match="driver .* which is not installed") as error:
+        open_storage(url)
+    assert package in str(error.value) and "no trial was run" in str(error.value)
+    if module == "MySQLdb":
+        assert "or pymysql with a mysql+pymysql:// URL" in str(error.value)
+
+
+def test_a_password_inside_the_storage_url_is_refused_before_connecting(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # refused before the driver (and the server) is needed
+    with pytest.raises(ConfigError, match=r"^hpo\.storage holds a password .*No trial was run\. Fix: .*PGPASSWORD"):
+        load_study("postgresql://optuna:s3cret@127.0.0.1/optuna", "s")
 
 
 def test_unknown_samplers_and_pruners_are_refused():

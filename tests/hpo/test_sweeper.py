@@ -205,3 +205,23 @@ def test_ctrl_c_keeps_told_trials_and_the_rerun_finishes_the_interrupted_ones(tm
         assert second.jobs[retry.number] == first.jobs[interrupted.number]  # the very values the first go ran
     assert counted(after) == 4 and len(after) == 6
     assert "## Best trial" in (sweep_dir / "hpo.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides, setting",
+    [
+        (["hydra.sweeper.storage='postgresql://optuna:s3cret@127.0.0.1/optuna'"], "hydra.sweeper.storage"),
+        (
+            ["logger=mlflow", "logger.mlflow.tracking_uri='http://me:s3cret@mlflow.example:5000'"],
+            "logger.mlflow.tracking_uri",
+        ),
+    ],
+)
+def test_a_password_in_a_url_stops_the_search_before_anything_is_written(tmp_path, capsys, overrides, setting):
+    stub = StubTrain()
+    with pytest.raises(SystemExit) as stopped:
+        sweep(tmp_path / "logs", stub, "hydra.sweeper.n_trials=1", *overrides)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.startswith(f"error: {setting} holds a password inside its URL")
+    assert "Nothing was run or written" in error and "s3cret" not in error
+    assert stub.jobs == {} and not (tmp_path / "logs").exists()  # no sweep dir, multirun.yaml, study or trial

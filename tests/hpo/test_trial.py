@@ -38,3 +38,13 @@ def test_a_trial_reports_its_validation_loss_and_is_pruned(tmp_path, make_cfg):
 def test_a_trial_needs_its_study(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="hpo.trial=3 needs hpo.study and hpo.storage"):
         train(make_cfg(*TINY, "hpo.trial=3"))
+
+
+def test_a_trial_with_a_password_in_its_storage_url_stops_before_training(make_cfg, tmp_path):
+    run = RunDir(tmp_path / "sweep" / "trial_0")
+    url = "postgresql://optuna:s3cret@127.0.0.1/optuna"
+    cfg = make_cfg(*TINY, "hpo.study=tiny", f"hpo.storage='{url}'", "hpo.trial=0", output_dir=run.root)
+    with pytest.raises(ConfigError, match=r"hpo\.storage holds a password .*The run stopped before training") as error:
+        train(cfg)
+    assert "s3cret" not in str(error.value) and "PGPASSWORD" in str(error.value)
+    assert not run.root.exists() or not list(run.root.rglob("*"))  # no checkpoint, record or event file
