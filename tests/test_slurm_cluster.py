@@ -1,0 +1,205 @@
+"""hydra/launcher=slurm against a real Slurm cluster (scripts/local_cluster.sh up: this host as controller and
+node, a second slurmd as a second node, accounting through slurmdbd). The jobs go through sbatch and srun;
+their final states are read from Slurm's accounting (sacct), which is what submitit polls too, and which
+keeps both runs of a requeued job id (sacct --duplicates), where scontrol forgets a job after MinJobAge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cifar_lightning.runs import RunDir, read_metrics
+from tests.conftest import QUIET, ROOT
+from tests.services import require
+from tests.test_ddp import SYNC_RUN, assert_matches_evaluation
+from tests.test_resume import checkpoint_position
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+
+# README's command, sized for this machine's node (2 CPUs): the defaults (8 CPUs, 32 GB) are a GPU node's.
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4"]
+TINY = [
+    "experiment=report_base",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+]
+RUN_FILES = ("config.yaml", "metrics.json", "train.log", "checkpoints/best.ckpt", "checkpoints/last.ckpt", ".hydra")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    """The local cluster must answer, with its default partition `debug` and the 2-node `multinode` up."""
+    problem = None
+    if shutil.which("sinfo") is None:
+        problem = "Slurm is not installed"
+    else:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=30)
+        if listed.returncode != 0 or {"debug* up", "multinode up"} - set(listed.stdout.split("\n")):
+            problem = f"no local Slurm cluster answers ({(listed.stderr or listed.stdout).strip()[:200]})"
+    require(problem, "start one with `sudo scripts/local_cluster.sh up`")
+
+
+def train(log_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """python train.py <args> (a sweep), logging under log_dir."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args, f"paths.log_dir={log_dir}", *QUIET],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sweep_dir(log_dir: Path) -> Path:
+    (found,) = (log_dir / "train" / "multiruns").iterdir()
+    return found
+
+
+def job_ids(sweep: Path) -> list[str]:
+    """The Slurm job ids of a sweep's jobs, from submitit's folders: <array id>_<task> (beside the array's own
+    <array id>), or <id> for a sweep of one job."""
+    ids = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
+    return [i for i in ids if "_" in i] or ids
+
+
+def sacct(job_id: str, *fields: str, every_run: bool = False) -> list[list[str]]:
+    """Slurm's accounting record of a job's allocation (no steps): one row per run with every_run."""
+    command = ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", ",".join(fields), *(["-D"] if every_run else [])]
+    return [row.split("|") for row in subprocess.check_output(command, text=True).splitlines()]
+
+
+def assert_complete(job: Path) -> None:
+    for name in RUN_FILES:
+        assert (job / name).exists(), f"{job} has no {name}"
+    assert read_metrics(RunDir(job))["status"] == "completed"
+
+
+@pytest.mark.slow  # two Slurm jobs of a tiny run (about 25 s)
+def test_readmes_sweep_runs_one_slurm_job_per_seed(cluster, data_dir, tmp_path):
+    result = train(tmp_path, *SLURM, "seed=0,1", *TINY, f"data.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = sweep_dir(tmp_path)
+    ids = job_ids(sweep)
+    assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1")  # one array, a task per seed
+    for job_id in ids:
+        assert sacct(job_id, "State", "ExitCode", "Partition") == [["COMPLETED", "0:0", "debug"]]
+    for job, seed in (("0", 0), ("1", 1)):
+        assert_complete(sweep / job)
+        assert read_metrics(RunDir(sweep / job))["seed"] == seed
+    assert "Bypassing sacct error" not in result.stdout + result.stderr  # submitit's polls were answered
+
+
+def test_a_request_the_cluster_cannot_meet_is_refused_with_what_it_offers(cluster, tmp_path):
+    for override, reason in (
+        ("hydra.launcher.partition=gpu", "invalid partition specified: gpu"),
+        ("hydra.launcher.cpus_per_task=64", "More processors requested than permitted"),
+    ):
+        result = train(tmp_path, "-m", "hydra/launcher=slurm", override, "seed=0", timeout=120)
+        assert result.returncode == 2, result.stderr[-3000:]
+        error = result.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: Slurm refused the sweep's jobs") and reason in error, error
+        assert "debug*:" in error and "CPUs" in error and "MB per node" in error  # what the partitions offer
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+# --- preemption: Slurm requeues a job in epoch 2; it resumes from its own last.ckpt ---
+
+REQUEUE_RUN = [
+    "experiment=report_base",
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=60",
+    "trainer.limit_val_batches=2",
+]
+
+
+def wait_for(condition, what: str, timeout: float = 300, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := condition()) is not None:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow  # two 3-epoch jobs, one requeued (about 70 s)
+def test_a_requeued_job_resumes_from_its_last_checkpoint_and_ends_as_the_uninterrupted_run(cluster, data_dir, tmp_path):
+    # One sweep, two jobs of the same run: job 0 is requeued by Slurm in epoch 2, job 1 runs uninterrupted.
+    command = [sys.executable, "train.py", *SLURM, "seed=0,0", *REQUEUE_RUN, f"data.data_dir={data_dir}"]
+    log = tmp_path / "sweep.out"
+    with open(log, "w") as out:
+        sweep_process = subprocess.Popen(
+            [*command, f"paths.log_dir={tmp_path}", *QUIET], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        last = wait_for(lambda: next(tmp_path.glob("train/multiruns/*/0/checkpoints/last.ckpt"), None), "last.ckpt")
+        assert wait_for(lambda: checkpoint_position(last), "a readable last.ckpt") == (0, 60)
+        sweep = last.parents[2]
+        job_id = wait_for(lambda: next((i for i in job_ids(sweep) if i.endswith("_0")), None), "job 0's id")
+        time.sleep(1.0)  # into epoch 2: 60 batches take several seconds
+        assert checkpoint_position(last) == (0, 60), "epoch 2 ended before the requeue: the machine is too slow"
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        # Slurm holds a requeued job back for 2 minutes (its BeginTime); an administrator's release: start it now.
+        wait_for(lambda: "PENDING" in state(job_id) or None, "the requeued job to be pending", every=0.5)
+        assert checkpoint_position(last) == (0, 60), "epoch 2 ended before the job stopped"
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        assert sweep_process.wait(timeout=400) == 0, log.read_text()[-3000:]
+    finally:
+        sweep_process.kill()
+        subprocess.run(["scancel", "--name", "train"], check=False)
+
+    # Slurm's own record: both runs of the one job id, the first requeued, and a restart count of 1.
+    runs = sacct(job_id, "JobID", "State", every_run=True)
+    assert [state for _, state in runs] == ["REQUEUED", "COMPLETED"], runs
+    assert "Restarts=1" in subprocess.check_output(["scontrol", "show", "job", job_id], text=True)
+    assert "Bypassing sacct error" not in log.read_text()
+
+    job, reference = sweep / "0", sweep / "1"
+    assert_complete(job)
+    submitit_log = next((sweep / ".submitit" / job_id).glob("*_0_log.out")).read_text()
+    assert submitit_log.count("Starting with JobEnvironment") == 2, submitit_log[-3000:]  # both attempts kept
+    train_log = (job / "train.log").read_text()  # appended by the second attempt
+    assert [train_log.count(f"epoch {epoch}/3:") for epoch in (1, 2, 3)] == [1, 1, 1], train_log
+    assert f"requeued job: resuming {job} from {job / 'checkpoints' / 'last.ckpt'} (written in epoch 1" in train_log
+    requeued, uninterrupted = read_metrics(RunDir(job)), read_metrics(RunDir(reference))
+    assert requeued["resumes"] == [{"epoch": 1, "global_step": 60, "overrides": []}] and uninterrupted["resumes"] == []
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion"):
+        assert requeued[key] == uninterrupted[key], key
+
+
+def state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+
+
+# --- DDP under Slurm: srun starts one task per process, Lightning reads the ranks from Slurm ---
+
+
+@pytest.mark.slow  # two DDP jobs, one after the other on the 2-CPU node (about 60 s)
+def test_ddp_jobs_on_one_node_and_on_two_nodes_score_like_evaluate(cluster, data_dir, tmp_path):
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "seed=0", *SYNC_RUN, f"data.data_dir={data_dir}"]
+    host = os.uname().nodename.split(".")[0]  # local_cluster.sh's nodes: <host>, and <host>-2 (a second slurmd)
+    shapes = {  # name: (launcher and trainer overrides, nodes Slurm gave the job)
+        "one_node": (["trainer.devices=2"], [host]),
+        "two_nodes": (
+            ["hydra.launcher.partition=multinode", "trainer.devices=1", "trainer.num_nodes=2"],
+            [host, f"{host}-2"],
+        ),
+    }
+    for name, (overrides, _) in shapes.items():
+        result = train(tmp_path / name, *SLURM, *overrides, *ddp)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for name, (_, nodes) in shapes.items():
+        sweep = sweep_dir(tmp_path / name)
+        (job_id,) = job_ids(sweep)
+        assert sacct(job_id, "State", "NNodes", "NodeList") == [["COMPLETED", str(len(nodes)), ",".join(nodes)]]
+        metrics = assert_matches_evaluation(sweep / "0", data_dir, tmp_path / f"eval_{name}")
+        assert metrics["world_size"] == 2
+        assert len(list(sweep.rglob("metrics.json"))) == 1  # rank 0 alone wrote it
