@@ -25,6 +25,7 @@ from tests.ablation.jobs import write_seed_sweep
 from tests.conftest import DATA_DIR, QUIET
 from tests.docs_commands import RUN_NAME, STUDY, Command, by_runner, expected_status, fill
 from tests.helpers import ROOT
+from tests.services import require_slurm
 from tests.serving_fixtures import free_port, wait_until_serving
 
 pytestmark = pytest.mark.slow  # each a process start (10-60 s here); the default suite composes and checks them
@@ -154,6 +155,8 @@ def job_folders(log_dir: Path) -> list[Path]:
 def test_train_command_runs(command, workspace, tmp_path):
     """Exit 0 and a metrics.json in every job folder (or the refusal the page promises)."""
     args = fill(command.text, DATA_DIR)
+    if "hydra/launcher=slurm" in args:  # a local cluster's command (docs/scale.md)
+        require_slurm()
     if any(arg.startswith("resume=") for arg in args):  # a resume writes into its run: a fresh copy each
         shutil.copytree(workspace / "logs/train/runs" / RUN_NAME, tmp_path / "logs/train/runs" / RUN_NAME)
         cwd = tmp_path

@@ -6,7 +6,6 @@ keeps both runs of a requeued job id (sacct --duplicates), where scontrol forget
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from cifar_lightning.runs import RunDir, read_metrics
 from tests.conftest import QUIET, ROOT
-from tests.services import require
+from tests.services import require_slurm
 from tests.test_ddp import SYNC_RUN, assert_matches_evaluation
 from tests.test_resume import checkpoint_position
 
@@ -35,15 +34,7 @@ RUN_FILES = ("config.yaml", "metrics.json", "train.log", "checkpoints/best.ckpt"
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    """The local cluster must answer, with its default partition `debug` and the 2-node `multinode` up."""
-    problem = None
-    if shutil.which("sinfo") is None:
-        problem = "Slurm is not installed"
-    else:
-        listed = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=30)
-        if listed.returncode != 0 or {"debug* up", "multinode up"} - set(listed.stdout.split("\n")):
-            problem = f"no local Slurm cluster answers ({(listed.stderr or listed.stdout).strip()[:200]})"
-    require(problem, "start one with `sudo scripts/local_cluster.sh up`")
+    require_slurm()
 
 
 def train(log_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -130,53 +121,75 @@ def wait_for(condition, what: str, timeout: float = 300, every: float = 0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.slow  # two 3-epoch jobs, one requeued (about 70 s)
-def test_a_requeued_job_resumes_from_its_last_checkpoint_and_ends_as_the_uninterrupted_run(cluster, data_dir, tmp_path):
-    # One sweep, two jobs of the same run: job 0 is requeued by Slurm in epoch 2, job 1 runs uninterrupted.
-    command = [sys.executable, "train.py", *SLURM, "seed=0,0", *REQUEUE_RUN, f"data.data_dir={data_dir}"]
+def preempt(sweep: Path, how: dict[str, list[str]]) -> dict[str, str]:
+    """Stop each sweep job of `how` in its epoch 2 with its command + its Slurm job id; once Slurm has requeued
+    them, release them; return their job ids."""
+    lasts = {job: sweep / job / "checkpoints" / "last.ckpt" for job in how}
+    for job, last in lasts.items():
+        assert wait_for(lambda: checkpoint_position(last), f"job {job}'s last.ckpt") == (0, 60)
+    ids = {job: wait_for(lambda: next((i for i in job_ids(sweep) if i.endswith(f"_{job}")), None), job) for job in how}
+    time.sleep(1.0)  # into epoch 2: 60 batches take several seconds
+    assert all(checkpoint_position(last) == (0, 60) for last in lasts.values()), (
+        "epoch 2 ended: the machine is too slow"
+    )
+    for job, command in how.items():
+        subprocess.run([*command, ids[job]], check=True)
+    for job_id in ids.values():
+        wait_for(lambda: "PENDING" in state(job_id) or None, f"job {job_id} to be requeued", every=0.5)
+    assert all(checkpoint_position(last) == (0, 60) for last in lasts.values()), "epoch 2 ended before the stop"
+    for job_id in ids.values():  # Slurm holds a requeued job back 2 minutes (BeginTime); as an administrator would:
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    return ids
+
+
+def state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow  # three 3-epoch jobs, two of them preempted (about 2 minutes)
+def test_preempted_jobs_resume_from_their_last_checkpoint_and_end_as_the_uninterrupted_run(cluster, data_dir, tmp_path):
+    # One sweep, three jobs of the same run: job 0 is requeued by Slurm itself (scontrol requeue: SIGTERM, as a
+    # preemption with PreemptMode=REQUEUE), job 1 gets the signal Slurm sends before a time limit (USR2:
+    # submitit checkpoints and requeues it), job 2 runs uninterrupted.
+    command = [sys.executable, "train.py", *SLURM, "seed=0,0,0", *REQUEUE_RUN, f"data.data_dir={data_dir}"]
     log = tmp_path / "sweep.out"
     with open(log, "w") as out:
         sweep_process = subprocess.Popen(
             [*command, f"paths.log_dir={tmp_path}", *QUIET], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        last = wait_for(lambda: next(tmp_path.glob("train/multiruns/*/0/checkpoints/last.ckpt"), None), "last.ckpt")
-        assert wait_for(lambda: checkpoint_position(last), "a readable last.ckpt") == (0, 60)
-        sweep = last.parents[2]
-        job_id = wait_for(lambda: next((i for i in job_ids(sweep) if i.endswith("_0")), None), "job 0's id")
-        time.sleep(1.0)  # into epoch 2: 60 batches take several seconds
-        assert checkpoint_position(last) == (0, 60), "epoch 2 ended before the requeue: the machine is too slow"
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
-        # Slurm holds a requeued job back for 2 minutes (its BeginTime); an administrator's release: start it now.
-        wait_for(lambda: "PENDING" in state(job_id) or None, "the requeued job to be pending", every=0.5)
-        assert checkpoint_position(last) == (0, 60), "epoch 2 ended before the job stopped"
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-        assert sweep_process.wait(timeout=400) == 0, log.read_text()[-3000:]
+        multiruns = tmp_path / "train" / "multiruns"
+        sweep = wait_for(lambda: next(multiruns.iterdir(), None) if multiruns.is_dir() else None, "the sweep")
+        ids = preempt(sweep, {"0": ["scontrol", "requeue"], "1": ["scancel", "--signal=USR2"]})
+        requeued, signalled = ids["0"], ids["1"]
+        assert sweep_process.wait(timeout=500) == 0, log.read_text()[-3000:]
     finally:
         sweep_process.kill()
         subprocess.run(["scancel", "--name", "train"], check=False)
 
-    # Slurm's own record: both runs of the one job id, the first requeued, and a restart count of 1.
-    runs = sacct(job_id, "JobID", "State", every_run=True)
-    assert [state for _, state in runs] == ["REQUEUED", "COMPLETED"], runs
-    assert "Restarts=1" in subprocess.check_output(["scontrol", "show", "job", job_id], text=True)
+    # Slurm's own record of each preempted job: both runs of the one job id, and a restart count of 1.
+    for job_id in (requeued, signalled):
+        runs = sacct(job_id, "JobID", "State", every_run=True)
+        assert [state for _, state in runs] == ["REQUEUED", "COMPLETED"], runs
+        assert "Restarts=1" in subprocess.check_output(["scontrol", "show", "job", job_id], text=True)
     assert "Bypassing sacct error" not in log.read_text()
+    submitit = (sweep / ".submitit" / signalled / f"{signalled}_0_log.out").read_text()
+    assert "Caught signal SIGUSR2" in submitit and f"Requeued job {signalled}" in submitit, submitit[-3000:]
 
-    job, reference = sweep / "0", sweep / "1"
-    assert_complete(job)
-    submitit_log = next((sweep / ".submitit" / job_id).glob("*_0_log.out")).read_text()
-    assert submitit_log.count("Starting with JobEnvironment") == 2, submitit_log[-3000:]  # both attempts kept
-    train_log = (job / "train.log").read_text()  # appended by the second attempt
-    assert [train_log.count(f"epoch {epoch}/3:") for epoch in (1, 2, 3)] == [1, 1, 1], train_log
-    assert f"requeued job: resuming {job} from {job / 'checkpoints' / 'last.ckpt'} (written in epoch 1" in train_log
-    requeued, uninterrupted = read_metrics(RunDir(job)), read_metrics(RunDir(reference))
-    assert requeued["resumes"] == [{"epoch": 1, "global_step": 60, "overrides": []}] and uninterrupted["resumes"] == []
-    for key in ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion"):
-        assert requeued[key] == uninterrupted[key], key
-
-
-def state(job_id: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    uninterrupted = read_metrics(RunDir(sweep / "2"))
+    assert uninterrupted["resumes"] == []
+    for job, job_id in (("0", requeued), ("1", signalled)):
+        run = sweep / job
+        assert_complete(run)
+        submitit_log = (sweep / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+        assert submitit_log.count("Starting with JobEnvironment") == 2, submitit_log[-3000:]  # both attempts kept
+        train_log = (run / "train.log").read_text()  # appended by the second attempt
+        assert [train_log.count(f"epoch {epoch}/3:") for epoch in (1, 2, 3)] == [1, 1, 1], train_log
+        assert f"resuming {run} from {run / 'checkpoints' / 'last.ckpt'} (written in epoch 1" in train_log
+        metrics = read_metrics(RunDir(run))
+        assert metrics["resumes"] == [{"epoch": 1, "global_step": 60, "overrides": []}]
+        for key in ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion"):
+            assert metrics[key] == uninterrupted[key], (job, key)
 
 
 # --- DDP under Slurm: srun starts one task per process, Lightning reads the ranks from Slurm ---
