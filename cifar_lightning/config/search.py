@@ -24,7 +24,11 @@ class SearchSettings(Settings):
     study_name: str = Field(
         "search", min_length=1, description="the study, by name, in its storage", json_schema_extra={"must": "a name"}
     )
-    storage: str | None = Field(None, description="an RDB URL Optuna takes; null: SQLite in the sweep directory")
+    storage: str | None = Field(
+        None,
+        description="an RDB URL Optuna takes, no password inside (PGPASSWORD or ~/.pgpass); null: SQLite in the sweep "
+        "directory",
+    )
     n_trials: int = Field(20, ge=1, description="trials in the study in all, over every worker and re-run")
     n_jobs: int = Field(1, ge=1, description="trials launched at once per batch")
     sampler: Any = Field(None, description="an Optuna sampler (_target_ and its arguments); null: TPE")
