@@ -7,9 +7,11 @@ password from its own place instead (libpq's PGPASSWORD or ~/.pgpass, MySQL's op
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
 from cifar_lightning.errors import ConfigError
@@ -102,3 +104,27 @@ def refuse_passwords_in(cfg: DictConfig, stopped: str = "Nothing was run or writ
     """Refuse any URL with a password among the values of a job's config (Hydra's own node left out)."""
     for name, value in config_urls(cfg):
         refuse_password(value, name, stopped)
+
+
+class RefusePasswords(Callback):
+    """Hydra callback (conf/hydra/default.yaml): the check runs before Hydra writes a run's or a sweep's files
+    (.hydra/config.yaml, overrides.yaml, multirun.yaml), which would otherwise hold the password."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.check(config)
+        refuse_or_exit(lambda: refuse_password(config.hydra.sweeper.get("storage"), "hydra.sweeper.storage"))
+
+    def check(self, config: DictConfig) -> None:
+        refuse_or_exit(lambda: refuse_passwords_in(config))
+
+
+def refuse_or_exit(check) -> None:  # noqa: ANN001 - a check that may raise ConfigError
+    """Run `check`; on ConfigError print its `error:` paragraph and exit with its status (2), as entry points do."""
+    try:
+        check()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -104,10 +104,11 @@ def test_a_request_the_cluster_cannot_meet_is_refused_with_what_it_offers(cluste
 
 # --- preemption: Slurm requeues a job in epoch 2; it resumes from its own last.ckpt ---
 
+STEPS = 30  # per epoch: several seconds, time enough to stop a job in its epoch 2
 REQUEUE_RUN = [
     "experiment=report_base",
     "trainer.max_epochs=3",
-    "trainer.limit_train_batches=60",
+    f"trainer.limit_train_batches={STEPS}",
     "trainer.limit_val_batches=2",
 ]
 
@@ -126,17 +127,17 @@ def preempt(sweep: Path, how: dict[str, list[str]]) -> dict[str, str]:
     them, release them; return their job ids."""
     lasts = {job: sweep / job / "checkpoints" / "last.ckpt" for job in how}
     for job, last in lasts.items():
-        assert wait_for(lambda: checkpoint_position(last), f"job {job}'s last.ckpt") == (0, 60)
+        assert wait_for(lambda: checkpoint_position(last), f"job {job}'s last.ckpt") == (0, STEPS)
     ids = {job: wait_for(lambda: next((i for i in job_ids(sweep) if i.endswith(f"_{job}")), None), job) for job in how}
-    time.sleep(1.0)  # into epoch 2: 60 batches take several seconds
-    assert all(checkpoint_position(last) == (0, 60) for last in lasts.values()), (
+    time.sleep(1.0)  # into epoch 2
+    assert all(checkpoint_position(last) == (0, STEPS) for last in lasts.values()), (
         "epoch 2 ended: the machine is too slow"
     )
     for job, command in how.items():
         subprocess.run([*command, ids[job]], check=True)
     for job_id in ids.values():
         wait_for(lambda: "PENDING" in state(job_id) or None, f"job {job_id} to be requeued", every=0.5)
-    assert all(checkpoint_position(last) == (0, 60) for last in lasts.values()), "epoch 2 ended before the stop"
+    assert all(checkpoint_position(last) == (0, STEPS) for last in lasts.values()), "epoch 2 ended before the stop"
     for job_id in ids.values():  # Slurm holds a requeued job back 2 minutes (BeginTime); as an administrator would:
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     return ids
@@ -164,11 +165,14 @@ def test_preempted_jobs_resume_from_their_last_checkpoint_and_end_as_the_uninter
         requeued, signalled = ids["0"], ids["1"]
         assert sweep_process.wait(timeout=500) == 0, log.read_text()[-3000:]
     finally:
-        sweep_process.kill()
-        subprocess.run(["scancel", "--name", "train"], check=False)
+        if sweep_process.poll() is None:  # a failed check: end the sweep and its jobs
+            sweep_process.kill()
+            subprocess.run(["scancel", "--name", "train"], check=False)
 
     # Slurm's own record of each preempted job: both runs of the one job id, and a restart count of 1.
     for job_id in (requeued, signalled):
+        ended = lambda: None if "RUNNING" in (runs := str(sacct(job_id, "JobID", "State", every_run=True))) else runs  # noqa: E731
+        wait_for(ended, f"job {job_id}'s end in the accounting", timeout=60, every=0.5)  # the sweep ends first
         runs = sacct(job_id, "JobID", "State", every_run=True)
         assert [state for _, state in runs] == ["REQUEUED", "COMPLETED"], runs
         assert "Restarts=1" in subprocess.check_output(["scontrol", "show", "job", job_id], text=True)
@@ -187,7 +191,7 @@ def test_preempted_jobs_resume_from_their_last_checkpoint_and_end_as_the_uninter
         assert [train_log.count(f"epoch {epoch}/3:") for epoch in (1, 2, 3)] == [1, 1, 1], train_log
         assert f"resuming {run} from {run / 'checkpoints' / 'last.ckpt'} (written in epoch 1" in train_log
         metrics = read_metrics(RunDir(run))
-        assert metrics["resumes"] == [{"epoch": 1, "global_step": 60, "overrides": []}]
+        assert metrics["resumes"] == [{"epoch": 1, "global_step": STEPS, "overrides": []}]
         for key in ("test_acc", "test_loss", "best_epoch", "best_val_loss", "epochs_run", "history", "test_confusion"):
             assert metrics[key] == uninterrupted[key], (job, key)
 

@@ -6,6 +6,7 @@ import pytest
 from cifar_lightning.credentials import config_urls, refuse_password, refuse_passwords_in, url_password
 from cifar_lightning.errors import ConfigError
 from tests.conftest import compose_train
+from tests.helpers import assert_refused, run_entry_point
 
 WHY = "written into every trial's config and Hydra overrides, its checkpoints, TensorBoard and MLflow"
 
@@ -79,3 +80,13 @@ def test_every_url_in_a_jobs_config_is_checked_resolved(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(ConfigError, match=r"^hpo\.storage holds a password"):
         refuse_passwords_in(compose_train(["hpo.storage=postgresql://u:s3cret@h/d"]))
+
+
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
+def test_a_run_or_sweep_with_a_password_in_its_tracking_uri_writes_nothing(sweep, tmp_path):
+    # Hydra's callback refuses it before Hydra writes .hydra/ or multirun.yaml (they would hold the password).
+    uri = "logger.mlflow.tracking_uri=http://me:sekrit-tracking@127.0.0.1:1"
+    result = run_entry_point("train.py", *sweep, "logger=mlflow", uri, f"paths.log_dir={tmp_path / 'logs'}")
+    error = assert_refused(result, "logger.mlflow.tracking_uri holds a password", "MLFLOW_TRACKING_PASSWORD")
+    assert "sekrit-tracking" not in result.stdout + result.stderr + error
+    assert not (tmp_path / "logs").exists()
