@@ -27,19 +27,12 @@ from tests.conftest import QUIET
 from tests.helpers import only_run_dir, run_entry_point
 from tests.services import require
 from tests.serving_fixtures import free_port
+from tests.test_tracking import TWO_EPOCHS  # two epochs of two batches: each per-epoch metric gets two points
 
 # A server start and a train.py run: about 25 s here; runs with -m slow.
 pytestmark = pytest.mark.slow
 
 STARTUP_TIMEOUT = 180  # seconds: the server imports MLflow and starts uvicorn on a busy 2-core machine
-# Two epochs of two batches: each per-epoch metric gets two points.
-TWO_EPOCHS = [
-    "experiment=report_base",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-]
 PER_EPOCH = ("train_loss", "train_acc", "val_loss", "val_acc")  # logged each epoch, kept in metrics.json's history
 
 
