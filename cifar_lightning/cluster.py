@@ -7,8 +7,12 @@ offer instead of submitit's traceback, exit status 2, and no job."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 
 from cifar_lightning.errors import ConfigError, one_line
+
+#: What conf/hydra/launcher/slurm.yaml sizes a job by (nodes, tasks per node, GPUs), resolved once per sweep.
+SIZING_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes", "trainer.accelerator")
 
 
 def partitions() -> str:
@@ -34,3 +38,21 @@ def submission_error(stderr: str) -> ConfigError:
         f"hydra.launcher.timeout_min must fit a partition (here: {partitions()}; a * marks the default), "
         f"and account/qos must be yours; no job was submitted."
     )
+
+
+def check_one_job_shape(job_overrides: Sequence[Sequence[str]]) -> None:
+    """Refuse a sweep whose jobs differ in what sizes a Slurm job: submitit submits the whole sweep with the
+    nodes, tasks and GPUs of the command line's values, so a job sized otherwise would fail in Lightning."""
+    for key in SIZING_KEYS:
+        values = {
+            next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0].lstrip("+~") == key), None)
+            for job in job_overrides
+        }
+        if len(values) > 1:
+            shown = ", ".join(sorted(str(value) for value in values))
+            raise ConfigError(
+                f"the sweep's jobs differ in {key} ({shown}), but hydra/launcher=slurm submits every job of a sweep "
+                f"with one size (nodes, tasks per node and GPUs follow trainer.num_nodes, trainer.devices and "
+                f"trainer.accelerator as the command line gives them, not each job's). Fix: one sweep per value, "
+                f"e.g. python train.py -m hydra/launcher=slurm {key}=<value> ...; no job was submitted."
+            )

@@ -4,8 +4,10 @@ real jobs on one)."""
 import pytest
 from hydra import compose, initialize_config_dir
 
+from cifar_lightning.cluster import check_one_job_shape
 from cifar_lightning.distributed import cluster_plugins, requeue_checkpoint
 from tests.conftest import CONF_DIR
+from tests.helpers import assert_refused, run_entry_point
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
 
@@ -49,3 +51,14 @@ def test_only_a_submitit_job_continues_from_its_last_checkpoint(tmp_path, monkey
     assert requeue_checkpoint(tmp_path) == last
     monkeypatch.delenv("SUBMITIT_EXECUTOR")
     assert requeue_checkpoint(tmp_path) is None  # outside submitit a run directory is new
+
+
+def test_a_sweep_over_what_sizes_a_job_is_refused_before_submitting(tmp_path):
+    # Slurm's nodes, tasks and GPUs follow the command line's trainer.* once per sweep: a job of another size
+    # would fail in Lightning ("devices=1 ... --ntasks-per-node=2"). No cluster is needed: nothing is submitted.
+    result = run_entry_point(
+        "train.py", "-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=1,2", f"paths.log_dir={tmp_path}"
+    )
+    assert_refused(result, "the sweep's jobs differ in trainer.devices (1, 2)", "one sweep per value")
+    assert not list(tmp_path.rglob("*_submitted.pkl"))
+    check_one_job_shape([["seed=0", "trainer.devices=2"], ["seed=1", "trainer.devices=2"]])  # one size: submitted
