@@ -4,7 +4,6 @@ configuration reference is the one the schemas generate, every setting has a doc
 absolute path, and the output-files page describes every key the commands write."""
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from cifar_lightning.config import reference as config_reference
 from cifar_lightning.config.schema import LOCATIONS, Settings
 from tests.conftest import ROOT
+from tests.services import require
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -110,10 +110,7 @@ def test_the_site_renders_in_chromium(site, tmp_path):
     """The home page and the configuration reference, opened in headless Chromium: no console error, no failed
     request (the site works offline), the picture decoded, the reference's tables there; screenshots in tmp_path."""
     screenshots = docs_screenshot()
-    if problem := screenshots.why_not():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the browser check cannot run: {problem}", pytrace=False)
-        pytest.skip(problem)
+    require(screenshots.why_not())
     results = screenshots.check_site(site, tmp_path)
     assert not any(results.values()), f"pages with problems (screenshots in {tmp_path}): {results}"
     assert sorted(path.name for path in tmp_path.glob("*.png")) == ["docs_configuration.png", "docs_home.png"]

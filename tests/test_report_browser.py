@@ -17,6 +17,7 @@ import pytest
 
 from cifar_lightning.evaluation import run_evaluation, write_outputs
 from tests.conftest import compose_evaluate
+from tests.services import require
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -30,10 +31,7 @@ def require_chromium() -> None:
     """Skip without Chromium, except under CI (CI=true), where the check must run: fail there."""
     if chromium().is_file() and os.access(chromium(), os.X_OK):
         return
-    problem = f"no Chromium at {chromium()} (set CIFAR_LIGHTNING_CHROMIUM, or install it: apt-get install chromium)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the browser test cannot run: {problem}", pytrace=False)
-    pytest.skip(problem)
+    require(f"no Chromium at {chromium()}", "set CIFAR_LIGHTNING_CHROMIUM, or install it: apt-get install chromium")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -20,9 +20,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
+from tests.services import require
 from tests.serving_fixtures import PNG, cifar_test_pngs
 
 try:
@@ -54,11 +54,7 @@ def why_no_browser() -> str:
 
 def require_browser() -> None:
     """Skip without a browser, except under CI (CI=true), where the browser test must run: fail there."""
-    problem = why_no_browser()
-    if problem and os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and the browser test cannot run: {problem}", pytrace=False)
-    if problem:
-        pytest.skip(problem)
+    require(why_no_browser())
 
 
 def percent(probability: float) -> str:

@@ -16,7 +16,7 @@ import pytest
 from cifar_lightning.runs import RunDir, read_metrics
 from tests.conftest import QUIET, ROOT
 from tests.services import require_slurm
-from tests.test_ddp import SYNC_RUN, assert_matches_evaluation
+from tests.test_ddp import SYNC_RUN, assert_matches_evaluation, train_py
 from tests.test_resume import checkpoint_position
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
@@ -38,15 +38,8 @@ def cluster() -> None:
 
 
 def train(log_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """python train.py <args> (a sweep), logging under log_dir."""
-    return subprocess.run(
-        [sys.executable, "train.py", *args, f"paths.log_dir={log_dir}", *QUIET],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """python train.py <args> (a sweep), quiet, logging under log_dir."""
+    return train_py(*args, log_dir=log_dir, timeout=timeout)
 
 
 def sweep_dir(log_dir: Path) -> Path:

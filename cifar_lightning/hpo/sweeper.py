@@ -28,7 +28,6 @@ from optuna.trial import TrialState
 
 from cifar_lightning.config.schema import node_problems
 from cifar_lightning.config.search import OBJECTIVES, SearchSettings
-from cifar_lightning.credentials import refuse_password, refuse_passwords_in
 from cifar_lightning.errors import CifarLightningError, SearchError, one_line
 from cifar_lightning.hpo.report import write_report
 from cifar_lightning.hpo.space import build_space, draw, hydra_value, probe_values, trial_overrides
@@ -129,10 +128,8 @@ class OptunaSearch:
                     ) from exc
 
     def plan(self, arguments: Sequence[str]) -> Plan:
-        """Check the search and open its study; nothing is written before it returns (run() writes)."""
-        # First of all: a password in a URL would be copied into each trial's files (cifar_lightning.credentials).
-        refuse_password(self.storage, "hydra.sweeper.storage")
-        refuse_passwords_in(self.config)
+        """Check the search and open its study; nothing is written before it returns (run() writes). A password in
+        a URL was refused before Hydra started the sweep (credentials.RefusePasswords), and open_storage refuses one."""
         if found := node_problems(SearchSettings, self.settings, "hydra.sweeper"):
             raise SearchError(
                 f"{found[0][1]}. Fix it in conf/hparams_search/<name>.yaml or on the command line "
