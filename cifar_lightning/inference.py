@@ -196,6 +196,7 @@ class Classifier:
     checkpoint_path: Path | None = None
     checkpoint_epoch: int | None = None  # 1-based: the epoch the checkpoint was written in or after
     config: dict[str, Any] = field(default_factory=dict)  # the run config the checkpoint carries
+    temperature: float = 1.0  # calibration.py's: probabilities are softmax(logits / temperature); logits stay raw
     _stats: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -233,9 +234,17 @@ class Classifier:
             self._stats[where] = (torch.tensor(self.mean, device=where), torch.tensor(self.std, device=where))
         return normalize_with(images, *self._stats[where])
 
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """softmax(logits / temperature): calibrated when a fitted temperature was set, the raw softmax at 1."""
+        return (logits / self.temperature).softmax(dim=1)
+
     def predict(self, images: Tensor, batch_size: int = 1000, progress: bool = False) -> Predictions:
-        """Logits and probabilities (on the CPU) of uint8 images (N, 3, H, W), with the classifier's TTA level."""
-        return predict(self.model, images, self.normalize, self.device, batch_size, progress, self.tta)
+        """Logits and probabilities (on the CPU) of uint8 images (N, 3, H, W), with the classifier's TTA level and
+        temperature (the logits are never scaled)."""
+        predictions = predict(self.model, images, self.normalize, self.device, batch_size, progress, self.tta)
+        if self.temperature == 1.0:
+            return predictions
+        return Predictions(predictions.logits, self.probabilities(predictions.logits))
 
     def features(
         self,

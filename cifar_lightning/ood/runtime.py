@@ -68,15 +68,16 @@ def detector_record(detector: OODDetector | None) -> dict[str, Any] | None:
 
 def classify(classifier: Classifier, images: Tensor, detector: OODDetector | None, top_k: int) -> list[dict]:
     """Per uint8 image (N, 3, H, W): its `top_k` classes, most probable first ({class, index, probability}, with
-    the classifier's TTA), and its OOD verdict ({detector, score, threshold, is_ood, verdict}; None without a
-    detector; never with TTA). Without TTA one forward pass gives both: the detector's features hold the logits."""
+    the classifier's TTA and calibration temperature), and its OOD verdict ({detector, score, threshold, is_ood,
+    verdict}; None without a detector; never with TTA, always from the raw logits and features the detector was
+    fitted on). Without TTA one forward pass gives both: the detector's features hold the logits."""
     verdicts: list[dict[str, Any] | None] = [None] * len(images)
     if detector is None:
         predictions = classifier.predict(images, batch_size=len(images))
     else:
         features = classifier.features(images, layers=list(detector.layers), batch_size=len(images))
         if classifier.tta == 0:
-            predictions = Predictions(features.logits, features.logits.softmax(dim=1))
+            predictions = Predictions(features.logits, classifier.probabilities(features.logits))
         else:
             predictions = classifier.predict(images, batch_size=len(images))
         scores = detector.score(features)
