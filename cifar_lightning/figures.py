@@ -1,5 +1,5 @@
-"""Figures as PNG files: confusion matrices, galleries and training curves, of one model or several side by side.
-Drawn on matplotlib's Figure with the Agg canvas, never pyplot: no display or global state."""
+"""Figures as PNG files: confusion matrices, galleries, reliability diagrams and training curves, of one model or
+several side by side. Drawn on matplotlib's Figure with the Agg canvas, never pyplot: no display or global state."""
 
 from __future__ import annotations
 
@@ -227,5 +227,69 @@ def plot_curve_grid(columns: Mapping[str, Mapping[str, Sequence[Curve]]], title:
                 ax.set_ylabel(ylabel)
         axes[0, column].set_title(heading)
         axes[-1, column].set_xlabel("epoch")
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def reliability_bins(confidences: np.ndarray, correct: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Per equal-width confidence bin: accuracy, mean confidence, image count, and the ECE of them all. Bins are
+    [low, high) as in torchmetrics' MulticlassCalibrationError, whose ECE this equals: a confidence of exactly 1
+    has a slot of its own there, drawn in the last bin here."""
+    confidences, correct = np.asarray(confidences, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    slots = np.clip(np.searchsorted(np.linspace(0, 1, bins + 1), confidences, side="right") - 1, 0, bins)
+    ece = 0.0
+    for slot in np.unique(slots):
+        mine = slots == slot
+        ece += abs(correct[mine].mean() - confidences[mine].mean()) * mine.sum() / max(len(slots), 1)
+    drawn = np.minimum(slots, bins - 1)
+    counts = np.bincount(drawn, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        accuracy = np.bincount(drawn, weights=correct, minlength=bins) / counts
+        confidence = np.bincount(drawn, weights=confidences, minlength=bins) / counts
+    return accuracy, confidence, counts, ece
+
+
+def draw_reliability(ax, confidences: np.ndarray, correct: np.ndarray, bins: int, heading: str) -> None:
+    """One reliability diagram: accuracy per confidence bin as bars, the gap to the bin's mean confidence in red,
+    the diagonal a calibrated model follows; the ECE in the title."""
+    accuracy, confidence, counts, ece = reliability_bins(confidences, correct, bins)
+    left, width, filled = np.arange(bins) / bins, 1 / bins, counts > 0
+    ax.bar(left[filled], accuracy[filled], width, align="edge", color="C0", edgecolor="black", label="accuracy")
+    gap = confidence[filled] - accuracy[filled]
+    ax.bar(left[filled], gap, width, bottom=accuracy[filled], align="edge", color=WRONG_COLOR, alpha=0.3, label="gap")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy")
+    ece_text = f"ECE {100 * ece:.2f}%" if len(confidences) else "no images"
+    ax.set_title(f"{heading}\n{ece_text}, {len(confidences):,} images, {bins} bins", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_reliability(
+    confidences_before: Sequence[float],
+    correct_before: Sequence[bool],
+    confidences_after: Sequence[float],
+    correct_after: Sequence[bool],
+    path: Path,
+    bins: int = 15,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Reliability diagrams before (left) and after (right) temperature scaling: per-bin accuracy against
+    confidence, so over-confidence shows as bars under the diagonal (Guo et al. 2017, figure 1)."""
+    panels = (
+        ("before temperature scaling", confidences_before, correct_before),
+        ("after temperature scaling", confidences_after, correct_after),
+    )
+    for heading, confidences, correct in panels:
+        values = np.asarray(confidences, dtype=np.float64)
+        if len(values) != len(correct):
+            raise ValueError(f"{heading}: one correct flag per confidence, got {len(values)} and {len(correct)}")
+        if ((values < 0) | (values > 1) | ~np.isfinite(values)).any():
+            raise ValueError(f"{heading}: confidences must be probabilities in [0, 1]")
+    if bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins}")
+    figure = new_figure(10, 4.8)
+    for ax, (heading, confidences, correct) in zip(figure.subplots(1, 2), panels):
+        draw_reliability(ax, np.asarray(confidences), np.asarray(correct), bins, heading)
     figure.suptitle(title)
     return save(figure, path)

@@ -1,16 +1,19 @@
 """The evaluation figures on synthetic data: valid PNGs of a sensible size, bad input refused,
-galleries of any size, mistakes marked in red, partial training histories."""
+galleries of any size, mistakes marked in red, partial training histories, reliability diagrams whose bins and
+ECE are the hand-computed ones and torchmetrics'."""
 
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from matplotlib.image import imread
 
 from cifar_lightning import figures
+from cifar_lightning.calibration import calibration_metrics
 from cifar_lightning.data import CIFAR10_CLASSES
-from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
+from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery, plot_reliability
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -185,3 +188,54 @@ def test_draw_curves_shades_the_band_and_notes_an_empty_panel():
     assert full.lines[0].get_ydata().tolist() == pytest.approx([50.0, 60.0]) and len(full.collections) == 1
     figures.draw_curves(empty, [figures.Curve("train", [], [])], 1.0, "loss")
     assert not empty.lines and empty.texts[0].get_text() == "no loss recorded"
+
+
+#: Six top-class confidences and whether each was right (tests/test_calibration.py's hand example).
+CONFIDENCES, CORRECT = [0.50, 0.55, 0.70, 0.90, 0.95, 0.85], [True, False, True, True, False, True]
+
+
+def test_reliability_bins_by_hand():
+    """Five bins: [.4, .6) holds 0.50 (right) and 0.55 (wrong), [.6, .8) 0.70 (right), [.8, 1] the other three."""
+    accuracy, confidence, counts, ece = figures.reliability_bins(np.array(CONFIDENCES), np.array(CORRECT), 5)
+    assert counts.tolist() == [0, 0, 2, 1, 3]
+    np.testing.assert_allclose(accuracy[2:], [1 / 2, 1, 2 / 3])
+    np.testing.assert_allclose(confidence[2:], [0.525, 0.70, 0.90])
+    assert np.isnan(accuracy[:2]).all()  # empty bins: no bar
+    assert ece == pytest.approx((2 * 0.025 + 0.30 + 3 * (0.90 - 2 / 3)) / 6)
+
+
+def test_reliability_ece_is_torchmetrics_one():
+    """Also with confidences of exactly 1 (torchmetrics' own slot), so the figure and the tables agree."""
+    logits = torch.randn(500, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    logits[:20, 0] = 1000.0  # softmax exactly 1
+    labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(1))
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    assert (confidence == 1).sum() == 20
+    ece = figures.reliability_bins(confidence.numpy(), (predicted == labels).numpy(), 15)[3]
+    assert ece == pytest.approx(calibration_metrics(logits, labels)["ece"], abs=1e-6)
+
+
+def test_reliability_png_shows_both_eces(tmp_path, monkeypatch):
+    titles = []
+    real_save = figures.save
+    monkeypatch.setattr(
+        figures,
+        "save",
+        lambda figure, path: (titles.extend(ax.get_title() for ax in figure.axes), real_save(figure, path))[1],
+    )
+    after = [0.6, 0.45, 0.6, 0.75, 0.8, 0.7]
+    path = plot_reliability(CONFIDENCES, CORRECT, after, CORRECT, tmp_path / "reliability.png", bins=5, title="T")
+    width, height = png_size(path)
+    assert path == tmp_path / "reliability.png" and width >= 800 and height >= 400
+    assert titles[0].startswith("before temperature scaling") and "ECE 17.50%, 6 images, 5 bins" in titles[0]
+    assert titles[1].startswith("after temperature scaling") and "ECE 17.50%" not in titles[1]
+
+
+@pytest.mark.parametrize(
+    ("confidences", "correct", "problem"),
+    [([0.5, 0.6], [True], "one correct flag per confidence"), ([0.5, 1.2], [True, False], r"in \[0, 1\]")],
+)
+def test_reliability_refuses_bad_input(tmp_path, confidences, correct, problem):
+    with pytest.raises(ValueError, match=problem):
+        plot_reliability([0.5], [True], confidences, correct, tmp_path / "r.png")
+    assert not (tmp_path / "r.png").exists()
