@@ -16,6 +16,7 @@ from torch import nn
 
 from cifar_lightning.config.schema import problems as schema_problems
 from cifar_lightning.errors import CifarLightningError, ConfigError, ResumeError, one_line
+from cifar_lightning.ood_training import ROTATION_HEAD, attach_t2fnorm
 from cifar_lightning.runs import RunDir
 
 #: Packages a checkpoint's model `_target_` may come from: importing a module can run code, so a
@@ -184,7 +185,8 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
             f"the model of the checkpoint {source} cannot be rebuilt from its run config ({_reason(cause)}): "
             f"the config was probably edited. {_FIX_WRITTEN_BY_TRAIN}."
         ) from exc
-    weights = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
+    state = checkpoint["state_dict"].items()  # beside `model.`: a RotPred run's rotation head (ood_training.py)
+    weights = {key.removeprefix("model."): value for key, value in state if not key.startswith(f"{ROTATION_HEAD}.")}
     problems = _weight_mismatch(model.state_dict(), weights)
     if problems:
         arguments = ", ".join(f"{k}={v!r}" for k, v in model_config.items() if k != "_target_")
@@ -194,6 +196,7 @@ def build_model(checkpoint: dict[str, Any], source: str | Path = "given") -> nn.
             f"The checkpoint comes from another architecture or its config was edited. {_FIX_WRITTEN_BY_TRAIN}."
         )
     model.load_state_dict(weights, strict=True)
+    attach_t2fnorm(model, (config.get("module") or {}).get("t2fnorm_tau"))
     if (config.get("module") or {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model.eval()

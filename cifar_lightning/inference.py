@@ -28,6 +28,7 @@ from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
+from cifar_lightning.models import classifier_head
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)
 
@@ -52,14 +53,6 @@ class Features:
 def activation_layers(model: nn.Module) -> list[str]:
     """Names of the model's activation modules (ReLU, GELU, ...), in definition order."""
     return [name for name, module in model.named_modules() if name and isinstance(module, ACTIVATIONS)]
-
-
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The model's last nn.Linear: its output is the logits, its input the penultimate features."""
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier head, so it has no penultimate features")
-    return linears[-1]
 
 
 def _name_calls(calls: list[tuple[str, Tensor]]) -> dict[str, Tensor]:

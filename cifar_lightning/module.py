@@ -17,6 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lightning.augment import tta_logits
+from cifar_lightning.ood_training import attach_t2fnorm, rotation_head, rotpred_forward
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -50,7 +51,8 @@ class ClassifierModule(L.LightningModule):
     """Training of `model` (normalized images to logits) with `loss` (cross-entropy when None), with per-epoch
     loss and accuracy for train/val/test; settings: cifar_lightning/config/train.py. optimizer: called with
     parameter groups; scheduler: with the optimizer and the fit's steps (schedules.py); run_config: stored in
-    checkpoints so that they describe themselves; test_tta: used by all test figures but test_acc_plain.
+    checkpoints so that they describe themselves; test_tta: used by all test figures but test_acc_plain;
+    t2fnorm_tau and rotpred_weight: the training-time OOD methods of ood_training.py (None and 0: off).
     """
 
     def __init__(
@@ -65,12 +67,17 @@ class ClassifierModule(L.LightningModule):
         test_tta: int = 0,
         norm_lr_scale: float = 1.0,
         weight_decay_scope: str = "weights",
+        t2fnorm_tau: float | None = None,
+        rotpred_weight: float = 0.0,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "loss"], logger=False)
         self.test_tta = test_tta
+        model = attach_t2fnorm(model, t2fnorm_tau)
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
+        self.rotpred_weight = float(rotpred_weight)
+        self.rotation_head = rotation_head(model) if self.rotpred_weight > 0 else None
         if compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay as they are
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -142,7 +149,14 @@ class ClassifierModule(L.LightningModule):
         self._unfinished_epoch = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._record("train", self(batch[0]), batch[1])
+        if self.rotation_head is None:
+            return self._record("train", self(batch[0]), batch[1])
+        images, labels = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits, rotation_logits, rotations = rotpred_forward(self.model, self.rotation_head, images)
+        rotation_loss = nn.functional.cross_entropy(rotation_logits, rotations)
+        return self._record("train", logits[: len(labels)], labels) + self.rotpred_weight * rotation_loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
@@ -174,14 +188,14 @@ class ClassifierModule(L.LightningModule):
         """Weights (ndim > 1) get the optimizer's weight decay, biases and norm parameters none; with
         norm_lr_scale != 1 or weight_decay_scope="all", norm parameters and biases get groups of their own."""
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.rotation_head is not None:
+            params += list(self.rotation_head.parameters())
         if self.norm_lr_scale == 1.0 and self.weight_decay_scope == "weights":  # names label the LR monitor's curves
             return [
                 {"params": [p for p in params if p.ndim > 1], "name": "weights"},
                 {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "name": "no_decay"},
             ]
-        norm_ids = {
-            id(p) for m in self.model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)
-        }
+        norm_ids = {id(p) for m in self.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
         groups = [
             {"params": [p for p in params if p.ndim > 1 and id(p) not in norm_ids], "name": "weights", "lr_scale": 1.0},
             {"params": [p for p in params if id(p) in norm_ids], "name": "norm", "lr_scale": self.norm_lr_scale},

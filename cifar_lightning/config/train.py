@@ -70,6 +70,14 @@ class ClassifierSettings(Settings):
     test_tta: Literal[0, 1, 2] = Field(0, description="test-time augmentation of test_acc (augment.tta_logits)")
     norm_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of batch-norm parameters")
     weight_decay_scope: Literal["weights", "all"] = Field("weights", description="decay conv/linear weights or all")
+    t2fnorm_tau: float | None = Field(
+        None,
+        gt=0,
+        description="T2FNorm (ood_training.py): head trains on features of norm 1/tau; 0.1: paper; null: off",
+    )
+    rotpred_weight: float = Field(
+        0.0, ge=0, description="RotPred (ood_training.py): weight of the rotation loss, 4x images per step; 1: OpenOOD"
+    )
 
 
 @preset("loss", "cross_entropy_schema")

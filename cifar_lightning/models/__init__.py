@@ -14,4 +14,13 @@ MODELS: dict[str, type[nn.Module]] = {
     "fast_net": FastNet,
 }
 
-__all__ = ["MODELS", "FastNet", "ResNet18", "ReportCNN"]
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The model's last nn.Linear: its output is the logits, its input the penultimate features."""
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier head, so it has no penultimate features")
+    return linears[-1]
+
+
+__all__ = ["MODELS", "FastNet", "ResNet18", "ReportCNN", "classifier_head"]
