@@ -1,18 +1,22 @@
 """The prediction job behind predict.py: classify image files with one train.py checkpoint, with an
-out-of-distribution score and verdict per file when a detector is at hand (ood/runtime.py).
+out-of-distribution score and verdict per file when a detector is at hand (ood/runtime.py), and probabilities
+calibrated by the temperature evaluate.py fitted for the checkpoint when one was saved (calibration.py).
 
 Files are read by images.load_image, a batch at a time by a thread pool, while the previous batch is predicted;
-a file that cannot be read is listed with its reason and the others go on. Settings, inputs, checkpoint and
-detector are all checked before the first output is written.
+a file that cannot be read is listed with its reason and the others go on. Settings, inputs, checkpoint,
+detector and calibration file are all checked before the first output is written.
 
-Outputs (schema_version 1), in the run directory, one entry per input file in input order:
+Outputs (schema_version 2), in the run directory, one entry per input file in input order:
 
 predictions.csv: file (as found from `inputs`), status (ok | error), class_1, probability_1 .. class_k,
-    probability_k (the top_k classes, most probable first, 6 decimals), ood_score (the detector's outlier score,
-    higher = more unlike CIFAR-10), ood (true when the score is over the detector's threshold | false), error
-    (why the file could not be read); cells that do not apply are empty.
+    probability_k (the top_k classes, most probable first, 6 decimals; calibrated when predictions.json says
+    so), ood_score (the detector's outlier score, higher = more unlike CIFAR-10), ood (true when the score is
+    over the detector's threshold | false), error (why the file could not be read); cells that do not apply are
+    empty.
 predictions.json: schema_version, checkpoint, checkpoint_epoch (from 1), classes (in label order), tta, top_k,
-    device, inputs (as given), ood (null, or {detector, threshold, source}), counts {files, predicted, errors,
+    device, inputs (as given), calibrated (true when the probabilities are softmax(logits / temperature)),
+    calibration (null, or {temperature, source: the calibration.json}), ood (null, or {detector, threshold,
+    source}; its scores always come from the raw logits and features), counts {files, predicted, errors,
     ood (null without a detector)}, seconds (reading and predicting the files), images_per_second, predictions
     [{file, status, top_k: [{class, index, probability}], ood_score, ood, error}] (full precision).
 """
@@ -37,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
+from cifar_lightning.calibration import Calibration, choose_calibration
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.inference import PredictSettings
@@ -48,7 +53,7 @@ from cifar_lightning.ood.saved import OODDetector
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: calibrated and calibration
 SHOWN_ERRORS = 5  # files not read that the printed summary names
 
 
@@ -189,6 +194,13 @@ def summary_table(results: Sequence[dict[str, Any]], classes: Sequence[str], det
     return table
 
 
+def calibration_line(calibration: Calibration | None) -> str:
+    """The printed summary's word on whether the probabilities can be read as frequencies."""
+    if calibration is None:
+        return "probabilities: not calibrated (raw softmax)"
+    return f"probabilities: calibrated (temperature {calibration.temperature:.4g} from {calibration.source})"
+
+
 def run_prediction(cfg: DictConfig) -> dict[str, Any]:
     """Check everything, predict every input file, write predictions.csv and predictions.json, print a summary;
     returns predictions.json's record without the per-file list."""
@@ -196,6 +208,8 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
     path = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "predict.py", " inputs=<files>")
     files = gather_inputs(cfg.inputs)
     classifier = Classifier.load(path, device=cfg.device, tta=cfg.tta)
+    calibration = choose_calibration(cfg.calibration, cfg.calibration_file, path, cfg.paths.log_dir, "predict")
+    classifier.temperature = 1.0 if calibration is None else calibration.temperature
     detector = choose_detector(cfg, classifier, "predict")
 
     start = time.perf_counter()
@@ -212,6 +226,8 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
         "top_k": cfg.top_k,
         "device": str(classifier.device),
         "inputs": inputs,
+        "calibrated": calibration is not None,
+        "calibration": None if calibration is None else calibration.record(),
         "ood": detector_record(detector),
         "counts": {
             "files": len(results),
@@ -226,6 +242,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
 
     console = Console(soft_wrap=True)
     console.print(summary_table(results, classifier.classes, detector))
+    console.print(calibration_line(calibration), markup=False)
     unread = [r for r in results if r["error"] is not None]
     for result in unread[:SHOWN_ERRORS]:
         console.print(f"not read: {result['file']}: {result['error']}", markup=False)

@@ -1,15 +1,21 @@
 """predict.py as a user runs it: a folder of every image format, with a truncated JPEG and a text file, gives
-one row per file (the unreadable two listed with their reasons), a summary table and images/s; no input files
-or a bad checkpoint stop with one `error:` line, exit status 2, and nothing written but Hydra's own files."""
+one row per file (the unreadable two listed with their reasons), a summary table and images/s; with the
+temperature evaluate.py saved for the checkpoint, calibrated probabilities, and the summary says which; no input
+files or a bad checkpoint stop with one `error:` line, exit status 2, and nothing written but Hydra's own files."""
 
 import csv
 import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from cifar_lightning.calibration import CALIBRATION_FILE, save_calibration
+from cifar_lightning.images import load_image
+from cifar_lightning.inference import Classifier
 from tests.helpers import assert_refused, only_run_dir, run_entry_point
 from tests.test_images import write_every_format
 
@@ -53,8 +59,41 @@ def test_every_format_in_a_folder(tiny_run, tmp_path):
         len(e["top_k"]) == (2 if e["status"] == "ok" else 0) for e in record["predictions"]
     )
     assert "no OOD detector saved" in result.stdout + result.stderr  # a warning logged by Hydra
+    assert record["calibrated"] is False and record["calibration"] is None
+    logged = result.stdout + result.stderr
+    assert f"no {CALIBRATION_FILE} saved" in logged and "python evaluate.py ckpt=" in logged
+    assert "probabilities: not calibrated (raw softmax)" in result.stdout
     assert f"{len(expected) - 2} of {len(expected)} files predicted" in result.stdout
     assert "images/s" in result.stdout and "not read: " in result.stdout and "truncated.jpg" in result.stdout
+
+
+def test_a_saved_temperature_calibrates_the_probabilities(tiny_run, tmp_path):
+    """calibration.json of this checkpoint (T = 2) under paths.log_dir: found by default, the top-1 classes are
+    the raw ones, the probabilities softmax(logits / 2); the printed summary says so."""
+    checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
+    logs = tmp_path / "logs"
+    metrics = {"ece": 0.2, "mce": 0.4, "nll": 2.0, "brier": 0.8}
+    saved = save_calibration(
+        logs / "evaluate" / "runs" / "earlier" / CALIBRATION_FILE, 2.0, checkpoint, "validation split", metrics, metrics
+    )
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    result = run_predict(f"ckpt={checkpoint}", f"inputs={folder}", "top_k=1", "ood=none", log_dir=logs)
+    assert result.returncode == 0, result.stderr
+    assert f"probabilities: calibrated (temperature 2 from {saved})" in result.stdout
+
+    record = json.loads((only_run_dir(logs, job="predict") / "predictions.json").read_text())
+    assert record["calibrated"] is True and record["calibration"] == {"temperature": 2.0, "source": str(saved)}
+    images = torch.stack([load_image(folder / f"{index}.png") for index in range(4)])
+    logits = Classifier.load(checkpoint, device="cpu").predict(images).logits
+    raw, calibrated = logits.softmax(dim=1).max(dim=1), (logits / 2).softmax(dim=1)
+    answers = [entry["top_k"][0] for entry in record["predictions"]]
+    assert [answer["index"] for answer in answers] == raw.indices.tolist()  # the same classes
+    np.testing.assert_allclose([a["probability"] for a in answers], calibrated.max(dim=1).values, atol=1e-6)
+    assert all(answer["probability"] < p for answer, p in zip(answers, raw.values.tolist()))
 
 
 @pytest.mark.slow  # a CLI process start (10-20 s here); the same check runs in-process in the default suite

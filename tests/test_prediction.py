@@ -1,6 +1,7 @@
 """The prediction job in-process: which files `inputs` names, settings refused before any work, and CIFAR-10
 test images exported as PNG predicted exactly as the Classifier predicts the test tensors, in both output files
-and their documented schemas."""
+and their documented schemas; the temperature evaluate.py saved for the checkpoint calibrates the probabilities
+by default, calibration=false turns it off, and a named calibration file of another checkpoint is refused."""
 
 import csv
 import json
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
+from cifar_lightning.calibration import CALIBRATION_FILE, CalibrationFileError, save_calibration
 from cifar_lightning.checkpoints import file_sha256
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.errors import ConfigError, DataError
@@ -46,6 +48,8 @@ JSON_KEYS = {
     "top_k",
     "device",
     "inputs",
+    "calibrated",
+    "calibration",
     "ood",
     "counts",
     "seconds",
@@ -117,6 +121,8 @@ def test_no_files_is_refused(tmp_path):
         ("ood.detector=mystery", "ood"),
         ("tta=3", "tta"),
         ("device=tpu", "device"),
+        ("calibration=yes", "calibration"),
+        ("calibration_file=[a.json]", "calibration_file"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tmp_path, override, key):
@@ -165,7 +171,8 @@ def test_cifar_pngs_are_predicted_as_the_test_tensors(tiny_run, cifar_pngs, tmp_
     probabilities, indices = reference.top_k(4)
 
     record = json.loads((out / "predictions.json").read_text())
-    assert set(record) == JSON_KEYS and record["schema_version"] == 1
+    assert set(record) == JSON_KEYS and record["schema_version"] == 2
+    assert record["calibrated"] is False and record["calibration"] is None  # none saved for this checkpoint
     assert {key: record[key] for key in summary} == summary
     assert record["tta"] == 1 and record["top_k"] == 4 and record["ood"] is None and record["device"] == "cpu"
     assert record["counts"] == {"files": 200, "predicted": 200, "errors": 0, "ood": None}
@@ -287,3 +294,40 @@ def test_a_detector_fitted_now(tiny_run, cifar_pngs, digits, data_dir, tmp_path)
     assert record["ood"]["detector"] == "knn" and record["ood"]["source"] == "fitted now"
     assert np.isfinite(assert_verdicts(record, rows, 205)).all()
     assert [Path(row["file"]).name for row in rows[-5:]] == [f"digit_{i}.png" for i in range(5)]
+
+
+def test_a_saved_temperature_calibrates_the_probabilities(tiny_run, cifar_pngs, tmp_path):
+    """A calibration.json for this very checkpoint (T = 2.5), found under paths.log_dir: the probabilities are
+    softmax(logits / 2.5), the classes unchanged; calibration=false gives the raw softmax; a calibration_file of
+    another checkpoint stops the job before any output."""
+    folder, images = cifar_pngs
+    checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
+    metrics = {"ece": 0.2, "mce": 0.4, "nll": 2.0, "brier": 0.8}
+    saved = tmp_path / "logs" / "evaluate" / "runs" / "earlier" / CALIBRATION_FILE
+    save_calibration(saved, 2.5, checkpoint, "validation split (5,000 images)", metrics, metrics)
+    common = [f"ckpt={checkpoint}", f"inputs={folder}/00*.png", "device=cpu", "ood.enabled=false", "top_k=10"]
+    common.append(f"paths.log_dir={tmp_path / 'logs'}")
+    logits = Classifier.load(checkpoint, device="cpu").predict(images[:10]).logits
+
+    run_prediction(compose_predict(common, tmp_path / "calibrated"))
+    calibrated, _ = read_outputs(tmp_path / "calibrated")
+    run_prediction(compose_predict([*common, "calibration=false"], tmp_path / "raw"))
+    raw, _ = read_outputs(tmp_path / "raw")
+
+    assert calibrated["calibrated"] is True and calibrated["calibration"] == {"temperature": 2.5, "source": str(saved)}
+    assert raw["calibrated"] is False and raw["calibration"] is None
+    for record, temperature in ((calibrated, 2.5), (raw, 1.0)):
+        probabilities, indices = (logits / temperature).softmax(dim=1).topk(10, dim=1)
+        for entry, expected_p, expected_c in zip(record["predictions"], probabilities, indices):
+            assert [top["index"] for top in entry["top_k"]] == expected_c.tolist()
+            np.testing.assert_allclose([top["probability"] for top in entry["top_k"]], expected_p, rtol=0, atol=1e-6)
+    top = [[entry["top_k"][0] for entry in record["predictions"]] for record in (calibrated, raw)]
+    assert [t["index"] for t in top[0]] == [t["index"] for t in top[1]]  # the same classes
+    assert all(c["probability"] < r["probability"] for c, r in zip(*top))  # T > 1: less confident
+
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"another model")
+    theirs = save_calibration(tmp_path / "theirs.json", 1.5, other, "validation split", metrics, metrics)
+    with pytest.raises(CalibrationFileError, match="fitted for another checkpoint"):
+        run_prediction(compose_predict([*common, f"calibration_file={theirs}"], tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()

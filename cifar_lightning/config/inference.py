@@ -56,6 +56,14 @@ class ClassifySettings(CheckpointSettings):
     top_k: int = Field(3, ge=1, le=10, description="classes listed per image, most probable first, of 10")
     max_pixels: int = Field(MAX_PIXELS, gt=0, description="larger images are refused from their header, undecoded")
     seed: int = Field(0, ge=0, description="seeds the draw of ood.fit_images")
+    calibration: bool = Field(
+        True,
+        description="divide the logits by the temperature evaluate.py fitted for this checkpoint (its "
+        "calibration.json); false: raw softmax",
+    )
+    calibration_file: str | None = Field(
+        None, description="a calibration.json of evaluate.py; null: the newest one saved for this very checkpoint"
+    )
     ood: OODRuntimeSettings = OODRuntimeSettings()
 
 
