@@ -1,9 +1,11 @@
 """serve.py as a user runs it: a real server in a subprocess on a free port, with dynamic batching and an OOD
 detector fitted at startup (ood.fit=true on a small fit set). A valid image gets the model's own top-k answer,
-its OOD verdict and Grad-CAM overlay; requests sent at once are run in batches (as the answers' batch_size
-shows) with the answers they get alone; each class of bad upload gets a 4xx JSON error and the server keeps
-serving, even when bad uploads arrive with good ones; SIGTERM stops every process it started. Bad settings stop
-serve.py before anything is served, with one `error:` line and exit status 2."""
+its OOD verdict and Grad-CAM overlay, and says whether its probabilities are calibrated (the temperature
+evaluate.py saved for the checkpoint, found at startup, is applied in the workers); requests sent at once are run
+in batches (as the answers' batch_size shows) with the answers they get alone; each class of bad upload gets a
+4xx JSON error and the server keeps serving, even when bad uploads arrive with good ones; SIGTERM stops every
+process it started. Bad settings stop serve.py before anything is served, with one `error:` line and exit
+status 2."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from cifar_lightning.calibration import CALIBRATION_FILE, Calibration, CalibrationFileError, save_calibration
 from cifar_lightning.checkpoints import CheckpointError
 from cifar_lightning.config.inference import ServeSettings
 from cifar_lightning.errors import CifarLightningError, ConfigError
@@ -90,6 +93,8 @@ def test_a_valid_image_gets_the_models_answer(server, classifier):
         assert ood["verdict"] == ("out-of-distribution" if ood["is_ood"] else "in-distribution")
         assert "gradcam" not in answer
         assert answer["batch_size"] == 1  # alone on the server: a batch of one
+        assert answer["calibrated"] is False and answer["temperature"] is None  # none saved: the raw softmax
+    assert info["calibrated"] is False and info["calibration"] is None
 
 
 def test_gradcam_overlay_of_the_top_class(server, classifier):
@@ -229,6 +234,7 @@ BAD_SETTINGS = {
     "max_pixels=0": "positive integer",
     "log_level=loud": "critical, error, warning, info",
     "ood.fit=yes": "true or false",
+    "calibration=yes": "true or false",
     "ood.fit_images=0": r"positive integer \(or null\)",
     "ood.detector=mystery": "msp, energy, max_logit, entropy, .*, odin, mean_activation",
 }
@@ -323,3 +329,55 @@ def test_the_api_with_its_detector_survives_the_pickle_of_spawned_workers(classi
     assert [answer["ood"]["score"] for answer in answers] == pytest.approx(scores.tolist())
     assert [answer["ood"]["is_ood"] for answer in answers] == (scores > detector.threshold).tolist()
     assert [answer["batch_size"] for answer in answers] == [4] * 4
+
+
+def test_the_api_answers_with_calibrated_probabilities(classifier):
+    """A worker given a calibration (T = 2) answers softmax(logits / 2), says so, and keeps the raw classes and
+    the OOD scores (MSP of the raw logits); after the pickle of spawned workers too."""
+    images = torch.stack([load_image(body) for body, _ in cifar_test_pngs(3)])
+    requests = [decode_payload(json.loads(encode_payload(image, False))) for image in images]
+    detector = OODDetector("msp", -0.5, (), "test", {})
+    settings = ServeSettings(max_batch_size=4, top_k=10)
+    api = pickle.loads(
+        pickle.dumps(ClassifierAPI(settings, classifier.checkpoint_path, "conv3", detector, Calibration(2.0, "c.json")))
+    )
+    raw_api = ClassifierAPI(settings, classifier.checkpoint_path, "conv3", detector)
+    api.setup("cpu")
+    raw_api.setup("cpu")
+    answers, raw = api.predict(requests), raw_api.predict(requests)
+    logits = classifier.predict(images).logits
+    for answer, plain, row in zip(answers, raw, logits):
+        assert (answer["calibrated"], answer["temperature"], plain["calibrated"]) == (True, 2.0, False)
+        expected = (row / 2).softmax(dim=0).sort(descending=True)
+        assert [top["index"] for top in answer["top_k"]] == expected.indices.tolist()
+        assert [top["probability"] for top in answer["top_k"]] == pytest.approx(expected.values.tolist(), abs=1e-6)
+        assert answer["class"] == plain["class"] and answer["probability"] < plain["probability"]
+        assert answer["ood"] == plain["ood"]
+
+
+def test_serve_finds_the_saved_calibration_or_refuses_a_bad_file(tmp_path, tiny_run, monkeypatch):
+    """serve() hands the newest calibration.json of its checkpoint under paths.log_dir to the server (caught here
+    before it runs); a named file of another checkpoint stops it first."""
+    checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
+    metrics = {"ece": 0.2, "mce": 0.4, "nll": 2.0, "brier": 0.8}
+    saved = tmp_path / "logs" / "evaluate" / "runs" / "earlier" / CALIBRATION_FILE
+    save_calibration(saved, 1.5, checkpoint, "validation split", metrics, metrics)
+    built = []
+
+    def caught(settings, classifier, layer, detector, calibration):
+        built.append(calibration)
+        raise KeyboardInterrupt  # stop before anything is served
+
+    monkeypatch.setattr("cifar_lightning.serving.app.build_server", caught)
+    common = [f"run_dir={tiny_run[0]}", "ood=none", f"paths.log_dir={tmp_path / 'logs'}", f"port={free_port()}"]
+    with pytest.raises(KeyboardInterrupt):
+        serve(compose_serve(*common))
+    with pytest.raises(KeyboardInterrupt):
+        serve(compose_serve(*common, "calibration=false"))
+    assert built == [Calibration(1.5, str(saved)), None]
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(b"another model")
+    theirs = save_calibration(tmp_path / "theirs.json", 1.5, other, "validation split", metrics, metrics)
+    with pytest.raises(CalibrationFileError, match="fitted for another checkpoint"):
+        serve(compose_serve(*common, f"calibration_file={theirs}"))
+    assert len(built) == 2

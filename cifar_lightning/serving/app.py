@@ -1,5 +1,5 @@
-"""serve.py's server: the settings checked, the checkpoint and OOD detector loaded once, then ClassifierAPI in
-LitServe's workers behind UploadGuard, the web page at GET /, and every HTTP error as JSON."""
+"""serve.py's server: the settings checked, the checkpoint, calibration and OOD detector loaded once, then
+ClassifierAPI in LitServe's workers behind UploadGuard, the web page at GET /, and every HTTP error as JSON."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cifar_lightning.calibration import Calibration, choose_calibration
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.inference import REQUEST_TIMEOUT, ServeSettings
@@ -33,18 +34,29 @@ log = logging.getLogger(__name__)
 
 
 class ClassifierAPI(ls.LitAPI):
-    """The model in a LitServe worker: checked images in; top-k classes, OOD verdict and Grad-CAM overlay out.
-    It is pickled into each worker process (LitServe spawns them); setup() loads the checkpoint there."""
+    """The model in a LitServe worker: checked images in; top-k classes (calibrated with `calibration`'s
+    temperature when there is one), OOD verdict and Grad-CAM overlay out. It is pickled into each worker process
+    (LitServe spawns them); setup() loads the checkpoint there."""
 
-    def __init__(self, settings: ServeSettings, checkpoint: Path, layer: str, detector: OODDetector | None) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        checkpoint: Path,
+        layer: str,
+        detector: OODDetector | None,
+        calibration: Calibration | None = None,
+    ) -> None:
         batching = {"max_batch_size": settings.max_batch_size, "batch_timeout": settings.batch_timeout}
         super().__init__(**batching, api_path=PREDICT_PATH)
         self.settings, self.checkpoint, self.layer, self.detector = settings, checkpoint, layer, detector
+        self.calibration = calibration
 
     def setup(self, device: str) -> None:
         if self.settings.cpu_threads is not None and torch.device(device).type == "cpu":
             torch.set_num_threads(self.settings.cpu_threads)
         self.classifier = Classifier.load(self.checkpoint, device=torch.device(device), tta=self.settings.tta)
+        if self.calibration is not None:
+            self.classifier.temperature = self.calibration.temperature
 
     def decode_request(self, request):
         return decode_payload(request)
@@ -54,12 +66,18 @@ class ClassifierAPI(ls.LitAPI):
         return self.answer(x) if isinstance(x, list) else self.answer([x])[0]
 
     def answer(self, requests: list[ImageRequest]) -> list[dict[str, Any]]:
-        """Each answer records the size of the batch it was computed in (`batch_size`)."""
+        """Each answer says whether its probabilities are calibrated (and by which temperature) and records the
+        size of the batch it was computed in (`batch_size`)."""
         images = torch.stack([request.pixels for request in requests])
+        scaled = {
+            "calibrated": self.calibration is not None,
+            "temperature": None if self.calibration is None else self.calibration.temperature,
+        }
         answers = []
         for answer in classify(self.classifier, images, self.detector, self.settings.top_k):
             best, batch = answer["top_k"][0], len(requests)
-            answers.append({"class": best["class"], "probability": best["probability"], **answer, "batch_size": batch})
+            best = {"class": best["class"], "probability": best["probability"]}
+            answers.append({**best, **scaled, **answer, "batch_size": batch})
         wanted = [i for i, request in enumerate(requests) if request.gradcam]
         if wanted:
             targets = [answers[i]["top_k"][0]["index"] for i in wanted]
@@ -105,7 +123,11 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def build_server(
-    settings: ServeSettings, classifier: Classifier, layer: str, detector: OODDetector | None
+    settings: ServeSettings,
+    classifier: Classifier,
+    layer: str,
+    detector: OODDetector | None,
+    calibration: Calibration | None = None,
 ) -> ls.LitServer:
     """ClassifierAPI at POST /predict behind UploadGuard, the web page at GET /, JSON errors."""
     checkpoint, max_upload_bytes = classifier.checkpoint_path, int(settings.max_upload_mb * MEGABYTE)
@@ -121,11 +143,13 @@ def build_server(
         "max_batch_size": settings.max_batch_size,
         "batch_timeout": settings.batch_timeout,
         "cpu_threads": settings.cpu_threads,
+        "calibrated": calibration is not None,
+        "calibration": None if calibration is None else calibration.record(),
         "ood": detector_record(detector),
     }
     page = resources.files("cifar_lightning").joinpath("web", "index.html").read_text(encoding="utf-8")
     server = ls.LitServer(
-        ClassifierAPI(settings, checkpoint, layer, detector),
+        ClassifierAPI(settings, checkpoint, layer, detector, calibration),
         accelerator="cuda" if pick_device(settings.device).type == "cuda" else "cpu",
         devices="auto",
         workers_per_device=settings.workers_per_device,
@@ -141,7 +165,8 @@ def build_server(
 
 
 def serve(cfg: DictConfig) -> None:
-    """Check the settings, load the checkpoint and the OOD detector, then serve until interrupted."""
+    """Check the settings, load the checkpoint, the calibration and the OOD detector, then serve until
+    interrupted."""
     check(cfg, "serve", "nothing was served", root=ServeSettings)
     own = {
         key: OmegaConf.to_object(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
@@ -156,12 +181,16 @@ def serve(cfg: DictConfig) -> None:
     device = settings.device if settings.ood.enabled and settings.ood.fit else "cpu"
     classifier = Classifier.load(checkpoint, device=device, tta=settings.tta)
     layer = configured_layer(classifier.model, settings.gradcam.layer, "serve", "nothing was served")
+    calibration = choose_calibration(
+        settings.calibration, settings.calibration_file, checkpoint, cfg.paths.log_dir, "serve"
+    )
     detector = choose_detector(cfg, classifier, "serve")
-    server = build_server(settings, classifier, layer, detector)
+    server = build_server(settings, classifier, layer, detector, calibration)
     del classifier
     ood = "no OOD detector" if detector is None else f"OOD detector {detector.name} from {detector.source}"
+    scaled = "uncalibrated" if calibration is None else f"calibrated, temperature {calibration.temperature:.4g}"
     log.info(
-        f"serving {checkpoint} at http://{settings.host}:{settings.port}/ ({ood}; max_batch_size="
+        f"serving {checkpoint} at http://{settings.host}:{settings.port}/ ({scaled}; {ood}; max_batch_size="
         f"{settings.max_batch_size}, batch_timeout={settings.batch_timeout:g} s)"
     )
     Stopping().install()
