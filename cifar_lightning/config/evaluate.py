@@ -28,6 +28,15 @@ class EvaluateSettings(Settings):
     tta: TTALevel = 0
     batch_size: int = Field(1000, ge=1, description="test images per forward pass")
     progress: bool = Field(True, description="show a progress bar while predicting")
-    seed: int = Field(0, ge=0, description="seeds Python, NumPy and torch (evaluation draws nothing at random)")
+    seed: int = Field(0, ge=0, description="seeds Python, NumPy and torch, and the generated corruptions (robustness)")
     gallery: GallerySettings = GallerySettings()
     gradcam: GradCAMSettings = GradCAMSettings()
+    robustness: Literal["none", "generated", "official"] = Field(
+        "none",
+        description="accuracy and OOD false alarms on CIFAR-10-C's 15 corruptions x 5 severities: generated here "
+        "(a re-implementation of its recipe, labelled so) or the official files in <data.data_dir>/CIFAR-10-C/ "
+        "(data.download=true fetches them); none: off",
+    )
+    robustness_images: int | None = Field(
+        None, ge=1, description="test images per corruption and severity, the first ones; null: all 10,000"
+    )
