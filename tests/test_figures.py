@@ -205,10 +205,13 @@ def test_reliability_bins_by_hand():
 
 
 def test_reliability_ece_is_torchmetrics_one():
-    """Also with confidences of exactly 1 (torchmetrics' own slot), so the figure and the tables agree."""
-    logits = torch.randn(500, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
-    logits[:20, 0] = 1000.0  # softmax exactly 1
+    """Also with confidences of exactly 1 (torchmetrics' own slot), so the figure and the tables agree: here 20
+    of them, all wrong, beside 40 right ones at 0.95 in the same drawn bin (gaps of opposite signs)."""
+    logits = torch.randn(500, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # mostly under 0.9
     labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(1))
+    logits[:20, 0], labels[:20] = 1000.0, 1  # softmax exactly 1, wrong
+    logits[20:60] = torch.tensor([0.95] + [0.05 / 9] * 9, dtype=torch.float64).log()
+    labels[20:60] = 0  # right at 0.95
     confidence, predicted = logits.softmax(dim=1).max(dim=1)
     assert (confidence == 1).sum() == 20
     ece = figures.reliability_bins(confidence.numpy(), (predicted == labels).numpy(), 15)[3]
