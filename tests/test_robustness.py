@@ -104,13 +104,16 @@ def test_generated_images_are_reproducible_per_seed(test_set):
     assert not torch.equal(first, robustness.generated_images(images, "gaussian_noise", 2, seed=2))
 
 
-def write_official(folder: Path, images: torch.Tensor, labels: torch.Tensor, blocks: int = 5) -> None:
-    """A fake CIFAR-10-C: every corruption's array is the clean images, once per severity."""
+def write_official(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """A fake CIFAR-10-C: severity s of every corruption holds the images rolled by 7 * (s - 1) places (the labels
+    unrolled), so each severity block has its own accuracy; returns the five blocks."""
     folder.mkdir(parents=True, exist_ok=True)
-    clean = images.permute(0, 2, 3, 1).numpy()
+    blocks = [images.roll(7 * s, 0) for s in range(5)]
+    array = np.concatenate([block.permute(0, 2, 3, 1).numpy() for block in blocks])
     for name in CORRUPTIONS:
-        np.save(folder / f"{name}.npy", np.concatenate([clean] * blocks))
-    np.save(folder / "labels.npy", np.concatenate([labels.numpy().astype(np.uint8)] * blocks))
+        np.save(folder / f"{name}.npy", array)
+    np.save(folder / "labels.npy", np.concatenate([labels.numpy().astype(np.uint8)] * 5))
+    return blocks
 
 
 def test_the_official_loader_refuses_a_missing_folder_with_the_fix(tmp_path):
@@ -134,23 +137,23 @@ def test_the_official_loader_refuses_a_wrong_file_naming_it(test_set, tmp_path, 
 
 
 def test_an_official_run_reads_each_severity_block(classifier, test_set, tmp_path, monkeypatch):
-    """Arrays holding the clean images give the clean accuracy in every cell; the download is md5-checked."""
+    """Each cell is measured on its own severity block's first max_images images; the download is md5-checked."""
     monkeypatch.setattr(robustness, "PER_SEVERITY", 40)
     images, labels = test_set[0][:40], test_set[1][:40]
-    data = tmp_path / "data"
-    fetched = []
+    data, fetched, blocks = tmp_path / "data", [], []
 
     def fake_download(url, root, md5, remove_finished):
         fetched.append((url, md5))
-        write_official(Path(root) / "CIFAR-10-C", images, labels)
+        blocks.extend(write_official(Path(root) / "CIFAR-10-C", images, labels))
 
     monkeypatch.setattr(robustness, "download_and_extract_archive", fake_download)
     official = load_official_c(data, download=True)
     assert fetched == [(robustness.OFFICIAL_URL, "56bf5dcef84df0e2308c6dcbcbbd8499")]
     summary, _ = run_robustness(classifier, images, labels, **options(tmp_path, source=official, max_images=30))
-    clean = accuracy(classifier, images[:30], labels[:30])
-    assert summary["source"] == OFFICIAL_LABEL and summary["images"] == 30
-    assert all(cells == pytest.approx([clean] * 5) for cells in summary["accuracy"].values())
+    expected = [accuracy(classifier, block[:30], labels[:30]) for block in blocks]
+    assert len(set(expected)) > 1  # the blocks tell apart
+    assert summary["source"] == OFFICIAL_LABEL and summary["images"] == 30 and summary["seed"] is None
+    assert all(cells == pytest.approx(expected) for cells in summary["accuracy"].values())
 
 
 def test_cifar10_1_is_measured_where_present_and_a_wrong_file_refused(classifier, test_set, tmp_path):
