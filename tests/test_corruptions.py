@@ -50,7 +50,8 @@ def test_a_corruption_keeps_the_batch_is_reproducible_and_grows_with_severity(na
     assert torch.equal(mild, again)
     assert torch.equal(images, before)  # the input is left as it was
     assert damage(mild, images) > 0
-    assert (damage(severe, images) < damage(mild, images)) == (name in SHRINKING)
+    ratio = damage(severe, images) / damage(mild, images)  # 1.18 (glass blur) to 6.9; about 1 +- 0.06 if the
+    assert ratio < 1 / 1.1 if name in SHRINKING else ratio > 1.1  # severity were ignored (another random stream)
     if name not in DETERMINISTIC:
         assert not torch.equal(corrupt(images, name, 1, seed=4), mild)
         assert not torch.equal(corrupt(images, name, 1, seed=3, part=1), mild)
