@@ -8,19 +8,23 @@ calls scikit-image's removed `multichannel`, fog NumPy 2's removed `np.float_`),
 parameters, not CIFAR-10-C's, and it takes ~10 ms per image (15 x 5 x 10,000 images: over two hours). Here each
 corruption is vectorized over the batch (torch, SciPy, OpenCV for one kernel) and deterministic given a seed.
 
-Where it departs from the original (same parameters, different tools):
-- motion_blur and snow's streaks: the original called ImageMagick (Wand) MotionBlurImage; here the same operation
-  is a one-sided line kernel of half-Gaussian weights (2*radius+1 taps along the drawn angle, edge pixels
-  repeated) applied by gathering shifted images, without ImageMagick;
-- glass_blur: the original's chain of neighbour swaps is kept (it is sequential), run on pixel indices over all
-  images of the batch at once;
-- elastic_transform: OpenCV's warpAffine rounds sampling positions to 1/32 pixel; here they are exact
-  (torch grid_sample, same borders);
-- jpeg_compression encodes with torchvision (libjpeg, 4:2:0 as PIL's default) instead of PIL;
-- random numbers come from torch.Generator, not NumPy's global state, so no pixel equals the official files'
-  where the corruption draws anything; deterministic ones (brightness, contrast, defocus, zoom, pixelate) do.
-Frost overlays Hendrycks' frost pictures, read from the folder the `imagecorruptions` wheel ships (the package is
-not imported); without them frost is refused with the fix.
+Where it departs from the original (same parameters, different tools; compared with make_cifar_c.py's own code
+run here on test images):
+- motion_blur and snow's streaks: the original called ImageMagick (Wand); here the same MotionBlurImage operation
+  is a line-kernel convolution at the drawn angle (2*radius+1 half-Gaussian taps, edge pixels repeated), applied
+  to shifted copies of the images, without ImageMagick; it equals ImageMagick 6's `convert -motion-blur` within
+  one grey level;
+- glass_blur: the original's sequential chain of neighbour swaps is kept, run on pixel indices over all images
+  of the batch at once (a loop over the 30 x 30 positions, not over images);
+- elastic_transform: torch grid_sample with OpenCV's and SciPy's borders (within one grey level; OpenCV rounds
+  positions to 1/32 pixel); zoom_blur and the blurs: matrix products and convolutions (within one grey level);
+- pixelate and jpeg_compression give the same bytes as the original's Pillow (torchvision's libjpeg encodes);
+- random numbers come from a torch.Generator per (seed, corruption, severity, part), not NumPy's global state,
+  so the random corruptions draw other noise, flakes, crops and angles than the official files did; the
+  deterministic ones (brightness, contrast, defocus, zoom, pixelate, JPEG) reproduce the original code's output
+  exactly or within one grey level.
+Frost overlays Hendrycks' frost pictures (frost1-5, as the original draws), read from the folder the
+`imagecorruptions` wheel ships (the package is not imported); without them frost is refused with the fix.
 """
 
 from __future__ import annotations

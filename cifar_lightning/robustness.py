@@ -42,7 +42,7 @@ PER_SEVERITY = 10_000  # each official array: 5 severity blocks of the 10,000 te
 CIFAR101_FILES = ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy")
 GENERATED_LABEL = "generated (re-implementation of CIFAR-10-C's recipe, not the official files)"
 OFFICIAL_LABEL = "official CIFAR-10-C"
-CHUNK = 1000  # images corrupted at once (each chunk its own random stream): bounded memory, same result for any N
+CHUNK = 1000  # images corrupted at once, each chunk with its own random stream: bounded memory
 FILES = ("robustness.json", "robustness.md", "robustness.png")
 
 
