@@ -13,12 +13,15 @@ from PIL import Image
 from torch import nn
 
 from cifar_lightning import robustness
+from cifar_lightning.config import check
+from cifar_lightning.config.evaluate import EvaluateSettings
 from cifar_lightning.corruptions import CORRUPTIONS
 from cifar_lightning.data import CIFAR10_CLASSES, load_cifar10
-from cifar_lightning.errors import DataError
+from cifar_lightning.errors import ConfigError, DataError
 from cifar_lightning.inference import Classifier
 from cifar_lightning.report import Table
 from cifar_lightning.robustness import GENERATED_LABEL, OFFICIAL_LABEL, load_official_c, run_robustness
+from tests.conftest import compose_evaluate
 
 IMAGES = 200
 
@@ -168,3 +171,13 @@ def test_cifar10_1_is_measured_where_present_and_a_wrong_file_refused(classifier
     with pytest.raises(DataError, match=r"cifar10\.1_v6_data\.npy holds float32 .* not uint8 \(N, 32, 32, 3\)"):
         run_robustness(classifier, images, labels, **options(tmp_path, max_images=5))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_settings_parse_as_plain_overrides(tmp_path):
+    """`robustness=generated` is a value, not a config group (there is no conf/robustness/); a wrong one is refused."""
+    cfg = compose_evaluate(["ckpt=x", "robustness=generated", "robustness_images=500"], tmp_path)
+    check(cfg, "evaluate", "nothing was evaluated", root=EvaluateSettings)
+    assert (cfg.robustness, cfg.robustness_images) == ("generated", 500)
+    assert compose_evaluate(["ckpt=x"], tmp_path).robustness == "none"
+    with pytest.raises(ConfigError, match="robustness must be one of none, generated, official, got 'rain'"):
+        check(compose_evaluate(["ckpt=x", "robustness=rain"], tmp_path), "evaluate", "x", root=EvaluateSettings)
