@@ -71,7 +71,7 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int = 0, part: int =
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, SIZE, SIZE):
         raise ValueError(f"corrupt takes uint8 images (N, 3, 32, 32), not {images.dtype} {tuple(images.shape)}")
     generator = torch.Generator().manual_seed(corruption_seed(seed, name, severity, part))
-    x = images.float().div(255)
+    x = images.contiguous().float().div(255)  # CIFAR10Arrays keeps channels-last memory
     out = _FUNCTIONS[name](x, severity - 1, generator) if len(images) else x
     if out.dtype == torch.uint8:
         return out.contiguous()
