@@ -106,6 +106,10 @@ class OODSettings(DetectorHyperparameters):
     threshold: ThresholdSettings = ThresholdSettings()
     mean_activation: MeanActivationSettings = MeanActivationSettings()
     gallery_detectors: Featured = Field([MEAN_ACTIVATION, "knn"], description="detectors drawn in figures, if measured")
+    validation_share: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="share of each OOD set held out to choose on (ood/protocol.py); the tables report the rest"
+    )
+    split_seed: int = Field(0, ge=0, description="seeds the split of every OOD set into validation and test parts")
 
     @model_validator(mode="after")
     def _distinct(self):

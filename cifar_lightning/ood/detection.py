@@ -1,5 +1,6 @@
 """OOD detection for one classifier: features extracted once per set, detectors fitted on the training split, every
-threshold chosen on the validation split alone, each detector and activation layer measured against each OOD set.
+threshold chosen on the validation split alone, each detector and activation layer measured against the test half of
+each OOD set, and the default detector chosen on the validation halves (ood/protocol.py).
 Metrics are pytorch-ood's; FPR@95%TPR takes in-distribution as the positive class, as the OOD literature does."""
 
 import logging
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, OODSettings, ThresholdSettings
 from cifar_lightning.inference import Classifier, Features, activation_layers
 from cifar_lightning.ood.detectors import build_detectors, image_state, mean_activation_score, score_images
+from cifar_lightning.ood.protocol import choose_detector, split_halves
 from cifar_lightning.ood.sets import OODSet
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class OODResult:
     detectors: dict[str, dict[str, dict[str, float]]]  # detector -> set -> metrics
     layers: dict[str, dict[str, dict[str, float]]]  # activation layer -> set -> metrics
     thresholds: dict[str, dict[str, float]]  # "detectors"/"layers" -> name -> threshold on outlier scores
+    validation: dict[str, dict[str, dict[str, float]]]  # detector -> set -> metrics on the validation halves
+    chosen: str  # the detector row chosen on the validation halves (ood/protocol.py)
     layer: str  # the layer of the "mean activation" detector row
     settings: dict[str, Any]
     counts: dict[str, int]  # fit / val / id_test image counts
@@ -60,20 +64,25 @@ class OODResult:
         """Per detector row: the seconds of its fit and of its scoring (validation, test and every OOD set)."""
         return {n: {"fit": round(s.fit_seconds, 3), "score": round(s.score_seconds, 3)} for n, s in self.scores.items()}
 
-    def kind_means(self) -> dict[str, dict[str, dict[str, float] | None]]:
-        """Per detector row and kind (near, far): the mean AUROC and FPR@95 over the sets of that kind, or None."""
+    def kind_means(self, part: str = "test") -> dict[str, dict[str, dict[str, float] | None]]:
+        """Per detector row and kind (near, far): the mean AUROC and FPR@95 over the sets of that kind, or None; on
+        the test halves, or the validation halves (part="validation")."""
+        rows = self.detectors if part == "test" else self.validation
 
         def mean(per_set: dict[str, dict[str, float]], kind: str) -> dict[str, float] | None:
             chosen = [s for s in per_set if self.sets.get(s, {}).get("kind") == kind]
             return {m: sum(per_set[s][m] for s in chosen) / len(chosen) for m in SUMMARY_METRICS} if chosen else None
 
-        return {name: {kind: mean(per_set, kind) for kind in SUMMARY_KINDS} for name, per_set in self.detectors.items()}
+        return {name: {kind: mean(per_set, kind) for kind in SUMMARY_KINDS} for name, per_set in rows.items()}
 
     def to_json(self) -> dict[str, Any]:
         """ood.json."""
         summary = {"in_distribution": "CIFAR-10 test set", "counts": self.counts, "sets": self.sets}
         summary.update(settings=self.settings, mean_activation_layer=self.layer, thresholds=self.thresholds)
         summary.update(detectors=self.detectors, near_far=self.kind_means(), detector_seconds=self.detector_seconds())
+        split = {key: self.settings[key] for key in ("validation_share", "split_seed")}
+        validation = {"detectors": self.validation, "near_far": self.kind_means("validation")}
+        summary.update(validation={**split, **validation, "chosen": self.chosen})
         summary.update(left_out=self.left_out, layers=self.layers, feature_seconds=round(self.feature_seconds, 3))
         return {**summary, "seconds": round(self.seconds, 3)}
 
@@ -242,6 +251,17 @@ def score_ood(
         scores.fit_seconds, scores.score_seconds = fit_seconds, time.perf_counter() - began
         return scores
 
+    halves = {
+        name: split_halves(len(features), settings.validation_share, settings.split_seed)
+        for name, features in ood.items()
+    }
+    sets = {name: {**sets[name], "n_validation": len(part[0]), "n_test": len(part[1])} for name, part in halves.items()}
+
+    def measured(scores: Scores, threshold: float, part: int) -> dict[str, dict[str, float]]:
+        """Metrics against each OOD set's validation (part 0, ID: the validation split) or test half (1, ID: test)."""
+        id_scores = scores.val if part == 0 else scores.id_test
+        return {s: ood_metrics(id_scores, scores.ood[s][halves[s][part]], threshold) for s in ood}
+
     feature_detectors = [name for name in settings.detectors if name not in IMAGE_DETECTORS]
     fitted, left_out = build_detectors(feature_detectors, fit, fit_labels.cpu(), head, settings, progress)
     states, rows = {}, {}
@@ -263,7 +283,9 @@ def score_ood(
         for name, scores in group_rows.items():
             threshold = choose_threshold(scores.val, settings.threshold)  # the validation images alone
             thresholds[group][name] = threshold
-            tables[group][name] = {s: ood_metrics(scores.id_test, scores.ood[s], threshold) for s in ood}
+            tables[group][name] = measured(scores, threshold, part=1)
+    validation = {name: measured(scores, thresholds["detectors"][name], part=0) for name, scores in rows.items()}
+    detector_rows = {name: validation[name] for name in states}  # the mean-activation row is not a choice
     record = {
         "detectors": list(settings.detectors),
         **{name: getattr(settings, name) for name in DetectorHyperparameters.model_fields},
@@ -272,10 +294,16 @@ def score_ood(
         "direction": direction,
         "layers": layers,
         "gallery_detectors": list(settings.gallery_detectors),
+        "validation_share": settings.validation_share,
+        "split_seed": settings.split_seed,
     }
     counts = {"fit": len(fit), "val": len(val), "id_test": len(id_test)}
     detector_table, layer_table = tables["detectors"], tables["layers"]
-    result = OODResult(sets, detector_table, layer_table, thresholds, layer, record, counts, val, id_test, ood)
+    kinds = {name: info.get("kind") for name, info in sets.items()}
+    chosen = choose_detector(detector_rows or validation, kinds)
+    result = OODResult(
+        sets, detector_table, layer_table, thresholds, validation, chosen, layer, record, counts, val, id_test, ood
+    )
     result.states, result.scores, result.left_out = states, rows, left_out
     result.seconds = time.perf_counter() - start
     return result

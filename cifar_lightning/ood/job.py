@@ -72,13 +72,10 @@ def run_ood(
     histograms, score_histograms, galleries = write_figures(result, images, out, gallery_size, seed)
     for name, seconds in result.detector_seconds().items():
         log.info("OOD detector %s: fit %.2f s, scoring %.2f s", name, seconds["fit"], seconds["score"])
-    auroc = {
-        name: sum(m["auroc"] for m in per_set.values()) / max(1, len(per_set))
-        for name, per_set in result.detectors.items()
-    }
-    best = max(auroc, key=auroc.__getitem__)
-    counts = len(ood_sets), len(result.detectors), len(result.layers), result.seconds, best, auroc[best]
-    log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; highest mean AUROC: %s (%.4f)", *counts)
+    near = result.kind_means("validation")[result.chosen]["near"]
+    chosen = f"{result.chosen}" + (f" (near AUROC {near['auroc']:.4f} on the validation halves)" if near else "")
+    counts = len(ood_sets), len(result.detectors), len(result.layers), result.seconds, chosen
+    log.info("OOD: %d sets, %d detectors, %d layers in %.1f s; chosen on the validation halves: %s", *counts)
     by_layer = "Out-of-distribution detection by mean activation, per layer (the report's method)"
     sections: list[tuple[str, list[SectionItem]]] = [
         ("Out-of-distribution detection: detectors x OOD sets", [setup_note(result), *detector_tables(result)]),
@@ -124,15 +121,25 @@ def metric_table(result: OODResult, group: str, metric: str) -> Table:
 
 
 def summary_table(result: OODResult) -> Table:
-    """Per detector: the mean AUROC and FPR@95 (%) over the near and far sets ("-": none), and its seconds."""
-    means, seconds = result.kind_means(), result.detector_seconds()
+    """Per detector: the mean AUROC and FPR@95 (%) over the near and far test halves ("-": none), the near AUROC on
+    the validation halves that chose the default detector (marked), and its seconds."""
+    means, chosen_on = result.kind_means(), result.kind_means("validation")
+    seconds = result.detector_seconds()
     columns = [(metric, kind) for metric in SUMMARY_METRICS for kind in SUMMARY_KINDS]
-    header = ["detector", *(f"{kind} {METRICS[metric][0]}" for metric, kind in columns), "fit (s)", "scoring (s)"]
+    header = ["detector", *(f"{kind} {METRICS[metric][0]}" for metric, kind in columns)]
+    header += ["validation near AUROC", "fit (s)", "scoring (s)"]
+
+    def percent(value: dict[str, float] | None, metric: str) -> str:
+        return "-" if value is None else f"{100 * value[metric]:.2f}"
+
     rows = []
     for name in result.detectors:
-        values = ["-" if means[name][k] is None else f"{100 * means[name][k][m]:.2f}" for m, k in columns]
-        rows.append([name, *values, f"{seconds[name]['fit']:.2f}", f"{seconds[name]['score']:.2f}"])
-    return Table("Summary: mean over the near and the far OOD sets (%), and seconds per detector", header, rows)
+        label = f"{name} (chosen)" if name == result.chosen else name
+        values = [percent(means[name][k], m) for m, k in columns]
+        rows.append([label, *values, percent(chosen_on[name]["near"], "auroc")])
+        rows[-1] += [f"{seconds[name]['fit']:.2f}", f"{seconds[name]['score']:.2f}"]
+    title = "Summary: mean over the near and the far OOD test halves (%), and seconds per detector"
+    return Table(title, header, rows)
 
 
 def detector_tables(result: OODResult) -> list[Table]:
@@ -152,7 +159,10 @@ def setup_note(result: OODResult) -> str:
         rule += f"{threshold['min_fraction']:.1%} of the images)"
     trained_on = ", held out of the detectors' fit but trained on: the run held out no validation split"
     trained_on = trained_on if result.settings.get("val_trained_on") else ""
-    sets = "; ".join(f"{name}: {s['n']:,} images, {s['kind']}, from {s['source']}" for name, s in result.sets.items())
+    sets = "; ".join(
+        f"{name}: {s['n']:,} images ({s['n_test']:,} in its test part), {s['kind']}, from {s['source']}"
+        for name, s in result.sets.items()
+    )
     fitted = [f"knn (k={result.settings['knn_k']})" if n == "knn" else n for n in result.states if n in FITTED]
     fitted_text = f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
     fitted_text += "detectors need no fit. "
@@ -161,6 +171,10 @@ def setup_note(result: OODResult) -> str:
     image_text = f" {images} perturbs every image through the whole network instead, so its scoring seconds "
     image_text = image_text + "include those passes." if images else ""
     return (
+        f"Each OOD set is split once (seed {result.settings['split_seed']}) into a validation part "
+        f"({result.settings['validation_share']:.0%}) and a test part: the tables report the test parts against "
+        f"the CIFAR-10 test set; the validation parts, against the validation split, chose the default detector "
+        f"({result.chosen}: the highest mean near-OOD AUROC there) and were used for nothing else. "
         f"In-distribution: the CIFAR-10 test set ({counts['id_test']:,} images). {fitted_text if fitted else ''}"
         f"Every threshold is chosen on the validation split alone ({counts['val']:,} images{trained_on}): {rule}. "
         f"The mean-activation method (the report's) calls an image OOD when a layer's mean activation is "

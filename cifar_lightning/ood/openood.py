@@ -1,5 +1,7 @@
 """Our OOD figures (evaluate.py output folders) beside OpenOOD v1.5's published CIFAR-10 benchmark, as the page
-docs/results/ood_openood.md: a table of models, then every detector's near/far AUROC beside OpenOOD's."""
+docs/results/ood_openood.md: a table of models, then every detector's near/far AUROC beside OpenOOD's. Folders given
+the same --labels are seeds of one model: their figures are the mean ± sample std over them. Every figure is on the
+OOD sets' test halves; the detector each model would use is the one chosen on its validation halves."""
 
 import argparse
 import json
@@ -9,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifar_lightning.ablation.stats import mean_std
 from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.ood.detection import SUMMARY_KINDS
+from cifar_lightning.ood.protocol import TestDataChoiceError
 from cifar_lightning.tables import markdown_table
 
 SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"
@@ -55,6 +59,8 @@ PUBLISHED: dict[str, Published] = {
 #: Training-time method -> OpenOOD's row (scored with MSP), and that model's test accuracy (%).
 PUBLISHED_TRAINING: dict[str, tuple[Published, float]] = {
     "logitnorm": (Published("LogitNorm + MSP", 92.33, 0.08, 96.74, 0.06), 94.30),
+    "t2fnorm": (Published("T2FNorm + MSP on features / tau", 92.79, 0.13, 96.98, 0.23), 94.69),
+    "rotpred": (Published("RotPred + its score", 92.68, 0.27, 96.62, 0.18), 95.35),
 }
 #: How our sets differ from OpenOOD's, for the page's note.
 SET_DIFFERENCES = (
@@ -63,9 +69,10 @@ SET_DIFFERENCES = (
     "Fashion-MNIST test sets (grayscale 28x28, resized to 32x32 with the channel repeated); Gaussian and uniform "
     "noise are measured too but in no mean. OpenOOD v1.5: near-OOD is CIFAR-100 and TinyImageNet, with the "
     "images of classes overlapping CIFAR-10 removed; far-OOD is MNIST, SVHN, Textures and Places365. Their "
-    "thresholds and hyperparameters are tuned on separate OOD validation sets; ours use no OOD image before the "
-    "test (fixed hyperparameters from the papers, thresholds on CIFAR-10 validation images), and our models are "
-    "smaller and shorter-trained than OpenOOD's ResNet-18."
+    "thresholds and hyperparameters are tuned on separate OOD validation sets; ours use no OOD image of the "
+    "test halves (fixed hyperparameters from the papers, thresholds on CIFAR-10 validation images, the detector chosen "
+    "on the validation halves of our own sets), and our models are smaller and shorter-trained than OpenOOD's "
+    "ResNet-18."
 )
 
 
@@ -82,7 +89,8 @@ class EvaluatedModel:
     tta: int
     checkpoint: str
     near_far: Mapping[str, Mapping[str, Mapping[str, float] | None]]  # detector -> near/far -> auroc/fpr95
-    label: str | None = None  # the user's name for it (--labels), e.g. when two runs share experiment and loss
+    chosen: str | None  # the detector chosen on the validation halves; None in an ood.json from before the split
+    label: str | None = None  # the user's name for it (--labels): seeds of one model share it
 
     @property
     def name(self) -> str:
@@ -108,11 +116,16 @@ def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedMo
     experiment, loss = evaluation.get("experiment") or "model", evaluation.get("loss") or "cross_entropy"
     test_acc, tta = float(evaluation["test_acc"]), int(evaluation.get("tta", 0))
     checkpoint = str(evaluation.get("checkpoint", ""))
-    return EvaluatedModel(folder, experiment, loss, test_acc, tta, checkpoint, ood["near_far"], label)
+    chosen = (ood.get("validation") or {}).get("chosen")
+    return EvaluatedModel(folder, experiment, loss, test_acc, tta, checkpoint, ood["near_far"], chosen, label)
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def _percent(values: Sequence[float | None]) -> str:
+    """The mean ± sample std (%) of a model's seeds; '-' when any seed lacks the figure."""
+    if not values or any(value is None for value in values):
+        return "-"
+    mean, std = mean_std([100 * value for value in values])
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
 def _kind_value(model: EvaluatedModel, detector: str, kind: str, metric: str) -> float | None:
@@ -120,49 +133,64 @@ def _kind_value(model: EvaluatedModel, detector: str, kind: str, metric: str) ->
     return None if means is None else means[metric]
 
 
-def best_near_detector(model: EvaluatedModel) -> str:
-    """The detector with the highest near-OOD mean AUROC (chosen on the test sets: optimistic, as the page says)."""
-    scored = [name for name in model.near_far if _kind_value(model, name, "near", "auroc") is not None]
-    if not scored:
-        raise OpenOODComparisonError(
-            f"{model.folder}/ood.json has no near-OOD set: evaluate with the default ood.sets (cifar100 is near)."
+def chosen_detector(model: EvaluatedModel) -> str:
+    """The detector chosen on the model's validation halves; refused for an evaluation from before the split."""
+    if model.chosen is None:
+        raise TestDataChoiceError(
+            f"{model.folder}/ood.json holds no validation halves (it comes from before the split protocol), so a "
+            f"detector could only be chosen on the test sets, which would make the tables optimistic. Fix: run "
+            f"python evaluate.py again on {model.checkpoint or 'its checkpoint'}."
         )
-    return max(scored, key=lambda name: _kind_value(model, name, "near", "auroc"))
+    return model.chosen
+
+
+def seeds_of(models: Sequence[EvaluatedModel]) -> dict[str, list[EvaluatedModel]]:
+    """Models by name, in first-seen order: the folders of one name are seeds of one model."""
+    groups: dict[str, list[EvaluatedModel]] = {}
+    for model in models:
+        groups.setdefault(model.name, []).append(model)
+    return groups
 
 
 def models_table(models: Sequence[EvaluatedModel]) -> str:
-    """Per model: test accuracy, then MSP's and the best near-OOD detector's near/far AUROC and FPR@95 (%)."""
-    header = ["model", "test acc. (%)", "TTA", "detector"]
+    """Per model (mean ± std over its seeds): test accuracy, then MSP's, its training method's own detector's and
+    the validation-chosen detector's near/far AUROC and FPR@95 (%) on the test halves."""
+    header = ["model", "seeds", "test acc. (%)", "TTA", "detector"]
     header += [f"{kind} {label}" for label in ("AUROC", "FPR@95") for kind in SUMMARY_KINDS]
+    metrics = [(metric, kind) for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]
     rows = []
-    for model in models:
-        best = best_near_detector(model)
-        for detector in dict.fromkeys(["msp", best]):  # one row when MSP is the best
-            if detector not in model.near_far:
-                continue
-            label = detector + (" (highest near AUROC)" if detector == best else "")
-            metrics = [(metric, kind) for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]
-            values = [_percent(_kind_value(model, detector, kind, metric)) for metric, kind in metrics]
-            rows.append([model.name, f"{100 * model.test_acc:.2f}", model.tta, label, *values])
+    for name, seeds in seeds_of(models).items():
+        chosen = [chosen_detector(model) for model in seeds]
+        accuracy, tta = _percent([model.test_acc for model in seeds]), seeds[0].tta
+        fixed = [d for d in ("msp", "rotpred") if all(_kind_value(m, d, "near", "auroc") is not None for m in seeds)]
+        for detector in fixed:
+            values = [_percent([_kind_value(m, detector, kind, metric) for m in seeds]) for metric, kind in metrics]
+            rows.append([name, len(seeds), accuracy, tta, detector, *values])
+        picks = ", ".join(f"{d} x{chosen.count(d)}" for d in dict.fromkeys(chosen))
+        values = [
+            _percent([_kind_value(m, c, kind, metric) for m, c in zip(seeds, chosen)]) for metric, kind in metrics
+        ]
+        rows.append([name, len(seeds), accuracy, tta, f"chosen on validation ({picks})", *values])
     for method, (published, accuracy) in PUBLISHED_TRAINING.items():
         cells = [published.cell("near"), published.cell("far"), "-", "-"]
-        rows.append([f"OpenOOD: ResNet-18, {method}", f"{accuracy:.2f}", "-", "msp", *cells])
+        rows.append([f"OpenOOD: ResNet-18, {method}", 3, f"{accuracy:.2f}", "-", published.method, *cells])
     return markdown_table(header, rows)
 
 
 def detectors_table(models: Sequence[EvaluatedModel]) -> str:
-    """Per detector: each model's near and far mean AUROC (%) and OpenOOD's for the same method."""
+    """Per detector: each model's near and far mean AUROC (%, mean ± std over seeds) and OpenOOD's."""
+    groups = seeds_of(models)
     names = list(dict.fromkeys(name for model in models for name in model.near_far))
     header = ["detector"]
-    for model in models:
-        header += [f"{model.name}: near", f"{model.name}: far"]
+    for name in groups:
+        header += [f"{name}: near", f"{name}: far"]
     header += ["OpenOOD method", "OpenOOD near", "OpenOOD far"]
     rows = []
-    for name in names:
-        row = [name]
-        for model in models:
-            row += [_percent(_kind_value(model, name, kind, "auroc")) for kind in SUMMARY_KINDS]
-        published = PUBLISHED.get(name)
+    for detector in names:
+        row = [detector]
+        for seeds in groups.values():
+            row += [_percent([_kind_value(m, detector, kind, "auroc") for m in seeds]) for kind in SUMMARY_KINDS]
+        published = PUBLISHED.get(detector)
         row += [published.method, published.cell("near"), published.cell("far")] if published else ["-"] * 3
         rows.append(row)
     return markdown_table(header, rows)
@@ -174,12 +202,15 @@ def render(models: Sequence[EvaluatedModel]) -> str:
     return (
         "# OOD detection beside OpenOOD v1.5 (CIFAR-10)\n\n"
         f"Published figures: {SOURCE}; their post-hoc rows score one model: {OPENOOD_MODEL}. Ours: near and far "
-        "are the mean AUROC (and FPR@95%TPR) over our sets of that kind, as OpenOOD averages over its own. "
-        f"{SET_DIFFERENCES}\n\n"
+        "are the mean AUROC (and FPR@95%TPR) over the test halves of our sets of that kind, as OpenOOD averages over "
+        f"its own; models with several seeds show the mean ± sample standard deviation over them. {SET_DIFFERENCES}"
+        "\n\n"
         f"Evaluations read: {sources}.\n\n"
         "## Models\n\n"
-        "MSP is OpenOOD's detector for training-time methods such as LogitNorm. The highest-near-AUROC detector is "
-        "picked on the OOD test sets themselves, so its row is optimistic; MSP's is not.\n\n"
+        "MSP is OpenOOD's detector for LogitNorm and T2FNorm (on a T2FNorm model our MSP reads the features divided "
+        "by tau, as OpenOOD's does), rotpred RotPred's own score. 'Chosen on validation' is, for each seed, the "
+        "detector with the highest near-OOD AUROC on the validation halves of the OOD sets (how many seeds chose "
+        "which in brackets), measured on the test halves it never saw.\n\n"
         f"{models_table(models)}\n"
         "## Detectors: near and far mean AUROC (%) beside OpenOOD's\n\n"
         "OpenOOD's figures are mean ± std over its three training runs; '-' where a method has no published row.\n\n"

@@ -1,6 +1,7 @@
 """Fitted OOD detectors as a file: evaluate.py saves every detector it measured, with its validation threshold, in
 `ood_detectors.pt` (tensors and plain values only, loaded weights-only; refused for another checkpoint); predict.py
-and serve.py load one. The default, KNN, was chosen in advance from OpenOOD v1.5's CIFAR-10 benchmark."""
+and serve.py load one. The default is the detector chosen on the OOD sets' validation halves (ood/protocol.py) when
+predict and serve can use it, else KNN, chosen in advance from OpenOOD v1.5's CIFAR-10 benchmark (as for ood.fit)."""
 
 import os
 import pickle
@@ -96,7 +97,9 @@ def save_detectors(path: str | Path, result: OODResult, checkpoint: str | Path) 
         "state": {"layer": result.layer, "direction": result.settings["direction"]},
     }
     record = dict(format=FORMAT, version=VERSION, checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
-    record.update(default=DEFAULT_DETECTOR, settings=result.settings, detectors=entries)
+    usable = [name for name in entries if name not in IMAGE_DETECTORS]  # predict/serve score features
+    default = result.chosen if result.chosen in usable else DEFAULT_DETECTOR
+    record.update(default=default, settings=result.settings, detectors=entries)
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     torch.save(record, partial)
@@ -165,8 +168,8 @@ def _detector(name: str, entry: dict[str, Any], source: str) -> OODDetector:
 def load_detector(
     path: str | Path, classifier: Classifier, name: str | None = None, from_images: bool = False
 ) -> OODDetector:
-    """The named detector (None: DEFAULT_DETECTOR) of a detectors file fitted for the classifier's checkpoint;
-    ODIN only when the caller scores images (from_images)."""
+    """The named detector (None: the file's default, chosen on validation halves) of a detectors file fitted for the
+    classifier's checkpoint; ODIN only when the caller scores images (from_images)."""
     record = read_detectors(path)
     path, checkpoint = Path(path).expanduser(), classifier.checkpoint_path
     if checkpoint is not None and file_sha256(checkpoint) != record["checkpoint_sha256"]:
@@ -174,7 +177,7 @@ def load_detector(
             f"the OOD detectors in {path} were fitted for another checkpoint ({record.get('checkpoint')}), not "
             f"for {checkpoint} (their SHA-256 differ), so their scores would mean nothing for this model. {FIX}."
         )
-    name = name or DEFAULT_DETECTOR
+    name = name or record.get("default") or DEFAULT_DETECTOR
     if name not in record["detectors"]:
         raise DetectorsError(
             f"{path} holds no detector {name!r}; it holds {', '.join(record['detectors'])}. Fix: choose one of them "

@@ -119,21 +119,26 @@ def test_every_table_number_is_ood_jsons(evaluated, saved):
         assert [row[0] for row in rows[1:]] == list(saved["detectors"])
         for name, *cells in rows[1:]:
             values = [saved["detectors"][name][set_name][metric] for set_name in SETS]
-            assert cells == [*map(percent, values), percent(sum(values) / len(values))], (metric, name)
-    summary = tables["Summary: mean over the near and the far OOD sets (%), and seconds per detector"]
+            mean = f"{sum(100 * v for v in values) / len(values):.2f}"  # the mean of the percentages, as shown
+            assert cells == [*map(percent, values), mean], (metric, name)
+    summary = tables["Summary: mean over the near and the far OOD test halves (%), and seconds per detector"]
     assert summary[0] == [
         "detector",
         "near AUROC",
         "far AUROC",
         "near FPR@95%TPR",
         "far FPR@95%TPR",
+        "validation near AUROC",
         "fit (s)",
         "scoring (s)",
     ]
-    assert [row[0] for row in summary[1:]] == list(saved["detectors"])
+    chosen = saved["validation"]["chosen"]
+    assert [row[0] for row in summary[1:]] == [f"{n} (chosen)" if n == chosen else n for n in saved["detectors"]]
     for name, *cells in summary[1:]:
+        name = name.removesuffix(" (chosen)")
         near_far, seconds = saved["near_far"][name], saved["detector_seconds"][name]
         numbers = [percent(near_far[kind][metric]) for metric in ("auroc", "fpr95") for kind in ("near", "far")]
+        numbers.append(percent(saved["validation"]["near_far"][name]["near"]["auroc"]))
         assert cells == [*numbers, f"{seconds['fit']:.2f}", f"{seconds['score']:.2f}"], name
     assert "synthetic and custom sets are in the per-set tables only" in detectors
     assert "validation split alone (5,000 images)" in detectors
@@ -148,7 +153,8 @@ def test_every_table_number_is_ood_jsons(evaluated, saved):
             values = [per_set[set_name][metric] for set_name in SETS]
             # The outlier score is the negated mean activation (direction below): the table shows the activation.
             threshold = f"{-per_set['mine']['threshold']:.4g}"
-            assert cells == [*map(percent, values), percent(sum(values) / len(values)), threshold], (metric, name)
+            mean = f"{sum(100 * v for v in values) / len(values):.2f}"
+            assert cells == [*map(percent, values), mean, threshold], (metric, name)
 
 
 def test_the_report_shows_the_ood_results(evaluated):

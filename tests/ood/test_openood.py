@@ -1,5 +1,6 @@
-"""The OpenOOD comparison page: read evaluate.py's folders, pick MSP and the best near detector, put each
-detector beside OpenOOD's published row, and refuse folders it cannot use with a one-line error."""
+"""The OpenOOD comparison page: read evaluate.py's folders, show MSP and the detector chosen on the validation halves,
+average the seeds of one model, put each detector beside OpenOOD's published row, and refuse folders it cannot use
+with a one-line error."""
 
 import json
 
@@ -9,20 +10,22 @@ from cifar_lightning.ood.detectors import DETECTOR_LABELS
 from cifar_lightning.ood.openood import (
     PUBLISHED,
     OpenOODComparisonError,
-    best_near_detector,
+    chosen_detector,
     detectors_table,
     main,
     models_table,
     read_evaluation,
 )
+from cifar_lightning.ood.protocol import TestDataChoiceError
 
 
-def write_evaluation(folder, loss, near_far, test_acc=0.9, tta=2):
+def write_evaluation(folder, loss, near_far, test_acc=0.9, tta=2, chosen="msp"):
     folder.mkdir(parents=True)
     (folder / "evaluation.json").write_text(
         json.dumps({"test_acc": test_acc, "experiment": "fast94_cpu", "loss": loss, "tta": tta, "checkpoint": "x.ckpt"})
     )
-    (folder / "ood.json").write_text(json.dumps({"near_far": near_far}))
+    validation = {"chosen": chosen} if chosen is not None else None
+    (folder / "ood.json").write_text(json.dumps({"near_far": near_far, "validation": validation}))
     return folder
 
 
@@ -41,6 +44,7 @@ def two_models(tmp_path):
             "entropy": summary(0.84, 0.89),
             "mean activation (relu4)": {"near": summary(0.6, 0.7)["near"], "far": None},
         },
+        chosen="entropy",  # on the validation halves; knn leads on the test halves, which choose nothing
     )
     logitnorm = write_evaluation(
         tmp_path / "ln", "logitnorm", {"msp": summary(0.91, 0.97), "knn": summary(0.9, 0.96)}, test_acc=0.895
@@ -55,23 +59,51 @@ def test_every_published_row_names_one_of_our_detectors_and_a_plausible_figure()
         assert 50 <= row.near <= 100 and 50 <= row.far <= 100 and row.near_std >= 0 and row.far_std >= 0
 
 
-def test_the_best_near_detector_is_the_one_with_the_highest_near_auroc(two_models):
+def test_the_chosen_detector_is_the_validation_halves_choice_not_the_best_on_test(two_models):
     ce, logitnorm = two_models
-    assert best_near_detector(ce) == "knn"
-    assert best_near_detector(logitnorm) == "msp"
+    assert chosen_detector(ce) == "entropy"  # knn has the highest near AUROC on the test halves
+    assert chosen_detector(logitnorm) == "msp"
 
 
-def test_the_models_table_shows_msp_and_the_best_detector_per_model_and_openoods_logitnorm(two_models):
-    table = models_table(two_models)
-    lines = table.splitlines()
-    assert "| fast94_cpu, cross_entropy | 90.00 | 2 | msp | 85.00 | 90.00 | 50.00 | 20.00 |" in lines
-    best = "| fast94_cpu, cross_entropy | 90.00 | 2 | knn (highest near AUROC) | 88.00 | 95.00 | 40.00 | 20.00 |"
-    assert best in lines
-    # MSP is LogitNorm's best: one row, not two
-    assert [line for line in lines if "logitnorm" in line and "fast94_cpu" in line] == [
-        "| fast94_cpu, logitnorm | 89.50 | 2 | msp (highest near AUROC) | 91.00 | 97.00 | 50.00 | 20.00 |"
-    ]
-    assert "| OpenOOD: ResNet-18, logitnorm | 94.30 | - | msp | 92.33 ± 0.08 | 96.74 ± 0.06 | - | - |" in lines
+def test_an_evaluation_from_before_the_split_is_refused(tmp_path, capsys):
+    old = write_evaluation(tmp_path / "old", "cross_entropy", {"msp": summary(0.85, 0.9)}, chosen=None)
+    with pytest.raises(TestDataChoiceError, match="could only be chosen on the test sets"):
+        chosen_detector(read_evaluation(old))
+    assert main([str(old)]) == 2 and "could only be chosen on the test sets" in capsys.readouterr().err
+
+
+def test_the_models_table_shows_msp_and_the_chosen_detector_per_model_and_openoods_rows(two_models):
+    lines = models_table(two_models).splitlines()
+    assert "| fast94_cpu, cross_entropy | 1 | 90.00 | 2 | msp | 85.00 | 90.00 | 50.00 | 20.00 |" in lines
+    chosen = "| fast94_cpu, cross_entropy | 1 | 90.00 | 2 | chosen on validation (entropy x1) | 84.00 | 89.00 | 50.00 |"
+    assert any(line.startswith(chosen) for line in lines)
+    assert (
+        "| fast94_cpu, logitnorm | 1 | 89.50 | 2 | chosen on validation (msp x1) | 91.00 | 97.00 | 50.00 | 20.00 |"
+        in lines
+    )
+    openood = (
+        "| OpenOOD: ResNet-18, logitnorm | 3 | 94.30 | - | LogitNorm + MSP | 92.33 ± 0.08 | 96.74 ± 0.06 | - | - |"
+    )
+    assert openood in lines
+    assert any(line.startswith("| OpenOOD: ResNet-18, t2fnorm | 3 | 94.69 |") for line in lines)
+
+
+def test_folders_with_one_label_are_seeds_averaged_with_their_spread(tmp_path):
+    seeds = [
+        write_evaluation(tmp_path / f"s{i}", "cross_entropy", {"msp": summary(near, 0.9), "knn": summary(0.8, 0.9)},
+                         test_acc=acc, chosen=chosen)
+        for i, (near, acc, chosen) in enumerate([(0.86, 0.92, "msp"), (0.88, 0.93, "msp"), (0.90, 0.94, "knn")])
+    ]  # fmt: skip
+    models = [read_evaluation(folder, "T2FNorm") for folder in seeds]
+    lines = models_table(models).splitlines()
+    model = "| T2FNorm | 3 | 93.00 ± 1.00 | 2 | "
+    assert model + "msp | 88.00 ± 2.00 | 90.00 ± 0.00 | 50.00 ± 0.00 | 20.00 ± 0.00 |" in lines
+    # each seed's own choice, measured on its test halves: msp 0.86, msp 0.88, knn 0.80
+    assert any(line.startswith(model + "chosen on validation (msp x2, knn x1) | 84.67 ± 4.16 |") for line in lines)
+    assert (
+        "| msp | 88.00 ± 2.00 | 90.00 ± 0.00 | MSP | 88.03 ± 0.25 | 90.73 ± 0.43 |"
+        in detectors_table(models).splitlines()
+    )
 
 
 def test_the_detectors_table_puts_openoods_row_beside_ours_and_dashes_where_there_is_none(two_models):
@@ -111,7 +143,7 @@ def test_labels_name_the_models_and_must_match_the_folders(two_models, capsys):
     folders = [str(model.folder) for model in two_models]
     assert main([*folders, "--labels", "CE, widths 32", "LogitNorm, no smoothing"]) == 0
     page = capsys.readouterr().out
-    assert "| CE, widths 32 | 90.00 | 2 | msp |" in page and "| LogitNorm, no smoothing: near |" in page
+    assert "| CE, widths 32 | 1 | 90.00 | 2 | msp |" in page and "| LogitNorm, no smoothing: near |" in page
     assert "fast94_cpu, logitnorm" not in page
     with pytest.raises(SystemExit) as exit_info:
         main([*folders, "--labels", "only one"])

@@ -14,6 +14,7 @@ from cifar_lightning.config.ood import DetectorHyperparameters
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.inference import Classifier
 from cifar_lightning.ood.detectors import image_state, score_images
+from cifar_lightning.ood.protocol import split_halves
 from cifar_lightning.ood.saved import (
     DEFAULT_DETECTOR,
     DETECTORS_FILE,
@@ -39,7 +40,9 @@ def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, 
     ood = json.loads((out / "ood.json").read_text())
     test_images = load_cifar10(str(data_dir)).test_images
     seed = int(ood["sets"]["uniform_noise"]["source"].rsplit("seed=", 1)[1])
-    noise = noise_images("uniform", ood["sets"]["uniform_noise"]["n"], seed)
+    split = ood["validation"]["validation_share"]
+    test_half = split_halves(ood["sets"]["uniform_noise"]["n"], split, ood["validation"]["split_seed"])[1]
+    noise = noise_images("uniform", ood["sets"]["uniform_noise"]["n"], seed)[test_half]  # tables: test halves
     saved = list(read_detectors(out / DETECTORS_FILE)["detectors"])
     assert saved == [name for name in [*FEATURE_DETECTORS, MEAN_ACTIVATION] if name not in ood["left_out"]]
     assert set(ood["left_out"]) <= {"she"}  # the tiny model predicts no horse: SHE cannot be fitted
@@ -56,11 +59,16 @@ def test_every_saved_detector_flags_as_evaluate_measured(evaluated, classifier, 
         assert detector.is_ood(ood_scores).double().mean().item() == pytest.approx(metrics["ood_caught"], abs=1e-12)
 
 
-def test_the_default_is_knn_and_found_by_checkpoint(evaluated, classifier, tmp_path, tiny_run):
+def test_the_default_is_the_detector_chosen_on_validation_halves_and_found_by_checkpoint(
+    evaluated, classifier, tmp_path, tiny_run
+):
     log_dir, out = evaluated
-    assert DEFAULT_DETECTOR == "knn"
+    chosen = json.loads((out / "ood.json").read_text())["validation"]["chosen"]
+    assert DEFAULT_DETECTOR == "knn"  # ood.fit's, and the fallback when the chosen one scores images (ODIN)
     assert find_detectors(classifier, log_dir) == out / DETECTORS_FILE
-    assert load_detector(out / DETECTORS_FILE, classifier).name == "knn"
+    expected = chosen if chosen in read_detectors(out / DETECTORS_FILE)["detectors"] else DEFAULT_DETECTOR
+    assert read_detectors(out / DETECTORS_FILE)["default"] == expected
+    assert load_detector(out / DETECTORS_FILE, classifier).name == expected
     other_ckpt = tmp_path / "other.ckpt"  # the same weights in a different file: another checkpoint
     checkpoint = torch.load(tiny_run[0] / "checkpoints" / "best.ckpt", weights_only=True)
     checkpoint["epoch"] = 99
