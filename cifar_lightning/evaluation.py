@@ -1,5 +1,6 @@
-"""The evaluation job behind evaluate.py: load a train.py checkpoint, predict and measure the CIFAR-10 test set,
-and write the metrics, figures, Grad-CAM overlays, OOD detection and a one-page report."""
+"""The evaluation job behind evaluate.py: load a train.py checkpoint, predict and measure the CIFAR-10 test set, fit
+and measure temperature scaling, and write the metrics, figures, Grad-CAM overlays, OOD detection, corruption
+robustness (robustness=...) and a one-page report."""
 
 from __future__ import annotations
 
@@ -20,21 +21,32 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics import classification as metrics
 
+from cifar_lightning.calibration import (
+    CALIBRATION_FILE,
+    ECE_BINS,
+    calibrated_probabilities,
+    calibration_metrics,
+    fit_temperature,
+    save_calibration,
+)
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.evaluate import EvaluateSettings
 from cifar_lightning.data import CIFAR10DataModule
-from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery
+from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery, plot_reliability
 from cifar_lightning.gradcam import EXPLAINED_TEXT, configured_layer, gradcam_overlays
 from cifar_lightning.held_out import held_out_split
 from cifar_lightning.inference import Classifier, Predictions, pick_device
 from cifar_lightning.losses import loss_name
 from cifar_lightning.ood.detection import OODSettings, fit_subset
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
+from cifar_lightning.ood.saved import DETECTORS_FILE, load_detector, read_detectors
 from cifar_lightning.ood.sets import OODSet
-from cifar_lightning.report import SectionItem, write_report
+from cifar_lightning.report import SectionItem, Table, write_report
+from cifar_lightning.robustness import OfficialC, load_official_c, run_robustness
 from cifar_lightning.runs import RunDir
 from cifar_lightning.runs import history as run_history
+from cifar_lightning.tables import markdown_table
 
 log = logging.getLogger(__name__)
 Sections = list[tuple[str, list[SectionItem]]]
@@ -53,6 +65,7 @@ class Evaluation:
     datamodule: CIFAR10DataModule  # the run's own split and normalization, for OOD fitting and thresholds
     ood: OODSettings | None  # checked OOD settings; None with ood=none
     ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
+    corruptions: str | OfficialC = "none"  # robustness=...: "generated", the official files (loaded early), or "none"
 
 
 def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: Any = None) -> CIFAR10DataModule:
@@ -96,6 +109,21 @@ def ranked(predictions: Predictions, labels: Tensor, correct: bool) -> Tensor:
     return chosen[order]
 
 
+def calibrate(classifier: Classifier, datamodule: CIFAR10DataModule, logits: Tensor, labels: Tensor, batch_size: int):
+    """Temperature scaling (Guo et al. 2017) fitted on the run's held-out images (its validation split, or the
+    held-out training slice of a run without one), with the test set's ECE, MCE, NLL and Brier before and after."""
+    held_out, held_labels = (
+        array[datamodule.val_idx] for array in (datamodule.arrays.train_images, datamodule.arrays.train_labels)
+    )
+    temperature = fit_temperature(classifier.predict(held_out, batch_size).logits, held_labels)
+    which = "held-out training images, trained on: the run held out no validation split"
+    fitted_on = f"{len(held_labels):,} " + (
+        which if datamodule.val_trained_on else "images of the run's validation split"
+    )
+    before, after = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
+    return {"temperature": temperature, "fitted_on": fitted_on, "bins": ECE_BINS, "before": before, "after": after}
+
+
 def write_tables(output_dir: Path, summary: dict[str, Any]) -> list[Path]:
     """evaluation.json (the summary) and confusion_matrix.csv (rows = true class, with class names)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +156,8 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
         check_model_layers(classifier.model, ood)  # a layer the model lacks fails before any work
     datamodule = build_datamodule(cfg.data, classifier.normalization, classifier.config.get("data"))
     ood_sets = load_ood_sets(cfg) if ood is not None else []  # every input is there before any output is written
+    official = cfg.robustness == "official"
+    corruptions = load_official_c(cfg.data.data_dir, cfg.data.download) if official else cfg.robustness
     images, labels = datamodule.arrays.test_images, datamodule.arrays.test_labels
 
     predictions = classifier.predict(images, cfg.batch_size, cfg.progress)
@@ -143,13 +173,15 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         gradcam={"layer": layer, "explain": cfg.gradcam.explain},
         tta=cfg.tta,
+        calibration=calibrate(classifier, datamodule, predictions.logits, labels, cfg.batch_size),
         seconds=round(time.perf_counter() - start, 3),
     )
     output_dir = Path(cfg.paths.output_dir)
     write_tables(output_dir, summary)
     numbers = (summary["test_acc"], summary["test_loss"], summary["num_images"])
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", *numbers, path)
-    return Evaluation(summary, predictions, images, labels, classifier, output_dir, datamodule, ood, ood_sets)
+    parts = summary, predictions, images, labels, classifier, output_dir, datamodule, ood, ood_sets, corruptions
+    return Evaluation(*parts)
 
 
 def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> Sections:
@@ -186,17 +218,76 @@ def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> 
     return sections
 
 
+def calibration_section(evaluation: Evaluation) -> Sections:
+    """calibration.json (the temperature predict.py and serve.py apply), calibration.md and the reliability diagram."""
+    out, calibration = evaluation.output_dir, evaluation.summary["calibration"]
+    temperature, checkpoint = calibration["temperature"], evaluation.classifier.checkpoint_path
+    if checkpoint is not None:
+        saved = calibration["fitted_on"], calibration["before"], calibration["after"]
+        save_calibration(out / CALIBRATION_FILE, temperature, checkpoint, *saved)
+    logits, labels = evaluation.predictions.logits, evaluation.labels
+    panels = []
+    for t in (1.0, temperature):
+        confidence, predicted = calibrated_probabilities(logits, t).max(dim=1)
+        panels += [confidence.tolist(), (predicted == labels).tolist()]
+    title = f"Reliability on the {len(labels):,} test images (T = {temperature:.3g})"
+    figure = plot_reliability(*panels, out / "reliability.png", bins=calibration["bins"], title=title)
+    rows = [
+        [when, *(f"{100 * values[k]:.2f}" for k in ("ece", "mce")), *(f"{values[k]:.4f}" for k in ("nll", "brier"))]
+        for when, values in (("raw softmax", calibration["before"]), (f"T = {temperature:.4g}", calibration["after"]))
+    ]
+    table = Table("Calibration on the test set", ["probabilities", "ECE (%)", "MCE (%)", "NLL", "Brier"], rows)
+    note = (
+        f"Temperature scaling (Guo et al. 2017): the logits are divided by T = {temperature:.4g}, fitted to the lowest "
+        f"NLL on {calibration['fitted_on']}, never on test images; ECE and MCE over {calibration['bins']} equal-width "
+        f"confidence bins (torchmetrics). predict.py and serve.py apply this T by default ({CALIBRATION_FILE})."
+    )
+    markdown = f"# Calibration\n\n{note}\n\n## {table.title}\n\n{markdown_table(table.header, table.rows)}"
+    (out / "calibration.md").write_text(markdown)
+    return [("Calibration: temperature scaling", [note, figure, table])]
+
+
+def robustness_section(evaluation: Evaluation, cfg: DictConfig) -> Sections:
+    """Accuracy and the saved OOD detectors' false alarms on corrupted test images (robustness.json/.md/.png); the
+    summary goes into evaluation.json too."""
+    out, detectors = evaluation.output_dir, []
+    if (out / DETECTORS_FILE).is_file():  # every detector evaluate.py just fitted and thresholded
+        names = read_detectors(out / DETECTORS_FILE)["detectors"]
+        detectors = [
+            load_detector(out / DETECTORS_FILE, evaluation.classifier, name, from_images=True) for name in names
+        ]
+    summary, sections = run_robustness(
+        evaluation.classifier,
+        evaluation.images,
+        evaluation.labels,
+        source=evaluation.corruptions,
+        data_dir=cfg.data.data_dir,
+        download=cfg.data.download,
+        max_images=cfg.robustness_images,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        detectors=detectors,
+        output_dir=out,
+    )
+    evaluation.summary["robustness"] = summary
+    write_tables(out, evaluation.summary)
+    return sections
+
+
 def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
-    """The figures, Grad-CAM overlays, OOD detection and report.html; returns the report's path."""
+    """The figures, calibration, Grad-CAM overlays, OOD detection, robustness and report.html; returns the report."""
     out, summary = evaluation.output_dir, evaluation.summary
     confusion = plot_confusion_matrix(np.array(summary["confusion"]), summary["classes"], out / "confusion_matrix.png")
-    sections: Sections = [("Confusion matrix", [confusion])]
+    sections: Sections = [("Confusion matrix", [confusion]), *calibration_section(evaluation)]
     sections += gallery_sections(evaluation, cfg, correct=True) + gallery_sections(evaluation, cfg, correct=False)
     history = training_history(evaluation.classifier.checkpoint_path)
     if history:
         sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
     if evaluation.ood is not None:
         sections += ood_sections(evaluation, cfg)
+    if evaluation.corruptions != "none":
+        sections += robustness_section(evaluation, cfg)
     return write_report(out, summary, sections)
 
 

@@ -28,6 +28,7 @@ CHANNELS = ("R", "G", "B")
 SETTING_HEADER = ("setting", "value")
 #: Summary keys with a place of their own on the page; "Other settings" shows the rest.
 SHOWN_ELSEWHERE = {"test_acc", "test_loss", "num_images", *PROVENANCE, "classes", "confusion", "model"}
+SHOWN_ELSEWHERE |= {"calibration", "robustness"}  # sections of their own
 SHOWN_ELSEWHERE |= set(PER_CLASS_COLUMNS.values())
 
 CSS = """

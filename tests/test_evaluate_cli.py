@@ -61,7 +61,8 @@ def test_a_real_checkpoint_is_evaluated(tmp_path, tiny_run, data_dir):
     assert [[int(n) for n in row[1:]] for row in rows[1:]] == summary["confusion"]
     assert f"test_acc={summary['test_acc']:.4f}" in (out / "evaluate.log").read_text()
     pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 4 + 4  # confusion matrix, two galleries, curves; 2 Grad-CAM overlays of each gallery
+    # confusion matrix, reliability diagram, two galleries, curves; 2 Grad-CAM overlays of each gallery
+    assert len(pngs) == 5 + 4
     assert_report_shows((out / "report.html").read_text(encoding="utf-8"), summary["test_acc"], pngs)
 
 

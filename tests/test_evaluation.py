@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lightning.calibration import CALIBRATION_FILE, calibration_metrics, fit_temperature, read_calibration
 from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.evaluation import ranked, run_evaluation, training_history, write_outputs
@@ -164,9 +165,45 @@ def test_evaluate_writes_figures_gradcam_and_report(evaluation, trained, tmp_pat
     pngs = sorted(out.rglob("*.png"))
     names = sorted(str(png.relative_to(out)) for png in pngs)
     cams = [f"gradcam/{kind}_{i}.png" for kind in ("correct", "wrong") for i in range(3)]
-    assert names == sorted(["confusion_matrix.png", "correct.png", "wrong.png", "curves.png", *cams])
+    assert names == sorted(["confusion_matrix.png", "reliability.png", "correct.png", "wrong.png", "curves.png", *cams])
     for png in pngs:
         with Image.open(png) as image:
             image.load()
             assert image.format == "PNG" and min(image.size) >= 100, png
     assert_report_shows(report.read_text(encoding="utf-8"), test_acc, pngs)
+
+
+def test_the_temperature_is_fitted_on_held_out_images_and_saved_for_predict(evaluation, tmp_path):
+    """T minimizes the NLL of the run's validation images (never the test set's); the test figures before and after
+    are those of the test logits divided by it; calibration.json carries it to predict.py and serve.py."""
+    calibration, datamodule = evaluation.summary["calibration"], evaluation.datamodule
+    held_out = datamodule.arrays.train_images[datamodule.val_idx]
+    val_logits = evaluation.classifier.predict(held_out).logits
+    assert calibration["temperature"] == pytest.approx(
+        fit_temperature(val_logits, datamodule.arrays.train_labels[datamodule.val_idx])
+    )
+    assert calibration["temperature"] != pytest.approx(
+        fit_temperature(evaluation.predictions.logits, evaluation.labels)
+    )
+    assert calibration["fitted_on"] == f"{len(datamodule.val_idx):,} images of the run's validation split"
+    logits = evaluation.predictions.logits
+    assert calibration["before"] == calibration_metrics(logits, evaluation.labels)
+    assert calibration["after"] == calibration_metrics(logits, evaluation.labels, calibration["temperature"])
+    out = tmp_path / "out"
+    write_outputs(replace(evaluation, output_dir=out), compose_evaluate([], out))
+    checkpoint = evaluation.classifier.checkpoint_path
+    assert read_calibration(out / CALIBRATION_FILE, checkpoint) == pytest.approx(calibration["temperature"])
+    assert f"T = {calibration['temperature']:.4g}" in (out / "calibration.md").read_text()
+
+
+@pytest.mark.slow  # 75 corruption runs: ~25 s even on 20 images (tests/test_robustness.py covers the library)
+def test_robustness_adds_its_files_section_and_summary(evaluation, tmp_path):
+    """robustness=generated on a few test images: robustness.json/.md/.png, evaluation.json's `robustness`."""
+    out = tmp_path / "out"
+    cfg = compose_evaluate(["robustness=generated", "robustness_images=20", "ood=none", "gradcam.count=0"], out)
+    report = write_outputs(replace(evaluation, output_dir=out, corruptions="generated", ood=None), cfg)
+    saved = json.loads((out / "evaluation.json").read_text())["robustness"]
+    assert saved["images"] == 20 and len(saved["accuracy"]) == 15
+    assert all(len(per_severity) == 5 for per_severity in saved["accuracy"].values())
+    assert {"robustness.json", "robustness.md", "robustness.png"} <= {path.name for path in out.iterdir()}
+    assert "Corruption robustness" in report.read_text(encoding="utf-8")
