@@ -10,10 +10,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifar_lightning.config.ood import OODSettings
 from cifar_lightning.inference import Classifier
 from cifar_lightning.models import ReportCNN, classifier_head
 from cifar_lightning.module import ClassifierModule
-from cifar_lightning.ood_training import ROTATION_HEAD, attach_t2fnorm, head_inputs, rotated, rotpred_scores
+from cifar_lightning.ood.detectors import DetectorFitError, image_state, score_images
+from cifar_lightning.ood_training import (
+    ROTATION_HEAD,
+    attach_t2fnorm,
+    head_inputs,
+    rotated,
+    rotpred_forward,
+    rotpred_scores,
+)
 from tests.conftest import QUIET, TINY_RUN, compose_train, fit_on_one_batch
 
 
@@ -96,16 +105,29 @@ def test_both_methods_survive_a_checkpoint_through_train_py(data_dir, tmp_path):
     overrides = [f"data.data_dir={data_dir}", *QUIET, *TINY_RUN, "module.t2fnorm_tau=0.5", "module.rotpred_weight=1"]
     train(compose_train(overrides, tmp_path))
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
-    state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert {f"{ROTATION_HEAD}.weight", f"{ROTATION_HEAD}.bias"} <= set(state)
+    state_dict = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert {f"{ROTATION_HEAD}.weight", f"{ROTATION_HEAD}.bias"} <= set(state_dict)
     classifier = Classifier.load(checkpoint, "cpu")
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     features = classifier.features(images, [])
     head = classifier.head
     with torch.no_grad():
         assert torch.allclose(features.logits, F.linear(features.penultimate, head.weight, head.bias), atol=1e-5)
+    state = image_state("rotpred", OODSettings(), checkpoint)
+    assert torch.equal(state["w"], state_dict[f"{ROTATION_HEAD}.weight"])
+    rotation = nn.Linear(*reversed(state["w"].shape))
+    rotation.load_state_dict({"weight": state["w"], "bias": state["b"]})
+    with torch.no_grad():
+        by_hand = rotpred_scores(*rotpred_forward(classifier.model, rotation, classifier.normalize(images)))
+    assert torch.allclose(score_images("rotpred", state, classifier, images, batch_size=8), by_hand.double())
     unhooked = copy.deepcopy(classifier.model)
     classifier_head(unhooked)._forward_pre_hooks.clear()
     with torch.no_grad():
         raw = unhooked(classifier.normalize(images))
     assert torch.allclose(features.logits - head.bias, (raw - head.bias) / 0.5, atol=1e-4)  # W (h / tau) + b
+
+
+def test_rotpred_is_left_out_for_a_model_without_a_rotation_head(tiny_run):
+    checkpoint = tiny_run[0] / "checkpoints" / "best.ckpt"
+    with pytest.raises(DetectorFitError, match="module.rotpred_weight=1"):
+        image_state("rotpred", OODSettings(), checkpoint)

@@ -30,9 +30,10 @@ DETECTOR_LABELS = {
     "dice": "sparsified head (DICE)",
     "gradnorm": "gradient norm (GradNorm)",
     "odin": "ODIN",
+    "rotpred": "rotation prediction (RotPred's score; models trained with module.rotpred_weight > 0)",
 }
 #: Detectors that score images through the whole network, not features.
-IMAGE_DETECTORS = ("odin",)
+IMAGE_DETECTORS = ("odin", "rotpred")
 Direction = Literal["below", "above"]
 DIRECTIONS = typing.get_args(Direction)
 #: The report's method by name, beside the detectors (ood_detectors.pt, ood.gallery_detectors).

@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, OODSettings, ThresholdSettings
 from cifar_lightning.inference import Classifier, Features, activation_layers
-from cifar_lightning.ood.detectors import build_detectors, image_state, mean_activation_score, score_images
+from cifar_lightning.ood.detectors import (
+    DetectorFitError,
+    build_detectors,
+    image_state,
+    mean_activation_score,
+    score_images,
+)
 from cifar_lightning.ood.protocol import choose_detector, split_halves
 from cifar_lightning.ood.sets import OODSet
 
@@ -197,8 +203,15 @@ def detect_ood(
         lambda images, name: classifier.features(images, layers, batch_size, progress, f"Features: {name}")
     )
     feature_seconds, image_scores = time.perf_counter() - start, {}
-    for name in (name for name in settings.detectors if name in IMAGE_DETECTORS):  # ODIN: through the whole network
-        began, state = time.perf_counter(), image_state(name, settings)
+    left_out = {}
+    for name in (name for name in settings.detectors if name in IMAGE_DETECTORS):  # through the whole network
+        began = time.perf_counter()
+        try:
+            state = image_state(name, settings, classifier.checkpoint_path)
+        except DetectorFitError as exc:
+            left_out[name] = str(exc)
+            log.warning("OOD detector %s left out: %s", name, exc)
+            continue
         scores = Scores(
             *each(
                 lambda images, of: score_images(name, state, classifier, images, batch_size, progress, f"{name}: {of}")
@@ -208,7 +221,10 @@ def detect_ood(
         log.info("OOD detector %s: scored every image through the whole network in %.1f s", name, scores.score_seconds)
         image_scores[name] = state, scores
     sets = {ood_set.name: ood_set.describe() for ood_set in ood_sets}
-    result = score_ood(classifier.head, fit, fit_labels, val, id_test, ood, sets, settings, image_scores, progress)
+    image_names = [name for name in settings.detectors if name not in left_out]
+    measured = settings.model_copy(update={"detectors": image_names})
+    result = score_ood(classifier.head, fit, fit_labels, val, id_test, ood, sets, measured, image_scores, progress)
+    result.left_out = {**left_out, **result.left_out}
     result.feature_seconds = feature_seconds
     result.seconds = time.perf_counter() - start
     return result

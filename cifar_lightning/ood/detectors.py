@@ -1,7 +1,8 @@
 """OOD detectors, each pytorch-ood's own class fitted on training features: Features -> outlier scores, higher
 meaning more likely OOD. A fitted detector is kept as its state (tensors and numbers) that `scorer` rebuilds it
 from, so predict.py and serve.py score with the very detectors evaluate.py measured and saved. ODIN alone perturbs
-each image through the whole network (`score_images`)."""
+each image through the whole network, and RotPred scores its four rotations with the model's rotation head
+(`score_images`)."""
 
 import logging
 import time
@@ -14,9 +15,11 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
+from cifar_lightning.checkpoints import load_checkpoint
 from cifar_lightning.config.ood import DETECTOR_LABELS, IMAGE_DETECTORS, DetectorHyperparameters
 from cifar_lightning.config.ood import MEAN_ACTIVATION as MEAN_ACTIVATION  # the report's method, by name
 from cifar_lightning.inference import Classifier, Features, batches
+from cifar_lightning.ood_training import ROTATION_HEAD, rotpred_forward, rotpred_scores
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +142,25 @@ def _fit_state(name: str, fit: Features, fit_labels: Tensor, head: nn.Linear, se
     return image_state(name, settings)
 
 
-def image_state(name: str, settings: Hyper) -> State:
-    """An image detector's state: its hyperparameters alone (ODIN learns nothing from the training split)."""
-    if name != "odin":
+def image_state(name: str, settings: Hyper, checkpoint: str | None = None) -> State:
+    """An image detector's state: ODIN's hyperparameters (it learns nothing from the training split); RotPred's
+    rotation head, read from the checkpoint (DetectorFitError for a model trained without one)."""
+    if name == "odin":
+        return {"temperature": float(settings.odin_temperature), "eps": float(settings.odin_eps)}
+    if name != "rotpred":
         raise ValueError(f"{name} is not an image detector; image detectors: {', '.join(IMAGE_DETECTORS)}")
-    return {"temperature": float(settings.odin_temperature), "eps": float(settings.odin_eps)}
+    weights = load_checkpoint(checkpoint)["state_dict"] if checkpoint is not None else {}
+    if f"{ROTATION_HEAD}.weight" not in weights:
+        raise DetectorFitError("the model has no rotation head: train it with module.rotpred_weight=1 for RotPred")
+    return {"w": weights[f"{ROTATION_HEAD}.weight"].cpu(), "b": weights[f"{ROTATION_HEAD}.bias"].cpu()}
+
+
+def check_image_state(name: str, state: State) -> None:
+    """Raise (KeyError, TypeError, ValueError) when a saved image detector's state cannot score."""
+    if name == "odin":
+        _ = float(state["eps"]) + float(state["temperature"])
+    elif not (state["w"].ndim == 2 and state["b"].shape == state["w"].shape[:1]):
+        raise ValueError("the rotation head's weight and bias do not fit together")
 
 
 def scorer(name: str, state: State, progress: bool = False) -> Scorer:
@@ -229,10 +246,19 @@ def score_images(
     progress: bool = False,
     description: str = "ODIN",
 ) -> Tensor:
-    """ODIN's outlier scores of uint8 images (N, 3, H, W) through the classifier's whole network, in batches; its
-    step `eps` is on the [0, 1] pixel scale (the gradient sign divided by the normalization std, as in the paper)."""
+    """ODIN's or RotPred's outlier scores of uint8 images (N, 3, H, W) through the classifier's whole network, in
+    batches. ODIN's step `eps` is on the [0, 1] pixel scale (the gradient sign divided by the normalization std, as in
+    the paper); RotPred passes each image's four rotations (ood_training.rotpred_scores)."""
     if name not in IMAGE_DETECTORS:
         raise ValueError(f"{name} scores features, not images: use scorer")
+    if name == "rotpred":
+        head, model = _linear(state), classifier.model.eval()
+        with torch.inference_mode():
+            scores = [
+                rotpred_scores(*rotpred_forward(model, head.to(batch.device), classifier.normalize(batch)))
+                for batch in batches(images, max(1, batch_size // 4), classifier.device, progress, description)
+            ]
+        return _joined(scores)
     eps, temperature, std = float(state["eps"]), float(state["temperature"]), list(classifier.std)
     odin = pod.ODIN(classifier.model, eps=eps, temperature=temperature, norm_std=std)
     batched = batches(images, batch_size, classifier.device, progress, description)

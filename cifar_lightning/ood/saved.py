@@ -49,7 +49,7 @@ class OODDetector:
             layer, direction = self.state["layer"], self.state["direction"]
             return lambda f: detectors.mean_activation_score(f, layer, direction)
         if self.needs_images:  # it scores images; a damaged state fails here all the same
-            _ = float(self.state["eps"]) + float(self.state["temperature"])
+            detectors.check_image_state(self.name, self.state)
             return lambda features: detectors.scorer(self.name, self.state)(features)  # refused, with the fix
         return detectors.scorer(self.name, self.state)
 
@@ -239,7 +239,7 @@ def fit_detector(
         layers = [check_layers(classifier.model, settings.mean_activation.layers, settings.mean_activation.layer)[1]]
         state: dict[str, Any] = {"layer": layers[0], "direction": settings.mean_activation.direction}
     elif name in IMAGE_DETECTORS:
-        state = detectors.image_state(name, settings)
+        state = detectors.image_state(name, settings, classifier.checkpoint_path)
     else:
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")

@@ -160,9 +160,9 @@ def test_every_table_number_is_ood_jsons(evaluated, saved):
 def test_the_report_shows_the_ood_results(evaluated):
     page = (evaluated / "report.html").read_text()
     assert "Out-of-distribution detection: detectors x OOD sets" in page
-    # per class and the input normalization, then the summary, 5 detector and 3 layer tables (settings tables have
-    # their own class)
-    assert page.count("<table>") == 2 + 6 + 3
+    # per class and the input normalization, calibration, then the summary, 5 detector and 3 layer tables (settings
+    # tables have their own class)
+    assert page.count("<table>") == 2 + 1 + 6 + 3
     assert all(f'alt="{name}"' in page for name in FIGURES)
     assert "Missing image" not in page
 
