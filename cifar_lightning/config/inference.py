@@ -29,7 +29,9 @@ class OODRuntimeSettings(Settings):
         None, description="an ood_detectors.pt of evaluate.py; null: the newest one saved for this very checkpoint"
     )
     detector: SavedDetector | None = Field(
-        None, description="which detector; not odin, which perturbs each image through the network; null: knn"
+        None,
+        description="which detector; not odin or rotpred (they score images); null: the file's default (chosen on "
+        "the OOD sets' validation halves), or knn with ood.fit",
     )
 
     @field_validator("file")
