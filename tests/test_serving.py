@@ -236,7 +236,7 @@ BAD_SETTINGS = {
     "ood.fit=yes": "true or false",
     "calibration=yes": "true or false",
     "ood.fit_images=0": r"positive integer \(or null\)",
-    "ood.detector=mystery": "msp, energy, max_logit, entropy, .*, odin, mean_activation",
+    "ood.detector=mystery": "msp, energy, max_logit, entropy, .*, odin, rotpred, mean_activation",
 }
 
 
