@@ -32,6 +32,7 @@ from cifar_lightning.calibration import (
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
 from cifar_lightning.config.evaluate import EvaluateSettings
+from cifar_lightning.config.ood import MEAN_ACTIVATION
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery, plot_reliability
 from cifar_lightning.gradcam import EXPLAINED_TEXT, configured_layer, gradcam_overlays
@@ -250,12 +251,13 @@ def calibration_section(evaluation: Evaluation) -> Sections:
 def robustness_section(evaluation: Evaluation, cfg: DictConfig) -> Sections:
     """Accuracy and the saved OOD detectors' false alarms on corrupted test images (robustness.json/.md/.png); the
     summary goes into evaluation.json too."""
-    out, detectors = evaluation.output_dir, []
-    if (out / DETECTORS_FILE).is_file():  # every detector evaluate.py just fitted and thresholded
-        names = read_detectors(out / DETECTORS_FILE)["detectors"]
-        detectors = [
-            load_detector(out / DETECTORS_FILE, evaluation.classifier, name, from_images=True) for name in names
-        ]
+    out, detectors, saved = evaluation.output_dir, [], evaluation.output_dir / DETECTORS_FILE
+    if saved.is_file():  # the detectors evaluate.py just fitted and thresholded
+        record = read_detectors(saved)
+        wanted = cfg.robustness_detectors
+        wanted = [record["default"], "msp", MEAN_ACTIVATION] if wanted is None else wanted
+        names = [name for name in dict.fromkeys(wanted) if name in record["detectors"]]
+        detectors = [load_detector(saved, evaluation.classifier, name, from_images=True) for name in names]
     summary, sections = run_robustness(
         evaluation.classifier,
         evaluation.images,

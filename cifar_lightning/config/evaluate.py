@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from cifar_lightning.config.ood import Featured
 from cifar_lightning.config.schema import Settings, preset
 from cifar_lightning.config.types import Device, TTALevel
 
@@ -39,4 +40,9 @@ class EvaluateSettings(Settings):
     )
     robustness_images: int | None = Field(
         None, ge=1, description="test images per corruption and severity, the first ones; null: all 10,000"
+    )
+    robustness_detectors: Featured | None = Field(
+        None,
+        description="OOD detectors whose false alarms on corrupted images are measured; null: the one predict and "
+        "serve use by default (chosen on the validation halves), msp and mean_activation (the report's rule)",
     )
