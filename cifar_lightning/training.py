@@ -111,12 +111,12 @@ def fit_and_record(
     # Read right after fit: testing a checkpoint restores early stopping's state as it was when saved.
     stopped_early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in fit.trainer.callbacks)
     best = getattr(fit.trainer.checkpoint_callback, "best_model_path", "") if fit.datamodule.has_validation else ""
-    if not fit.datamodule.has_validation:
-        # The final (averaged) weights are the run's model, saved by every rank (a collective under DDP).
+    if not best:
+        # The final (averaged) weights are the run's model, saved by every rank (a collective under DDP): without a
+        # validation split, or with one but no checkpoint callback (the fast94 recipes turn it off for speed).
         fit.trainer.save_checkpoint(run.last_checkpoint, weights_only=False)
-        log.info("no validation split (data.val_fraction=0): testing the final weights in %s", run.last_checkpoint)
-    elif not best:
-        log.warning("no best checkpoint was saved (e.g. fast_dev_run): testing the final weights")
+        why = "no validation split (data.val_fraction=0)" if not fit.datamodule.has_validation else "no best checkpoint"
+        log.info("%s: testing the final weights in %s", why, run.last_checkpoint)
     test = fit.trainer.test(fit.module, datamodule=fit.datamodule, ckpt_path=best or None, verbose=False)[0]
     # DDP: every rank has the same figures (metrics are reduced over ranks); rank 0 writes them.
     metrics = record(fit, fit_record(fit, test, seconds, stopped_early, status=COMPLETED, **more))

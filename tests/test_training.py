@@ -197,6 +197,15 @@ def test_a_run_without_validation_split_keeps_its_final_weights(make_cfg, tmp_pa
     assert read_metrics(run)["schema_version"] == METRICS_SCHEMA_VERSION
 
 
+def test_a_validation_split_without_a_checkpoint_callback_keeps_the_final_weights(make_cfg, tmp_path):
+    """fast94's recipes turn per-epoch checkpoints off; with data.val_fraction > 0 the final weights must still be
+    saved (they were lost once: a whole run with nothing to evaluate)."""
+    train(make_cfg(*TINY_RUN, "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false"))
+    run = RunDir(tmp_path / "run")
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]
+    assert chosen_checkpoint(None, run.root, "evaluate.py") == run.last_checkpoint
+
+
 def test_a_run_without_validation_split_refuses_what_needs_one(make_cfg):
     with pytest.raises(ConfigError) as err:
         build(
