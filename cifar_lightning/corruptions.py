@@ -18,11 +18,9 @@ run here on test images):
   of the batch at once (a loop over the 30 x 30 positions, not over images);
 - elastic_transform: torch grid_sample with OpenCV's and SciPy's borders (within one grey level; OpenCV rounds
   positions to 1/32 pixel); zoom_blur and the blurs: matrix products and convolutions (within one grey level);
-- pixelate and jpeg_compression give the same bytes as the original's Pillow (torchvision's libjpeg encodes);
 - random numbers come from a torch.Generator per (seed, corruption, severity, part), not NumPy's global state,
   so the random corruptions draw other noise, flakes, crops and angles than the official files did; the
-  deterministic ones (brightness, contrast, defocus, zoom, pixelate, JPEG) reproduce the original code's output
-  exactly or within one grey level.
+  deterministic ones reproduce the original's output within one grey level (pixelate and JPEG: the same bytes).
 Frost overlays Hendrycks' frost pictures (frost1-5, as the original draws), read from the folder the
 `imagecorruptions` wheel ships (the package is not imported); without them frost is refused with the fix.
 """
