@@ -248,15 +248,19 @@ def calibration_section(evaluation: Evaluation) -> Sections:
     return [("Calibration: temperature scaling", [note, figure, table])]
 
 
+def robustness_detector_names(record: dict, wanted: list[str] | None) -> list[str]:
+    """The saved detectors whose false alarms on corrupted images are measured: those asked for, else the default
+    (chosen on the validation halves), MSP (the baseline) and the report's mean activation; once each."""
+    wanted = [record["default"], "msp", MEAN_ACTIVATION] if wanted is None else wanted
+    return [name for name in dict.fromkeys(wanted) if name in record["detectors"]]
+
+
 def robustness_section(evaluation: Evaluation, cfg: DictConfig) -> Sections:
     """Accuracy and the saved OOD detectors' false alarms on corrupted test images (robustness.json/.md/.png); the
     summary goes into evaluation.json too."""
     out, detectors, saved = evaluation.output_dir, [], evaluation.output_dir / DETECTORS_FILE
     if saved.is_file():  # the detectors evaluate.py just fitted and thresholded
-        record = read_detectors(saved)
-        wanted = cfg.robustness_detectors
-        wanted = [record["default"], "msp", MEAN_ACTIVATION] if wanted is None else wanted
-        names = [name for name in dict.fromkeys(wanted) if name in record["detectors"]]
+        names = robustness_detector_names(read_detectors(saved), cfg.robustness_detectors)
         detectors = [load_detector(saved, evaluation.classifier, name, from_images=True) for name in names]
     summary, sections = run_robustness(
         evaluation.classifier,

@@ -13,7 +13,13 @@ from PIL import Image
 from cifar_lightning.calibration import CALIBRATION_FILE, calibration_metrics, fit_temperature, read_calibration
 from cifar_lightning.checkpoints import CheckpointError, chosen_checkpoint
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.evaluation import ranked, run_evaluation, training_history, write_outputs
+from cifar_lightning.evaluation import (
+    ranked,
+    robustness_detector_names,
+    run_evaluation,
+    training_history,
+    write_outputs,
+)
 from cifar_lightning.gradcam import gradcam_layer
 from cifar_lightning.inference import Predictions, predict
 from tests.conftest import compose_evaluate
@@ -194,6 +200,16 @@ def test_the_temperature_is_fitted_on_held_out_images_and_saved_for_predict(eval
     checkpoint = evaluation.classifier.checkpoint_path
     assert read_calibration(out / CALIBRATION_FILE, checkpoint) == pytest.approx(calibration["temperature"])
     assert f"T = {calibration['temperature']:.4g}" in (out / "calibration.md").read_text()
+
+
+def test_robustness_measures_the_chosen_detector_msp_and_mean_activation_by_default():
+    """By default the false alarms are those of the detector chosen on the validation halves, MSP and the report's
+    mean activation, each once and only if saved; a list given replaces them."""
+    record = {"default": "knn", "detectors": dict.fromkeys(["msp", "knn", "odin", "mean_activation"])}
+    assert robustness_detector_names(record, None) == ["knn", "msp", "mean_activation"]
+    assert robustness_detector_names({**record, "default": "msp"}, None) == ["msp", "mean_activation"]
+    assert robustness_detector_names({"default": "knn", "detectors": {"knn": 0}}, None) == ["knn"]
+    assert robustness_detector_names(record, ["odin", "energy", "odin"]) == ["odin"]
 
 
 @pytest.mark.slow  # 75 corruption runs: ~25 s even on 20 images (tests/test_robustness.py covers the library)

@@ -62,7 +62,7 @@ class OODResult:
     ood_features: dict[str, Features]  # per OOD set
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # detector -> fitted state, for ood/saved.py
     scores: dict[str, Scores] = field(default_factory=dict)  # detector row (as in `detectors`) -> its scores
-    left_out: dict[str, str] = field(default_factory=dict)  # detector pytorch-ood could not fit -> why
+    left_out: dict[str, str] = field(default_factory=dict)  # detector that could not be fitted -> why
     feature_seconds: float = 0.0  # extracting the features every detector but ODIN shares, once per set
     seconds: float = 0.0
 

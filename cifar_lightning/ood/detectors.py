@@ -35,7 +35,8 @@ Hyper = DetectorHyperparameters
 
 
 class DetectorFitError(ValueError):
-    """pytorch-ood refused to fit a detector on these training features (SHE: a class with no correct image)."""
+    """A detector cannot be fitted for this model or these training features (SHE: a class with no correctly
+    classified image; RotPred: a model trained without a rotation head)."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def score_images(
 def build_detectors(
     names: Sequence[str], fit: Features, fit_labels: Tensor, head: nn.Linear, settings: Hyper, progress: bool = False
 ) -> tuple[dict[str, Fitted], dict[str, str]]:
-    """Each named detector fitted on training features; and those pytorch-ood refused to fit, with the reason."""
+    """Each named detector fitted on training features; and those that could not be fitted, with the reason."""
     built, refused = {}, {}
     for name in names:
         start = time.perf_counter()
@@ -276,7 +277,7 @@ def build_detectors(
             state = fit_state(name, fit, fit_labels, head, settings)
         except DetectorFitError as exc:
             refused[name] = str(exc)
-            log.warning("OOD detector %s left out: pytorch-ood could not fit it on the training split (%s)", name, exc)
+            log.warning("OOD detector %s left out: it could not be fitted (%s)", name, exc)
             continue
         built[name] = Fitted(state, scorer(name, state, progress), time.perf_counter() - start)
     return built, refused

@@ -166,7 +166,7 @@ def setup_note(result: OODResult) -> str:
     fitted = [f"knn (k={result.settings['knn_k']})" if n == "knn" else n for n in result.states if n in FITTED]
     fitted_text = f"Fitted on the training split ({counts['fit']:,} images): {', '.join(fitted)}; the other "
     fitted_text += "detectors need no fit. "
-    left_out = "".join(f" {n} is left out: pytorch-ood could not fit it ({why})." for n, why in result.left_out.items())
+    left_out = "".join(f" {n} is left out: it could not be fitted ({why})." for n, why in result.left_out.items())
     images = ", ".join(name for name in result.states if name in IMAGE_DETECTORS)
     image_text = f" {images} perturbs every image through the whole network instead, so its scoring seconds "
     image_text = image_text + "include those passes." if images else ""

@@ -239,7 +239,13 @@ def fit_detector(
         layers = [check_layers(classifier.model, settings.mean_activation.layers, settings.mean_activation.layer)[1]]
         state: dict[str, Any] = {"layer": layers[0], "direction": settings.mean_activation.direction}
     elif name in IMAGE_DETECTORS:
-        state = detectors.image_state(name, settings, classifier.checkpoint_path)
+        try:
+            state = detectors.image_state(name, settings, classifier.checkpoint_path)
+        except detectors.DetectorFitError as exc:
+            raise DetectorsError(
+                f"The {name} detector cannot be used with this model: {exc}. Fix: choose another detector "
+                f"(ood.detector=knn), or train a model for it."
+            ) from exc
     else:
         fit_idx = datamodule.train_idx[fit_subset(datamodule.train_idx, fit_images, seed)]
         fit = classifier.features(arrays.train_images[fit_idx], [], description="Features: training split")

@@ -130,6 +130,8 @@ def test_fit_detector_refuses_an_unknown_name(classifier, data_dir):
         fit_detector(classifier, data_dir, "mystery")
     with pytest.raises(DetectorsError, match="the odin detector .* scores images.*ood.detector=knn"):
         fit_detector(classifier, data_dir, "odin")
+    with pytest.raises(DetectorsError, match="rotpred detector cannot be used with this model: the model has no "):
+        fit_detector(classifier, data_dir, "rotpred", from_images=True)
 
 
 def test_odin_is_handed_out_only_to_a_caller_that_scores_images(evaluated, classifier, tmp_path):
