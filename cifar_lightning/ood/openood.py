@@ -120,6 +120,41 @@ def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedMo
     return EvaluatedModel(folder, experiment, loss, test_acc, tta, checkpoint, ood["near_far"], chosen, label)
 
 
+#: Overrides that say where, not what: left out of the commands the page cites.
+WHERE_OVERRIDES = (
+    "data.data_dir",
+    "hydra.",
+    "run_dir",
+    "ckpt",
+    "callbacks.progress_bar",
+    "trainer.enable_progress_bar",
+    "progress",
+)
+
+
+def _overrides(folder: Path) -> list[str]:
+    """A Hydra run's command-line overrides (its .hydra/overrides.yaml), less those that name this machine's paths."""
+    path = folder / ".hydra" / "overrides.yaml"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    overrides = [line.removeprefix("- ").strip() for line in lines if line.startswith("- ")]
+    return [o for o in overrides if not o.lstrip("+~").startswith(WHERE_OVERRIDES)]
+
+
+def commands(models: Sequence[EvaluatedModel]) -> str:
+    """Per model: the training command (its seeds folded into one seed=... list) and the evaluation command, as
+    their runs recorded them, without paths."""
+    lines = []
+    for name, seeds in seeds_of(models).items():
+        run_dir = Path(seeds[0].checkpoint).parent.parent
+        train = [o for o in _overrides(run_dir) if not o.startswith("seed=")]
+        seed_values = [o.removeprefix("seed=") for m in seeds for o in _overrides(Path(m.checkpoint).parent.parent)]
+        seed_values = [value for value in seed_values if value.isdigit()] or ["0"]
+        train.append(f"seed={','.join(seed_values)}")
+        evaluate = " ".join(["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(seeds[0].folder)])
+        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then `python evaluate.py {evaluate}`")
+    return "\n".join(lines) + "\n"
+
+
 def _percent(values: Sequence[float | None]) -> str:
     """The mean ± sample std (%) of a model's seeds; '-' when any seed lacks the figure."""
     if not values or any(value is None for value in values):
@@ -198,14 +233,16 @@ def detectors_table(models: Sequence[EvaluatedModel]) -> str:
 
 def render(models: Sequence[EvaluatedModel]) -> str:
     """The whole page: a note on what is compared, then the two tables."""
-    sources = "; ".join(f"{model.name}: `{model.folder}` (checkpoint `{model.checkpoint}`)" for model in models)
     return (
         "# OOD detection beside OpenOOD v1.5 (CIFAR-10)\n\n"
         f"Published figures: {SOURCE}; their post-hoc rows score one model: {OPENOOD_MODEL}. Ours: near and far "
         "are the mean AUROC (and FPR@95%TPR) over the test halves of our sets of that kind, as OpenOOD averages over "
         f"its own; models with several seeds show the mean ± sample standard deviation over them. {SET_DIFFERENCES}"
         "\n\n"
-        f"Evaluations read: {sources}.\n\n"
+        "Commands (each seed trained and evaluated on its own; the page is written by `python -m "
+        "cifar_lightning.ood.openood <evaluation folders> --labels <a label per folder> --out "
+        "docs/results/ood_openood.md`):\n\n"
+        f"{commands(models)}\n"
         "## Models\n\n"
         "MSP is OpenOOD's detector for LogitNorm and T2FNorm (on a T2FNorm model our MSP reads the features divided "
         "by tau, as OpenOOD's does), rotpred RotPred's own score. 'Chosen on validation' is, for each seed, the "

@@ -11,6 +11,7 @@ from cifar_lightning.ood.openood import (
     PUBLISHED,
     OpenOODComparisonError,
     chosen_detector,
+    commands,
     detectors_table,
     main,
     models_table,
@@ -19,10 +20,12 @@ from cifar_lightning.ood.openood import (
 from cifar_lightning.ood.protocol import TestDataChoiceError
 
 
-def write_evaluation(folder, loss, near_far, test_acc=0.9, tta=2, chosen="msp"):
+def write_evaluation(folder, loss, near_far, test_acc=0.9, tta=2, chosen="msp", checkpoint="x.ckpt"):
     folder.mkdir(parents=True)
     (folder / "evaluation.json").write_text(
-        json.dumps({"test_acc": test_acc, "experiment": "fast94_cpu", "loss": loss, "tta": tta, "checkpoint": "x.ckpt"})
+        json.dumps(
+            {"test_acc": test_acc, "experiment": "fast94_cpu", "loss": loss, "tta": tta, "checkpoint": checkpoint}
+        )
     )
     validation = {"chosen": chosen} if chosen is not None else None
     (folder / "ood.json").write_text(json.dumps({"near_far": near_far, "validation": validation}))
@@ -148,3 +151,32 @@ def test_labels_name_the_models_and_must_match_the_folders(two_models, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*folders, "--labels", "only one"])
     assert exit_info.value.code == 2 and "give one label per folder" in capsys.readouterr().err
+
+
+def hydra_overrides(folder, *overrides):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def test_the_page_cites_each_models_commands_with_its_seeds_and_no_paths(tmp_path):
+    """Commands from the runs' own .hydra/overrides.yaml: seeds folded into one list, paths left out."""
+    folders = []
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"t2f_s{seed}"
+        hydra_overrides(
+            run, f"data.data_dir={tmp_path}", "experiment=fast94_cpu", "module.t2fnorm_tau=0.4", f"seed={seed}"
+        )
+        folder = write_evaluation(
+            tmp_path / "eval" / f"s{seed}",
+            "cross_entropy",
+            {"msp": summary(0.8, 0.9)},
+            checkpoint=f"{run}/checkpoints/last.ckpt",
+        )
+        hydra_overrides(folder, f"run_dir={run}", f"data.data_dir={tmp_path}", "tta=2", "progress=false")
+        folders.append(folder)
+    text = commands([read_evaluation(folder, "T2FNorm") for folder in folders])
+    assert text == (
+        "- T2FNorm: `python train.py experiment=fast94_cpu module.t2fnorm_tau=0.4 seed=0,1`, then "
+        "`python evaluate.py run_dir=<run> data.data_dir=../shared/data tta=2`\n"
+    )
+    assert str(tmp_path) not in text
