@@ -142,16 +142,27 @@ def _overrides(folder: Path) -> list[str]:
 
 def commands(models: Sequence[EvaluatedModel]) -> str:
     """Per model: the training command (its seeds folded into one seed=... list) and the evaluation command, as
-    their runs recorded them, without paths."""
+    their runs recorded them, without paths (one per group of seeds where the seeds were evaluated differently)."""
     lines = []
     for name, seeds in seeds_of(models).items():
-        run_dir = Path(seeds[0].checkpoint).parent.parent
-        train = [o for o in _overrides(run_dir) if not o.startswith("seed=")]
-        seed_values = [o.removeprefix("seed=") for m in seeds for o in _overrides(Path(m.checkpoint).parent.parent)]
-        seed_values = [value for value in seed_values if value.isdigit()] or ["0"]
-        train.append(f"seed={','.join(seed_values)}")
-        evaluate = " ".join(["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(seeds[0].folder)])
-        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then `python evaluate.py {evaluate}`")
+        train_overrides = [_overrides(Path(model.checkpoint).parent.parent) for model in seeds]
+        seed_values = [
+            next((o.removeprefix("seed=") for o in each if o.startswith("seed=")), "0") for each in train_overrides
+        ]
+        train = [o for o in train_overrides[0] if not o.startswith("seed=")] + [f"seed={','.join(seed_values)}"]
+        evaluations: dict[str, list[str]] = {}
+        for seed, model in zip(seed_values, seeds):
+            overrides = ["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(model.folder)]
+            evaluations.setdefault(f"`python evaluate.py {' '.join(overrides)}`", []).append(seed)
+        evaluate = (
+            evaluations.popitem()[0]
+            if len(evaluations) == 1
+            else "; ".join(
+                f"seed{'s' if len(group) > 1 else ''} {','.join(group)}: {command}"
+                for command, group in evaluations.items()
+            )
+        )
+        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then {evaluate}")
     return "\n".join(lines) + "\n"
 
 

@@ -180,3 +180,9 @@ def test_the_page_cites_each_models_commands_with_its_seeds_and_no_paths(tmp_pat
         "`python evaluate.py run_dir=<run> data.data_dir=../shared/data tta=2`\n"
     )
     assert str(tmp_path) not in text
+    (folders[1] / ".hydra" / "overrides.yaml").write_text(f"- run_dir={tmp_path}\n- ood.detectors=[msp]\n")
+    text = commands([read_evaluation(folder, "T2FNorm") for folder in folders])
+    assert text.endswith(
+        ", then seed 0: `python evaluate.py run_dir=<run> data.data_dir=../shared/data tta=2`; seed 1: "
+        "`python evaluate.py run_dir=<run> data.data_dir=../shared/data ood.detectors=[msp]`\n"
+    )
