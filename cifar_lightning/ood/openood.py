@@ -15,6 +15,7 @@ from cifar_lightning.ablation.stats import mean_std
 from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.ood.detection import SUMMARY_KINDS
 from cifar_lightning.ood.protocol import TestDataChoiceError
+from cifar_lightning.runs import HYDRA_DIR, RunDir
 from cifar_lightning.tables import markdown_table
 
 SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"
@@ -134,7 +135,7 @@ WHERE_OVERRIDES = (
 
 def _overrides(folder: Path) -> list[str]:
     """A Hydra run's command-line overrides (its .hydra/overrides.yaml), less those that name this machine's paths."""
-    path = folder / ".hydra" / "overrides.yaml"
+    path = folder / HYDRA_DIR / "overrides.yaml"
     lines = path.read_text().splitlines() if path.is_file() else []
     overrides = [line.removeprefix("- ").strip() for line in lines if line.startswith("- ")]
     return [o for o in overrides if not o.lstrip("+~").startswith(WHERE_OVERRIDES)]
@@ -145,24 +146,18 @@ def commands(models: Sequence[EvaluatedModel]) -> str:
     their runs recorded them, without paths (one per group of seeds where the seeds were evaluated differently)."""
     lines = []
     for name, seeds in seeds_of(models).items():
-        train_overrides = [_overrides(Path(model.checkpoint).parent.parent) for model in seeds]
-        seed_values = [
-            next((o.removeprefix("seed=") for o in each if o.startswith("seed=")), "0") for each in train_overrides
-        ]
-        train = [o for o in train_overrides[0] if not o.startswith("seed=")] + [f"seed={','.join(seed_values)}"]
-        evaluations: dict[str, list[str]] = {}
+        runs = [_overrides(RunDir.of_checkpoint(model.checkpoint).root) for model in seeds]
+        seed_values = [next((o.removeprefix("seed=") for o in run if o.startswith("seed=")), "0") for run in runs]
+        train = [o for o in runs[0] if not o.startswith("seed=")] + [f"seed={','.join(seed_values)}"]
+        by_command: dict[str, list[str]] = {}
         for seed, model in zip(seed_values, seeds):
-            overrides = ["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(model.folder)]
-            evaluations.setdefault(f"`python evaluate.py {' '.join(overrides)}`", []).append(seed)
-        evaluate = (
-            evaluations.popitem()[0]
-            if len(evaluations) == 1
-            else "; ".join(
-                f"seed{'s' if len(group) > 1 else ''} {','.join(group)}: {command}"
-                for command, group in evaluations.items()
-            )
-        )
-        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then {evaluate}")
+            evaluate = " ".join(["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(model.folder)])
+            by_command.setdefault(f"`python evaluate.py {evaluate}`", []).append(seed)
+        evaluations = [
+            command if len(by_command) == 1 else f"seed{'s' * (len(group) > 1)} {','.join(group)}: {command}"
+            for command, group in by_command.items()
+        ]
+        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then {'; '.join(evaluations)}")
     return "\n".join(lines) + "\n"
 
 
