@@ -15,7 +15,8 @@ from cifar_lightning.ablation.stats import mean_std
 from cifar_lightning.errors import CifarLightningError, one_line
 from cifar_lightning.ood.detection import SUMMARY_KINDS
 from cifar_lightning.ood.protocol import TestDataChoiceError
-from cifar_lightning.runs import HYDRA_DIR, RunDir
+from cifar_lightning.runs import RunDir
+from cifar_lightning.runs.compare import run_overrides
 from cifar_lightning.tables import markdown_table
 
 SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"
@@ -135,9 +136,7 @@ WHERE_OVERRIDES = (
 
 def _overrides(folder: Path) -> list[str]:
     """A Hydra run's command-line overrides (its .hydra/overrides.yaml), less those that name this machine's paths."""
-    path = folder / HYDRA_DIR / "overrides.yaml"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    overrides = [line.removeprefix("- ").strip() for line in lines if line.startswith("- ")]
+    overrides = run_overrides(RunDir(folder)) or []
     return [o for o in overrides if not o.lstrip("+~").startswith(WHERE_OVERRIDES)]
 
 

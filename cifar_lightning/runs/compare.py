@@ -172,16 +172,21 @@ def metric_value(value: Any) -> float | int | None:
     return None
 
 
-def read_overrides(run: RunDir) -> list[str] | None:
-    """The config keys set on the run's command line (`optim.lr=0.1` sets optim.lr, `model=resnet18` the model
-    group, `+x=1` and `~x` x), from Hydra's .hydra/overrides.yaml; None when it is missing or unreadable."""
+def run_overrides(run: RunDir) -> list[str] | None:
+    """The run's command-line overrides as written (`optim.lr=0.1`), from Hydra's .hydra/overrides.yaml; None
+    when it is missing or unreadable."""
     try:
         overrides = OmegaConf.to_container(OmegaConf.load(run.hydra / OVERRIDES_FILE))
     except (OSError, YAMLError, OmegaConfBaseException):
         return None
-    if not isinstance(overrides, list):
-        return None
-    return [str(item).split("=", 1)[0].lstrip("+~").split("@", 1)[0] for item in overrides]
+    return [str(item) for item in overrides] if isinstance(overrides, list) else None
+
+
+def read_overrides(run: RunDir) -> list[str] | None:
+    """The config keys set on the run's command line (`optim.lr=0.1` sets optim.lr, `model=resnet18` the model
+    group, `+x=1` and `~x` x); None when its overrides.yaml is missing or unreadable."""
+    overrides = run_overrides(run)
+    return None if overrides is None else [item.split("=", 1)[0].lstrip("+~").split("@", 1)[0] for item in overrides]
 
 
 def read_run(run: RunDir) -> RunRow:
