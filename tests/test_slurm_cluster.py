@@ -60,6 +60,20 @@ def sacct(job_id: str, *fields: str, every_run: bool = False) -> list[list[str]]
     return [row.split("|") for row in subprocess.check_output(command, text=True).splitlines()]
 
 
+UNFINISHED = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")
+
+
+def ended_sacct(job_id: str, *fields: str, every_run: bool = False, timeout: float = 60) -> list[list[str]]:
+    """sacct once Slurm's accounting has recorded the job's end: slurmdbd learns of it after the job's own result
+    file appears, which is what ends the sweep, so a job that is done can still read RUNNING for a moment."""
+
+    def recorded() -> list[list[str]] | None:
+        runs = sacct(job_id, "State", *fields, every_run=every_run)
+        return None if not runs or runs[-1][0] in UNFINISHED else [run[1:] for run in runs]
+
+    return wait_for(recorded, f"job {job_id}'s end in the accounting", timeout=timeout, every=0.5)
+
+
 def assert_complete(job: Path) -> None:
     for name in RUN_FILES:
         assert (job / name).exists(), f"{job} has no {name}"
@@ -74,7 +88,7 @@ def test_readmes_sweep_runs_one_slurm_job_per_seed(cluster, data_dir, tmp_path):
     ids = job_ids(sweep)
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1")  # one array, a task per seed
     for job_id in ids:
-        assert sacct(job_id, "State", "ExitCode", "Partition") == [["COMPLETED", "0:0", "debug"]]
+        assert ended_sacct(job_id, "State", "ExitCode", "Partition") == [["COMPLETED", "0:0", "debug"]]
     for job, seed in (("0", 0), ("1", 1)):
         assert_complete(sweep / job)
         assert read_metrics(RunDir(sweep / job))["seed"] == seed
@@ -164,10 +178,8 @@ def test_preempted_jobs_resume_from_their_last_checkpoint_and_end_as_the_uninter
 
     # Slurm's own record of each preempted job: both runs of the one job id, and a restart count of 1.
     for job_id in (requeued, signalled):
-        ended = lambda: None if "RUNNING" in (runs := str(sacct(job_id, "JobID", "State", every_run=True))) else runs  # noqa: E731
-        wait_for(ended, f"job {job_id}'s end in the accounting", timeout=60, every=0.5)  # the sweep ends first
-        runs = sacct(job_id, "JobID", "State", every_run=True)
-        assert [state for _, state in runs] == ["REQUEUED", "COMPLETED"], runs
+        runs = ended_sacct(job_id, "State", every_run=True)
+        assert [state for (state,) in runs] == ["REQUEUED", "COMPLETED"], runs
         assert "Restarts=1" in subprocess.check_output(["scontrol", "show", "job", job_id], text=True)
     assert "Bypassing sacct error" not in log.read_text()
     submitit = (sweep / ".submitit" / signalled / f"{signalled}_0_log.out").read_text()
@@ -209,7 +221,7 @@ def test_ddp_jobs_on_one_node_and_on_two_nodes_score_like_evaluate(cluster, data
     for name, (_, nodes) in shapes.items():
         sweep = sweep_dir(tmp_path / name)
         (job_id,) = job_ids(sweep)
-        assert sacct(job_id, "State", "NNodes", "NodeList") == [["COMPLETED", str(len(nodes)), ",".join(nodes)]]
+        assert ended_sacct(job_id, "State", "NNodes", "NodeList") == [["COMPLETED", str(len(nodes)), ",".join(nodes)]]
         metrics = assert_matches_evaluation(sweep / "0", data_dir, tmp_path / f"eval_{name}")
         assert metrics["world_size"] == 2
         assert len(list(sweep.rglob("metrics.json"))) == 1  # rank 0 alone wrote it

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +84,41 @@ class OpenOODComparisonError(CifarLightningError):
 
 @dataclass(frozen=True)
 class EvaluatedModel:
-    folder: Path
+    """One seed of one model: what the page needs of an evaluate.py folder, and what the records file keeps of it."""
+
     experiment: str
     loss: str
     test_acc: float
     tta: int
-    checkpoint: str
-    near_far: Mapping[str, Mapping[str, Mapping[str, float] | None]]  # detector -> near/far -> auroc/fpr95
+    near_far: Mapping[str, Mapping[str, Mapping[str, float | None] | None]]  # detector -> near/far -> auroc/fpr95
     chosen: str | None  # the detector chosen on the validation halves; None in an ood.json from before the split
     label: str | None = None  # the user's name for it (--labels): seeds of one model share it
+    seed: str = "0"
+    train: tuple[str, ...] = ()  # the training run's overrides, less paths (seed= left out)
+    evaluate: tuple[str, ...] = ()  # the evaluation's overrides, less paths
+    source: str = ""  # where the figures came from when not from an evaluation folder
+    folder: str = field(default="", compare=False)  # where it was read from (not kept in the records)
 
     @property
     def name(self) -> str:
         return self.label or f"{self.experiment}, {self.loss}"
+
+    def record(self) -> dict[str, Any]:
+        """Its entry in the records file: everything but the machine's paths."""
+        return {key: value for key, value in asdict(self).items() if key != "folder"}
+
+
+@dataclass(frozen=True)
+class ModelBlock:
+    """What the page shows of one model: its commands line, its rows of the models table, and its near/far cells
+    per detector. Computed from its seeds, or carried in the records file as last computed when the seeds' figures
+    are gone (`source` says so)."""
+
+    name: str
+    command: str
+    rows: list[list[Any]]
+    detectors: dict[str, list[str]]
+    source: str = ""
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -107,19 +129,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise OpenOODComparisonError(f"{path} does not exist: {what}, e.g. logs/evaluate/runs/<date>_<time>.") from None
     except (OSError, ValueError) as exc:
         raise OpenOODComparisonError(f"{path} cannot be read ({one_line(exc)}): run evaluate.py again.") from None
-
-
-def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedModel:
-    """The test accuracy (evaluation.json) and near/far summary (ood.json) of one evaluate.py output folder."""
-    folder = Path(folder)
-    evaluation, ood = _read_json(folder / "evaluation.json"), _read_json(folder / "ood.json")
-    if "near_far" not in ood or "test_acc" not in evaluation:
-        raise OpenOODComparisonError(f"{folder} has no near/far summary or test accuracy: evaluate it again.")
-    experiment, loss = evaluation.get("experiment") or "model", evaluation.get("loss") or "cross_entropy"
-    test_acc, tta = float(evaluation["test_acc"]), int(evaluation.get("tta", 0))
-    checkpoint = str(evaluation.get("checkpoint", ""))
-    chosen = (ood.get("validation") or {}).get("chosen")
-    return EvaluatedModel(folder, experiment, loss, test_acc, tta, checkpoint, ood["near_far"], chosen, label)
 
 
 #: Overrides that say where, not what: left out of the commands the page cites.
@@ -140,24 +149,47 @@ def _overrides(folder: Path) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith(WHERE_OVERRIDES)]
 
 
+def read_evaluation(folder: str | Path, label: str | None = None) -> EvaluatedModel:
+    """One evaluate.py output folder: test accuracy (evaluation.json), near/far summary and the validation halves'
+    choice (ood.json), and the commands of its training run and of itself."""
+    folder = Path(folder)
+    evaluation, ood = _read_json(folder / "evaluation.json"), _read_json(folder / "ood.json")
+    if "near_far" not in ood or "test_acc" not in evaluation:
+        raise OpenOODComparisonError(f"{folder} has no near/far summary or test accuracy: evaluate it again.")
+    train = _overrides(RunDir.of_checkpoint(evaluation["checkpoint"]).root) if evaluation.get("checkpoint") else []
+    return EvaluatedModel(
+        experiment=evaluation.get("experiment") or "model",
+        loss=evaluation.get("loss") or "cross_entropy",
+        test_acc=float(evaluation["test_acc"]),
+        tta=int(evaluation.get("tta", 0)),
+        near_far=ood["near_far"],
+        chosen=(ood.get("validation") or {}).get("chosen"),
+        label=label,
+        seed=next((o.removeprefix("seed=") for o in train if o.startswith("seed=")), "0"),
+        train=tuple(o for o in train if not o.startswith("seed=")),
+        evaluate=tuple(_overrides(folder)),
+        folder=str(folder),
+    )
+
+
+def command(name: str, seeds: Sequence[EvaluatedModel]) -> str:
+    """A model's training command (its seeds folded into one seed=... list) and its evaluation command, without
+    paths (one per group of seeds where the seeds were evaluated differently)."""
+    train = [*seeds[0].train, f"seed={','.join(model.seed for model in seeds)}"]
+    by_command: dict[str, list[str]] = {}
+    for model in seeds:
+        evaluate = " ".join(["run_dir=<run>", "data.data_dir=../shared/data", *model.evaluate])
+        by_command.setdefault(f"`python evaluate.py {evaluate}`", []).append(model.seed)
+    evaluations = [
+        command if len(by_command) == 1 else f"seed{'s' * (len(group) > 1)} {','.join(group)}: {command}"
+        for command, group in by_command.items()
+    ]
+    return f"- {name}: `python train.py {' '.join(train)}`, then {'; '.join(evaluations)}"
+
+
 def commands(models: Sequence[EvaluatedModel]) -> str:
-    """Per model: the training command (its seeds folded into one seed=... list) and the evaluation command, as
-    their runs recorded them, without paths (one per group of seeds where the seeds were evaluated differently)."""
-    lines = []
-    for name, seeds in seeds_of(models).items():
-        runs = [_overrides(RunDir.of_checkpoint(model.checkpoint).root) for model in seeds]
-        seed_values = [next((o.removeprefix("seed=") for o in run if o.startswith("seed=")), "0") for run in runs]
-        train = [o for o in runs[0] if not o.startswith("seed=")] + [f"seed={','.join(seed_values)}"]
-        by_command: dict[str, list[str]] = {}
-        for seed, model in zip(seed_values, seeds):
-            evaluate = " ".join(["run_dir=<run>", "data.data_dir=../shared/data", *_overrides(model.folder)])
-            by_command.setdefault(f"`python evaluate.py {evaluate}`", []).append(seed)
-        evaluations = [
-            command if len(by_command) == 1 else f"seed{'s' * (len(group) > 1)} {','.join(group)}: {command}"
-            for command, group in by_command.items()
-        ]
-        lines.append(f"- {name}: `python train.py {' '.join(train)}`, then {'; '.join(evaluations)}")
-    return "\n".join(lines) + "\n"
+    """The commands lines of the page, one per model."""
+    return "".join(f"{block.command}\n" for block in blocks(models))
 
 
 def _percent(values: Sequence[float | None]) -> str:
@@ -177,9 +209,9 @@ def chosen_detector(model: EvaluatedModel) -> str:
     """The detector chosen on the model's validation halves; refused for an evaluation from before the split."""
     if model.chosen is None:
         raise TestDataChoiceError(
-            f"{model.folder}/ood.json holds no validation halves (it comes from before the split protocol), so a "
-            f"detector could only be chosen on the test sets, which would make the tables optimistic. Fix: run "
-            f"python evaluate.py again on {model.checkpoint or 'its checkpoint'}."
+            f"{model.folder or model.name}/ood.json holds no validation halves (it comes from before the split "
+            f"protocol), so a detector could only be chosen on the test sets, which would make the tables "
+            f"optimistic. Fix: run python evaluate.py again on its checkpoint."
         )
     return model.chosen
 
@@ -192,52 +224,70 @@ def seeds_of(models: Sequence[EvaluatedModel]) -> dict[str, list[EvaluatedModel]
     return groups
 
 
-def models_table(models: Sequence[EvaluatedModel]) -> str:
-    """Per model (mean ± std over its seeds): test accuracy, then MSP's, its training method's own detector's and
-    the validation-chosen detector's near/far AUROC and FPR@95 (%) on the test halves."""
+def model_rows(name: str, seeds: Sequence[EvaluatedModel]) -> list[list[Any]]:
+    """A model's rows of the models table (mean ± std over its seeds): MSP's, its training method's own
+    detector's and the validation-chosen detector's near/far AUROC and FPR@95 (%) on the test halves."""
+    metrics = [(metric, kind) for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]
+    chosen = [chosen_detector(model) for model in seeds]
+    accuracy, tta = _percent([model.test_acc for model in seeds]), seeds[0].tta
+    fixed = [d for d in ("msp", "rotpred") if all(_kind_value(m, d, "near", "auroc") is not None for m in seeds)]
+    rows = []
+    for detector in fixed:
+        values = [_percent([_kind_value(m, detector, kind, metric) for m in seeds]) for metric, kind in metrics]
+        rows.append([name, len(seeds), accuracy, tta, detector, *values])
+    picks = ", ".join(f"{d} x{chosen.count(d)}" for d in dict.fromkeys(chosen))
+    values = [_percent([_kind_value(m, c, kind, metric) for m, c in zip(seeds, chosen)]) for metric, kind in metrics]
+    rows.append([name, len(seeds), accuracy, tta, f"chosen on validation ({picks})", *values])
+    return rows
+
+
+def block(name: str, seeds: Sequence[EvaluatedModel]) -> ModelBlock:
+    """What the page shows of a model, from its seeds."""
+    detectors = list(dict.fromkeys(detector for model in seeds for detector in model.near_far))
+    cells = {
+        detector: [_percent([_kind_value(m, detector, kind, "auroc") for m in seeds]) for kind in SUMMARY_KINDS]
+        for detector in detectors
+    }
+    sources = "; ".join(f"seed {m.seed}: {m.source}" for m in seeds if m.source)
+    return ModelBlock(name, command(name, seeds), model_rows(name, seeds), cells, sources)
+
+
+def blocks(models: Sequence[EvaluatedModel]) -> list[ModelBlock]:
+    return [block(name, seeds) for name, seeds in seeds_of(models).items()]
+
+
+def models_table(models: Sequence[ModelBlock]) -> str:
+    """Per model: test accuracy and its detectors' rows, then OpenOOD's training-time methods."""
     header = ["model", "seeds", "test acc. (%)", "TTA", "detector"]
     header += [f"{kind} {label}" for label in ("AUROC", "FPR@95") for kind in SUMMARY_KINDS]
-    metrics = [(metric, kind) for metric in ("auroc", "fpr95") for kind in SUMMARY_KINDS]
-    rows = []
-    for name, seeds in seeds_of(models).items():
-        chosen = [chosen_detector(model) for model in seeds]
-        accuracy, tta = _percent([model.test_acc for model in seeds]), seeds[0].tta
-        fixed = [d for d in ("msp", "rotpred") if all(_kind_value(m, d, "near", "auroc") is not None for m in seeds)]
-        for detector in fixed:
-            values = [_percent([_kind_value(m, detector, kind, metric) for m in seeds]) for metric, kind in metrics]
-            rows.append([name, len(seeds), accuracy, tta, detector, *values])
-        picks = ", ".join(f"{d} x{chosen.count(d)}" for d in dict.fromkeys(chosen))
-        values = [
-            _percent([_kind_value(m, c, kind, metric) for m, c in zip(seeds, chosen)]) for metric, kind in metrics
-        ]
-        rows.append([name, len(seeds), accuracy, tta, f"chosen on validation ({picks})", *values])
+    rows = [row for model in models for row in model.rows]
     for method, (published, accuracy) in PUBLISHED_TRAINING.items():
         cells = [published.cell("near"), published.cell("far"), "-", "-"]
         rows.append([f"OpenOOD: ResNet-18, {method}", 3, f"{accuracy:.2f}", "-", published.method, *cells])
     return markdown_table(header, rows)
 
 
-def detectors_table(models: Sequence[EvaluatedModel]) -> str:
+def detectors_table(models: Sequence[ModelBlock]) -> str:
     """Per detector: each model's near and far mean AUROC (%, mean ± std over seeds) and OpenOOD's."""
-    groups = seeds_of(models)
-    names = list(dict.fromkeys(name for model in models for name in model.near_far))
+    names = list(dict.fromkeys(detector for model in models for detector in model.detectors))
     header = ["detector"]
-    for name in groups:
-        header += [f"{name}: near", f"{name}: far"]
+    for model in models:
+        header += [f"{model.name}: near", f"{model.name}: far"]
     header += ["OpenOOD method", "OpenOOD near", "OpenOOD far"]
     rows = []
     for detector in names:
         row = [detector]
-        for seeds in groups.values():
-            row += [_percent([_kind_value(m, detector, kind, "auroc") for m in seeds]) for kind in SUMMARY_KINDS]
+        for model in models:
+            row += model.detectors.get(detector, ["-", "-"])
         published = PUBLISHED.get(detector)
         row += [published.method, published.cell("near"), published.cell("far")] if published else ["-"] * 3
         rows.append(row)
     return markdown_table(header, rows)
 
 
-def render(models: Sequence[EvaluatedModel]) -> str:
+def render(models: Sequence[ModelBlock]) -> str:
     """The whole page: a note on what is compared, then the two tables."""
+    sources = "".join(f"- {model.name}: {model.source}\n" for model in models if model.source)
     return (
         "# OOD detection beside OpenOOD v1.5 (CIFAR-10)\n\n"
         f"Published figures: {SOURCE}; their post-hoc rows score one model: {OPENOOD_MODEL}. Ours: near and far "
@@ -245,11 +295,12 @@ def render(models: Sequence[EvaluatedModel]) -> str:
         f"its own; models with several seeds show the mean ± sample standard deviation over them. {SET_DIFFERENCES}"
         "\n\n"
         "Commands (each seed trained and evaluated on its own; the page is written by `python -m "
-        "cifar_lightning.ood.openood <evaluation folders> --labels <a label per folder> --out "
-        "docs/results/ood_openood.md`, not run by the tests: needs the evaluation folders of the runs below; "
-        "tests/ood/test_openood.py runs it on made-up ones):\n\n"
-        f"{commands(models)}\n"
-        "## Models\n\n"
+        "cifar_lightning.ood.openood <evaluation folders> --labels <a label per folder> --records "
+        "docs/results/ood_openood.json --out docs/results/ood_openood.md`, not run by the tests: needs the "
+        "evaluation folders of the runs below; tests/ood/test_openood.py runs it on made-up ones):\n\n"
+        + "".join(f"{model.command}\n" for model in models)
+        + (f"\nFigures not computed from evaluation folders at hand:\n\n{sources}" if sources else "")
+        + "\n## Models\n\n"
         "MSP is OpenOOD's detector for LogitNorm and T2FNorm (on a T2FNorm model our MSP reads the features divided "
         "by tau, as OpenOOD's does), rotpred RotPred's own score. 'Chosen on validation' is, for each seed, the "
         "detector with the highest near-OOD AUROC on the validation halves of the OOD sets (how many seeds chose "
@@ -261,13 +312,72 @@ def render(models: Sequence[EvaluatedModel]) -> str:
     )
 
 
+# --- the records file: every seed's figures (or a model's carried block), so a page grows seed by seed ---
+
+
+def load_records(path: Path) -> dict[str, list[EvaluatedModel] | ModelBlock]:
+    """The records file's models by label, in page order; none when it does not exist yet."""
+    if not path.exists():
+        return {}
+    records = _read_json(path)
+    try:
+        models: dict[str, list[EvaluatedModel] | ModelBlock] = {}
+        for entry in records["models"]:
+            if "carried" in entry:
+                models[entry["label"]] = ModelBlock(name=entry["label"], **entry["carried"])
+            else:
+                models[entry["label"]] = [
+                    EvaluatedModel(**{**seed, "train": tuple(seed["train"]), "evaluate": tuple(seed["evaluate"])})
+                    for seed in entry["seeds"]
+                ]
+    except (KeyError, TypeError) as exc:
+        raise OpenOODComparisonError(
+            f"{path} is not a records file this version reads ({one_line(exc)}): restore it from git."
+        ) from None
+    return models
+
+
+def merge(
+    records: dict[str, list[EvaluatedModel] | ModelBlock], models: Sequence[EvaluatedModel]
+) -> dict[str, list[EvaluatedModel] | ModelBlock]:
+    """The records with the new evaluations: a seed replaces the same seed of its model, and a model whose block was
+    carried is replaced by its new seeds (figures without their seeds cannot be averaged with new ones)."""
+    merged = dict(records)
+    for name, seeds in seeds_of(models).items():
+        earlier = merged.get(name)
+        kept = [m for m in earlier if m.seed not in {s.seed for s in seeds}] if isinstance(earlier, list) else []
+        merged[name] = sorted([*kept, *seeds], key=lambda m: int(m.seed) if m.seed.isdigit() else m.seed)
+    return merged
+
+
+def save_records(path: Path, models: dict[str, list[EvaluatedModel] | ModelBlock]) -> None:
+    entries = [
+        {"label": name, "carried": {k: v for k, v in asdict(value).items() if k != "name"}}
+        if isinstance(value, ModelBlock)
+        else {"label": name, "seeds": [model.record() for model in value]}
+        for name, value in models.items()
+    ]
+    path.write_text(json.dumps({"page": RECORDS_ABOUT, "models": entries}, indent=1, ensure_ascii=False) + "\n")
+
+
+RECORDS_ABOUT = (
+    "The figures behind docs/results/ood_openood.md, per seed (or, where the seeds' evaluation folders are gone, the "
+    "model's rows as last computed): python -m cifar_lightning.ood.openood --records <this file> rebuilds the page."
+)
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cifar_lightning.ood.openood",
         description="Put evaluate.py's OOD results beside OpenOOD v1.5's published CIFAR-10 figures.",
     )
-    parser.add_argument("folders", nargs="+", metavar="EVAL_DIR", help="an evaluate.py output folder")
+    parser.add_argument("folders", nargs="*", metavar="EVAL_DIR", help="an evaluate.py output folder")
     parser.add_argument("--labels", nargs="+", metavar="LABEL", help="a name per EVAL_DIR (default: experiment, loss)")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        help="a JSON file of earlier seeds' figures: read, joined by the EVAL_DIRs, written back",
+    )
     parser.add_argument("--out", type=Path, help="write the page here as well (it is always printed)")
     return parser
 
@@ -278,13 +388,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = args.labels or [None] * len(args.folders)
     if len(labels) != len(args.folders):
         cli.error(f"--labels names {len(labels)} models but {len(args.folders)} EVAL_DIRs: give one label per folder")
+    if not args.folders and args.records is None:
+        cli.error("nothing to show: give evaluate.py output folders (EVAL_DIR ...), a --records file, or both")
     try:
-        page = render([read_evaluation(folder, label) for folder, label in zip(args.folders, labels)])
+        models = [read_evaluation(folder, label) for folder, label in zip(args.folders, labels)]
+        records = merge(load_records(args.records) if args.records else {}, models)
+        page = render(
+            [value if isinstance(value, ModelBlock) else block(name, value) for name, value in records.items()]
+        )
+        for path in (args.records, args.out):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        if args.records is not None:
+            save_records(args.records, records)
         if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(page)
     except OSError as exc:
-        print(f"error: cannot write {args.out} ({one_line(exc)}): choose a writable --out path.", file=sys.stderr)
+        print(f"error: cannot write {exc.filename} ({one_line(exc)}): choose a writable path.", file=sys.stderr)
         return 2
     except CifarLightningError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
