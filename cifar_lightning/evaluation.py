@@ -53,6 +53,24 @@ log = logging.getLogger(__name__)
 Sections = list[tuple[str, list[SectionItem]]]
 
 
+class Stages:
+    """Seconds per stage of one evaluation, in order (evaluation.json's stage_seconds, and the last log line): where
+    the time goes, so a slow default shows which part to look at."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.seconds.items())
+        return f"{time.perf_counter() - self.start:.1f} s in all: {parts}"
+
+
 @dataclass
 class Evaluation:
     """Everything one evaluation produced and used, for the figures and for callers in Python."""
@@ -67,6 +85,7 @@ class Evaluation:
     ood: OODSettings | None  # checked OOD settings; None with ood=none
     ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
     corruptions: str | OfficialC = "none"  # robustness=...: "generated", the official files (loaded early), or "none"
+    stages: Stages = field(default_factory=Stages)
 
 
 def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: Any = None) -> CIFAR10DataModule:
@@ -143,10 +162,10 @@ def training_history(checkpoint: Path) -> list[dict[str, Any]]:
     return run_history(RunDir.of_checkpoint(checkpoint))
 
 
-def run_evaluation(cfg: DictConfig) -> Evaluation:
+def run_evaluation(cfg: DictConfig, stages: Stages | None = None) -> Evaluation:
     """Load, predict and measure; writes evaluation.json and confusion_matrix.csv (no figures). Every input
     (settings, checkpoint, CIFAR-10, the OOD sets) is checked and loaded before the first file is written."""
-    start = time.perf_counter()
+    start, stages = time.perf_counter(), stages or Stages()
     check(cfg, "evaluate", "nothing was evaluated", root=EvaluateSettings)
     ood = ood_settings(cfg.ood) if cfg.ood.enabled else None
     L.seed_everything(cfg.seed, verbose=False)
@@ -160,8 +179,10 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
     official = cfg.robustness == "official"
     corruptions = load_official_c(cfg.data.data_dir, cfg.data.download) if official else cfg.robustness
     images, labels = datamodule.arrays.test_images, datamodule.arrays.test_labels
+    stages.lap("loading")
 
     predictions = classifier.predict(images, cfg.batch_size, cfg.progress)
+    stages.lap("predicting")
     summary, config, device = measure(predictions, labels), classifier.config, classifier.device
     summary.update(
         classes=list(datamodule.classes),
@@ -177,12 +198,13 @@ def run_evaluation(cfg: DictConfig) -> Evaluation:
         calibration=calibrate(classifier, datamodule, predictions.logits, labels, cfg.batch_size),
         seconds=round(time.perf_counter() - start, 3),
     )
+    stages.lap("calibration")
     output_dir = Path(cfg.paths.output_dir)
     write_tables(output_dir, summary)
     numbers = (summary["test_acc"], summary["test_loss"], summary["num_images"])
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", *numbers, path)
     parts = summary, predictions, images, labels, classifier, output_dir, datamodule, ood, ood_sets, corruptions
-    return Evaluation(*parts)
+    return Evaluation(*parts, stages=stages)
 
 
 def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> Sections:
@@ -283,18 +305,23 @@ def robustness_section(evaluation: Evaluation, cfg: DictConfig) -> Sections:
 
 def write_outputs(evaluation: Evaluation, cfg: DictConfig) -> Path:
     """The figures, calibration, Grad-CAM overlays, OOD detection, robustness and report.html; returns the report."""
-    out, summary = evaluation.output_dir, evaluation.summary
+    out, summary, stages = evaluation.output_dir, evaluation.summary, evaluation.stages
     confusion = plot_confusion_matrix(np.array(summary["confusion"]), summary["classes"], out / "confusion_matrix.png")
     sections: Sections = [("Confusion matrix", [confusion]), *calibration_section(evaluation)]
     sections += gallery_sections(evaluation, cfg, correct=True) + gallery_sections(evaluation, cfg, correct=False)
     history = training_history(evaluation.classifier.checkpoint_path)
     if history:
         sections.append(("Training curves", [plot_curves(history, out / "curves.png")]))
+    stages.lap("figures and Grad-CAM")
     if evaluation.ood is not None:
         sections += ood_sections(evaluation, cfg)
+        stages.lap("OOD")
     if evaluation.corruptions != "none":
         sections += robustness_section(evaluation, cfg)
-    return write_report(out, summary, sections)
+        stages.lap("robustness")
+    report = write_report(out, summary, sections)
+    stages.lap("report")
+    return report
 
 
 def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> Sections:
@@ -322,8 +349,10 @@ def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> Sections:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint on the test set; write metrics, figures and report.html; return the metrics."""
-    start = time.perf_counter()
     evaluation = run_evaluation(cfg)
     report = write_outputs(evaluation, cfg)
-    log.info("report: %s (%.1f s in all)", report, time.perf_counter() - start)
+    evaluation.summary["stage_seconds"] = evaluation.stages.seconds
+    write_tables(evaluation.output_dir, evaluation.summary)
+    log.info("report: %s", report)
+    log.info("evaluate.py took %s", evaluation.stages.line())
     return evaluation.summary

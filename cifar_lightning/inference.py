@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from cifar_lightning import checkpoints
 from cifar_lightning.augment import tta_logits
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.data import CIFAR10_CLASSES
 from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
@@ -101,7 +102,7 @@ def predict(
     images: Tensor,
     normalize: Callable[[Tensor], Tensor],
     device: torch.device | str = "cpu",
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
     tta: int = 0,
 ) -> Predictions:
@@ -122,7 +123,7 @@ def extract_features(
     images: Tensor,
     normalize: Callable[[Tensor], Tensor],
     device: torch.device | str = "cpu",
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH_SIZE,
     layers: list[str] | None = None,
     progress: bool = False,
     description: str = "Features",
@@ -138,7 +139,8 @@ def extract_features(
 
     def record_mean(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            calls.append((name, output.detach().flatten(1).float().mean(dim=1).cpu()))
+            # the mean over every non-batch dimension, read in place: flatten(1) would copy a channels-last map
+            calls.append((name, output.detach().float().mean(dim=tuple(range(1, output.ndim))).cpu()))
 
         return hook
 
@@ -231,7 +233,7 @@ class Classifier:
         """softmax(logits / temperature): calibrated when a fitted temperature was set, the raw softmax at 1."""
         return (logits / self.temperature).softmax(dim=1)
 
-    def predict(self, images: Tensor, batch_size: int = 1000, progress: bool = False) -> Predictions:
+    def predict(self, images: Tensor, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> Predictions:
         """Logits and probabilities (on the CPU) of uint8 images (N, 3, H, W), with the classifier's TTA level and
         temperature (the logits are never scaled)."""
         predictions = predict(self.model, images, self.normalize, self.device, batch_size, progress, self.tta)
@@ -243,7 +245,7 @@ class Classifier:
         self,
         images: Tensor,
         layers: list[str] | None = None,
-        batch_size: int = 1000,
+        batch_size: int = EVAL_BATCH_SIZE,
         progress: bool = False,
         description: str = "Features",
     ) -> Features:

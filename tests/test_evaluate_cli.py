@@ -59,7 +59,11 @@ def test_a_real_checkpoint_is_evaluated(tmp_path, tiny_run, data_dir):
     assert summary["confusion"] == metrics["test_confusion"]
     rows = list(csv.reader((out / "confusion_matrix.csv").open()))
     assert [[int(n) for n in row[1:]] for row in rows[1:]] == summary["confusion"]
-    assert f"test_acc={summary['test_acc']:.4f}" in (out / "evaluate.log").read_text()
+    log = (out / "evaluate.log").read_text()
+    assert f"test_acc={summary['test_acc']:.4f}" in log
+    stages = ["loading", "predicting", "calibration", "figures and Grad-CAM", "report"]  # ood=none: no OOD stage
+    assert list(summary["stage_seconds"]) == stages and all(s >= 0 for s in summary["stage_seconds"].values())
+    assert "evaluate.py took " in log and "s in all: loading " in log
     pngs = sorted(out.rglob("*.png"))
     # confusion matrix, reliability diagram, two galleries, curves; 2 Grad-CAM overlays of each gallery
     assert len(pngs) == 5 + 4

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.config.ood import Featured
 from cifar_lightning.config.schema import Settings, preset
 from cifar_lightning.config.types import Device, TTALevel
@@ -27,7 +28,7 @@ class EvaluateSettings(Settings):
     run_dir: str | None = Field(None, description="or a train.py run directory: its checkpoints/best.ckpt")
     device: Device = "auto"
     tta: TTALevel = 0
-    batch_size: int = Field(1000, ge=1, description="test images per forward pass")
+    batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, description="test images per forward pass")
     progress: bool = Field(True, description="show a progress bar while predicting")
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and torch, and the generated corruptions (robustness)")
     gallery: GallerySettings = GallerySettings()

@@ -4,7 +4,7 @@ own keys. Hyperparameters: the papers' (or OpenOOD's) values for CIFAR-10."""
 import typing
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cifar_lightning.config.schema import Settings, preset
 
@@ -32,8 +32,14 @@ DETECTOR_LABELS = {
     "odin": "ODIN",
     "rotpred": "rotation prediction (RotPred's score; models trained with module.rotpred_weight > 0)",
 }
-#: Detectors that score images through the whole network, not features.
+#: Detectors that score images through the whole network, not the features the others share: ODIN a gradient step
+#: and a second pass per image, RotPred four rotated passes (evaluate.py: ~1 minute each on 2 CPU cores).
 IMAGE_DETECTORS = ("odin", "rotpred")
+#: What evaluate.py measures unless told otherwise: the detectors that read the features extracted once per set.
+#: The image detectors run when named (ood.detectors=[knn,odin]) or with ood.detectors=all.
+DEFAULT_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETECTORS]
+#: ood.detectors=all: every detector.
+ALL_DETECTORS = "all"
 Direction = Literal["below", "above"]
 DIRECTIONS = typing.get_args(Direction)
 #: The report's method by name, beside the detectors (ood_detectors.pt, ood.gallery_detectors).
@@ -49,7 +55,9 @@ Weights = Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Fi
 LAYERS = {"must": "a list of layer names (or null)"}
 SETS = "a mapping of set names to {path: ...} or {noise: gaussian|uniform, n: ...}"
 NAMES = ", ".join(DETECTOR_LABELS)
-Detectors = Annotated[list[DetectorName], Field(json_schema_extra={"must": f"a list of distinct names among {NAMES}"})]
+Detectors = Annotated[
+    list[DetectorName], Field(json_schema_extra={"must": f"{ALL_DETECTORS}, or a list of distinct names among {NAMES}"})
+]
 Featured = Annotated[
     list[FeaturedName], Field(json_schema_extra={"must": f"a list of names among {MEAN_ACTIVATION}, {NAMES}"})
 ]
@@ -103,7 +111,10 @@ class MeanActivationSettings(Settings):
 class OODSettings(DetectorHyperparameters):
     """What detection needs: the detectors, their hyperparameters, the threshold rule, the report's method."""
 
-    detectors: Detectors = Field(list(DETECTOR_LABELS), description="pytorch-ood's post-hoc detectors measured")
+    detectors: Detectors = Field(
+        DEFAULT_DETECTORS,
+        description=f"pytorch-ood's detectors measured; default: all but {', '.join(IMAGE_DETECTORS)}",
+    )
     threshold: ThresholdSettings = ThresholdSettings()
     mean_activation: MeanActivationSettings = MeanActivationSettings()
     gallery_detectors: Featured = Field([MEAN_ACTIVATION, "knn"], description="detectors drawn in figures, if measured")
@@ -111,6 +122,11 @@ class OODSettings(DetectorHyperparameters):
         0.5, description="share of each OOD set held out to choose on (ood/protocol.py); the tables report the rest"
     )
     split_seed: int = Field(0, ge=0, description="seeds the split of every OOD set into validation and test parts")
+
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _all(cls, value):
+        return list(DETECTOR_LABELS) if value == ALL_DETECTORS else value
 
     @model_validator(mode="after")
     def _distinct(self):

@@ -17,6 +17,7 @@ from cifar_lightning.augment import (
     random_flip,
     random_translate,
 )
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.data.files import CIFAR10_CLASSES, CIFAR10Arrays, ensure_cifar10, load_cifar10
 from cifar_lightning.data.loader import TensorBatchLoader
 
@@ -64,7 +65,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         batch_size: int = 128,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = EVAL_BATCH_SIZE,
         crop_padding: int = 0,
         flip: bool | str = False,
         seed: int = 0,

@@ -14,6 +14,7 @@ import torch
 from pytorch_ood.metrics.functional import aupr, auroc, fpr_at_tpr
 from torch import Tensor, nn
 
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.config.ood import IMAGE_DETECTORS, DetectorHyperparameters, OODSettings, ThresholdSettings
 from cifar_lightning.inference import Classifier, Features, activation_layers
 from cifar_lightning.ood.detectors import (
@@ -185,7 +186,7 @@ def detect_ood(
     id_images: Tensor,
     ood_sets: Sequence[OODSet],
     settings: OODSettings = OODSettings(),
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
 ) -> OODResult:
     """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set. Images

@@ -16,6 +16,7 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from cifar_lightning.checkpoints import load_checkpoint
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.config.ood import DETECTOR_LABELS, IMAGE_DETECTORS, DetectorHyperparameters
 from cifar_lightning.config.ood import MEAN_ACTIVATION as MEAN_ACTIVATION  # the report's method, by name
 from cifar_lightning.inference import Classifier, Features, batches
@@ -243,7 +244,7 @@ def score_images(
     state: State,
     classifier: Classifier,
     images: Tensor,
-    batch_size: int = 1000,
+    batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
     description: str = "ODIN",
 ) -> Tensor:

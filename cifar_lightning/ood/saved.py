@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cifar_lightning.checkpoints import file_sha256
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.config.ood import DETECTOR_LABELS, DIRECTIONS, IMAGE_DETECTORS, MEAN_ACTIVATION, OODSettings
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import CifarLightningError
@@ -65,7 +66,9 @@ class OODDetector:
         """(N,) float64 outlier scores of features (Classifier.features with list(layers)); not for ODIN."""
         return self._score(features)
 
-    def score_images(self, classifier: Classifier, images: Tensor, batch_size: int = 1000, progress: bool = False):
+    def score_images(
+        self, classifier: Classifier, images: Tensor, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False
+    ):
         """(N,) float64 outlier scores of uint8 images (N, 3, H, W): ODIN's through the whole network."""
         if self.needs_images:
             return detectors.score_images(self.name, self.state, classifier, images, batch_size, progress)

@@ -224,10 +224,15 @@ def test_each_detector_setting_is_checked(tmp_path, override, expected):
     assert "python evaluate.py ood." in str(info.value) and str(info.value).endswith("nothing was evaluated.")
 
 
-def test_the_default_settings_run_every_detector(tmp_path):
-    """evaluate.py's defaults: every detector, and the report's rule and KNN featured in the figures."""
+def test_the_default_settings_run_every_feature_detector_and_all_adds_the_image_ones(tmp_path):
+    """evaluate.py's defaults: every detector that reads the shared features (ODIN and RotPred, a minute each, run
+    when named or with ood.detectors=all), and the report's rule and KNN featured in the figures."""
     settings = ood_settings(compose_evaluate(["ckpt=any.ckpt"], tmp_path / "out", ood=True).ood)
-    assert settings.detectors == list(DETECTOR_LABELS) and settings.gallery_detectors == ["mean_activation", "knn"]
+    assert settings.detectors == [name for name in DETECTOR_LABELS if name not in ("odin", "rotpred")]
+    assert settings.gallery_detectors == ["mean_activation", "knn"]
+    for override, expected in (("all", list(DETECTOR_LABELS)), ("[knn,odin]", ["knn", "odin"])):
+        cfg = compose_evaluate(["ckpt=any.ckpt", f"ood.detectors={override}"], tmp_path / "out", ood=True)
+        assert ood_settings(cfg.ood).detectors == expected
     assert settings.odin_temperature == 1000.0 and settings.dice_p == 0.9 and list(settings.sets) == DEFAULT_SETS
     assert (
         ood_settings(compose_evaluate(["ckpt=any.ckpt", "ood=none"], tmp_path / "out", ood=True).ood).enabled is False
