@@ -173,3 +173,28 @@ def test_gpu_divergence_check_passes_its_cpu_control():
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("cpu ")]
     assert len(lines) == 2 and all(line.endswith(": ok") and "stopped at step 17" in line for line in lines), lines
+
+
+def test_train_throughput_compares_both_recipes_with_a_bare_loop(data_dir, tmp_path):
+    """benchmarks/train_throughput.py shortened: per recipe (the report CNN and fast94_cpu) a run of each side, their
+    medians and the framework/bare time ratio."""
+    command = [sys.executable, "benchmarks/train_throughput.py", "--data-dir", str(data_dir), "--steps", "2"]
+    command += ["--warmup", "1", "--repeats", "1", "--accelerator", "cpu", "--output-dir", str(tmp_path)]
+    result = subprocess.run(
+        [*command, "--", "data.batch_size=64"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for recipe in ("report_improved", "fast94_cpu"):
+        assert f"{recipe}: batch 64; 2 timed steps after 1 warm-up steps" in out
+        assert re.search(rf"run 1, {recipe}: bare \d+ img/s, framework \d+ img/s", out)
+        assert re.search(rf"{recipe}: framework/bare time ratio: \d+\.\d{{3}}\n", out)
+
+
+def test_train_throughput_refuses_steps_beyond_one_epoch(data_dir, tmp_path):
+    """The warm-up and timed steps must fit in one epoch (fast94_cpu's is 48 batches of 1024): said before timing."""
+    command = [sys.executable, "benchmarks/train_throughput.py", "--data-dir", str(data_dir), "--recipes", "fast94_cpu"]
+    command += ["--steps", "48", "--warmup", "1", "--accelerator", "cpu", "--output-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "error: 49 warm-up and timed steps do not fit in one epoch of 48 batches" in result.stderr
