@@ -74,7 +74,7 @@ def test_a_bad_ood_setting_is_refused(tmp_path):
     result = run_evaluate("ckpt=any.ckpt", "ood.detectors=[msp,mystery]", log_dir=tmp_path / "logs")
     assert_refused(
         result,
-        "invalid `ood` config: ood.detectors must be a list of distinct names among msp, energy",
+        "invalid `ood` config: ood.detectors must be all, or a list of distinct names among msp, energy",
         "got ['msp', 'mystery']",
         "python evaluate.py ood.detectors=<value>",
     )

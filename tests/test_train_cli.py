@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.data import load_cifar10
 from cifar_lightning.inference import Classifier
 from cifar_lightning.runs import RunDir, read_metrics
@@ -126,9 +127,10 @@ def test_a_short_run_succeeds_from_the_command_line(data_dir, tmp_path):
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 5)
     assert checkpoint["hyper_parameters"]["run_config"]["model"]["dropout"] == 0.25
     confusion = torch.tensor(metrics["test_confusion"])
-    assert confusion.sum() == 1000 and metrics["test_acc"] == pytest.approx(confusion.trace().item() / 1000)
+    tested = EVAL_BATCH_SIZE  # limit_test_batches=1
+    assert confusion.sum() == tested and metrics["test_acc"] == pytest.approx(confusion.trace().item() / tested)
     arrays, classifier = load_cifar10(data_dir), Classifier.load(run.best_checkpoint, device="cpu")
     assert classifier.model.dropout.p == 0.25
-    predicted = classifier.predict(arrays.test_images[:1000]).predicted
-    assert (predicted == arrays.test_labels[:1000]).float().mean().item() == pytest.approx(metrics["test_acc"])
+    predicted = classifier.predict(arrays.test_images[:tested]).predicted
+    assert (predicted == arrays.test_labels[:tested]).float().mean().item() == pytest.approx(metrics["test_acc"])
     assert f"test_acc={metrics['test_acc']:.4f}" in run.log.read_text()

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from cifar_lightning.augment import tta_logits
 from cifar_lightning.checkpoints import build_model, chosen_checkpoint, load_checkpoint
+from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.inference import Classifier
@@ -63,9 +64,10 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     state_key = next(k for k in checkpoint["callbacks"] if k.startswith("RunCheckpoint"))
     assert metrics["best_val_loss"] == pytest.approx(float(checkpoint["callbacks"][state_key]["best_model_score"]))
 
-    confusion = torch.tensor(metrics["test_confusion"])  # 3 test batches of 1000 images
-    assert confusion.shape == (10, 10) and int(confusion.sum()) == 3000
-    assert metrics["test_acc"] == pytest.approx(confusion.trace().item() / 3000, abs=1e-6)
+    tested = 3 * EVAL_BATCH_SIZE  # limit_test_batches=3
+    confusion = torch.tensor(metrics["test_confusion"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == tested
+    assert metrics["test_acc"] == pytest.approx(confusion.trace().item() / tested, abs=1e-6)
     assert metrics["classes"][3] == "cat"
 
     # Recompute test accuracy from the best checkpoint by hand: same figure as metrics.json.
@@ -75,7 +77,7 @@ def test_short_run_checkpoints_logs_and_tests_the_best_checkpoint(make_cfg, tmp_
     dm = CIFAR10DataModule(data_dir=cfg.data.data_dir, download=False)
     dm.load_state_dict(checkpoint["CIFAR10DataModule"])
     dm.setup()
-    images, labels = dm.arrays.test_images[:3000], dm.arrays.test_labels[:3000]
+    images, labels = dm.arrays.test_images[:tested], dm.arrays.test_labels[:tested]
     with torch.no_grad():
         predictions = model(dm.normalize(images)).argmax(dim=1)
     assert metrics["test_acc"] == pytest.approx((predictions == labels).float().mean().item(), abs=1e-6)
@@ -157,8 +159,9 @@ def test_fast94_trains_on_all_images_and_tests_its_final_weights_with_tta(make_c
     expected = PatchWhitening(2, 5e-4)
     expected.init_from_data(dm.normalize(dm.arrays.train_images[:5000]))
     assert torch.allclose(model.whiten.weight, expected.weight, atol=1e-4)
-    # test_acc: the kept (averaged) weights with airbench's TTA on the first 1,000 test images; test_acc_plain: without.
-    images, labels = dm.normalize(dm.arrays.test_images[:1000]), dm.arrays.test_labels[:1000]
+    # test_acc: the kept (averaged) weights with airbench's TTA on the first test batch; test_acc_plain: without.
+    tested = EVAL_BATCH_SIZE
+    images, labels = dm.normalize(dm.arrays.test_images[:tested]), dm.arrays.test_labels[:tested]
     with torch.no_grad():
         plain, with_tta = model(images).argmax(dim=1), tta_logits(model, images, 2).argmax(dim=1)
     assert metrics["test_tta"] == 2
@@ -280,8 +283,10 @@ def test_early_stopping_with_the_default_patience_tests_the_best_epoch(make_cfg,
         dm.load_state_dict(checkpoint["CIFAR10DataModule"])
         dm.setup()
         with torch.no_grad():
-            predicted = build_model(checkpoint).eval()(dm.normalize(dm.arrays.test_images[:2000])).argmax(dim=1)
-        return (predicted == dm.arrays.test_labels[:2000]).float().mean().item()
+            predicted = (
+                build_model(checkpoint).eval()(dm.normalize(dm.arrays.test_images[: 2 * EVAL_BATCH_SIZE])).argmax(dim=1)
+            )
+        return (predicted == dm.arrays.test_labels[: 2 * EVAL_BATCH_SIZE]).float().mean().item()
 
     checkpoints = tmp_path / "run" / "checkpoints"
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0

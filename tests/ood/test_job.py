@@ -170,7 +170,7 @@ def test_the_report_shows_the_ood_results(evaluated):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("ood.detectors=[msp,mystery]", "ood.detectors must be a list of distinct names among msp, energy"),
+        ("ood.detectors=[msp,mystery]", "ood.detectors must be all, or a list of distinct names among msp, energy"),
         ("ood.detectors=[msp,msp]", "ood.detectors lists a detector twice"),
         ("ood.threshold.method=eyeball", "ood.threshold.method must be one of percentile, histogram"),
         ("ood.threshold.id_keep=1.5", "ood.threshold.id_keep must be in (0, 1]"),
