@@ -65,6 +65,7 @@ def run(tree: Path, out: Path, args: argparse.Namespace) -> dict:
         f"data.data_dir={Path(args.data_dir).resolve()}",
         f"seed={args.seed}",
         f"hydra.run.dir={out}",
+        "callbacks.progress_bar=null",  # the log, not a bar: both trees have this switch
         "trainer.enable_progress_bar=false",
         *args.overrides,
     ]
