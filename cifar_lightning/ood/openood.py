@@ -24,8 +24,7 @@ from cifar_lightning.ood.openood_records import (
     seeds_of,
 )
 from cifar_lightning.ood.protocol import TestDataChoiceError
-from cifar_lightning.runs import RunDir
-from cifar_lightning.runs.compare import run_overrides
+from cifar_lightning.runs import RunDir, run_overrides
 from cifar_lightning.tables import markdown_table
 
 SOURCE = "OpenOOD v1.5, results/cifar10.csv of github.com/Jingkang50/OpenOOD (Zhang et al., 2023, arXiv 2306.09301)"

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
+
 from cifar_lightning.errors import CifarLightningError
 from cifar_lightning.runs.record import COMPLETED, DIVERGED, PRUNED, RunRecord
 
@@ -29,6 +33,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"  # Hydra names it after the job: train.py -> train.log
 HYDRA_DIR = ".hydra"
+OVERRIDES_FILE = "overrides.yaml"  # in HYDRA_DIR: the command line's overrides as written
 
 #: Version of metrics.json's layout (its fields: runs/record.py's RunRecord); files of any other version are refused.
 METRICS_SCHEMA_VERSION = 4
@@ -156,3 +161,13 @@ def hydra_run_dir(resume: Any, new_run_dir: str) -> str:
 def hydra_output_subdir(resume: Any, stamp: str) -> str:
     """Hydra's subfolder for its own files: .hydra, or .hydra/resume-<stamp> inside a resumed run."""
     return f"{HYDRA_DIR}/resume-{stamp}" if _resumable(resume) else HYDRA_DIR
+
+
+def run_overrides(run: RunDir) -> list[str] | None:
+    """The run's command-line overrides as written (`optim.lr=0.1`), from Hydra's .hydra/overrides.yaml; None
+    when it is missing or unreadable."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(run.hydra / OVERRIDES_FILE))
+    except (OSError, YAMLError, OmegaConfBaseException):
+        return None
+    return [str(item) for item in overrides] if isinstance(overrides, list) else None

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from cifar_lightning.errors import CifarLightningError, one_line
-from cifar_lightning.runs import CONFIG_FILE, HYDRA_DIR, METRICS_FILE, RunDir, RunDirError, read_metrics
+from cifar_lightning.runs import CONFIG_FILE, HYDRA_DIR, METRICS_FILE, RunDir, RunDirError, read_metrics, run_overrides
 from cifar_lightning.tables import markdown_table, write_csv
 
 #: metrics.json's headline figures, in column order; any of them can be the sort key.
@@ -35,7 +35,6 @@ HEADINGS = dict(zip(METRIC_COLUMNS, ("val_loss", "val_acc%", "test_acc%", "best_
 #: The recipe: metrics.json's `experiment`, else this config key; shown as its own column, not as a differing key.
 RECIPE_KEY = "experiment_name"
 #: Hydra's record of the command line's overrides, in the run's .hydra/.
-OVERRIDES_FILE = "overrides.yaml"
 #: The printed table's width (a terminal) and its longest cells; longer ones are shortened with an ellipsis.
 WIDTH = 120
 CELL_LIMITS = {"run": 28, "recipe": 16, "note": 40}
@@ -170,16 +169,6 @@ def metric_value(value: Any) -> float | int | None:
     if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
         return float(value)
     return None
-
-
-def run_overrides(run: RunDir) -> list[str] | None:
-    """The run's command-line overrides as written (`optim.lr=0.1`), from Hydra's .hydra/overrides.yaml; None
-    when it is missing or unreadable."""
-    try:
-        overrides = OmegaConf.to_container(OmegaConf.load(run.hydra / OVERRIDES_FILE))
-    except (OSError, YAMLError, OmegaConfBaseException):
-        return None
-    return [str(item) for item in overrides] if isinstance(overrides, list) else None
 
 
 def read_overrides(run: RunDir) -> list[str] | None:
