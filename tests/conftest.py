@@ -23,6 +23,17 @@ from tests.helpers import ROOT
 CONF_DIR = ROOT / "conf"
 DATA_DIR = Path(os.environ.get("CIFAR10_DATA_DIR", ROOT / "data")).resolve()
 
+
+def pytest_configure(config):
+    """Under `pytest -n N` (pytest-xdist) each of the N workers gets its share of the cores, for its own torch and
+    for the programs it starts (OMP_NUM_THREADS): N workers each using every core would slow one another."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 # Quiet, quick runs: no progress bar or model table in test output.
 # Ten training batches at a high rate: enough to predict several classes. The run tests on all 10,000
 # test images, so its test_acc can be compared with evaluate()'s.

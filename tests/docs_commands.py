@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
+from tests.services import SLURM_CLUSTER
 
 PROGRAMS = tuple(
     f"python {name}"
@@ -242,7 +243,15 @@ def by_runner(name: str, entry: str | None = None) -> list:
     for command in RUN:
         if runner_of(command) == name and (entry is None or entry_of(command) == entry):
             seen.setdefault(same_run(command), command)
-    return [pytest.param(command, id=f"{command.page}:{command.line}") for command in seen.values()]
+    return [
+        pytest.param(command, id=f"{command.page}:{command.line}", marks=uses_slurm(command))
+        for command in seen.values()
+    ]
+
+
+def uses_slurm(command: Command) -> list:
+    """The Slurm group's mark for a command that submits to a cluster (tests/services.py)."""
+    return [SLURM_CLUSTER] if "hydra/launcher=slurm" in command.text else []
 
 
 def same_run(command: Command) -> str:

@@ -32,5 +32,10 @@ def slurm_problem() -> str | None:
     return None
 
 
+#: Under `pytest -n N`, the tests that submit jobs to the local cluster run in one worker, one after the other,
+#: as they were written to (each expects the cluster's nodes free; two at once would queue behind each other).
+SLURM_CLUSTER = pytest.mark.xdist_group("slurm_cluster")
+
+
 def require_slurm() -> None:
     require(slurm_problem(), "start one with `sudo scripts/local_cluster.sh up`")

@@ -274,6 +274,7 @@ def docs_server(workspace, tmp_path_factory):
     stop(process)
 
 
+@pytest.mark.xdist_group("docs_server")  # under -n N: one worker starts the server they share
 @pytest.mark.parametrize("command", by_runner("curl"))
 def test_curl_command_gets_a_prediction(command, workspace, docs_server):
     """The page's curl (its port that of the test's server, -sS --fail-with-body added) prints a JSON answer."""

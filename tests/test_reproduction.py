@@ -14,6 +14,8 @@ from cifar_lightning.training import train
 from tests.conftest import QUIET, compose_train
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.xdist_group("reproductions")  # under -n N: both recipes trained once, by one worker
+
 #: experiment -> (the ablation's configuration, epochs it runs: no early stop in the documented runs)
 RECIPES = {"report_base": ("base", 10), "report_improved": ("improved", 20)}
 

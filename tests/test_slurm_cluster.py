@@ -15,9 +15,11 @@ import pytest
 
 from cifar_lightning.runs import RunDir, read_metrics
 from tests.conftest import QUIET, ROOT
-from tests.services import require_slurm
+from tests.services import SLURM_CLUSTER, require_slurm
 from tests.test_ddp import SYNC_RUN, assert_matches_evaluation, train_py
 from tests.test_resume import checkpoint_position
+
+pytestmark = SLURM_CLUSTER
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
 

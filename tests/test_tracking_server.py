@@ -30,7 +30,10 @@ from tests.serving_fixtures import free_port
 from tests.test_tracking import TWO_EPOCHS  # two epochs of two batches: each per-epoch metric gets two points
 
 # A server start and a train.py run: about 25 s here; runs with -m slow.
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("mlflow_server"),
+]  # under -n N: one server and its run, in one worker
 
 STARTUP_TIMEOUT = 180  # seconds: the server imports MLflow and starts uvicorn on a busy 2-core machine
 PER_EPOCH = ("train_loss", "train_acc", "val_loss", "val_acc")  # logged each epoch, kept in metrics.json's history

@@ -30,6 +30,7 @@ from tests.services import require
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("postgresql"),  # under -n N: one study database, one worker
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
 ]
 
