@@ -102,8 +102,9 @@ class Suite:
     def __init__(self, args: argparse.Namespace, scratch: Path, device: torch.device) -> None:
         self.args, self.scratch, self.device = args, scratch, device
         self.seeds = list(range(args.seeds))
-        # --smoke: a few steps of everything (any device), to test the suite itself.
-        self.short = ["trainer.max_steps=3", "trainer.limit_test_batches=1"] if args.smoke else []
+        # --smoke: a few small steps of everything (any device), to test the suite itself: batch 64, not fast94's
+        # 1024 (a CPU takes seconds per step of 1024).
+        self.short = ["trainer.max_steps=3", "trainer.limit_test_batches=1", "data.batch_size=64"] if args.smoke else []
         self.framework: list[dict[str, Any]] = []  # part 1's runs, the baseline of parts 2 and 3
 
     def config(self, name: str, overrides: list[str], short: list[str] | None = None) -> DictConfig:

@@ -9,11 +9,11 @@ Default suite (seconds, no training):
   a preset that sweeps: +ablation=all, hparams_search=...) composes one job per value of each swept key, the
   command line's and the sweeper's params alike (the other keys at their first value; an interval at its low
   end). A comment saying "exit status N" expects that refusal (1: Hydra's, 2: the schema's).
-- `pip install -e ".[X]"`, `pytest`, `pytest -m slow`: run by .ci/run, not by a test; the tests here check
-  that every extra named exists in pyproject.toml and is in [dev], that .ci/run installs `.[dev]` and runs
-  `pytest` and `pytest -m slow` with CIFAR10_DATA_DIR set.
+- `pip install -e ".[X]"`, `pytest`, `pytest -m slow -n 2`: run by .ci/run, not by a test; the tests here
+  check that every extra named exists in pyproject.toml and is in [dev], that .ci/run installs `.[dev]` and
+  runs each pytest line shown with CIFAR10_DATA_DIR set.
 
-Slow suite (`pytest -m slow`, which CI runs too; tests/test_docs_commands_run.py): every command runs as a
+Slow suite (`pytest -m slow -n 2`, which CI runs too; tests/test_docs_commands_run.py): every command runs as a
 subprocess, in a workspace folder holding a copy of the tiny run as logs/train/runs/<RUN_NAME>, a synthetic
 ablation sweep as logs/train/multiruns/<RUN_NAME>, a 2-trial study as logs/train/hpo/report_cnn, CIFAR-10 test
 images as photos/ (JPEGs, one in a subfolder), cat.jpg and my_images/, and small OOD sets:
@@ -25,7 +25,8 @@ images as photos/ (JPEGs, one in a subfolder), cat.jpg and my_images/, and small
   (trainer.max_epochs=2 in place of the command's). Commands that differ only in data.data_dir or
   paths.log_dir run once.
 - evaluate.py, predict.py, export.py as written plus this machine's data folder and an output folder; for
-  evaluate.py's OOD detection the small sets, 500 fitting images and 200 noise images. Each must exit 0;
+  evaluate.py's OOD detection the small sets, 500 fitting images and 200 noise images, and for its corruptions
+  200 test images per corruption and severity (unless the command sets robustness_images). Each must exit 0;
   evaluate.py's report must show the Grad-CAM settings, TTA or added OOD set the command asks for.
 - serve.py on a free port (port= appended): it must answer GET /health and POST /predict, then stop on SIGTERM;
   the pages' curl commands run against one such server (their port rewritten, -sS --fail-with-body added).
@@ -196,7 +197,7 @@ def test_pip_install_names_extras_that_dev_includes(command):
 
 @pytest.mark.parametrize("command", by_runner("pytest"))
 def test_pytest_commands_are_what_ci_runs(command):
-    """`pytest`, `pytest -m slow`, `CIFAR10_DATA_DIR=... pytest`: .ci/run runs that pytest line, with the data set."""
+    """`pytest`, `pytest -m slow -n 2`, `CIFAR10_DATA_DIR=... pytest`: .ci/run runs that pytest line, data set."""
     words = [arg for arg in command.args if not re.match(r"[A-Z0-9_]+=", arg)]
     lines = ci_lines()
     assert shlex.join(words) in lines, f"{command}: .ci/run does not run `{shlex.join(words)}`"
