@@ -197,7 +197,7 @@ def test_pip_install_names_extras_that_dev_includes(command):
 
 @pytest.mark.parametrize("command", by_runner("pytest"))
 def test_pytest_commands_are_what_ci_runs(command):
-    """`pytest`, `pytest -m slow -n 2`, `CIFAR10_DATA_DIR=... pytest`: .ci/run runs that pytest line, data set."""
+    """`pytest`, `pytest -m slow -n 2`, `CIFAR10_DATA_DIR=... pytest`: .ci/run runs that line, with the data set."""
     words = [arg for arg in command.args if not re.match(r"[A-Z0-9_]+=", arg)]
     lines = ci_lines()
     assert shlex.join(words) in lines, f"{command}: .ci/run does not run `{shlex.join(words)}`"
