@@ -1,9 +1,11 @@
 """Batch-wise data augmentation on the training device, drawn once per image from a seeded generator on the batch's
 device (torchvision's transforms draw once per batch), and test-time augmentation."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def _random_windows(padded: Tensor, height: int, width: int, generator: torch.Generator) -> Tensor:
@@ -71,7 +73,7 @@ def cutout(images: Tensor, size: int, generator: torch.Generator, fill: Tensor |
 
 
 @torch.no_grad()
-def tta_logits(model: nn.Module, images: Tensor, level: int = 2) -> Tensor:
+def tta_logits(model: Callable[[Tensor], Tensor], images: Tensor, level: int = 2) -> Tensor:
     """Logits averaged over test-time views of normalized images: level 0 none, 1 with mirror images, 2 also shifted
     one pixel up-left and down-right, each with its mirror (airbench's weights: 1/2 unshifted, 1/8 each shifted)."""
 

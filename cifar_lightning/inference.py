@@ -30,6 +30,7 @@ from cifar_lightning.data import normalize as normalize_with
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.images import fit_to_input
 from cifar_lightning.models import classifier_head
+from cifar_lightning.models.folding import fold_batch_norms
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Mish)
 
@@ -193,6 +194,7 @@ class Classifier:
     config: dict[str, Any] = field(default_factory=dict)  # the run config the checkpoint carries
     temperature: float = 1.0  # calibration.py's: probabilities are softmax(logits / temperature); logits stay raw
     _stats: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    _folded: tuple[nn.Module, nn.Module] | None = field(default=None, repr=False)  # (model, its folded copy)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", tta: int = 0) -> Classifier:
@@ -212,6 +214,14 @@ class Classifier:
         epoch, config = checkpoints.trained_epoch(checkpoint), checkpoints.run_config(checkpoint)
         model = model.to(device).eval()
         return cls(model, tuple(stats["mean"]), tuple(stats["std"]), CIFAR10_CLASSES, device, tta, path, epoch, config)
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """`model` with its batch norms folded into their convolutions (models/folding.py), made once per model:
+        what predict and features run. Gradient-based parts (Grad-CAM, ODIN) use `model` itself."""
+        if self._folded is None or self._folded[0] is not self.model:
+            self._folded = self.model, fold_batch_norms(self.model)
+        return self._folded[1]
 
     @property
     def normalization(self) -> dict[str, list[float]]:
@@ -236,7 +246,7 @@ class Classifier:
     def predict(self, images: Tensor, batch_size: int = EVAL_BATCH_SIZE, progress: bool = False) -> Predictions:
         """Logits and probabilities (on the CPU) of uint8 images (N, 3, H, W), with the classifier's TTA level and
         temperature (the logits are never scaled)."""
-        predictions = predict(self.model, images, self.normalize, self.device, batch_size, progress, self.tta)
+        predictions = predict(self.inference_model, images, self.normalize, self.device, batch_size, progress, self.tta)
         if self.temperature == 1.0:
             return predictions
         return Predictions(predictions.logits, self.probabilities(predictions.logits))
@@ -252,5 +262,5 @@ class Classifier:
         """Logits (no TTA), penultimate features and mean activations of `layers` (None = every activation layer,
         [] = none) of uint8 images (N, 3, H, W), on the CPU."""
         return extract_features(
-            self.model, images, self.normalize, self.device, batch_size, layers, progress, description
+            self.inference_model, images, self.normalize, self.device, batch_size, layers, progress, description
         )

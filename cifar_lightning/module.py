@@ -17,6 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from cifar_lightning.augment import tta_logits
+from cifar_lightning.models.folding import fold_batch_norms
 from cifar_lightning.ood_training import attach_t2fnorm, rotation_head, rotpred_forward
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -95,6 +96,7 @@ class ClassifierModule(L.LightningModule):
         self.test_confusion_matrix: list[list[int]] | None = None
         self._epoch_open = False  # inside a training epoch (between its first batch and its end)
         self._unfinished_epoch: dict[str, dict[str, Tensor]] | None = None
+        self._folded: tuple[nn.Module] | None = None  # in a tuple: not a submodule, not in state_dict
 
     def setup(self, stage: str) -> None:
         """At a fit's start, call the model's `init_from_data` (if any) with its first `init_images` training images."""
@@ -158,26 +160,48 @@ class ClassifierModule(L.LightningModule):
         rotation_loss = nn.functional.cross_entropy(rotation_logits, rotations)
         return self._record("train", logits[: len(labels)], labels) + self.rotpred_weight * rotation_loss
 
+    def fold_for_inference(self) -> None:
+        """At each validation and test run's start, after the callbacks' hooks (which may swap in the averaged
+        weights): an eval copy of the model with its batch norms folded into their convolutions (models/folding.py),
+        the same logits up to float rounding in less time. A compiled model runs as it is."""
+        self._folded = None if self.hparams.compile else (fold_batch_norms(self.model),)
+
+    def inference_forward(self, images: Tensor) -> Tensor:
+        """Logits of validation and test images: the folded copy's, or forward's outside a validation or test run."""
+        if self._folded is None:
+            return self(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._folded[0](images)
+
+    def on_validation_epoch_start(self) -> None:
+        self.fold_for_inference()
+
+    def on_validation_epoch_end(self) -> None:
+        self._folded = None
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
             return
-        self._record("val", self(batch[0]), batch[1])
+        self._record("val", self.inference_forward(batch[0]), batch[1])
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
+        self.fold_for_inference()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         if len(batch[1]) == 0:  # a short DDP shard's filler batch (see data.TensorBatchLoader)
             return
         images, labels = batch
-        plain = self(images)
-        logits = tta_logits(self, images, self.test_tta) if self.test_tta else plain
+        plain = self.inference_forward(images)
+        logits = tta_logits(self.inference_forward, images, self.test_tta) if self.test_tta else plain
         self._record("test", logits, labels)
         self.test_acc_plain(plain, labels)
         self.log("test_acc_plain", self.test_acc_plain, on_step=False, on_epoch=True, batch_size=len(labels))
         self.test_confusion.update(logits, labels)
 
     def on_test_epoch_end(self) -> None:
+        self._folded = None
         # On every rank (compute() is a collective under DDP): the counts of all ranks' images.
         self.test_confusion_matrix = self.test_confusion.compute().tolist()
 

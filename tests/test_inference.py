@@ -76,6 +76,18 @@ def test_a_checkpoint_loads_with_its_normalization(classifier, tiny_run):
     assert not classifier.model.training and classifier.head is classifier.model.fc2
 
 
+def test_predictions_and_features_run_the_folded_copy(classifier):
+    """predict and features run the batch-norm-folded copy (made once), never the model's own batch norms."""
+    calls = []
+    for norm in (m for m in classifier.model.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.register_forward_hook(lambda *_: calls.append(1))
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    predictions, features = classifier.predict(images), classifier.features(images, [])
+    torch.testing.assert_close(features.logits, predictions.logits)
+    assert calls == [] and classifier.inference_model is classifier.inference_model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in classifier.inference_model.modules())
+
+
 def test_predictions_match_a_plain_forward_pass_in_batches(classifier):
     images = torch.randint(0, 256, (45, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     predictions = classifier.predict(images, batch_size=16)
