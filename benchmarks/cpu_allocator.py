@@ -1,10 +1,12 @@
-"""glibc's malloc as a CPU lever: training and inference images/s with its defaults against mmap off.
+"""glibc's malloc as a CPU lever: training and inference images/s and peak memory, its defaults against mmap off.
 
 By default glibc serves every allocation over its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it
 at free, so each step's large activations (FastNet's at batch 1024, the report CNN's first conv at batch 128 and
 up) are page-faulted and zeroed again every step. `mallopt(M_MMAP_MAX, 0)` with a high `M_TRIM_THRESHOLD` keeps
-them in the heap for reuse. Each variant runs in a fresh process (mallopt acts on the process), alternated over
-`--repeats` rounds; each prints the median of its timed steps. Run it alone on the machine; glibc only.
+them in the heap for reuse: what train.py, evaluate.py and predict.py do by default (`keep_heap`,
+cifar_lightning/allocator.py). Each variant runs in a fresh process (mallopt acts on the process), alternated over
+`--repeats` rounds; each prints the median of its timed steps and its peak resident memory. Run it alone on the
+machine; glibc only.
 
     python benchmarks/cpu_allocator.py [--repeats 2] [--steps 6]
 """
@@ -12,7 +14,7 @@ them in the heap for reuse. Each variant runs in a fresh process (mallopt acts o
 from __future__ import annotations
 
 import argparse
-import ctypes
+import resource
 import statistics
 import subprocess
 import sys
@@ -21,19 +23,13 @@ import time
 import torch
 from torch import nn
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+from cifar_lightning.allocator import keep_heap
+
 CASES = {  # name: (model, batch size, training?)
     "fastnet 48/96/192 train, batch 1024": ("fast_net", 1024, True),
     "report CNN train, batch 128": ("report_cnn", 128, True),
     "report CNN eval, batch 250": ("report_cnn", 250, False),
 }
-
-
-def keep_heap() -> None:
-    """No mmap for large blocks, no trimming of the heap's top: freed activations are reused, not unmapped."""
-    libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)):
-        raise SystemExit("mallopt refused the settings: this benchmark needs glibc")
 
 
 def build(model: str) -> nn.Module:
@@ -74,22 +70,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         variant, case = args.child
-        if variant == "heap kept":
-            keep_heap()
-        print(images_per_second(case, args.steps))
+        if not keep_heap(variant == "heap kept") and variant == "heap kept":
+            raise SystemExit("mallopt refused the settings: this benchmark needs glibc")
+        speed = images_per_second(case, args.steps)
+        print(speed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
         return
     results: dict[tuple[str, str], list[float]] = {}
+    peaks: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for case in CASES:
             for variant in ("glibc defaults", "heap kept"):
                 command = [sys.executable, __file__, "--steps", str(args.steps), "--child", variant, case]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                results.setdefault((case, variant), []).append(float(output.split()[-1]))
-    print("| case | glibc defaults, images/s | heap kept, images/s | ratio |")
-    print("|---|---:|---:|---:|")
+                speed, peak = map(float, output.split()[-2:])
+                results.setdefault((case, variant), []).append(speed)
+                peaks.setdefault((case, variant), []).append(peak)
+    print("| case | glibc defaults, images/s | heap kept, images/s | ratio | peak MiB, defaults | peak MiB, kept |")
+    print("|---|---:|---:|---:|---:|---:|")
     for case in CASES:
         default, kept = (statistics.median(results[case, variant]) for variant in ("glibc defaults", "heap kept"))
-        print(f"| {case} | {default:.0f} | {kept:.0f} | {kept / default:.2f} |")
+        peak_default, peak_kept = (max(peaks[case, variant]) for variant in ("glibc defaults", "heap kept"))
+        print(f"| {case} | {default:.0f} | {kept:.0f} | {kept / default:.2f} | {peak_default:.0f} | {peak_kept:.0f} |")
     print(f"command: python benchmarks/cpu_allocator.py --repeats {args.repeats} --steps {args.steps}")
 
 

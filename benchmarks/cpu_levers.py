@@ -11,6 +11,8 @@ Each variant moves one lever away from fp32, the recipes' CPU setting (32-bit, c
 - compile: module.compile=true, torch.compile's inductor backend (forward and backward). Its compile happens in the
   warm-up steps, so it is not in images/s; the first step's seconds are reported beside it;
 - threads: torch.set_num_threads(1) for the run instead of torch's default (restored afterwards).
+Every run keeps large tensors in glibc's heap (keep_heap, train.py's default; it acts on the whole process), so
+that lever is measured apart, each side in a fresh process: benchmarks/cpu_allocator.py.
 
 The models are exactly what the recipes train, built by train.py's own `build` from the Hydra configs:
 fastnet is experiment=fast94_cpu (FastNet at widths 48/96/192, batch 1024, SGD Nesterov, lookahead) and

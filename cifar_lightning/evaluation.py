@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics import classification as metrics
 
+from cifar_lightning.allocator import keep_heap
 from cifar_lightning.calibration import (
     CALIBRATION_FILE,
     ECE_BINS,
@@ -167,6 +168,7 @@ def run_evaluation(cfg: DictConfig, stages: Stages | None = None) -> Evaluation:
     (settings, checkpoint, CIFAR-10, the OOD sets) is checked and loaded before the first file is written."""
     start, stages = time.perf_counter(), stages or Stages()
     check(cfg, "evaluate", "nothing was evaluated", root=EvaluateSettings)
+    keep_heap(cfg.keep_heap)
     ood = ood_settings(cfg.ood) if cfg.ood.enabled else None
     L.seed_everything(cfg.seed, verbose=False)
     path = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "evaluate.py")

@@ -41,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
+from cifar_lightning.allocator import keep_heap
 from cifar_lightning.calibration import Calibration, choose_calibration
 from cifar_lightning.checkpoints import chosen_checkpoint
 from cifar_lightning.config import check
@@ -205,6 +206,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, Any]:
     """Check everything, predict every input file, write predictions.csv and predictions.json, print a summary;
     returns predictions.json's record without the per-file list."""
     check(cfg, "predict", "nothing was predicted", root=PredictSettings)
+    keep_heap(cfg.keep_heap)
     path = chosen_checkpoint(cfg.ckpt, cfg.run_dir, "predict.py", " inputs=<files>")
     files = gather_inputs(cfg.inputs)
     classifier = Classifier.load(path, device=cfg.device, tta=cfg.tta)

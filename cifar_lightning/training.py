@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
+from cifar_lightning.allocator import keep_heap
 from cifar_lightning.callbacks import DivergenceGuard, EpochHistory, ResumeState, check_callbacks
 from cifar_lightning.checkpoints import training_position
 from cifar_lightning.config import check
@@ -33,6 +34,7 @@ def is_trial(cfg: DictConfig) -> bool:
 def build(cfg: DictConfig) -> tuple[Any, ClassifierModule, L.Trainer, EpochHistory]:
     """Check the config, seed, and instantiate the data module, the module, and the trainer with its callbacks."""
     check(cfg, "train", "nothing was trained", root=TrainSettings)
+    keep_heap(cfg.keep_heap)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before the model's weights are drawn
     datamodule = built(cfg, "data")
     groups = {"model": "model", "optimizer": "optim", "scheduler": "scheduler", "loss": "loss"}

@@ -7,7 +7,7 @@ from pydantic import Field
 from cifar_lightning.config.data import EVAL_BATCH_SIZE
 from cifar_lightning.config.ood import Featured
 from cifar_lightning.config.schema import Settings, preset
-from cifar_lightning.config.types import Device, TTALevel
+from cifar_lightning.config.types import Device, KeepHeap, TTALevel
 
 
 class GallerySettings(Settings):
@@ -30,6 +30,7 @@ class EvaluateSettings(Settings):
     tta: TTALevel = 0
     batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, description="test images per forward pass")
     progress: bool = Field(True, description="show a progress bar while predicting")
+    keep_heap: KeepHeap = True
     seed: int = Field(0, ge=0, description="seeds Python, NumPy and torch, and the generated corruptions (robustness)")
     gallery: GallerySettings = GallerySettings()
     gradcam: GradCAMSettings = GradCAMSettings()

@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from cifar_lightning.config.ood import DETECTOR_LABELS, MEAN_ACTIVATION
 from cifar_lightning.config.schema import Settings, preset
-from cifar_lightning.config.types import Device, TTALevel
+from cifar_lightning.config.types import Device, KeepHeap, TTALevel
 
 #: Detectors an ood_detectors.pt may hold, by name.
 SavedDetector = Literal[(*DETECTOR_LABELS, MEAN_ACTIVATION)]  # type: ignore[valid-type]
@@ -81,6 +81,7 @@ class PredictSettings(ClassifySettings):
     batch_size: int = Field(256, gt=0, description="files decoded and predicted per batch")
     workers: int = Field(4, gt=0, description="threads decoding files; 1: decode in the main thread")
     progress: bool = Field(True, description="show a progress bar while predicting")
+    keep_heap: KeepHeap = True
 
 
 class GradcamLayer(Settings):

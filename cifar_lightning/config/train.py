@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, model_validator
 
 from cifar_lightning.config.schema import NODE_SCHEMAS, SCHEMAS, Settings, defaults, preset
+from cifar_lightning.config.types import KeepHeap
 from cifar_lightning.errors import CifarLightningError, ConfigError, one_line
 
 LabelSmoothing = Annotated[float, Field(ge=0, lt=1, description="share of each target spread evenly over all classes")]
@@ -25,6 +26,7 @@ class TrainSettings(Settings):
     seed: int = Field(0, description="seeds Python, NumPy and torch, the batch order and the augmentation")
     resume: str | None = Field(None, description="a run directory to continue from its checkpoints/last.ckpt")
     experiment_name: str | None = Field(None, description="the recipe (set by experiment=...), kept in metrics.json")
+    keep_heap: KeepHeap = True
 
 
 class HpoSettings(Settings):

@@ -17,3 +17,10 @@ Device = Annotated[
     Literal["auto", "cpu", "gpu"],
     Field(description="where the model runs: auto picks a CUDA GPU when there is one, else the CPU"),
 ]
+KeepHeap = Annotated[
+    bool,
+    Field(
+        description="glibc only: keep large CPU tensors in the heap and reuse them instead of a fresh mmap per "
+        "allocation (faster CPU steps; cifar_lightning/allocator.py); false: glibc's default"
+    ),
+]
