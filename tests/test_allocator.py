@@ -19,9 +19,10 @@ import ctypes, sys
 import torch
 from cifar_lightning.allocator import glibc, keep_heap
 
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
 
 libc = glibc()
 libc.mallinfo2.restype = MallInfo2
