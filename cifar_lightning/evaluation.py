@@ -38,9 +38,9 @@ from cifar_lightning.data import CIFAR10DataModule
 from cifar_lightning.figures import plot_confusion_matrix, plot_curves, plot_gallery, plot_reliability
 from cifar_lightning.gradcam import EXPLAINED_TEXT, configured_layer, gradcam_overlays
 from cifar_lightning.held_out import held_out_split
-from cifar_lightning.inference import Classifier, Predictions, pick_device
+from cifar_lightning.inference import Classifier, Features, Predictions, pick_device
 from cifar_lightning.losses import loss_name
-from cifar_lightning.ood.detection import OODSettings, fit_subset
+from cifar_lightning.ood.detection import ID_TEST, VALIDATION, OODSettings, fit_subset, measured_layers
 from cifar_lightning.ood.job import check_model_layers, load_ood_sets, ood_settings, run_ood
 from cifar_lightning.ood.saved import DETECTORS_FILE, load_detector, read_detectors
 from cifar_lightning.ood.sets import OODSet
@@ -87,6 +87,21 @@ class Evaluation:
     ood_sets: list[OODSet] = field(default_factory=list)  # loaded before any output was written; [] with ood=none
     corruptions: str | OfficialC = "none"  # robustness=...: "generated", the official files (loaded early), or "none"
     stages: Stages = field(default_factory=Stages)
+    features: dict[str, Features] = field(default_factory=dict)  # shared_features': reused by the OOD detection
+
+
+def shared_features(
+    classifier: Classifier, datamodule: CIFAR10DataModule, images: Tensor, ood: OODSettings | None, cfg: DictConfig
+) -> dict[str, Features]:
+    """With OOD detection on and no test-time augmentation, one pass per in-distribution set gives both the logits
+    (predictions, calibration) and the OOD features: the validation split's and the test set's, by detect_ood's
+    names. {} otherwise (TTA logits are not the features' logits)."""
+    if ood is None or cfg.tta != 0:
+        return {}
+    layers, val_images = measured_layers(classifier.model, ood), datamodule.arrays.train_images[datamodule.val_idx]
+    sets = {VALIDATION: val_images, ID_TEST: images}
+    progress, size = cfg.progress, cfg.batch_size
+    return {name: classifier.features(part, layers, size, progress, f"Features: {name}") for name, part in sets.items()}
 
 
 def build_datamodule(data: DictConfig, stats: dict[str, list[float]], run_data: Any = None) -> CIFAR10DataModule:
@@ -130,13 +145,21 @@ def ranked(predictions: Predictions, labels: Tensor, correct: bool) -> Tensor:
     return chosen[order]
 
 
-def calibrate(classifier: Classifier, datamodule: CIFAR10DataModule, logits: Tensor, labels: Tensor, batch_size: int):
+def calibrate(
+    classifier: Classifier,
+    datamodule: CIFAR10DataModule,
+    logits: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    held_out_logits: Tensor | None = None,
+):
     """Temperature scaling (Guo et al. 2017) fitted on the run's held-out images (its validation split, or the
-    held-out training slice of a run without one), with the test set's ECE, MCE, NLL and Brier before and after."""
-    held_out, held_labels = (
-        array[datamodule.val_idx] for array in (datamodule.arrays.train_images, datamodule.arrays.train_labels)
-    )
-    temperature = fit_temperature(classifier.predict(held_out, batch_size).logits, held_labels)
+    held-out training slice of a run without one; their logits predicted here unless given), with the test set's
+    ECE, MCE, NLL and Brier before and after."""
+    held_labels = datamodule.arrays.train_labels[datamodule.val_idx]
+    if held_out_logits is None:
+        held_out_logits = classifier.predict(datamodule.arrays.train_images[datamodule.val_idx], batch_size).logits
+    temperature = fit_temperature(held_out_logits, held_labels)
     which = "held-out training images, trained on: the run held out no validation split"
     fitted_on = f"{len(held_labels):,} " + (
         which if datamodule.val_trained_on else "images of the run's validation split"
@@ -183,8 +206,13 @@ def run_evaluation(cfg: DictConfig, stages: Stages | None = None) -> Evaluation:
     images, labels = datamodule.arrays.test_images, datamodule.arrays.test_labels
     stages.lap("loading")
 
-    predictions = classifier.predict(images, cfg.batch_size, cfg.progress)
+    features = shared_features(classifier, datamodule, images, ood, cfg)
+    if features:
+        predictions = Predictions.of(features[ID_TEST].logits)
+    else:
+        predictions = classifier.predict(images, cfg.batch_size, cfg.progress)
     stages.lap("predicting")
+    held_out_logits = features[VALIDATION].logits if features else None
     summary, config, device = measure(predictions, labels), classifier.config, classifier.device
     summary.update(
         classes=list(datamodule.classes),
@@ -197,7 +225,7 @@ def run_evaluation(cfg: DictConfig, stages: Stages | None = None) -> Evaluation:
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         gradcam={"layer": layer, "explain": cfg.gradcam.explain},
         tta=cfg.tta,
-        calibration=calibrate(classifier, datamodule, predictions.logits, labels, cfg.batch_size),
+        calibration=calibrate(classifier, datamodule, predictions.logits, labels, cfg.batch_size, held_out_logits),
         seconds=round(time.perf_counter() - start, 3),
     )
     stages.lap("calibration")
@@ -206,7 +234,7 @@ def run_evaluation(cfg: DictConfig, stages: Stages | None = None) -> Evaluation:
     numbers = (summary["test_acc"], summary["test_loss"], summary["num_images"])
     log.info("test_acc=%.4f test_loss=%.4f on %d test images of %s", *numbers, path)
     parts = summary, predictions, images, labels, classifier, output_dir, datamodule, ood, ood_sets, corruptions
-    return Evaluation(*parts, stages=stages)
+    return Evaluation(*parts, stages=stages, features=features)
 
 
 def gallery_sections(evaluation: Evaluation, cfg: DictConfig, correct: bool) -> Sections:
@@ -346,6 +374,7 @@ def ood_sections(evaluation: Evaluation, cfg: DictConfig) -> Sections:
         gallery_size=cfg.ood.gallery_size,
         seed=cfg.seed,
         val_trained_on=getattr(datamodule, "val_trained_on", False),
+        known=evaluation.features,
     )
 
 

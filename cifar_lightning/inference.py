@@ -92,6 +92,11 @@ class Predictions:
         """The probability of the predicted class."""
         return self.probabilities.max(dim=1).values
 
+    @classmethod
+    def of(cls, logits: Tensor) -> Predictions:
+        """The predictions of these logits (raw softmax)."""
+        return cls(logits=logits, probabilities=logits.softmax(dim=1))
+
     def top_k(self, k: int) -> tuple[Tensor, Tensor]:
         """The k most probable classes per image, most probable first: (probabilities, class indices), (N, k)."""
         return self.probabilities.topk(min(k, self.probabilities.shape[1]), dim=1)
@@ -114,8 +119,7 @@ def predict(
         tta_logits(model, normalize(batch), tta).float().cpu()
         for batch in batches(images, batch_size, device, progress)
     ]
-    all_logits = torch.cat(logits) if logits else torch.empty(0, 0)
-    return Predictions(logits=all_logits, probabilities=all_logits.softmax(dim=1))
+    return Predictions.of(torch.cat(logits) if logits else torch.empty(0, 0))
 
 
 @torch.inference_mode()

@@ -177,6 +177,14 @@ def check_layers(model: nn.Module, layers: Sequence[str] | None, layer: str | No
     return layers, layer
 
 
+VALIDATION, ID_TEST = "validation split", "CIFAR-10 test"  # the in-distribution sets, by the names `known` uses
+
+
+def measured_layers(model: nn.Module, settings: OODSettings) -> list[str]:
+    """The activation layers whose mean activations detect_ood reads (check_layers on the settings)."""
+    return check_layers(model, settings.mean_activation.layers, settings.mean_activation.layer)[0]
+
+
 def detect_ood(
     classifier: Classifier,
     *,
@@ -188,20 +196,27 @@ def detect_ood(
     settings: OODSettings = OODSettings(),
     batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = False,
+    known: Mapping[str, Features] | None = None,
 ) -> OODResult:
     """Fit on (fit_images, fit_labels), threshold on val_images, measure id_images against every OOD set. Images
-    are uint8 (N, 3, 32, 32); features are extracted once per set and shared; ODIN alone runs on the images."""
+    are uint8 (N, 3, 32, 32); features are extracted once per set and shared; ODIN alone runs on the images.
+    `known`: features the caller already extracted with measured_layers, by set (VALIDATION, ID_TEST), not
+    extracted again."""
     start = time.perf_counter()
-    layers, _ = check_layers(classifier.model, settings.mean_activation.layers, settings.mean_activation.layer)
+    layers, known = measured_layers(classifier.model, settings), dict(known or {})
 
     def each(score: Callable[[Tensor, str], Any]) -> tuple[Any, Any, dict[str, Any]]:
         """score(images, name) of the validation split, the test set and each OOD set, in that order."""
-        val, id_test = score(val_images, "validation split"), score(id_images, "CIFAR-10 test")
+        val, id_test = score(val_images, VALIDATION), score(id_images, ID_TEST)
         return val, id_test, {ood_set.name: score(ood_set.images, ood_set.name) for ood_set in ood_sets}
 
     fit = classifier.features(fit_images, [], batch_size, progress, "Features: training split")
     val, id_test, ood = each(
-        lambda images, name: classifier.features(images, layers, batch_size, progress, f"Features: {name}")
+        lambda images, name: (
+            known[name]
+            if name in known
+            else classifier.features(images, layers, batch_size, progress, f"Features: {name}")
+        )
     )
     feature_seconds, image_scores = time.perf_counter() - start, {}
     left_out = {}

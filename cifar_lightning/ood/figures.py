@@ -11,13 +11,15 @@ import torch
 from torch import Tensor
 
 from cifar_lightning.config.ood import DETECTOR_LABELS, MEAN_ACTIVATION
-from cifar_lightning.figures import draw_tile, new_figure, save
+from cifar_lightning.figures import new_figure, save, show_canvas, tile_canvas
 from cifar_lightning.ood.detection import OODResult, mean_activation_name
 
 log = logging.getLogger(__name__)
 
 
 Sets = Mapping[str, Tensor]
+ID_FRAME, OOD_FRAME = "tab:green", "tab:red"
+TITLE_PIXELS = 22  # room above each gallery row for its half-rows' titles
 
 
 def plot_value_histogram(
@@ -58,22 +60,23 @@ def sample(indices: Tensor, count: int, generator: torch.Generator) -> Tensor:
 def plot_ood_gallery(images: Sets, is_ood: Sets, count: int, seed: int, method: str, path: Path) -> Path:
     """One row per set: `count` random images detected as ID (left half) and as OOD (right half)."""
     generator = torch.Generator().manual_seed(seed)
-    names = list(images)
-    figure = new_figure(1.1 * 2 * count + 1.6, 1.25 * len(names) + 0.9)
-    axes = figure.subplots(len(names), 2 * count, squeeze=False)
-    for ax in axes.flat:
-        ax.set(xticks=[], yticks=[])
-        ax.axis("off")
-    for row, name in enumerate(names):
+    tiles: list[np.ndarray | None] = []
+    frames: list[str | None] = []
+    titles: list[tuple[int, str]] = []  # (cell index, title) at the start of each half-row
+    for name in images:
         flags = is_ood[name]
-        for half, (wanted, label) in enumerate(((False, "ID"), (True, "OOD"))):
-            chosen = sample(torch.nonzero(flags == wanted).flatten(), count, generator)
+        for wanted, label, frame in ((False, "ID", ID_FRAME), (True, "OOD", OOD_FRAME)):
+            chosen = sample(torch.nonzero(flags == wanted).flatten(), count, generator).tolist()
             share = (flags == wanted).double().mean().item() if len(flags) else 0.0
-            for column, index in enumerate(chosen.tolist()):
-                ax = axes[row, half * count + column]
-                ax.axis("on")
-                draw_tile(ax, images[name][index].numpy(), "tab:red" if wanted else "tab:green", 2)
-            axes[row, half * count].set_title(f"{name}: {label} ({share:.1%})", fontsize=8, loc="left")
+            titles.append((len(tiles), f"{name}: {label} ({share:.1%})"))
+            tiles += [images[name][index].numpy() for index in chosen] + [None] * (count - len(chosen))
+            frames += [frame] * count
+    figure = new_figure(1.1 * 2 * count + 1.6, 1.25 * len(images) + 0.9)
+    canvas, cell_h, cell_w = tile_canvas(tiles, frames, 2 * count, caption_pixels=TITLE_PIXELS)
+    ax = show_canvas(figure, canvas)
+    for index, title in titles:
+        x, y = (index % (2 * count)) * cell_w, (index // (2 * count)) * cell_h + TITLE_PIXELS - 3
+        ax.text(x, y, title, ha="left", va="bottom", fontsize=8)
     figure.suptitle(f"Detected as ID (green, left) and as OOD (red, right) by {method}", fontsize=10)
     return save(figure, path)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifar_lightning import inference
 from cifar_lightning.evaluation import evaluate
 from cifar_lightning.ood.detectors import DETECTOR_LABELS, IMAGE_DETECTORS
 from tests.conftest import compose_evaluate
@@ -24,6 +25,9 @@ FEATURE_DETECTORS = [name for name in DETECTOR_LABELS if name not in IMAGE_DETEC
 #: 0.35, over white), the first OOD set's outline (C1), and the gallery's frames (tab:green: ID, tab:red: OOD).
 ID_FILL, FIRST_OOD = (0.69, 0.81, 0.90), (1.0, 0.5, 0.05)
 FRAME_ID, FRAME_OOD = (0.17, 0.63, 0.17), (0.84, 0.15, 0.16)
+#: Every pass of the shared evaluation through inference.batches (every inference path's batching loop):
+#: (description, images).
+PASSES: list[tuple[str, int]] = []
 
 
 def png_rgb(path: Path) -> np.ndarray:
@@ -71,5 +75,13 @@ def ood_evaluated(tiny_run, data_dir, tmp_path_factory) -> tuple[Path, Path]:
         out,
         ood=True,
     )
-    evaluate(cfg)
+    every_batch = inference.batches
+
+    def counted(images, *args, **kwargs):
+        PASSES.append((kwargs.get("description", args[3] if len(args) > 3 else "Predicting"), len(images)))
+        return every_batch(images, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference, "batches", counted)
+        evaluate(cfg)
     return log_dir, out

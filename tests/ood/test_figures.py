@@ -1,4 +1,4 @@
-"""The OOD gallery draws its images through figures.draw_tile: green frames for ID, red for OOD; a detector's
+"""The OOD gallery draws its images through figures.tile_canvas: green frames for ID, red for OOD; a detector's
 score histogram draws both sets, left and right as their scores lie, even when some scores are infinite."""
 
 import numpy as np

@@ -24,6 +24,7 @@ from tests.ood.conftest import (
     FRAME_ID,
     FRAME_OOD,
     ID_FILL,
+    PASSES,
     SET_SIZE,
     colour_pixels,
     png_rgb,
@@ -64,6 +65,17 @@ def markdown_tables(text: str) -> dict[str, list[list[str]]]:
 
 def percent(value: float) -> str:
     return f"{100 * value:.2f}"
+
+
+def test_each_set_passes_through_the_model_once(evaluated, tiny_run):
+    """The test set and the validation split go through the model once each: that pass gives the predictions,
+    the calibration's logits and the OOD features; then the fit images and each OOD set once."""
+    summary = json.loads((evaluated / "evaluation.json").read_text())
+    assert summary["test_acc"] == pytest.approx(tiny_run[1]["test_acc"], abs=1e-6)  # the features' logits predict
+    assert summary["confusion"] == tiny_run[1]["test_confusion"]
+    images = sorted(count for _, count in PASSES)
+    assert images.count(10_000) == 1 and images.count(5_000) == 1, PASSES
+    assert sum(images) == 10_000 + 5_000 + FIT_IMAGES + len(DEFAULT_SETS) * SET_SIZE + 3, PASSES
 
 
 def test_every_figure_is_a_drawn_png_shown_once_in_the_report(evaluated):
