@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lightning.averaging import AveragedWeights
 from cifar_lightning.models import FastNet, ReportCNN, ResNet18
-from cifar_lightning.models.folding import fold_batch_norms
+from cifar_lightning.models.folding import fold_batch_norms, pool_before_relu
 from cifar_lightning.module import ClassifierModule
 
 
@@ -49,6 +49,26 @@ def test_a_conv_not_followed_by_its_batch_norm_stays():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
     folded = fold_batch_norms(trained_statistics(model))
     assert isinstance(folded[0], nn.Conv2d) and isinstance(folded[2], nn.BatchNorm2d)
+
+
+def test_a_relu_before_max_pooling_moves_after_it_with_the_same_logits():
+    model = trained_statistics(ReportCNN(batch_norm="all", dropout=0.2))
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        moved = pool_before_relu(fold_batch_norms(model))
+        assert torch.equal(moved(x), fold_batch_norms(model)(x))
+    torch.testing.assert_close(moved(x), expected, rtol=1e-4, atol=1e-5)
+    names = list(moved._modules)
+    assert all(names.index(f"pool{i}") + 1 == names.index(f"relu{i}") for i in (1, 2, 3))
+    assert names[-4:] == ["fc1", "relu4", "dropout", "fc2"]  # no pooling after it: stays
+
+
+def test_the_validation_copy_pools_before_its_relus():
+    module = ClassifierModule(ReportCNN(), partial(torch.optim.SGD, lr=0.05))
+    module.fold_for_inference()
+    copy, model = list(module._folded[0]._modules), list(module.model._modules)
+    assert copy.index("pool1") < copy.index("relu1") and model.index("relu1") < model.index("pool1")
 
 
 class LiveWeights(L.Callback):
