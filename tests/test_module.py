@@ -1,7 +1,9 @@
 from functools import partial
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lightning.models import FastNet, ReportCNN, ResNet18
 from cifar_lightning.module import ClassifierModule
@@ -125,3 +127,58 @@ def test_per_step_schedule_is_stepped_every_step():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.5, 0.75, 1.0, 0.5])  # 2 warmup steps of 4, then down towards 0
+
+
+class EpochMetrics(L.Callback):
+    """What callbacks see at each training epoch's end (as EpochHistory reads them)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epochs.append({name: float(value) for name, value in trainer.callback_metrics.items()})
+
+
+def test_epoch_metrics_cover_each_epochs_batches_with_one_log_per_metric_and_epoch(monkeypatch):
+    """Each epoch's train_*/val_* are its own batches' image-weighted loss and accuracy (the last batch is smaller),
+    although the metric objects are logged once per epoch and stage, not every step."""
+    torch.manual_seed(0)
+    module = make_module()
+    records, logs = [], []
+    record, log = module._record, module.log
+
+    def spy_record(stage, logits, labels):
+        loss = record(stage, logits, labels)
+        correct = (logits.argmax(1) == labels).sum().item()
+        records.append((module.current_epoch, stage, loss.item() * len(labels), correct, len(labels)))
+        return loss
+
+    monkeypatch.setattr(module, "_record", spy_record)
+    monkeypatch.setattr(module, "log", lambda name, *args, **kwargs: logs.append(name) or log(name, *args, **kwargs))
+    images, labels = torch.randn(70, 3, 32, 32), torch.randint(0, 10, (70,))
+    train, val = (
+        DataLoader(TensorDataset(images, labels), batch_size=32),
+        DataLoader(TensorDataset(images[:45], labels[:45]), batch_size=20),
+    )
+    seen = EpochMetrics()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        callbacks=[seen],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    for epoch in (0, 1):
+        for stage in ("train", "val"):
+            batches = [r for r in records if r[0] == epoch and r[1] == stage]
+            images_seen = sum(r[4] for r in batches)
+            assert images_seen == (70 if stage == "train" else 45)
+            assert seen.epochs[epoch][f"{stage}_loss"] == pytest.approx(
+                sum(r[2] for r in batches) / images_seen, rel=1e-5
+            )
+            assert seen.epochs[epoch][f"{stage}_acc"] == pytest.approx(sum(r[3] for r in batches) / images_seen)
+    assert sorted(logs) == sorted(["train_loss", "train_acc", "val_loss", "val_acc"] * 2)
