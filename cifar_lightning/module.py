@@ -95,7 +95,7 @@ class ClassifierModule(L.LightningModule):
         #: rows = true class, columns = predicted; filled by each test run.
         self.test_confusion_matrix: list[list[int]] | None = None
         self._epoch_open = False  # inside a training epoch (between its first batch and its end)
-        self._logged: set[str] = set()  # the stages whose metrics this epoch's results hold (see _record)
+        self._logged: set[str] = set()  # the metrics this epoch's results hold (see _record)
         self._unfinished_epoch: dict[str, dict[str, Tensor]] | None = None
         self._folded: tuple[nn.Module] | None = None  # in a tuple: not a submodule, not in state_dict
 
@@ -126,18 +126,19 @@ class ClassifierModule(L.LightningModule):
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy.update(logits, labels)
         mean_loss.update(loss, len(labels))
-        self._log_once(stage, {f"{stage}_loss": mean_loss, f"{stage}_acc": accuracy})
+        self._log_once({f"{stage}_loss": mean_loss, f"{stage}_acc": accuracy})
         return loss
 
-    def _log_once(self, stage: str, metrics: dict[str, Metric]) -> None:
-        """self.log these metric objects if the stage has not logged them this epoch (see _start_epoch)."""
-        if stage not in self._logged:
-            self._logged.add(stage)
-            for name, metric in metrics.items():
+    def _log_once(self, metrics: dict[str, Metric]) -> None:
+        """self.log each of these metric objects not yet logged this epoch (see _start_epoch)."""
+        for name, metric in metrics.items():  # in order: every DDP process logs, and syncs, alike
+            if name not in self._logged:
+                self._logged.add(name)
                 self.log(name, metric, on_step=False, on_epoch=True)
 
     def _start_epoch(self, stage: str) -> None:
-        self._logged.discard(stage)
+        """A new epoch of the stage: its metrics are logged again at its first batch."""
+        self._logged = {name for name in self._logged if not name.startswith(f"{stage}_")}
 
     # A checkpoint saved inside an epoch keeps the epoch's running training metrics.
 
@@ -205,7 +206,6 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._start_epoch("test")
-        self._start_epoch("test_plain")
         self.test_confusion.reset()
         self.fold_for_inference()
 
@@ -217,7 +217,7 @@ class ClassifierModule(L.LightningModule):
         logits = tta_logits(self.inference_forward, images, self.test_tta) if self.test_tta else plain
         self._record("test", logits, labels)
         self.test_acc_plain.update(plain, labels)
-        self._log_once("test_plain", {"test_acc_plain": self.test_acc_plain})
+        self._log_once({"test_acc_plain": self.test_acc_plain})
         self.test_confusion.update(logits, labels)
 
     def on_test_epoch_end(self) -> None:
